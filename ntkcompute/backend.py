@@ -1,0 +1,50 @@
+"""Array-module dispatch: one code path for NumPy and CuPy, chosen from the inputs."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+try:  # CuPy is optional (the ``gpu`` extra); without it every array is NumPy.
+    import cupy as _cupy  # type: ignore[import-not-found]
+except Exception:
+    _cupy = None
+
+
+def array_module(*arrays: Any) -> ModuleType:
+    """``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    if _cupy is not None:
+        for a in arrays:
+            if isinstance(a, _cupy.ndarray):
+                return _cupy
+    return np
+
+
+def special(xp: ModuleType) -> ModuleType:
+    """``scipy.special`` or ``cupyx.scipy.special`` matching ``xp``."""
+    if xp is np:
+        import scipy.special as sp
+
+        return sp
+    import cupyx.scipy.special as csp  # type: ignore[import-not-found]
+
+    return csp
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """Host copy of a NumPy or CuPy array."""
+    if _cupy is not None and isinstance(a, _cupy.ndarray):
+        return _cupy.asnumpy(a)
+    return np.asarray(a)
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    if _cupy is None:
+        return False
+    try:
+        return _cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False

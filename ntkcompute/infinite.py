@@ -1,0 +1,185 @@
+"""Exact infinite-width NNGP and NTK Gram matrices, tiled over pairs under a memory budget.
+
+``kernel(arch, x1, x2)`` runs in three steps:
+
+1. ``make_plan``: validate the architecture against the input shape and decide, per layer,
+   whether pairs need the full spatial covariance or only its diagonal.
+2. ``self_pass``: once per input, the variances each nonlinearity normalises by.
+3. ``pair_block``: a block of pairs (rows of x1 x rows of x2) pushed through every layer;
+   blocks are sized from the memory budget, run on a thread pool, and only the upper
+   triangle of blocks is computed when ``x2`` is omitted.
+
+``self_pass`` and ``pair_block`` are the units the Dask workers call on tiles.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .backend import array_module
+from .kernels import inputs, propagate
+from .plan import Plan, make_plan
+from .spec import Architecture, parse_arch
+from .validate import as_input, check_get, check_pair, resolve_dtype
+
+#: Default working-memory budget for one kernel() call, all threads together (bytes).
+DEFAULT_MEMORY = 512 * 2**20
+# Arrays of one state's size alive at once in the worst rule (the ReLU family holds the old
+# K and Θ, the product of variances, r, θ and one temporary); measured in tests/test_memory.
+_LIVE_ARRAYS = 8
+
+
+@dataclass(frozen=True)
+class SelfCov:
+    """Per-input quantities from the self pass, rows aligned with the inputs.
+
+    ``variances[j]``: ``(n, *spatial)`` variances at the input of the j-th nonlinearity.
+    ``nngp`` / ``ntk``: ``(n,)`` the kernel diagonal k(x_i, x_i) (``ntk`` may be ``None``).
+    """
+
+    variances: tuple[Any, ...]
+    nngp: Any
+    ntk: Any
+
+    def rows(self, sl: slice) -> SelfCov:
+        return SelfCov(tuple(v[sl] for v in self.variances), self.nngp[sl],
+                       None if self.ntk is None else self.ntk[sl])
+
+
+def bytes_per_pair(plan: Plan, itemsize: int) -> int:
+    """Peak working memory of one pair (or one input in the self pass), in bytes."""
+    return plan.max_state_size * itemsize * _LIVE_ARRAYS
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def self_pass(plan: Plan, x: Any, *, want_ntk: bool = True,
+              memory: int = DEFAULT_MEMORY) -> SelfCov:
+    """Run every input paired with itself; ``x`` of shape ``(n, *spatial, C)``."""
+    xp = array_module(x)
+    per = max(1, memory // bytes_per_pair(plan, x.dtype.itemsize))
+    parts = []
+    for sl in _chunks(x.shape[0], per):
+        st = inputs.self_input(xp, x[sl], plan.input_full, want_ntk)
+        st, variances = propagate.run(plan, st, xp)
+        parts.append((variances, st.nngp, st.ntk))
+    cat = xp.concatenate
+    variances = tuple(cat([p[0][j] for p in parts]) for j in range(len(parts[0][0])))
+    return SelfCov(variances, cat([p[1] for p in parts]),
+                   cat([p[2] for p in parts]) if want_ntk else None)
+
+
+def pair_block(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *,
+               want_ntk: bool = True) -> tuple[Any, Any]:
+    """``(nngp, ntk)``, each ``(len(x1), len(x2))``, for rows x1, x2 and their self-covs."""
+    xp = array_module(x1)
+    st = inputs.pair_input(xp, x1, x2, plan.input_full, want_ntk)
+    st, _ = propagate.run(plan, st, xp, (s1.variances, s2.variances))
+    return st.nngp, st.ntk
+
+
+def block_shape(plan: Plan, n1: int, n2: int, itemsize: int, memory: int) -> tuple[int, int]:
+    """Rows and columns of a pair block that fits ``memory`` bytes (at least 1 x 1)."""
+    pairs = max(1, memory // bytes_per_pair(plan, itemsize))
+    b1 = min(n1, max(1, math.isqrt(pairs)))
+    b2 = min(n2, max(1, pairs // b1))
+    if b2 == n2:  # spend what is left on rows
+        b1 = min(n1, max(1, pairs // b2))
+    return b1, b2
+
+
+def _blocks(n1: int, n2: int, b1: int, b2: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:
+    if symmetric:
+        b = min(b1, b2)
+        rows = _chunks(n1, b)
+        for i, r in enumerate(rows):
+            for c in rows[i:]:
+                yield r, c
+    else:
+        for r in _chunks(n1, b1):
+            for c in _chunks(n2, b2):
+                yield r, c
+
+
+def kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
+           get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None,
+           memory: int = DEFAULT_MEMORY, threads: int | None = None,
+           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Infinite-width NTK and NNGP Gram matrices of ``arch`` between the rows of x1 and x2.
+
+    Args:
+        arch: an :class:`Architecture`, or its dict / JSON form.
+        x1: ``(n1, d)`` vectors or ``(n1, *spatial, C)`` images (NHWC), NumPy or CuPy.
+        x2: ``(n2, ...)`` with x1's trailing shape; omitted means x2 = x1 (symmetric: only
+            blocks on and above the diagonal are computed, the rest mirrored exactly).
+        get: which kernels to return, ``"ntk"`` and/or ``"nngp"`` (computed in one pass).
+        dtype: float32 or float64 for the computation and result (default: x1's float dtype).
+        memory: working-memory budget in bytes for all threads together; work is split into
+            blocks of pairs that fit it.
+        threads: blocks computed concurrently (default: CPU count for NumPy, 1 for CuPy).
+        progress: called as ``progress(blocks_done, blocks_total)``.
+
+    Returns:
+        ``{"ntk": (n1, n2), "nngp": (n1, n2)}`` restricted to ``get``, arrays of the inputs'
+        array module.
+
+    Raises:
+        InputError: the architecture does not fit the data, or the data is unusable.
+    """
+    arch = parse_arch(arch)
+    get = check_get(get)
+    dt = resolve_dtype(dtype, x1)
+    x1 = as_input(x1, "x1", dt)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else as_input(x2, "x2", dt)
+    check_pair(x1, x2)
+    plan = make_plan(arch, tuple(x1.shape))
+    xp = array_module(x1)
+    want_ntk = "ntk" in get
+
+    if threads is None:
+        threads = (os.cpu_count() or 1) if xp.__name__ == "numpy" else 1
+    threads = max(1, int(threads))
+    budget = max(1, memory // threads)
+
+    s1 = self_pass(plan, x1, want_ntk=want_ntk, memory=budget)
+    s2 = s1 if symmetric else self_pass(plan, x2, want_ntk=want_ntk, memory=budget)
+
+    n1, n2 = x1.shape[0], x2.shape[0]
+    b1, b2 = block_shape(plan, n1, n2, dt.itemsize, budget)
+    blocks = list(_blocks(n1, n2, b1, b2, symmetric))
+    out = {k: xp.empty((n1, n2), dtype=dt) for k in ("nngp", "ntk") if k in get}
+
+    def work(rc: tuple[slice, slice]) -> None:
+        r, c = rc
+        nngp, ntk = pair_block(plan, x1[r], x2[c], s1.rows(r), s2.rows(c), want_ntk=want_ntk)
+        for name, val in (("nngp", nngp), ("ntk", ntk)):
+            if name not in out:
+                continue
+            if symmetric and r == c:  # keep the upper triangle, mirror it: exactly symmetric
+                val = xp.triu(val) + xp.triu(val, 1).T
+            out[name][r, c] = val
+            if symmetric and r != c:
+                out[name][c, r] = val.T
+
+    done = 0
+    if threads == 1 or len(blocks) == 1:
+        for rc in blocks:
+            work(rc)
+            done += 1
+            if progress:
+                progress(done, len(blocks))
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in pool.map(work, blocks):
+                done += 1
+                if progress:
+                    progress(done, len(blocks))
+    return out

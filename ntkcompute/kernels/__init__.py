@@ -1,0 +1,1 @@
+"""Infinite-width kernel rules, one per layer type (see ``propagate.RULES``)."""
