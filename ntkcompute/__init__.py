@@ -1,8 +1,9 @@
 """ntkcompute: exact infinite-width NTK / NNGP / CNTK kernels and their finite-width check."""
 
+from .empirical import empirical_kernel
 from .errors import InputError
 from .infinite import kernel
 from .spec import Architecture, parse_arch
 
-__all__ = ["Architecture", "InputError", "kernel", "parse_arch"]
+__all__ = ["Architecture", "InputError", "empirical_kernel", "kernel", "parse_arch"]
 __version__ = "0.1.0"

@@ -151,6 +151,10 @@ def make_plan(arch: Architecture, input_shape: tuple[int, ...],
         channels.append((ch_in, ch))
         cur = out
 
+    if cur:
+        raise InputError(f"the network's output is spatial {cur}; end it with flatten or "
+                         "global_avg_pool", field="type", layer=len(arch.layers) - 1)
+
     # Backward: does the state entering each layer need the full spatial covariance?
     need = False
     need_in = [False] * len(arch.layers)

@@ -12,21 +12,36 @@ from ..plan import Window
 from .state import Array
 
 
+def _index(ndim: int, axes: tuple[int, ...], sl: slice) -> tuple[slice, ...]:
+    idx = [slice(None)] * ndim
+    for ax in axes:
+        idx[ax] = sl
+    return tuple(idx)
+
+
 def _pad(xp: ModuleType, a: Array, axes: tuple[int, ...], pad: tuple[int, int],
          circular: bool) -> Array:
-    if pad == (0, 0):
-        return a
-    widths = [(0, 0)] * a.ndim
+    """Zero (or wrap-around) padding of ``axes``, without ``xp.pad``'s per-call overhead."""
+    lo, hi = pad
+    n = a.shape[axes[0]]
+    shape = list(a.shape)
     for ax in axes:
-        widths[ax] = pad
-    return xp.pad(a, widths, mode="wrap" if circular else "constant")
-
-
-def _take(a: Array, axes: tuple[int, ...], start: int, count: int, stride: int) -> Array:
-    idx = [slice(None)] * a.ndim
-    for ax in axes:
-        idx[ax] = slice(start, start + stride * (count - 1) + 1, stride)
-    return a[tuple(idx)]
+        shape[ax] = n + lo + hi
+    out = xp.zeros(shape, dtype=a.dtype)
+    out[_index(a.ndim, axes, slice(lo, lo + n))] = a
+    if circular:
+        # Each axis separately, so the corners of an axis pair wrap in both directions.
+        for ax in axes:
+            core = [slice(None)] * a.ndim
+            if lo:
+                dst, src = list(core), list(core)
+                dst[ax], src[ax] = slice(0, lo), slice(n, n + lo)
+                out[tuple(dst)] = out[tuple(src)]
+            if hi:
+                dst, src = list(core), list(core)
+                dst[ax], src[ax] = slice(lo + n, lo + n + hi), slice(lo, lo + hi)
+                out[tuple(dst)] = out[tuple(src)]
+    return out
 
 
 def shifted_sum(xp: ModuleType, a: Array, axes: tuple[int, ...], size: int, stride: int,
@@ -37,10 +52,25 @@ def shifted_sum(xp: ModuleType, a: Array, axes: tuple[int, ...], size: int, stri
     shifts both positions by the same offset: the Conv rule ``sum_d K[s o + d, s o' + d]``.
     Out-of-range positions are zero (or wrap around when ``circular``).
     """
-    a = _pad(xp, a, axes, pad, circular)
-    out = _take(a, axes, 0, out_len, stride).copy()
+    n = a.shape[axes[0]]
+    lo = pad[0]
+    if stride == 1 and out_len == n and not circular:
+        # SAME, stride 1: start from the unshifted term and add the others where in range.
+        out = a.copy()
+        for d in range(size):
+            t = d - lo
+            if t == 0:
+                continue
+            dst = slice(max(0, -t), min(n, n - t))
+            src = slice(dst.start + t, dst.stop + t)
+            out[_index(a.ndim, axes, dst)] += a[_index(a.ndim, axes, src)]
+        return out
+    if pad != (0, 0):
+        a = _pad(xp, a, axes, pad, circular)
+    span = stride * (out_len - 1) + 1
+    out = a[_index(a.ndim, axes, slice(0, span, stride))].copy()
     for d in range(1, size):
-        out += _take(a, axes, d, out_len, stride)
+        out += a[_index(a.ndim, axes, slice(d, d + span, stride))]
     return out
 
 
