@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def conv_net(depth, readout="global_avg_pool", w=2**0.5, b=None, padding="SAME", act="relu"):
+    layers = []
+    for _ in range(depth):
+        layers += [{"type": "conv", "filter_shape": [3, 3], "padding": padding, "W_std": w,
+                    "b_std": b}, {"type": act}]
+    layers += [{"type": readout}, {"type": "dense", "W_std": w, "b_std": b}]
+    return {"layers": layers}
+
+
+def fc_net(depth, w=1.5, b=0.2, act="relu"):
+    layers = []
+    for _ in range(depth):
+        layers += [{"type": "dense", "W_std": w, "b_std": b}, {"type": act}]
+    layers += [{"type": "dense", "W_std": w, "b_std": b}]
+    return {"layers": layers}

@@ -1,0 +1,107 @@
+"""The finite-width empirical NTK converges to the infinite-width kernel like width^-1/2."""
+
+import numpy as np
+import pytest
+
+import ntkcompute as nc
+from tests.conftest import conv_net, fc_net
+
+
+def mean_rel_err(arch, x, widths, seeds, inf=None, arch_for=None):
+    out = []
+    for w in widths:
+        a = arch_for(w) if arch_for else arch
+        ref = inf if inf is not None else nc.kernel(a, x)["ntk"]
+        errs = [np.abs(nc.empirical_kernel(a, x, width=w, seed=s)["ntk"] - ref).mean()
+                / np.abs(ref).mean() for s in range(seeds)]
+        out.append(np.mean(errs))
+    return np.array(out)
+
+
+def slope(widths, errs):
+    return np.polyfit(np.log(widths), np.log(errs), 1)[0]
+
+
+def test_fc_relu_converges_like_inverse_sqrt_width(rng):
+    x = rng.standard_normal((5, 8))
+    arch = fc_net(2, w=1.5, b=0.2)
+    widths = [64, 256, 1024, 4096]
+    errs = mean_rel_err(arch, x, widths, seeds=4)
+    assert np.all(np.diff(errs) < 0), errs
+    assert -0.8 < slope(widths, errs) < -0.3, errs
+    assert errs[-1] < 0.05
+
+
+def test_cnn_gap_converges_like_inverse_sqrt_width(rng):
+    x = rng.standard_normal((4, 5, 5, 2))
+    arch = conv_net(2, "global_avg_pool", b=0.1)
+    widths = [16, 64, 256, 1024]
+    errs = mean_rel_err(arch, x, widths, seeds=3)
+    assert np.all(np.diff(errs) < 0), errs
+    assert -0.8 < slope(widths, errs) < -0.3, errs
+    assert errs[-1] < 0.08
+
+
+def test_standard_parameterization_converges(rng):
+    x = rng.standard_normal((4, 6))
+
+    def arch_for(w):
+        return {"parameterization": "standard", "layers": [
+            {"type": "dense", "W_std": 1.4, "b_std": 0.3, "out_dim": w}, {"type": "relu"},
+            {"type": "dense", "W_std": 1.4, "b_std": 0.3, "out_dim": w}, {"type": "erf"},
+            {"type": "dense", "W_std": 1.4, "b_std": 0.3}]}
+
+    widths = [64, 512, 4096]
+    errs = mean_rel_err(None, x, widths, seeds=3, arch_for=arch_for)
+    assert np.all(np.diff(errs) < 0) and errs[-1] < 0.05, errs
+
+
+@pytest.mark.parametrize("act", [
+    {"type": "erf", "a": 1.2, "b": 0.8, "c": 0.1}, {"type": "gelu"}, {"type": "abs"},
+    {"type": "leaky_relu", "alpha": 0.2}, {"type": "sin", "a": 1.0, "b": 1.3, "c": 0.2},
+    {"type": "elementwise", "fn": "tanh"}, {"type": "elementwise", "fn": "softplus"},
+])
+def test_each_activation_at_large_width(rng, act):
+    x = rng.standard_normal((4, 6))
+    arch = {"layers": [{"type": "dense", "W_std": 1.3, "b_std": 0.2}, act,
+                       {"type": "dense", "W_std": 1.3, "b_std": 0.2}, act,
+                       {"type": "dense", "W_std": 1.3, "b_std": 0.2}]}
+    errs = mean_rel_err(arch, x, [4096], seeds=2)
+    assert errs[0] < 0.05, errs
+
+
+def test_conv_strides_padding_pooling_at_large_width(rng):
+    x = rng.standard_normal((3, 6, 5, 2))
+    arch = {"layers": [
+        {"type": "conv", "filter_shape": [3, 2], "strides": [2, 1], "padding": "SAME",
+         "W_std": 1.4, "b_std": 0.1}, {"type": "relu"},
+        {"type": "conv", "filter_shape": [2, 3], "padding": "CIRCULAR", "W_std": 1.4},
+        {"type": "relu"},
+        {"type": "avg_pool", "window_shape": [2, 2], "strides": [1, 2], "padding": "SAME"},
+        {"type": "dense", "W_std": 1.2, "b_std": 0.3}, {"type": "erf"},
+        {"type": "flatten"}, {"type": "dense", "W_std": 1.2}]}
+    errs = mean_rel_err(arch, x, [64, 1024], seeds=2)
+    assert errs[1] < errs[0] / 2.5 and errs[1] < 0.06, errs
+
+
+def test_empirical_nngp_readout_average_and_cross_kernel(rng):
+    x1, x2 = rng.standard_normal((3, 5)), rng.standard_normal((2, 5))
+    arch = fc_net(1)
+    inf = nc.kernel(arch, x1, x2)
+    emp = nc.empirical_kernel(arch, x1, x2, width=4096, seed=1)
+    assert set(emp) == {"ntk"} and emp["ntk"].shape == (3, 2)
+    assert np.abs(emp["ntk"] - inf["ntk"]).mean() / np.abs(inf["ntk"]).mean() < 0.05
+    arch["layers"][-1]["out_dim"] = 4096  # many readout units: the output covariance averages
+    emp = np.mean([nc.empirical_kernel(arch, x1, x2, width=2048, seed=s, get="nngp")["nngp"]
+                   for s in range(6)], axis=0)
+    assert np.abs(emp - inf["nngp"]).mean() / np.abs(inf["nngp"]).mean() < 0.05
+    # the cross kernel is the off-diagonal block of the joint kernel (same weights)
+    joint = nc.empirical_kernel(arch, np.concatenate([x1, x2]), width=256, seed=3)["ntk"]
+    cross = nc.empirical_kernel(arch, x1, x2, width=256, seed=3)["ntk"]
+    np.testing.assert_allclose(cross, joint[:3, 3:], rtol=1e-12)
+
+
+def test_empirical_errors(rng):
+    with pytest.raises(nc.InputError) as e:
+        nc.empirical_kernel(fc_net(1), rng.standard_normal((2, 3)), width=0)
+    assert e.value.field == "width"

@@ -1,0 +1,72 @@
+"""Architecture spec: JSON round trip and errors that name the layer and the field."""
+
+import json
+
+import pytest
+
+import ntkcompute as nc
+from ntkcompute.spec import Architecture, parse_arch
+from tests.conftest import conv_net
+
+
+def test_json_round_trip_every_layer_type():
+    arch = {"parameterization": "standard", "layers": [
+        {"type": "conv", "filter_shape": [3, 3], "strides": [1, 2], "padding": "CIRCULAR",
+         "W_std": 1.5, "b_std": 0.1, "out_chan": 16},
+        {"type": "relu"}, {"type": "leaky_relu", "alpha": 0.1}, {"type": "ab_relu", "a": -1,
+                                                                 "b": 2},
+        {"type": "abs"}, {"type": "erf", "a": 2.0}, {"type": "gelu"}, {"type": "sin", "c": 1},
+        {"type": "sign"}, {"type": "elementwise", "fn": "tanh", "deg": 30},
+        {"type": "avg_pool", "window_shape": [2, 2], "strides": [2, 2], "padding": "SAME"},
+        {"type": "identity"}, {"type": "global_avg_pool"}, {"type": "flatten"},
+        {"type": "dense", "W_std": 2.0, "b_std": None, "out_dim": 10}]}
+    a = parse_arch(arch)
+    text = a.to_json()
+    b = parse_arch(text)
+    assert a == b
+    assert parse_arch(json.loads(text)) == a
+    assert [layer.type for layer in b.layers] == [layer["type"] for layer in arch["layers"]]
+    assert b.layers[0].b_std == 0.1 and b.layers[-1].b_std is None
+
+
+def test_stax_defaults():
+    a = parse_arch({"layers": [{"type": "dense"}, {"type": "conv", "filter_shape": [3]},
+                               {"type": "avg_pool", "window_shape": [2]}]})
+    assert a.parameterization == "ntk"
+    assert a.layers[0].W_std == 1.0 and a.layers[0].b_std is None
+    assert a.layers[1].padding == "VALID" and a.layers[1].strides is None
+    assert a.layers[2].padding == "VALID"
+
+
+@pytest.mark.parametrize("arch,layer,field", [
+    ({"layers": [{"type": "dense"}, {"type": "bogus"}]}, 1, "type"),
+    ({"layers": [{"type": "dense", "W_std": -1.0}]}, 0, "W_std"),
+    ({"layers": [{"type": "relu"}, {"type": "dense", "b_std": float("nan")}]}, 1, "b_std"),
+    ({"layers": [{"type": "conv", "filter_shape": [3, 0]}]}, 0, "filter_shape"),
+    ({"layers": [{"type": "conv", "filter_shape": [3], "padding": "FULL"}]}, 0, "padding"),
+    ({"layers": [{"type": "dense", "widht": 3}]}, 0, "widht"),
+    ({"layers": [{"W_std": 1.0}]}, 0, "type"),
+    ({"layers": [{"type": "elementwise", "fn": "cube"}]}, 0, "fn"),
+])
+def test_spec_errors_name_layer_and_field(arch, layer, field):
+    with pytest.raises(nc.InputError) as e:
+        parse_arch(arch)
+    assert e.value.layer == layer
+    assert e.value.field == field
+    assert f"layers[{layer}].{field}" in str(e.value)
+
+
+@pytest.mark.parametrize("arch,field", [
+    ({"layers": []}, "layers"), ({"layerz": []}, "layers"), ("{not json", "arch"),
+    ([1, 2], "arch"), ({"layers": [{"type": "relu"}], "parameterization": "mup"},
+                       "parameterization"),
+])
+def test_top_level_errors(arch, field):
+    with pytest.raises(nc.InputError) as e:
+        parse_arch(arch)
+    assert e.value.layer is None and e.value.field.startswith(field)
+
+
+def test_spec_object_is_accepted_as_is():
+    a = Architecture.model_validate(conv_net(1))
+    assert parse_arch(a) is a
