@@ -24,13 +24,16 @@ _SNAP_ULPS = 32
 def _angle(xp: ModuleType, k12: Array, k11: Array, k22: Array) -> tuple[Array, Array]:
     """``(r, θ)``, ``r = sqrt(k11 k22 - k12^2) = sqrt(k11 k22) sin θ``; θ = π/2 at zero variance."""
     prod = k11 * k22
-    r2 = prod - k12 * k12
-    zero = prod == 0
+    r2 = k12 * k12
+    xp.subtract(prod, r2, out=r2)
+    # k11, k22 are the small per-input arrays: checking them is cheap, a mask of prod is not.
+    zero = (prod == 0) if not (bool(k11.all()) and bool(k22.all())) else None
     prod *= _SNAP_ULPS * xp.finfo(k12.dtype).eps
     r2[r2 <= prod] = 0
     r = xp.sqrt(r2, out=r2)
     theta = xp.arctan2(r, k12)
-    theta[zero] = math.pi / 2
+    if zero is not None:
+        theta[zero] = math.pi / 2
     return r, theta
 
 

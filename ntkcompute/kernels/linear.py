@@ -19,40 +19,35 @@ from .spatial import conv_window_sum
 from .state import State
 
 
-def _affine(lp: LayerPlan, st: State, xp, op, fan_in: int | None) -> State:
+def _affine(lp: LayerPlan, st: State, window_sum, size: int) -> State:
+    """``window_sum`` is the unnormalised linear map, ``size`` its normaliser ``|F|``."""
     layer = lp.layer
     w2 = layer.W_std**2
     b2 = layer.b_std**2 if layer.b_std is not None else None
-    k_lin = op(st.nngp)
-    nngp = k_lin * w2
+    s_k = window_sum(st.nngp)
+    if lp.parameterization == "standard" and st.ntk is not None:
+        fan_in = lp.in_channels * size
+        s_t = window_sum(st.ntk)
+        s_t *= w2 / size
+        s_t += s_k * (fan_in / size)
+        if b2 is not None:
+            s_t += 1.0
+    nngp = s_k
+    nngp *= w2 / size
     if b2:
         nngp += b2
-    ntk = None
-    if st.ntk is not None:
-        if lp.parameterization == "standard":
-            ntk = op(st.ntk) * w2
-            ntk += k_lin * fan_in
-            if layer.b_std is not None:
-                ntk += 1.0
-        else:
-            ntk = op(st.ntk)
-            ntk *= w2
-            ntk += nngp
-    return st.with_(nngp=nngp, ntk=ntk, spatial=lp.out_spatial)
+    if lp.parameterization != "standard" and st.ntk is not None:
+        s_t = window_sum(st.ntk)
+        s_t *= w2 / size
+        s_t += nngp
+    return st.with_(nngp=nngp, ntk=None if st.ntk is None else s_t, spatial=lp.out_spatial)
 
 
 def dense(lp: LayerPlan, st: State, xp) -> State:
-    return _affine(lp, st, xp, lambda a: a, lp.in_channels)
+    return _affine(lp, st, lambda a: a.copy(), 1)
 
 
 def conv(lp: LayerPlan, st: State, xp) -> State:
     win = lp.window
-    size = math.prod(win.size)
-
-    def op(a):
-        out = conv_window_sum(xp, a, st.nb, st.full, win)
-        out *= 1.0 / size
-        return out
-
-    fan_in = lp.in_channels * size if lp.in_channels is not None else None
-    return _affine(lp, st, xp, op, fan_in)
+    return _affine(lp, st, lambda a: conv_window_sum(xp, a, st.nb, st.full, win),
+                   math.prod(win.size))
