@@ -24,6 +24,19 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/memory.py
+
+# Optional, heavy (~2 GB): neural-tangents 0.6.5 in its own venv, compared case by case.
+NT_VENV := .venv-nt
+$(NT_VENV)/.installed:
+	$(PY) -m venv $(NT_VENV)
+	$(NT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NT_VENV)/bin/python -m pip install -q "neural-tangents==0.6.5" "jax[cpu]==0.4.23" \
+		"jaxlib==0.4.23" "tensorflow==2.15.*"
+	touch $@
+
+conformance: $(STAMP) $(NT_VENV)/.installed
+	NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python bench/conformance.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

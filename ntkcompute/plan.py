@@ -116,7 +116,20 @@ def make_plan(arch: Architecture, input_shape: tuple[int, ...],
     channels: list[tuple[int | None, int | None]] = []
     cur = spatial
     ch: int | None = int(input_shape[-1])
+    gaussian = False  # inputs are data; Dense/Conv outputs are Gaussian processes
     for i, layer in enumerate(arch.layers):
+        if isinstance(layer, NONLINEAR):
+            if not gaussian:
+                after = f"layer {i - 1} ({arch.layers[i - 1].type})" if i else "the inputs"
+                raise InputError(
+                    f"a nonlinearity's kernel rule needs Gaussian pre-activations, but it "
+                    f"follows {after}; put a dense or conv layer in between (as stax requires)",
+                    field="type", layer=i)
+            gaussian = False
+        elif isinstance(layer, (Dense, Conv)):
+            gaussian = True
+        elif isinstance(layer, Flatten) and cur:
+            gaussian = False  # features at different positions have different covariances
         win = None
         ch_in = ch
         if isinstance(layer, Dense):

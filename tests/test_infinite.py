@@ -41,6 +41,7 @@ def test_one_hidden_layer_relu_closed_form(rng):
                 {"type": "conv", "filter_shape": [3, 2], "padding": "CIRCULAR", "W_std": 1.1},
                 {"type": "relu"}, {"type": "avg_pool", "window_shape": [2, 2], "strides": [1, 2],
                                    "padding": "SAME"},
+                {"type": "dense", "W_std": 1.5, "b_std": 0.1},
                 {"type": "relu"}, {"type": "flatten"}, {"type": "dense", "W_std": 1.2}]},
     {"layers": [{"type": "conv", "filter_shape": [3, 3], "padding": "CIRCULAR", "W_std": 1.4},
                 {"type": "relu"}, {"type": "avg_pool", "window_shape": [2, 2],
@@ -165,7 +166,7 @@ def test_arora_cntk_recursion(rng, gap):
     depth = 3
     ref = arora_cntk(x, depth, gap)
     ours = nc.kernel(conv_net(depth, "global_avg_pool" if gap else "flatten", b=None), x)["ntk"]
-    n, P, Q, C = x.shape
+    _, P, Q, C = x.shape
     const = C / 2 if gap else C * P * Q / 2  # ours: <x,x'>/C, window means, flatten mean
     assert rel(ref, const * ours) < 1e-12
 

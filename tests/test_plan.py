@@ -57,6 +57,32 @@ def test_standard_parameterization_needs_widths(rng):
     assert (e.layer, e.field) == (2, "type") and "out_dim" in e.reason
 
 
+@pytest.mark.parametrize("layers,bad", [
+    ([{"type": "relu"}, {"type": "dense"}], 0),
+    ([{"type": "dense"}, {"type": "relu"}, {"type": "erf"}, {"type": "dense"}], 2),
+    ([{"type": "conv", "filter_shape": [1, 1]}, {"type": "flatten"}, {"type": "relu"},
+      {"type": "dense"}], 2),
+    ([{"type": "conv", "filter_shape": [1, 1]}, {"type": "relu"},
+      {"type": "avg_pool", "window_shape": [2, 2]}, {"type": "relu"}, {"type": "flatten"},
+      {"type": "dense"}], 3),
+])
+def test_nonlinearity_needs_gaussian_input(rng, layers, bad):
+    x = rng.standard_normal((2, 3, 3, 2)) if layers[0]["type"] == "conv" else \
+        rng.standard_normal((2, 3))
+    e = _err({"layers": layers}, x)
+    assert (e.layer, e.field) == (bad, "type") and "Gaussian" in e.reason
+
+
+def test_gaussian_is_kept_by_pooling_and_restored_by_dense(rng):
+    x = rng.standard_normal((2, 4, 4, 2))
+    ok = {"layers": [{"type": "conv", "filter_shape": [1, 1]},
+                     {"type": "avg_pool", "window_shape": [2, 2]}, {"type": "relu"},
+                     {"type": "conv", "filter_shape": [1, 1]}, {"type": "global_avg_pool"},
+                     {"type": "erf"}, {"type": "dense"}, {"type": "flatten"}, {"type": "sin"},
+                     {"type": "dense"}]}
+    assert np.isfinite(nc.kernel(ok, x)["ntk"]).all()
+
+
 def test_requirements_follow_the_layers():
     shape = (1, 8, 8, 3)
     gap = make_plan(nc.parse_arch(conv_net(2, "global_avg_pool")), shape)

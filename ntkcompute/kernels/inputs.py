@@ -7,50 +7,40 @@ from types import ModuleType
 from .state import Array, State
 
 
-def _interleave(nb: int, ndim: int) -> tuple[int, ...]:
-    """Permutation from ``B + (S1..Sd) + (S1'..Sd')`` to ``B + (S1, S1', ..., Sd, Sd')``."""
-    perm = list(range(nb))
-    for k in range(ndim):
-        perm += [nb + k, nb + ndim + k]
-    return tuple(perm)
-
-
 def pair_input(xp: ModuleType, x1: Array, x2: Array, full: bool, want_ntk: bool) -> State:
     """State for all pairs of rows of ``x1`` (n1, *S, C) and ``x2`` (n2, *S, C)."""
     n1, n2, c = x1.shape[0], x2.shape[0], x1.shape[-1]
     spatial = tuple(x1.shape[1:-1])
-    ndim = len(spatial)
-    if ndim == 0:
+    d = len(spatial)
+    if d == 0:
         k = x1 @ x2.T
     elif full:
         k = x1.reshape(-1, c) @ x2.reshape(-1, c).T  # (n1 P, n2 P)
         k = k.reshape((n1, *spatial, n2, *spatial))
-        perm = [0, ndim + 1]
-        for d in range(ndim):
-            perm += [1 + d, ndim + 2 + d]
+        perm = [a for j in range(d) for a in (1 + j, d + 2 + j)] + [0, d + 1]
         k = k.transpose(perm)
     else:
         a = x1.reshape(n1, -1, c).transpose(1, 0, 2)  # (P, n1, C)
         b = x2.reshape(n2, -1, c).transpose(1, 2, 0)  # (P, C, n2)
-        k = (a @ b).transpose(1, 2, 0).reshape((n1, n2, *spatial))
+        k = (a @ b).reshape((*spatial, n1, n2))
     k = xp.ascontiguousarray(k) / c
     return State(nngp=k, ntk=xp.zeros_like(k) if want_ntk else None, nb=2, spatial=spatial,
-                 full=full and ndim > 0)
+                 full=full and d > 0)
 
 
 def self_input(xp: ModuleType, x: Array, full: bool, want_ntk: bool) -> State:
     """State for the pairs (x_i, x_i): batch shape ``(n,)``."""
     n, c = x.shape[0], x.shape[-1]
     spatial = tuple(x.shape[1:-1])
-    ndim = len(spatial)
-    if ndim == 0:
+    d = len(spatial)
+    if d == 0:
         k = (x * x).sum(axis=-1)
     elif full:
         flat = x.reshape(n, -1, c)
         k = (flat @ flat.transpose(0, 2, 1)).reshape((n, *spatial, *spatial))
-        k = k.transpose(_interleave(1, ndim))
+        k = k.transpose([a for j in range(d) for a in (1 + j, 1 + d + j)] + [0])
     else:
-        k = (x * x).sum(axis=-1)
+        k = xp.moveaxis((x * x).sum(axis=-1), 0, -1)
     k = xp.ascontiguousarray(k) / c
     return State(nngp=k, ntk=xp.zeros_like(k) if want_ntk else None, nb=1, spatial=spatial,
-                 full=full and ndim > 0)
+                 full=full and d > 0)

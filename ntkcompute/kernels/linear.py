@@ -49,5 +49,5 @@ def dense(lp: LayerPlan, st: State, xp) -> State:
 
 def conv(lp: LayerPlan, st: State, xp) -> State:
     win = lp.window
-    return _affine(lp, st, lambda a: conv_window_sum(xp, a, st.nb, st.full, win),
+    return _affine(lp, st, lambda a: conv_window_sum(xp, a, st.full, win),
                    math.prod(win.size))

@@ -18,7 +18,7 @@ def avg_pool(lp: LayerPlan, st: State, xp) -> State:
     scale = 1.0 / math.prod(lp.window.size) ** 2
 
     def f(a):
-        out = pool_window_sum(xp, a, st.nb, lp.window)
+        out = pool_window_sum(xp, a, lp.window)
         out *= scale
         return out
 
@@ -27,7 +27,7 @@ def avg_pool(lp: LayerPlan, st: State, xp) -> State:
 
 def global_avg_pool(lp: LayerPlan, st: State, xp) -> State:
     """Mean over all pairs of positions (p, p')."""
-    axes = tuple(range(st.nb, st.nngp.ndim))
+    axes = tuple(range(st.nngp.ndim - st.nb))
     return st.with_(spatial=(), full=False, **_both(st, lambda a: a.mean(axis=axes)))
 
 
@@ -39,8 +39,8 @@ def flatten(lp: LayerPlan, st: State, xp) -> State:
 
     def f(a):
         if st.full:
-            a = spatial_diagonal(a, st.nb, ndim)
-        return a.mean(axis=tuple(range(st.nb, st.nb + ndim)))
+            a = spatial_diagonal(xp, a, ndim)
+        return a.mean(axis=tuple(range(ndim)))
 
     return st.with_(spatial=(), full=False, **_both(st, f))
 

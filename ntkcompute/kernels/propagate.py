@@ -23,14 +23,15 @@ RULES: dict[type, Rule] = {
 }
 
 
-def _diagonal_of(st: State) -> Array:
+def _diagonal_of(st: State, xp: ModuleType) -> Array:
     """Per-input variances at each position, ``(n, *spatial)``, from a self-pass state."""
-    return spatial_diagonal(st.nngp, st.nb, len(st.spatial)) if st.full else st.nngp
+    v = spatial_diagonal(xp, st.nngp, len(st.spatial)) if st.full else st.nngp
+    return xp.ascontiguousarray(xp.moveaxis(v, -1, 0))
 
 
 def _nonlinear(lp: LayerPlan, st: State, xp: ModuleType, va: Array, vb: Array) -> State:
-    k11 = expand_var(va, st.nb, 0, st.full)
-    k22 = expand_var(vb, st.nb, 1, st.full)
+    k11 = expand_var(xp, va, st.nb, 0, st.full)
+    k22 = expand_var(xp, vb, st.nb, 1, st.full)
     nngp, dot = activations.apply(xp, lp.layer, st.nngp, k11, k22, st.ntk is not None)
     ntk = None
     if st.ntk is not None:
@@ -41,7 +42,7 @@ def _nonlinear(lp: LayerPlan, st: State, xp: ModuleType, va: Array, vb: Array) -
 
 def _to_diagonal(st: State, xp: ModuleType) -> State:
     def diag(a: Array) -> Array:
-        return xp.ascontiguousarray(spatial_diagonal(a, st.nb, len(st.spatial)))
+        return xp.ascontiguousarray(spatial_diagonal(xp, a, len(st.spatial)))
 
     return st.with_(nngp=diag(st.nngp), ntk=None if st.ntk is None else diag(st.ntk), full=False)
 
@@ -59,7 +60,7 @@ def run(plan: Plan, st: State, xp: ModuleType,
     for lp in plan.layers:
         if isinstance(lp.layer, spec.NONLINEAR):
             if variances is None:
-                v = _diagonal_of(st).copy()
+                v = _diagonal_of(st, xp)
                 collected.append(v)
                 st = _nonlinear(lp, st, xp, v, v)
             else:

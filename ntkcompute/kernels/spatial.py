@@ -74,19 +74,19 @@ def shifted_sum(xp: ModuleType, a: Array, axes: tuple[int, ...], size: int, stri
     return out
 
 
-def conv_window_sum(xp: ModuleType, a: Array, nb: int, full: bool, win: Window) -> Array:
+def conv_window_sum(xp: ModuleType, a: Array, full: bool, win: Window) -> Array:
     """Unnormalised Conv window sum over every spatial dimension of a state array."""
     for k in range(len(win.size)):
-        axes = (nb + 2 * k, nb + 2 * k + 1) if full else (nb + k,)
+        axes = (2 * k, 2 * k + 1) if full else (k,)
         a = shifted_sum(xp, a, axes, win.size[k], win.strides[k], win.pad[k], win.out[k],
                         win.circular)
     return a
 
 
-def pool_window_sum(xp: ModuleType, a: Array, nb: int, win: Window) -> Array:
+def pool_window_sum(xp: ModuleType, a: Array, win: Window) -> Array:
     """Unnormalised pooling sum on a full-layout state: p and p' pooled independently."""
     for k in range(len(win.size)):
-        for ax in (nb + 2 * k, nb + 2 * k + 1):
+        for ax in (2 * k, 2 * k + 1):
             a = shifted_sum(xp, a, (ax,), win.size[k], win.strides[k], win.pad[k], win.out[k],
                             win.circular)
     return a

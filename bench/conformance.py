@@ -1,0 +1,135 @@
+"""Conformance and speed against neural-tangents 0.6.5 (``make conformance``; not in CI).
+
+Writes a catalogue of (architecture, inputs) cases, computes them with neural-tangents in its
+own venv (``NT_PYTHON``, see the Makefile) via ``bench/nt_reference.py``, computes them with
+ntkcompute here, and prints, per case, the max relative difference of NNGP and NTK
+(off-diagonal and diagonal entries separately: nt's ReLU angle leaves ~1e-8 on diagonals)
+the asymmetry of nt's own symmetric Gram (its quadrature treats x and x' differently; ours
+mirrors the upper triangle, so symmetric Grams are compared there), and the float64 time of
+both for the cross kernel, measured in this run (both use all cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+import ntkcompute as nc
+from ntkcompute import architectures as A
+from ntkcompute.datasets import cifar10, digits, standardize
+
+
+def _fc(act, **kw):
+    return {"layers": [{"type": "dense", "W_std": 1.3, "b_std": 0.2}, {"type": act, **kw},
+                       {"type": "dense", "W_std": 1.3, "b_std": 0.2}, {"type": act, **kw},
+                       {"type": "dense", "W_std": 1.3, "b_std": 0.2}]}
+
+
+def catalogue():
+    rng = np.random.default_rng(0)
+    v1, v2 = rng.standard_normal((12, 10)), rng.standard_normal((7, 10))
+    i1, i2 = rng.standard_normal((6, 6, 5, 2)), rng.standard_normal((4, 6, 5, 2))
+    dig = digits()[0]
+    cif = standardize(cifar10(64)[0])[0]
+    cases = [
+        ("fc relu depth 3", A.fc(3, 1.5, 0.1), v1, v2),
+        ("fc erf(a,b,c)", _fc("erf", a=1.2, b=0.7, c=0.1), v1, v2),
+        ("fc gelu", _fc("gelu"), v1, v2),
+        ("fc sin(a,b,c)", _fc("sin", a=0.9, b=1.2, c=0.3), v1, v2),
+        ("fc abs", _fc("abs"), v1, v2),
+        ("fc leaky_relu", _fc("leaky_relu", alpha=0.1), v1, v2),
+        ("fc ab_relu", _fc("ab_relu", a=-0.4, b=1.3), v1, v2),
+        ("fc sign", _fc("sign"), v1, v2),
+        ("fc elementwise tanh", _fc("elementwise", fn="tanh", deg=25), v1, v2),
+        ("fc standard param", {"parameterization": "standard", "layers": [
+            {"type": "dense", "W_std": 1.4, "b_std": 0.1, "out_dim": 64}, {"type": "relu"},
+            {"type": "dense", "W_std": 1.4, "b_std": 0.1, "out_dim": 32}, {"type": "erf"},
+            {"type": "dense", "W_std": 1.4, "b_std": 0.1}]}, v1, v2),
+        ("cnn SAME gap", A.cntk(2, b_std=0.1), i1, i2),
+        ("cnn VALID flatten", {"layers": [
+            {"type": "conv", "filter_shape": [2, 2], "W_std": 1.5, "b_std": 0.1},
+            {"type": "relu"},
+            {"type": "conv", "filter_shape": [3, 2], "W_std": 1.5, "b_std": 0.1},
+            {"type": "erf"}, {"type": "flatten"}, {"type": "dense", "W_std": 1.2}]},
+         i1, i2),
+        ("cnn strided circular pool", {"layers": [
+            {"type": "conv", "filter_shape": [2, 3], "strides": [2, 1], "padding": "SAME",
+             "W_std": 1.3, "b_std": 0.2}, {"type": "gelu"},
+            {"type": "conv", "filter_shape": [3, 2], "padding": "CIRCULAR", "W_std": 1.1},
+            {"type": "relu"},
+            {"type": "avg_pool", "window_shape": [2, 2], "strides": [1, 2], "padding": "SAME"},
+            {"type": "dense", "W_std": 1.5, "b_std": 0.1},
+            {"type": "relu"}, {"type": "flatten"}, {"type": "dense", "W_std": 1.2}]},
+         i1, i2),
+        ("cnn pool dense gap", {"layers": [
+            {"type": "conv", "filter_shape": [3, 3], "padding": "SAME", "W_std": 1.4},
+            {"type": "relu"}, {"type": "avg_pool", "window_shape": [2, 2], "strides": [2, 2]},
+            {"type": "dense", "W_std": 1.2, "b_std": 0.5}, {"type": "relu"},
+            {"type": "global_avg_pool"}, {"type": "dense", "W_std": 1.2}]}, i1, i2),
+        ("cntk-gap-4 8x8x1 48x48", A.cntk(4), dig[:48], dig[48:96]),
+        ("cntk-flatten-4 32x32x3 32x32", A.cntk(4, "flatten"), cif[:32], cif[32:64]),
+        ("cntk-gap-4 32x32x3 4x4", A.cntk(4), cif[:4], cif[4:8]),
+        ("myrtle-5 32x32x3 6x6", A.myrtle(5), cif[:6], cif[6:12]),
+    ]
+    return cases
+
+
+def rel(a, b, mask=None):
+    d = np.abs(a - b)
+    if mask is not None:
+        d, b = d[mask], b[mask]
+    return float(d.max() / np.abs(b).max()) if d.size else float("nan")
+
+
+def main() -> None:
+    nt_python = os.environ.get("NT_PYTHON", ".venv-nt/bin/python")
+    cases = catalogue()
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays = {}
+        for i, (_, arch, x1, x2) in enumerate(cases):
+            arrays[f"arch_{i}"] = json.dumps(arch)
+            arrays[f"x1_{i}"], arrays[f"x2_{i}"] = x1, x2
+        # also the symmetric Gram of the first inputs, to see diagonals
+        np.savez(os.path.join(tmp, "cases.npz"), **arrays)
+        sym = {f"arch_{i}": json.dumps(arch) for i, (_, arch, *_r) in enumerate(cases)}
+        sym.update({f"x1_{i}": c[2] for i, c in enumerate(cases)})
+        sym.update({f"x2_{i}": c[2] for i, c in enumerate(cases)})
+        np.savez(os.path.join(tmp, "sym.npz"), **sym)
+        for name in ("cases", "sym"):
+            subprocess.run([nt_python, os.path.join(os.path.dirname(__file__),
+                                                    "nt_reference.py"),
+                            os.path.join(tmp, f"{name}.npz"), os.path.join(tmp, f"nt_{name}.npz")],
+                           check=True, stdout=subprocess.DEVNULL)
+        ref = np.load(os.path.join(tmp, "nt_cases.npz"))
+        ref_sym = np.load(os.path.join(tmp, "nt_sym.npz"))
+        print(f"{'case':32s} {'nngp off':>9s} {'ntk off':>9s} {'ntk diag':>9s} "
+              f"{'nt asym':>9s} {'nt s':>8s} {'ours s':>8s} {'nt/ours':>8s}")
+        worst = 0.0
+        for i, (name, arch, x1, x2) in enumerate(cases):
+            nc.kernel(arch, x1[:1], x2[:1])  # warm-up
+            t = time.perf_counter()
+            k = nc.kernel(arch, x1, x2)
+            sec = time.perf_counter() - t
+            ks = nc.kernel(arch, x1)
+            off = np.triu(np.ones((len(x1), len(x1)), dtype=bool), 1)
+            diag = np.eye(len(x1), dtype=bool)
+            nt_ntk = ref_sym[f"ntk_{i}"]
+            asym = float(np.abs(nt_ntk - nt_ntk.T).max() / np.abs(nt_ntk).max())
+            e_nngp = max(rel(k["nngp"], ref[f"nngp_{i}"]),
+                         rel(ks["nngp"], ref_sym[f"nngp_{i}"], off))
+            e_ntk = max(rel(k["ntk"], ref[f"ntk_{i}"]), rel(ks["ntk"], ref_sym[f"ntk_{i}"], off))
+            e_diag = rel(ks["ntk"], nt_ntk, diag)
+            worst = max(worst, e_nngp, e_ntk)
+            nt_sec = float(ref[f"sec_{i}"])
+            print(f"{name:32s} {e_nngp:9.1e} {e_ntk:9.1e} {e_diag:9.1e} {asym:9.1e} {nt_sec:8.3f} "
+                  f"{sec:8.3f} {nt_sec / sec:7.1f}x", flush=True)
+        print(f"worst off-diagonal relative difference: {worst:.1e}")
+
+
+if __name__ == "__main__":
+    main()

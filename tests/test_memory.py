@@ -1,0 +1,53 @@
+"""The memory budget bounds the working set; digits CNTK-GAP stays far below 2 GB RSS."""
+
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import ntkcompute as nc
+from ntkcompute import architectures as A
+from ntkcompute.datasets import digits
+
+
+@pytest.mark.parametrize("memory,threads", [(2 << 20, 1), (8 << 20, 2)])
+def test_budget_bounds_traced_memory(memory, threads):
+    x = digits()[0][:160]
+    x1, x2 = x[:100], x[100:]
+    arch = A.cntk(3)
+    plan = nc.plan.make_plan(nc.parse_arch(arch), x.shape)
+    # What is held outside the blocks: inputs, outputs, self-covariances of both sets.
+    fixed = (x1.nbytes + x2.nbytes + 2 * 8 * len(x1) * len(x2)
+             + 2 * 8 * len(x) * 64 * len(plan.nonlinear_indices))
+    tracemalloc.start()
+    try:
+        nc.kernel(arch, x1, x2, memory=memory, threads=threads)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    blocks = nc.infinite.bytes_per_pair(plan, 8)
+    assert blocks < memory / threads  # several pairs per block, so the budget is what binds
+    assert peak < 2 * memory + fixed, (peak, memory, fixed)
+
+
+def test_digits_cntk_gap_rss_under_2gb():
+    """All 1797 digits against a slab of columns: the self pass covers all 1797 inputs and the
+    blocks are the same as in the full 1797 x 1797 job (bench/memory.py runs that one)."""
+    code = textwrap.dedent("""
+        import resource
+        import ntkcompute as nc
+        from ntkcompute import architectures as A
+        from ntkcompute.datasets import digits
+        x = digits()[0]
+        k = nc.kernel(A.cntk(4), x, x[:16])
+        assert k["ntk"].shape == (1797, 16)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=600)
+    rss_mb = int(out.stdout.strip().splitlines()[-1]) / 1024
+    assert rss_mb < 2048, rss_mb
+    assert np.isfinite(rss_mb)
