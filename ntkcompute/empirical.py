@@ -84,34 +84,32 @@ class _Affine:
     idx: np.ndarray | None  # conv patches
 
 
+def _ab(a: float, b: float) -> tuple[Any, Any]:
+    return (lambda z: np.where(z > 0, b * z, a * z),
+            lambda z: np.where(z > 0, b, a).astype(z.dtype))
+
+
 def _act(layer: Any) -> tuple[Any, Any]:
     """(φ, φ') of a nonlinearity spec, on NumPy arrays."""
     if isinstance(layer, spec.Relu):
-        a, b = 0.0, 1.0
-    elif isinstance(layer, spec.LeakyRelu):
-        a, b = layer.alpha, 1.0
-    elif isinstance(layer, spec.ABRelu):
-        a, b = layer.a, layer.b
-    elif isinstance(layer, spec.Abs):
-        a, b = -1.0, 1.0
-    elif isinstance(layer, spec.Erf):
+        return _ab(0.0, 1.0)
+    if isinstance(layer, spec.LeakyRelu):
+        return _ab(layer.alpha, 1.0)
+    if isinstance(layer, spec.ABRelu):
+        return _ab(layer.a, layer.b)
+    if isinstance(layer, spec.Abs):
+        return _ab(-1.0, 1.0)
+    if isinstance(layer, spec.Erf):
         f, df = FUNCTIONS["erf"]
         return (lambda z: layer.a * f(np, layer.b * z) + layer.c,
                 lambda z: layer.a * layer.b * df(np, layer.b * z))
-    elif isinstance(layer, spec.Gelu):
-        f, df = FUNCTIONS["gelu"]
-        return (lambda z: f(np, z), lambda z: df(np, z))
-    elif isinstance(layer, spec.Sin):
+    if isinstance(layer, spec.Sin):
         return (lambda z: layer.a * np.sin(layer.b * z + layer.c),
                 lambda z: layer.a * layer.b * np.cos(layer.b * z + layer.c))
-    elif isinstance(layer, spec.Sign):
+    if isinstance(layer, spec.Sign):
         return np.sign, np.zeros_like
-    elif isinstance(layer, spec.Elementwise):
-        f, df = FUNCTIONS[layer.fn]
-        return (lambda z: f(np, z), lambda z: df(np, z))
-    else:
-        raise TypeError(layer)
-    return (lambda z: np.where(z > 0, b * z, a * z), lambda z: np.where(z > 0, b, a) + 0 * z)
+    f, df = FUNCTIONS["gelu" if isinstance(layer, spec.Gelu) else layer.fn]
+    return (lambda z: f(np, z), lambda z: df(np, z))
 
 
 def empirical_kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
@@ -197,10 +195,7 @@ def empirical_kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = 
             a = a.reshape(a.shape[0], -1)
         else:  # identity
             tape.append(("identity", None))
-    out = a
-    if out.ndim != 2:
-        raise InputError("the network's output is spatial; end it with flatten or "
-                         "global_avg_pool", field="type", layer=len(arch.layers) - 1)
+    out = a  # (n, K): make_plan has checked that the output is not spatial
     k_out = out.shape[-1]
     res: dict[str, np.ndarray] = {}
     if "nngp" in get:

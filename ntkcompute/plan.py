@@ -193,8 +193,3 @@ def make_plan(arch: Architecture, input_shape: tuple[int, ...],
     return Plan(layers=tuple(plans), input_spatial=spatial,
                 input_full=need_in[0] if plans else False,
                 parameterization=arch.parameterization, nonlinear_indices=nonlin)
-
-
-def affine_layers(arch: Architecture) -> list[int]:
-    """Indices of layers with weights (dense / conv)."""
-    return [i for i, layer in enumerate(arch.layers) if isinstance(layer, (Dense, Conv))]

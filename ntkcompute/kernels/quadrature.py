@@ -72,7 +72,7 @@ def gauss_hermite(xp: ModuleType, fn: str, deg: int, k12: Array, k11: Array, k22
     c1 = k12 / xp.sqrt(xp.maximum(k11 / 2, tiny))
     c2 = xp.sqrt(xp.maximum(2 * (k22 - k12 * k12 / xp.maximum(k11, tiny)), 0.0))
     su = xp.sqrt(2 * k11)
-    nngp = xp.zeros(xp.broadcast_shapes(k12.shape, k11.shape, k22.shape), dtype=k12.dtype)
+    nngp = xp.zeros(np.broadcast_shapes(k12.shape, k11.shape, k22.shape), dtype=k12.dtype)
     dot = xp.zeros_like(nngp) if want_dot else None
     for xk, wk in zip(nodes, weights, strict=True):
         u = su * xk

@@ -1,0 +1,1 @@
+"""REST front end of ntkcompute (issue 5)."""

@@ -1,0 +1,1 @@
+"""Dask side of ntkcompute: tiled Gram matrices into Zarr and distributed solvers (issues 3, 4)."""
