@@ -25,7 +25,7 @@ import numpy as np
 from . import spec
 from .errors import InputError
 from .kernels.quadrature import FUNCTIONS
-from .plan import LayerPlan, Window, make_plan
+from .plan import LayerPlan, Plan, Window, make_plan
 from .spec import Architecture, parse_arch
 from .validate import as_input, check_get, check_pair, resolve_dtype
 
@@ -112,67 +112,64 @@ def _act(layer: Any) -> tuple[Any, Any]:
     return (lambda z: f(np, z), lambda z: df(np, z))
 
 
-def empirical_kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
-                     width: int, seed: int = 0, get: tuple[str, ...] | str = ("ntk",),
-                     dtype: Any = np.float64) -> dict[str, np.ndarray]:
-    """Empirical NTK (and NNGP) of one randomly initialised finite-width network.
-
-    Args:
-        arch: the architecture; each Dense/Conv without ``out_dim``/``out_chan`` gets ``width``
-            channels, except the last one, the readout, which gets 1 output unless set.
-        x1, x2: inputs as for :func:`ntkcompute.kernel` (NumPy).
-        width: hidden width (channels of Conv layers, units of Dense layers).
-        seed: seed of the weights (standard normal, scaled as the parameterization says).
-        get: ``"ntk"`` = mean over outputs of ``J_k(x1) J_k(x2)^T``; ``"nngp"`` = mean over
-            outputs of ``f_k(x1) f_k(x2)``.
-
-    Returns:
-        ``{"ntk": (n1, n2), "nngp": (n1, n2)}`` restricted to ``get``.
-    """
-    arch = parse_arch(arch)
-    get = check_get(get)
-    if not isinstance(width, (int, np.integer)) or width <= 0:
-        raise InputError(f"must be a positive integer, got {width!r}", field="width")
-    dt = resolve_dtype(dtype, x1)
-    x1 = as_input(x1, "x1", dt)
-    x2n = x1 if x2 is None else as_input(x2, "x2", dt)
-    check_pair(x1, x2n)
-    affine = [i for i, layer in enumerate(arch.layers) if isinstance(layer, (spec.Dense,
-                                                                             spec.Conv))]
-    if affine:  # the readout defaults to one output unit
+def readout_default(arch: Architecture) -> Architecture:
+    """The last Dense/Conv gets one output unit unless its width is set."""
+    affine = [i for i, layer in enumerate(arch.layers)
+              if isinstance(layer, (spec.Dense, spec.Conv))]
+    if affine:
         last = arch.layers[affine[-1]]
         key = "out_dim" if isinstance(last, spec.Dense) else "out_chan"
         if getattr(last, key) is None:
             layers = list(arch.layers)
             layers[affine[-1]] = last.model_copy(update={key: 1})
             arch = arch.model_copy(update={"layers": layers})
-    plan = make_plan(arch, tuple(x1.shape), width=int(width))
-    rng = np.random.default_rng(seed)
-    x = np.concatenate([x1, x2n]) if x2 is not None else x1
-    n1 = x1.shape[0]
+    return arch
 
-    # Forward pass, keeping what the backward pass and the Gram matrices need.
+
+def init_params(plan: Plan, seed: int, dtype: Any) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Trainable parameters ``(W, b)`` of each Dense/Conv layer in order, standard normal
+    (NTK parameterization) or scaled by ``W_std / sqrt(fan_in)`` and ``b_std`` (standard).
+
+    ``W`` has shape ``(fan_in, out)`` with ``fan_in = |F| * C_in`` for a Conv.
+    """
+    rng = np.random.default_rng(seed)
+    params = []
+    for lp in plan.layers:
+        layer = lp.layer
+        if not isinstance(layer, (spec.Dense, spec.Conv)):
+            continue
+        fan_in = lp.in_channels * (math.prod(lp.window.size) if lp.window else 1)
+        W = rng.standard_normal((fan_in, lp.out_channels)).astype(dtype)
+        b = rng.standard_normal(lp.out_channels).astype(dtype) \
+            if layer.b_std is not None else None
+        if plan.parameterization == "standard":
+            W *= layer.W_std / math.sqrt(fan_in)
+            if b is not None:
+                b *= layer.b_std
+        params.append((W, b))
+    return params
+
+
+def forward(plan: Plan, params: list, x: np.ndarray) -> tuple[np.ndarray, list]:
+    """Network outputs ``(n, K)`` for inputs ``x`` and the tape the backward pass reads."""
     a = x.reshape(x.shape[0], -1, x.shape[-1]) if plan.input_spatial else x
     tape: list[tuple[str, Any]] = []
+    j = 0
     for lp in plan.layers:
         layer = lp.layer
         if isinstance(layer, (spec.Dense, spec.Conv)):
+            W, b = params[j]
+            j += 1
             idx = None
             if isinstance(layer, spec.Conv):
                 idx = _window_index(lp.in_spatial, lp.window)
                 inp = _gather(a, idx).reshape(a.shape[0], idx.shape[0], -1)
             else:
                 inp = a
-            fan_in = inp.shape[-1]
-            W = rng.standard_normal((fan_in, lp.out_channels)).astype(dt)
-            b = rng.standard_normal(lp.out_channels).astype(dt) if layer.b_std is not None \
-                else None
-            if arch.parameterization == "ntk":
-                scale, b_scale = layer.W_std / math.sqrt(fan_in), (layer.b_std or 0.0)
-            else:  # standard: the std lives in the initial values, gradients are unscaled
-                W *= layer.W_std / math.sqrt(fan_in)
-                if b is not None:
-                    b *= layer.b_std
+            if plan.parameterization == "ntk":
+                scale = layer.W_std / math.sqrt(inp.shape[-1])
+                b_scale = layer.b_std or 0.0
+            else:  # standard: the stds live in the initial values, gradients are unscaled
                 scale, b_scale = 1.0, 1.0
             aff = _Affine(lp, W, b, scale, b_scale, idx)
             tape.append(("affine", (aff, inp)))
@@ -195,7 +192,38 @@ def empirical_kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = 
             a = a.reshape(a.shape[0], -1)
         else:  # identity
             tape.append(("identity", None))
-    out = a  # (n, K): make_plan has checked that the output is not spatial
+    return a, tape  # (n, K): make_plan has checked that the output is not spatial
+
+
+def empirical_kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
+                     width: int, seed: int = 0, get: tuple[str, ...] | str = ("ntk",),
+                     dtype: Any = np.float64) -> dict[str, np.ndarray]:
+    """Empirical NTK (and NNGP) of one randomly initialised finite-width network.
+
+    Args:
+        arch: the architecture; each Dense/Conv without ``out_dim``/``out_chan`` gets ``width``
+            channels, except the last one, the readout, which gets 1 output unless set.
+        x1, x2: inputs as for :func:`ntkcompute.kernel` (NumPy).
+        width: hidden width (channels of Conv layers, units of Dense layers).
+        seed: seed of the weights (see :func:`init_params`).
+        get: ``"ntk"`` = mean over outputs of ``J_k(x1) J_k(x2)^T``; ``"nngp"`` = mean over
+            outputs of ``f_k(x1) f_k(x2)``.
+
+    Returns:
+        ``{"ntk": (n1, n2), "nngp": (n1, n2)}`` restricted to ``get``.
+    """
+    arch = parse_arch(arch)
+    get = check_get(get)
+    if not isinstance(width, (int, np.integer)) or width <= 0:
+        raise InputError(f"must be a positive integer, got {width!r}", field="width")
+    dt = resolve_dtype(dtype, x1)
+    x1 = as_input(x1, "x1", dt)
+    x2n = x1 if x2 is None else as_input(x2, "x2", dt)
+    check_pair(x1, x2n)
+    plan = make_plan(readout_default(arch), tuple(x1.shape), width=int(width))
+    x = np.concatenate([x1, x2n]) if x2 is not None else x1
+    n1 = x1.shape[0]
+    out, tape = forward(plan, init_params(plan, seed, dt), x)
     k_out = out.shape[-1]
     res: dict[str, np.ndarray] = {}
     if "nngp" in get:

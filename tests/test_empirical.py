@@ -105,3 +105,47 @@ def test_empirical_errors(rng):
     with pytest.raises(nc.InputError) as e:
         nc.empirical_kernel(fc_net(1), rng.standard_normal((2, 3)), width=0)
     assert e.value.field == "width"
+
+
+@pytest.mark.parametrize("arch,shape", [
+    ({"layers": [{"type": "conv", "filter_shape": [3, 2], "strides": [2, 1], "padding": "SAME",
+                  "W_std": 1.4, "b_std": 0.3}, {"type": "gelu"},
+                 {"type": "conv", "filter_shape": [2, 2], "padding": "CIRCULAR", "W_std": 1.2},
+                 {"type": "erf"}, {"type": "avg_pool", "window_shape": [2, 2],
+                                   "padding": "SAME"},
+                 {"type": "dense", "W_std": 1.1, "b_std": 0.2}, {"type": "sin"},
+                 {"type": "global_avg_pool"}, {"type": "dense", "W_std": 1.3, "b_std": 0.1,
+                                               "out_dim": 2}]}, (3, 5, 4, 2)),
+    ({"parameterization": "standard", "layers": [
+        {"type": "dense", "W_std": 1.4, "b_std": 0.3, "out_dim": 4},
+        {"type": "elementwise", "fn": "tanh"},
+        {"type": "dense", "W_std": 1.2, "b_std": 0.1, "out_dim": 3}]}, (4, 5)),
+    ({"layers": [{"type": "conv", "filter_shape": [2, 2], "W_std": 1.5, "b_std": 0.1},
+                 {"type": "elementwise", "fn": "softplus"}, {"type": "flatten"},
+                 {"type": "dense", "W_std": 1.2}]}, (3, 3, 3, 1)),
+], ids=["conv-pool-gap", "standard-fc", "flatten"])
+def test_empirical_ntk_equals_finite_difference_jacobians(rng, arch, shape):
+    """J J^T / K with J from central differences over every trainable parameter."""
+    from ntkcompute.empirical import forward, init_params, readout_default
+    from ntkcompute.plan import make_plan
+
+    x = rng.standard_normal(shape)
+    spec = readout_default(nc.parse_arch(arch))
+    plan = make_plan(spec, x.shape, width=3)
+    params = init_params(plan, 7, np.float64)
+    flat = [a for wb in params for a in wb if a is not None]
+    cols = []
+    h = 1e-6
+    for arr in flat:
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + h
+            up = forward(plan, params, x)[0]
+            arr[idx] = old - h
+            dn = forward(plan, params, x)[0]
+            arr[idx] = old
+            cols.append((up - dn) / (2 * h))  # (n, K)
+    J = np.stack(cols, axis=-1)  # (n, K, #params)
+    ntk_fd = np.einsum("ikp,jkp->ij", J, J) / J.shape[1]
+    ntk = nc.empirical_kernel(arch, x, width=3, seed=7)["ntk"]
+    np.testing.assert_allclose(ntk, ntk_fd, rtol=1e-7, atol=1e-9)
