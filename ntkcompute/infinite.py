@@ -88,27 +88,73 @@ def pair_block(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *,
     return st.nngp, st.ntk
 
 
-def block_shape(plan: Plan, n1: int, n2: int, itemsize: int, memory: int) -> tuple[int, int]:
-    """Rows and columns of a pair block that fits ``memory`` bytes (at least 1 x 1)."""
-    pairs = max(1, memory // bytes_per_pair(plan, itemsize))
-    b1 = min(n1, max(1, math.isqrt(pairs)))
-    b2 = min(n2, max(1, pairs // b1))
-    if b2 == n2:  # spend what is left on rows
-        b1 = min(n1, max(1, pairs // b2))
-    return b1, b2
+def block_budget(xp: Any, memory: int, threads: int) -> int:
+    """Bytes one block may use: the budget split over threads, capped on the CPU."""
+    budget = max(1, memory // max(1, threads))
+    return min(budget, CPU_BLOCK_BYTES) if xp.__name__ == "numpy" else budget
 
 
-def _blocks(n1: int, n2: int, b1: int, b2: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:
+def block_size(plan: Plan, itemsize: int, budget: int) -> int:
+    """Side ``b`` of the square pair blocks: the largest with ``b * b`` pairs in ``budget``.
+
+    Blocks lie on a fixed grid (multiples of ``b`` from 0), so any tiling of the Gram matrix
+    into multiples of ``b`` computes every entry exactly as one in-process call does.
+    """
+    return max(1, math.isqrt(max(1, budget // bytes_per_pair(plan, itemsize))))
+
+
+def _blocks(n1: int, n2: int, b: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:
+    rows = _chunks(n1, b)
     if symmetric:
-        b = min(b1, b2)
-        rows = _chunks(n1, b)
         for i, r in enumerate(rows):
             for c in rows[i:]:
                 yield r, c
     else:
-        for r in _chunks(n1, b1):
-            for c in _chunks(n2, b2):
+        for r in rows:
+            for c in _chunks(n2, b):
                 yield r, c
+
+
+def gram(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *, symmetric: bool,
+         get: tuple[str, ...], block: int, threads: int = 1,
+         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Gram matrices between validated rows ``x1``, ``x2`` given their self-covariances.
+
+    ``symmetric`` (x2 is x1) computes blocks on and above the diagonal and mirrors them, so
+    the result is exactly symmetric. ``block`` is the side of the square block grid.
+    """
+    xp = array_module(x1)
+    want_ntk = "ntk" in get
+    n1, n2 = x1.shape[0], x2.shape[0]
+    blocks = list(_blocks(n1, n2, block, symmetric))
+    out = {k: xp.empty((n1, n2), dtype=x1.dtype) for k in ("nngp", "ntk") if k in get}
+
+    def work(rc: tuple[slice, slice]) -> None:
+        r, c = rc
+        nngp, ntk = pair_block(plan, x1[r], x2[c], s1.rows(r), s2.rows(c), want_ntk=want_ntk)
+        for name, val in (("nngp", nngp), ("ntk", ntk)):
+            if name not in out:
+                continue
+            if symmetric and r == c:  # keep the upper triangle, mirror it: exactly symmetric
+                val = xp.triu(val) + xp.triu(val, 1).T
+            out[name][r, c] = val
+            if symmetric and r != c:
+                out[name][c, r] = val.T
+
+    done = 0
+    if threads == 1 or len(blocks) == 1:
+        for rc in blocks:
+            work(rc)
+            done += 1
+            if progress:
+                progress(done, len(blocks))
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in pool.map(work, blocks):
+                done += 1
+                if progress:
+                    progress(done, len(blocks))
+    return out
 
 
 def kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
@@ -150,42 +196,11 @@ def kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     if threads is None:
         threads = (os.cpu_count() or 1) if xp.__name__ == "numpy" else 1
     threads = max(1, int(threads))
-    budget = max(1, memory // threads)
     if xp.__name__ == "numpy":
         tune_allocator()
-        budget = min(budget, CPU_BLOCK_BYTES)
-
+    budget = block_budget(xp, memory, threads)
     s1 = self_pass(plan, x1, want_ntk=want_ntk, memory=budget)
     s2 = s1 if symmetric else self_pass(plan, x2, want_ntk=want_ntk, memory=budget)
-
-    n1, n2 = x1.shape[0], x2.shape[0]
-    b1, b2 = block_shape(plan, n1, n2, dt.itemsize, budget)
-    blocks = list(_blocks(n1, n2, b1, b2, symmetric))
-    out = {k: xp.empty((n1, n2), dtype=dt) for k in ("nngp", "ntk") if k in get}
-
-    def work(rc: tuple[slice, slice]) -> None:
-        r, c = rc
-        nngp, ntk = pair_block(plan, x1[r], x2[c], s1.rows(r), s2.rows(c), want_ntk=want_ntk)
-        for name, val in (("nngp", nngp), ("ntk", ntk)):
-            if name not in out:
-                continue
-            if symmetric and r == c:  # keep the upper triangle, mirror it: exactly symmetric
-                val = xp.triu(val) + xp.triu(val, 1).T
-            out[name][r, c] = val
-            if symmetric and r != c:
-                out[name][c, r] = val.T
-
-    done = 0
-    if threads == 1 or len(blocks) == 1:
-        for rc in blocks:
-            work(rc)
-            done += 1
-            if progress:
-                progress(done, len(blocks))
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            for _ in pool.map(work, blocks):
-                done += 1
-                if progress:
-                    progress(done, len(blocks))
-    return out
+    return gram(plan, x1, x2, s1, s2, symmetric=symmetric, get=get,
+                block=block_size(plan, dt.itemsize, budget), threads=threads,
+                progress=progress)

@@ -1,0 +1,182 @@
+"""Tiled Gram jobs on a real Dask cluster with real Zarr on disk."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+import ntkcompute as nc
+import workers
+from ntkcompute import architectures as A
+from ntkcompute.datasets import digits
+from ntkcompute.infinite import bytes_per_pair
+from ntkcompute.plan import make_plan
+
+
+def block_memory(arch, shape, b):
+    """The memory budget whose block grid has side b (to compare with kernel() exactly)."""
+    return bytes_per_pair(make_plan(nc.parse_arch(arch), shape), 8) * b * b
+
+
+@pytest.mark.parametrize("arch,shape,tile,b", [
+    (A.fc(3, b_std=0.1), (300, 20), 128, 64),
+    (A.cntk(2, b_std=0.1), (45, 6, 6, 2), 12, 4),
+], ids=["fc", "cntk"])
+def test_tiled_equals_in_process_exactly(client, tmp_path, arch, shape, tile, b):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    mem = block_memory(arch, shape, b)
+    job = workers.compute_gram(arch, x, store=str(tmp_path / "sym"), tile=tile, client=client,
+                               memory=mem).wait()
+    ref = nc.kernel(arch, x, memory=mem, threads=1)
+    out = job.to_numpy()
+    for k in ("ntk", "nngp"):
+        assert np.array_equal(out[k], ref[k])
+    g = zarr.open_group(str(tmp_path / "sym"), mode="r")  # plain zarr reads it
+    assert g["ntk"].chunks == (tile, tile)
+    meta = g.attrs["ntkcompute"]
+    assert meta["status"] == "succeeded" and meta["spec"]["layers"][0]["type"] in ("dense",
+                                                                                "conv")
+    t = -(-shape[0] // tile)
+    assert job.tiles_total == t * (t + 1) // 2 == job.tiles_computed
+    # cross kernel: all tiles
+    s = shape[0] // 3
+    cross = workers.compute_gram(arch, x[:s], x[s:], store=str(tmp_path / "cross"),
+                                 tile=tile, client=client, memory=mem).wait()
+    ref = nc.kernel(arch, x[:s], x[s:], memory=mem, threads=1)
+    assert np.array_equal(cross.to_numpy()["ntk"], ref["ntk"])
+    assert cross.tiles_total == -(-s // tile) * -(-(shape[0] - s) // tile)
+
+
+def test_resume_computes_only_missing_tiles_and_dask_array_reads(client, tmp_path):
+    x = np.random.default_rng(1).standard_normal((90, 5, 5, 1))
+    arch = A.cntk(2)
+    url = str(tmp_path / "job")
+    first = workers.compute_gram(arch, x, store=url, tile=30, client=client).wait()
+    g = zarr.open_group(url, mode="r+")
+    g["done"][0, 2] = 0  # as if the driver had stopped before tiles (0, 2) and (2, 2)
+    g["done"][2, 2] = 0
+    g["ntk"][0:30, 60:90] = 0.0
+    again = workers.compute_gram(arch, x, store=url, tile=30, client=client).wait()
+    assert again.tiles_reused == first.tiles_total - 2 and again.tiles_computed == 2
+    import dask.array as da
+
+    k = da.from_zarr(zarr.open_group(url, mode="r")["ntk"]).compute()
+    assert np.array_equal(k, first.to_numpy()["ntk"])
+    assert np.array_equal(k, nc.kernel(arch, x)["ntk"])
+
+
+def test_nan_tile_fails_job_and_finished_tiles_are_reused(client, tmp_path):
+    x = np.random.default_rng(2).standard_normal((60, 4))
+    bad = x.copy()
+    bad[45, 1] = np.nan  # row chunk 2 of 3
+    url = str(tmp_path / "job")
+    job = workers.compute_gram(A.fc(2), bad, store=url, tile=20, client=client)
+    with pytest.raises(workers.GramJobError) as e:
+        job.wait()
+    assert "NaN" in str(e.value) and "x1" in str(e.value) and "rows 40:60" in str(e.value)
+    g = zarr.open_group(url, mode="r")
+    assert g.attrs["ntkcompute"]["status"] == "failed"
+    done = g["done"][...]
+    assert done[0, 0] and done[0, 1] and done[1, 1]  # tiles not touching rows 40:60
+    assert not done[:, 2].any() and not done[2, :].any()
+    fixed = workers.compute_gram(A.fc(2), x, store=url, tile=20, client=client).wait()
+    assert fixed.tiles_reused == 3 and fixed.tiles_computed == 3
+    ref = nc.kernel(A.fc(2), x, memory=block_memory(A.fc(2), x.shape, 20), threads=1)
+    np.testing.assert_allclose(fixed.to_numpy()["ntk"], ref["ntk"], rtol=1e-15, atol=0)
+
+
+def test_concurrent_jobs_on_one_store(client, tmp_path):
+    rng = np.random.default_rng(3)
+    xa, xb = rng.standard_normal((40, 5, 5, 1)), rng.standard_normal((50, 6))
+    root = tmp_path / "store"
+    ja = workers.compute_gram(A.cntk(2), xa, store=str(root / "a"), tile=10, client=client)
+    jb = workers.compute_gram(A.fc(3), xb, store=str(root / "b"), tile=16, client=client)
+    jc = workers.compute_gram(A.cntk(2), xa, store=str(root / "c"), tile=10, client=client)
+    jd = workers.compute_gram(A.cntk(2), xa, store=str(root / "c"), tile=10, client=client)
+    for j in (ja, jb, jc, jd):
+        j.wait()
+    ref = nc.kernel(A.cntk(2), xa)["ntk"]
+    assert np.array_equal(ja.to_numpy()["ntk"], ref)
+    assert np.array_equal(jc.to_numpy()["ntk"], ref)  # the same job twice at once: idempotent
+    np.testing.assert_allclose(jb.to_numpy()["ntk"], nc.kernel(A.fc(3), xb)["ntk"],
+                               rtol=1e-14)
+    with pytest.raises(nc.InputError) as e:  # a different job into an occupied group
+        workers.compute_gram(A.fc(3), xb, store=str(root / "a"), client=client)
+    assert e.value.field == "store"
+
+
+def test_kill_a_worker_mid_job(client, tmp_path):
+    x = digits()[0][:160]
+    arch = A.cntk(3)
+    url = str(tmp_path / "job")
+    job = workers.compute_gram(arch, x, store=url, tile=16, client=client)
+    while job.progress()["done"] < 3:
+        time.sleep(0.05)
+    victim = next(iter(client.run(os.getpid).values()))
+    os.kill(victim, signal.SIGKILL)
+    assert job.progress()["done"] < job.tiles_total  # killed mid-job
+    job.wait(timeout=300)
+    assert job.progress()["done"] == job.tiles_total
+    assert victim not in client.run(os.getpid).values()  # the nanny started a new process
+    ref = nc.kernel(arch, x)
+    out = job.to_numpy()
+    assert np.array_equal(out["ntk"], ref["ntk"]) and np.array_equal(out["nngp"], ref["nngp"])
+
+
+def test_interrupted_driver_resumes(tmp_path):
+    x = digits()[0][:200]
+    np.save(tmp_path / "x.npy", x)
+    arch_path = tmp_path / "arch.json"
+    arch_path.write_text(json.dumps(A.cntk(3)))
+    url = str(tmp_path / "job")
+    cmd = [sys.executable, "-m", "workers.cli", "gram", "--arch", str(arch_path), "--x1",
+           str(tmp_path / "x.npy"), "--out", url, "--tile", "16", "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    done_before = 0
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            done_before = int(zarr.open_group(url, mode="r")["done"][...].sum())
+        except (KeyError, FileNotFoundError, ValueError):
+            continue
+        if done_before >= 8:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    marks = zarr.open_group(url, mode="r")["done"][...]
+    t = marks.shape[0]
+    total = t * (t + 1) // 2
+    done_before = int(np.triu(marks).sum())  # the driver is gone: nothing writes any more
+    assert 0 < done_before < total
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["reused"] == done_before and report["computed"] == total - done_before
+    k = zarr.open_group(url, mode="r")["ntk"][...]
+    assert np.array_equal(k, nc.kernel(A.cntk(3), x)["ntk"])
+
+
+def test_datasets_in_zarr_and_bad_input(client, tmp_path):
+    x = np.random.default_rng(4).standard_normal((30, 6))
+    y = np.arange(30) % 3
+    workers.write_dataset(str(tmp_path / "ds"), x, y, rows=8)
+    xs, ys = workers.read_dataset(str(tmp_path / "ds"))
+    assert np.array_equal(xs[...], x) and np.array_equal(ys[...], y)
+    job = workers.compute_gram(A.fc(2), "file://" + str(tmp_path / "ds"),
+                               store=str(tmp_path / "job"), client=client).wait()
+    np.testing.assert_allclose(job.to_numpy()["ntk"], nc.kernel(A.fc(2), x)["ntk"], rtol=1e-14)
+    with pytest.raises(nc.InputError) as e:
+        workers.compute_gram(A.cntk(1), x, store=str(tmp_path / "bad"), client=client)
+    assert (e.value.layer, e.value.field) == (0, "filter_shape")
+    with pytest.raises(nc.InputError) as e:
+        workers.compute_gram(A.fc(1), x, x[:, :5], store=str(tmp_path / "bad2"), client=client)
+    assert e.value.field == "x2"

@@ -1,0 +1,326 @@
+"""``compute_gram``: a Gram matrix as a Dask job over tiles, stored in Zarr, resumable.
+
+Stages: the inputs are written to the job's group in row chunks of one tile (with a checksum
+per chunk); one self-covariance task per chunk; one task per tile (i <= j only for a
+symmetric job), each depending on the self tasks of its row and column chunks. A tile
+already marked done whose input chunks are unchanged is not recomputed, so rerunning a job
+finishes only what is missing, and fixing some rows of the data recomputes only the tiles
+that touch them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import zarr
+from distributed import Client, Future, as_completed
+
+import ntkcompute
+from ntkcompute.errors import InputError
+from ntkcompute.infinite import (
+    CPU_BLOCK_BYTES,
+    DEFAULT_MEMORY,
+    block_budget,
+    block_size,
+    bytes_per_pair,
+)
+from ntkcompute.plan import Plan, make_plan
+from ntkcompute.spec import Architecture, parse_arch
+from ntkcompute.validate import check_get, resolve_dtype
+
+from . import tasks
+from .cluster import get_client
+from .store import job_meta, open_group, set_meta, sha256, storage_options
+
+#: Target seconds of work per tile: the scheduler costs ~5 ms a task, so >= 0.5 s keeps its
+#: overhead under 1%; a few seconds keeps progress and resume fine-grained.
+TILE_SECONDS = 3.0
+#: Rough CPU cost of one state element through one layer (NumPy, measured 3-10 ns here).
+SECONDS_PER_ELEMENT = 5e-9
+
+
+class GramJobError(RuntimeError):
+    """A tile or self-covariance task failed; the message is that task's error."""
+
+
+def _cost_per_pair(plan: Plan) -> float:
+    elements = sum(
+        (math.prod(lp.in_spatial) ** (2 if lp.in_full else 1)) if lp.in_spatial else 1
+        for lp in plan.layers)
+    return elements * SECONDS_PER_ELEMENT
+
+
+def choose_tile(plan: Plan, n: int, itemsize: int, memory: int, block: int,
+                n_kernels: int = 2) -> int:
+    """Tile side: ~TILE_SECONDS of work, outputs within a quarter of ``memory``, a multiple
+    of ``block`` (so tiles reproduce the in-process block grid exactly), at most ``n``."""
+    t = math.sqrt(TILE_SECONDS / _cost_per_pair(plan))
+    t = min(t, math.sqrt(memory / 4 / (itemsize * n_kernels)))
+    t = max(block, int(t) // block * block)
+    return min(t, max(block, -(-n // block) * block))
+
+
+def _as_array(x: Any, field: str) -> np.ndarray | zarr.Array:
+    if isinstance(x, str):
+        return open_group(x, mode="r")["x"]
+    if isinstance(x, zarr.Array):
+        return x
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"not an array: {e}", field=field) from None
+
+
+class GramJob:
+    """Handle on a running or finished tiled Gram job.
+
+    Attributes: ``url``, ``tiles_total``, ``tiles_done`` (including tiles reused from an
+    earlier run), ``tiles_reused``, ``tiles_computed`` (this run), ``status``
+    (running / succeeded / failed), ``error``.
+    """
+
+    def __init__(self, url: str, group: zarr.Group, client: Client, cluster: Any,
+                 futures: list[Future], tiles_total: int, tiles_reused: int,
+                 options: dict | None) -> None:
+        self.url = url
+        self.group = group
+        self._client, self._cluster = client, cluster
+        self._futures = futures
+        self.tiles_total = tiles_total
+        self.tiles_reused = tiles_reused
+        self.tiles_computed = 0
+        self.status = "running"
+        self.error: str | None = None
+        self._options = options
+        self._t0 = time.time()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    @property
+    def tiles_done(self) -> int:
+        return self.tiles_reused + self.tiles_computed
+
+    def progress(self) -> dict[str, Any]:
+        """``{"done", "total", "eta_seconds", "status"}``; ETA from this run's tile rate."""
+        with self._lock:
+            done, computed = self.tiles_done, self.tiles_computed
+        elapsed = time.time() - self._t0
+        left = self.tiles_total - done
+        eta = elapsed / computed * left if computed else None
+        return {"done": done, "total": self.tiles_total, "eta_seconds": eta,
+                "status": self.status}
+
+    def _watch(self) -> None:
+        try:
+            for fut in as_completed([f for f in self._futures if f.key.startswith("tile")]):
+                if fut.status == "error":
+                    with self._lock:
+                        if self.error is None:
+                            exc = fut.exception()
+                            self.error = f"{fut.key}: {type(exc).__name__}: {exc}"
+                else:
+                    with self._lock:
+                        self.tiles_computed += 1
+            self.status = "failed" if self.error else "succeeded"
+        except Exception as e:
+            self.error = self.error or f"{type(e).__name__}: {e}"
+            self.status = "failed"
+        finally:
+            set_meta(self.group, status=self.status, error=self.error,
+                     finished=time.time())
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> GramJob:
+        """Block until every tile is done; raise :class:`GramJobError` if one failed."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.url} not finished after {timeout} s")
+        self.close()
+        if self.status == "failed":
+            raise GramJobError(self.error)
+        return self
+
+    def close(self) -> None:
+        """Release the embedded LocalCluster, if this job started one."""
+        if self._cluster is not None:
+            self._client.close()
+            self._cluster.close()
+            self._cluster = None
+
+    @property
+    def arrays(self) -> dict[str, zarr.Array]:
+        """The job's Zarr arrays (``ntk`` and/or ``nngp``), readable at any time."""
+        return {k: self.group[k] for k in ("ntk", "nngp") if k in self.group}
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        return {k: v[...] for k, v in self.arrays.items()}
+
+
+def _store_input(g: zarr.Group, name: str, x: Any, dtype: np.dtype, tile: int) -> list[str]:
+    """Write ``x`` to ``g[name]`` chunk by chunk where it differs; return chunk checksums."""
+    n = x.shape[0]
+    if name in g and g[name].shape == tuple(x.shape) and g[name].dtype == dtype \
+            and g[name].chunks[0] == tile:
+        arr = g[name]
+    else:
+        arr = g.create_array(name, shape=x.shape, chunks=(tile, *x.shape[1:]), dtype=dtype,
+                             fill_value=0, compressors=None, overwrite=True)
+    old = job_meta(g).get(f"{name}_chunks", [])
+    sums = []
+    for k, start in enumerate(range(0, n, tile)):
+        block = np.asarray(x[start:start + tile])
+        if block.dtype.kind not in "fiu":
+            raise InputError(f"must be real numbers, got dtype {block.dtype}", field=name)
+        block = block.astype(dtype, copy=False)
+        s = sha256(block)
+        if k >= len(old) or old[k] != s:
+            arr[start:start + tile] = block
+        sums.append(s)
+    return sums
+
+
+def _marker(g: zarr.Group, path: str, shape: tuple[int, ...]) -> zarr.Array:
+    if path in g and g[path].shape == shape:
+        return g[path]
+    return g.create_array(path, shape=shape, chunks=(1,) * len(shape), dtype="uint8",
+                          fill_value=0, compressors=None, overwrite=True)
+
+
+def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
+                 store: str, tile: int | None = None, client: Client | None = None,
+                 scheduler: str | None = None, get: tuple[str, ...] | str = ("ntk", "nngp"),
+                 dtype: Any = None, memory: int = DEFAULT_MEMORY,
+                 storage_options_: dict | None = None) -> GramJob:
+    """Start (or resume) the tiled Gram job of ``arch`` on x1 (and x2) into ``store``.
+
+    Args:
+        arch: architecture spec (object, dict or JSON).
+        x1, x2: NumPy arrays, Zarr arrays, or dataset URLs (see ``write_dataset``);
+            ``x2=None`` is the symmetric train Gram.
+        store: URL of the job's Zarr group (local path or fsspec URL).
+        tile: tile side (rows = columns); default from the memory budget and the
+            architecture's cost, rounded to the kernel's block grid.
+        client / scheduler: an existing Dask client, or a scheduler address to join
+            (also ``$NTK_SCHEDULER_ADDRESS``); default an embedded LocalCluster.
+        get, dtype: as for :func:`ntkcompute.kernel`.
+        memory: working-memory budget of one task in bytes (tile outputs included).
+
+    Returns:
+        a :class:`GramJob`; call ``wait()`` for the result.
+
+    Raises:
+        InputError: bad spec, shapes, dtype, or a store that holds a different job.
+    """
+    spec = parse_arch(arch)
+    get = check_get(get)
+    a1 = _as_array(x1, "x1")
+    a2 = None if x2 is None else _as_array(x2, "x2")
+    dt = resolve_dtype(dtype, a1)
+    if len(a1.shape) < 2:
+        raise InputError(f"must be (n, features) or (n, *spatial, channels), got shape "
+                         f"{tuple(a1.shape)}", field="x1")
+    if a2 is not None and tuple(a2.shape[1:]) != tuple(a1.shape[1:]):
+        raise InputError(f"trailing shape {tuple(a2.shape[1:])} does not match x1's "
+                         f"{tuple(a1.shape[1:])}", field="x2")
+    for name, a in (("x1", a1), ("x2", a2)):
+        if a is not None and (a.shape[0] == 0 or 0 in a.shape[1:]):
+            raise InputError(f"has an empty axis: shape {tuple(a.shape)}", field=name)
+    plan = make_plan(spec, tuple(a1.shape))
+    budget = block_budget(np, memory, 1)
+    block = block_size(plan, dt.itemsize, min(budget, CPU_BLOCK_BYTES))
+    if bytes_per_pair(plan, dt.itemsize) > memory:
+        raise InputError(f"one pair needs {bytes_per_pair(plan, dt.itemsize)} bytes, more "
+                         f"than the budget {memory}", field="memory")
+    n1 = a1.shape[0]
+    n2 = n1 if a2 is None else a2.shape[0]
+    if tile is None:
+        tile = choose_tile(plan, max(n1, n2), dt.itemsize, memory, block, len(get))
+    elif not isinstance(tile, int) or tile <= 0:
+        raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
+    opts = storage_options(storage_options_)
+    g = open_group(store, mode="a", options=opts)
+    identity = {"spec": spec.model_dump(mode="json"), "dtype": dt.str, "get": list(get),
+                "x_shape": list(a1.shape), "n1": n1, "n2": n2, "symmetric": a2 is None,
+                "tile": tile, "block": block}
+    old = job_meta(g)
+    if old and any(old.get(k) != v for k, v in identity.items()):
+        diff = [k for k, v in identity.items() if old.get(k) != v]
+        raise InputError(f"{store} holds a different kernel job (differs in {diff}); use a "
+                         "new store URL", field="store")
+
+    # Inputs, chunk checksums, and which chunks changed since an earlier run.
+    sums1 = _store_input(g, "x1", a1, dt, tile)
+    sums2 = None if a2 is None else _store_input(g, "x2", a2, dt, tile)
+    t1, t2 = len(sums1), (len(sums1) if a2 is None else len(sums2))
+    changed1 = [k >= len(old.get("x1_chunks", [])) or old["x1_chunks"][k] != s
+                for k, s in enumerate(sums1)]
+    changed2 = changed1 if a2 is None else [
+        k >= len(old.get("x2_chunks", [])) or old["x2_chunks"][k] != s
+        for k, s in enumerate(sums2)]
+
+    for name in get:
+        if name not in g:
+            g.create_array(name, shape=(n1, n2), chunks=(tile, tile), dtype=dt,
+                           fill_value=0, compressors=None)
+    done = _marker(g, "done", (t1, t2))
+    self_sets = [("x1", t1, changed1)] + ([] if a2 is None else [("x2", t2, changed2)])
+    self_done = {}
+    for which, t, changed in self_sets:
+        sg = g.require_group(f"self/{which}")
+        nrows = n1 if which == "x1" else n2
+        for j, li in enumerate(plan.nonlinear_indices):
+            shape = (nrows, *plan.layers[li].in_spatial)
+            if f"var{j}" not in sg:
+                sg.create_array(f"var{j}", shape=shape, chunks=(tile, *shape[1:]), dtype=dt,
+                                fill_value=0, compressors=None)
+        for name in ("diag_nngp", "diag_ntk"):
+            if name not in sg:
+                sg.create_array(name, shape=(nrows,), chunks=(tile,), dtype=dt, fill_value=0,
+                                compressors=None)
+        marks = _marker(sg, "done", (t,))
+        for k, ch in enumerate(changed):
+            if ch:
+                marks[k] = 0
+        self_done[which] = marks[...].astype(bool)
+    tile_done = done[...].astype(bool)
+    for i in range(t1):
+        for j in range(t2):
+            if changed1[i] or changed2[j]:
+                tile_done[i, j] = False
+    done[...] = tile_done.astype("uint8")
+    set_meta(g, **identity, x1_chunks=sums1, x2_chunks=sums2, threads=1, memory=memory,
+             version=ntkcompute.__version__, status="running", error=None,
+             started=time.time(), tiles_total=_tile_count(t1, t2, a2 is None))
+
+    cl, cluster = get_client(client, scheduler)
+    token = f"{abs(hash((store, time.time()))):x}"
+    self_futs: dict[tuple[str, int], Any] = {}
+    futures = []
+    for which, t, _ in self_sets:
+        for k in range(t):
+            if not self_done[which][k]:
+                f = cl.submit(tasks.self_task, store, which, k, options=opts,
+                              key=f"self-{which}-{k}-{token}", pure=False)
+                self_futs[(which, k)] = f
+                futures.append(f)
+    other = "x1" if a2 is None else "x2"
+    reused = 0
+    for i in range(t1):
+        for j in range(i if a2 is None else 0, t2):
+            if tile_done[i, j]:
+                reused += 1
+                continue
+            deps = [f for f in (self_futs.get(("x1", i)), self_futs.get((other, j)))
+                    if f is not None]
+            futures.append(cl.submit(tasks.tile_task, store, i, j, *deps, options=opts,
+                                     key=f"tile-{i}-{j}-{token}", pure=False))
+    return GramJob(store, g, cl, cluster, futures, _tile_count(t1, t2, a2 is None), reused, opts)
+
+
+def _tile_count(t1: int, t2: int, symmetric: bool) -> int:
+    return t1 * (t1 + 1) // 2 if symmetric else t1 * t2

@@ -1,0 +1,110 @@
+"""Task functions the Dask workers run. They live in the installed package (the scheduler
+unpickles them by reference) and are idempotent: a rerun after a killed worker rewrites the
+same whole chunks with the same values, then the same marker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from ntkcompute import backend
+from ntkcompute.errors import InputError
+from ntkcompute.infinite import SelfCov, block_budget, gram, self_pass
+from ntkcompute.plan import Plan, make_plan
+from ntkcompute.spec import parse_arch
+from ntkcompute.validate import as_input
+
+from .store import job_meta, open_group
+
+
+def _device() -> Any:
+    """CuPy on this worker's own GPU when there is one (dask-cuda pins one device per worker
+    through CUDA_VISIBLE_DEVICES), else NumPy. ``NTKCOMPUTE_DEVICE=cpu`` forces NumPy."""
+    if os.environ.get("NTKCOMPUTE_DEVICE", "auto") != "cpu" and backend.cupy_available():
+        import cupy
+
+        return cupy
+    return np
+
+
+def _plan(meta: dict) -> Plan:
+    return make_plan(parse_arch(meta["spec"]), tuple(meta["x_shape"]))
+
+
+def _rows(meta: dict, which: str, i: int) -> slice:
+    n = meta["n1"] if which == "x1" else meta["n2"]
+    t = meta["tile"]
+    return slice(i * t, min((i + 1) * t, n))
+
+
+def _load_rows(g, meta: dict, which: str, i: int, xp: Any) -> Any:
+    rows = _rows(meta, which, i)
+    x = np.asarray(g[which][rows])
+    try:
+        x = as_input(x, which, np.dtype(meta["dtype"]))
+    except InputError as e:
+        raise InputError(f"rows {rows.start}:{rows.stop}: {e.reason}", field=which) from None
+    return xp.asarray(x)
+
+
+def self_task(url: str, which: str, i: int, options: dict | None = None) -> dict:
+    """Self-covariances of row chunk ``i`` of ``which`` ("x1" or "x2"), written to
+    ``self/<which>/`` and marked done."""
+    t0 = time.perf_counter()
+    g = open_group(url, mode="r+", options=options)
+    meta = job_meta(g)
+    xp = _device()
+    plan = _plan(meta)
+    x = _load_rows(g, meta, which, i, xp)
+    sc = self_pass(plan, x, want_ntk="ntk" in meta["get"],
+                   memory=block_budget(xp, meta["memory"], 1))
+    rows = _rows(meta, which, i)
+    sg = g[f"self/{which}"]
+    for j, v in enumerate(sc.variances):
+        sg[f"var{j}"][rows] = backend.to_numpy(v)
+    sg["diag_nngp"][rows] = backend.to_numpy(sc.nngp)
+    if sc.ntk is not None:
+        sg["diag_ntk"][rows] = backend.to_numpy(sc.ntk)
+    sg["done"][i] = 1  # after the chunks above are written
+    return {"seconds": time.perf_counter() - t0}
+
+
+def _load_self(g, meta: dict, which: str, i: int, xp: Any, plan: Plan) -> SelfCov:
+    rows = _rows(meta, which, i)
+    sg = g[f"self/{which}"]
+    variances = tuple(xp.asarray(sg[f"var{j}"][rows]) for j in range(len(plan.nonlinear_indices)))
+    ntk = xp.asarray(sg["diag_ntk"][rows]) if "ntk" in meta["get"] else None
+    return SelfCov(variances, xp.asarray(sg["diag_nngp"][rows]), ntk)
+
+
+def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None) -> dict:
+    """Gram tile (i, j): rows of x1 chunk i against rows of x2 chunk j (x1 for a symmetric
+    job, whose mirror tile (j, i) it writes too), then its marker. ``deps`` are the self
+    tasks it needs (Dask waits for them)."""
+    t0 = time.perf_counter()
+    g = open_group(url, mode="r+", options=options)
+    meta = job_meta(g)
+    xp = _device()
+    plan = _plan(meta)
+    sym = meta["symmetric"]
+    other = "x1" if sym else "x2"
+    xa = _load_rows(g, meta, "x1", i, xp)
+    xb = xa if sym and i == j else _load_rows(g, meta, other, j, xp)
+    sa = _load_self(g, meta, "x1", i, xp, plan)
+    sb = sa if sym and i == j else _load_self(g, meta, other, j, xp, plan)
+    out = gram(plan, xa, xb, sa, sb, symmetric=sym and i == j, get=tuple(meta["get"]),
+               block=meta["block"], threads=meta["threads"])
+    r, c = _rows(meta, "x1", i), _rows(meta, other, j)
+    for name, val in out.items():
+        val = backend.to_numpy(val)
+        g[name][r, c] = val
+        if sym and i != j:
+            g[name][c, r] = val.T
+    g["done"][i, j] = 1  # after the tile's chunks are written
+    if sym and i != j:
+        g["done"][j, i] = 1
+    return {"seconds": time.perf_counter() - t0, "pairs": (r.stop - r.start) * (c.stop - c.start)}
