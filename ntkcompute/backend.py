@@ -74,7 +74,9 @@ def tune_allocator() -> None:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        # Block temporaries stay under 32 MiB (CPU blocks are capped at 16 MiB); anything
+        # bigger (whole tiles, outputs) still gets its own mapping, returned on free.
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass

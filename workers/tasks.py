@@ -28,6 +28,7 @@ def _device() -> Any:
         import cupy
 
         return cupy
+    backend.tune_allocator()
     return np
 
 
