@@ -1,0 +1,69 @@
+"""Conjugate gradients on a real CNTK of digits: equals Cholesky; preconditioners help."""
+
+import numpy as np
+import pytest
+
+import ntkcompute as nc
+from ntkcompute import architectures as A
+from ntkcompute.cg import Jacobi, Nystrom, cg, pivoted_cholesky
+from ntkcompute.datasets import digits
+from ntkcompute.regression import one_hot, solve_direct
+
+
+@pytest.fixture(scope="module")
+def cntk():
+    x, y = digits()
+    k = nc.kernel(A.cntk(3, "flatten"), x[:500], get="ntk")["ntk"]
+    return k, one_hot(y[:500], 10)
+
+
+def test_cg_equals_cholesky(cntk):
+    K, Y = cntk
+    lam = 1e-3 * np.mean(np.diag(K))
+    ref = solve_direct(K, Y, lam)
+    res = cg(lambda V: K @ V, Y, lam, tol=1e-11, maxiter=2000)
+    assert res.converged
+    assert np.abs(res.x - ref).max() / np.abs(ref).max() < 1e-8
+    single = cg(lambda V: K @ V, Y[:, 3], lam, tol=1e-11)  # one right-hand side
+    assert single.x.shape == (500,)
+    assert np.abs(single.x - ref[:, 3]).max() / np.abs(ref[:, 3]).max() < 1e-8
+
+
+def test_nystrom_cuts_iterations_3x(cntk):
+    K, Y = cntk
+    lam = 1e-3 * np.mean(np.diag(K))
+    plain = cg(lambda V: K @ V, Y, lam, tol=1e-10, maxiter=2000)
+    L, piv = pivoted_cholesky(np.diag(K), lambda j: K[:, j], 100)
+    assert L.shape == (500, 100) and len(set(piv)) == 100
+    nys = cg(lambda V: K @ V, Y, lam, tol=1e-10, maxiter=2000, precond=Nystrom(L, lam))
+    jac = cg(lambda V: K @ V, Y, lam, tol=1e-10, maxiter=2000,
+             precond=Jacobi(np.diag(K), lam))
+    assert plain.converged and nys.converged and jac.converged
+    assert plain.iterations >= 3 * nys.iterations, (plain.iterations, nys.iterations)
+    assert np.abs(nys.x - plain.x).max() / np.abs(plain.x).max() < 1e-8
+
+
+def test_warm_start_float32_kernel_and_true_residual(cntk):
+    K, Y = cntk
+    lam = 1e-2 * np.mean(np.diag(K))
+    first = cg(lambda V: K @ V, Y, lam, tol=1e-4)
+    warm = cg(lambda V: K @ V, Y, lam, tol=1e-10, x0=first.x)
+    cold = cg(lambda V: K @ V, Y, lam, tol=1e-10)
+    assert warm.iterations < cold.iterations
+    K32 = K.astype(np.float32)  # a float32 kernel, products accumulated in float64
+    res = cg(lambda V: K32 @ V, Y, lam, tol=1e-10, true_residual_every=5)
+    ref = solve_direct(K32.astype(np.float64), Y, lam)
+    assert res.x.dtype == np.float64 and res.converged
+    assert np.abs(res.x - ref).max() / np.abs(ref).max() < 1e-8
+    # float32 products cannot reach 1e-10: CG must stop at maxiter without blowing up
+    rough = cg(lambda V: K32 @ V.astype(np.float32), Y, lam, tol=1e-12, maxiter=400)
+    assert not rough.converged and np.isfinite(rough.x).all()
+    assert np.abs(rough.x - ref).max() / np.abs(ref).max() < 1e-3
+
+
+def test_pivoted_cholesky_is_exact_at_full_rank(rng):
+    a = rng.standard_normal((30, 8))
+    K = a @ a.T  # rank 8
+    L, piv = pivoted_cholesky(np.diag(K), lambda j: K[:, j], 20)
+    assert L.shape[1] == 8  # stops at the numerical rank
+    np.testing.assert_allclose(L @ L.T, K, atol=1e-10)
