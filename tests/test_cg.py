@@ -64,6 +64,6 @@ def test_warm_start_float32_kernel_and_true_residual(cntk):
 def test_pivoted_cholesky_is_exact_at_full_rank(rng):
     a = rng.standard_normal((30, 8))
     K = a @ a.T  # rank 8
-    L, piv = pivoted_cholesky(np.diag(K), lambda j: K[:, j], 20)
+    L, _ = pivoted_cholesky(np.diag(K), lambda j: K[:, j], 20)
     assert L.shape[1] == 8  # stops at the numerical rank
     np.testing.assert_allclose(L @ L.T, K, atol=1e-10)

@@ -2,6 +2,9 @@
 
     ntk gram --arch arch.json --x1 train.npy [--x2 test.npy] --out STORE [--tile T]
              [--scheduler tcp://host:8786] [--dtype float32] [--memory BYTES] [--get ntk]
+    ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--solver cg|direct]
+              [--precond nystrom|jacobi|none] [--rank R] [--tol T]
+              [--cross CROSS_STORE --test-labels y_test.npy]
 
 ``--x1``/``--x2`` take ``.npy`` files, ``.npz`` files (array ``x``) or dataset URLs written by
 ``workers.write_dataset``. Rerunning the same command resumes the job.
@@ -21,12 +24,12 @@ import numpy as np
 from ntkcompute.errors import InputError
 
 
-def _load(arg: str) -> Any:
+def _load(arg: str, field: str) -> Any:
     p = Path(arg)
-    if p.suffix == ".npy" and p.exists():
-        return np.load(p, mmap_mode="r")
-    if p.suffix == ".npz" and p.exists():
-        return np.load(p)["x"]
+    if p.suffix in (".npy", ".npz"):
+        if not p.exists():
+            raise InputError(f"no such file: {arg}", field=field)
+        return np.load(p, mmap_mode="r") if p.suffix == ".npy" else np.load(p)["x"]
     return arg  # a dataset URL
 
 
@@ -35,8 +38,11 @@ def _gram(args: argparse.Namespace) -> int:
 
     from workers import GramJobError, compute_gram
 
-    arch = json.loads(Path(args.arch).read_text())
-    job = compute_gram(arch, _load(args.x1), _load(args.x2) if args.x2 else None,
+    try:
+        arch = json.loads(Path(args.arch).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read the architecture JSON: {e}", field="arch") from None
+    job = compute_gram(arch, _load(args.x1, "x1"), _load(args.x2, "x2") if args.x2 else None,
                        store=args.out, tile=args.tile, scheduler=args.scheduler,
                        get=tuple(args.get.split(",")), dtype=args.dtype, memory=args.memory)
     with tqdm(total=job.tiles_total, unit="tile", disable=args.quiet) as bar:
@@ -60,6 +66,24 @@ def _gram(args: argparse.Namespace) -> int:
     return 0
 
 
+def _solve(args: argparse.Namespace) -> int:
+    from workers import solve
+
+    labels = np.asarray(_load(args.labels, "labels"))
+    test_labels = np.asarray(_load(args.test_labels, "test_labels")) if args.test_labels \
+        else None
+    lams = [float(v) for v in args.lam.split(",")]
+    res = solve(args.kernel, labels, lams if len(lams) > 1 else lams[0], solver=args.solver,
+                name=args.name, tol=args.tol, maxiter=args.maxiter,
+                preconditioner=None if args.precond == "none" else args.precond,
+                rank=args.rank, cross=args.cross, test_labels=test_labels,
+                scheduler=args.scheduler, save=args.save)
+    print(json.dumps({"solver": res.solver, "lambda": res.lams, "iterations": res.iterations,
+                      "converged": res.converged, "seconds": round(res.seconds, 3),
+                      "metrics": res.metrics, "saved": f"{args.kernel}/solves/{args.save}"}))
+    return 0 if res.converged else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ntk", description="ntkcompute command line")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -76,6 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--get", default="ntk,nngp", help="ntk,nngp (comma separated)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_gram)
+    s = sub.add_parser("solve", help="kernel regression on a stored kernel")
+    s.add_argument("--kernel", required=True, help="URL of the train kernel job (ntk gram)")
+    s.add_argument("--labels", required=True, help=".npy: (n,) int classes or float targets")
+    s.add_argument("--lambda", dest="lam", required=True,
+                   help="ridge λ (absolute); a comma list sweeps λ (direct)")
+    s.add_argument("--solver", choices=["cg", "direct"], default="cg")
+    s.add_argument("--name", choices=["ntk", "nngp"], default="ntk")
+    s.add_argument("--tol", type=float, default=1e-8)
+    s.add_argument("--maxiter", type=int, default=1000)
+    s.add_argument("--precond", choices=["nystrom", "jacobi", "none"], default="nystrom")
+    s.add_argument("--rank", type=int, default=100, help="Nystrom rank")
+    s.add_argument("--cross", help="URL of the test x train kernel job, to predict")
+    s.add_argument("--test-labels", help=".npy labels of the test rows, to score")
+    s.add_argument("--scheduler", default=None)
+    s.add_argument("--save", default="default", help="name under solves/ in the kernel store")
+    s.set_defaults(func=_solve)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

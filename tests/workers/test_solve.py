@@ -1,0 +1,128 @@
+"""Distributed CG over stored kernels, with real worker processes and Zarr on disk."""
+
+import dask
+import numpy as np
+import pytest
+import zarr
+from distributed import Client, LocalCluster
+
+import ntkcompute as nc
+import workers
+from ntkcompute import architectures as A
+from ntkcompute.datasets import digits
+from ntkcompute.regression import one_hot, solve_direct
+
+
+@pytest.fixture(scope="module")
+def digits_jobs(client, tmp_path_factory):
+    root = tmp_path_factory.mktemp("solve")
+    x, y = digits()
+    tr, te = slice(0, 400), slice(400, 600)
+    arch = A.cntk(2, "flatten")
+    train = workers.compute_gram(arch, x[tr], store=str(root / "train"), client=client).wait()
+    cross = workers.compute_gram(arch, x[te], x[tr], store=str(root / "cross"),
+                                 client=client).wait()
+    return train.url, cross.url, y[tr], y[te]
+
+
+def test_distributed_cg_equals_cholesky_and_predicts(client, digits_jobs):
+    train, cross, ytr, yte = digits_jobs
+    K = zarr.open_group(train, mode="r")["ntk"][...]
+    lam = 1e-3 * np.mean(np.diag(K))
+    ref = solve_direct(K, one_hot(ytr, 10), lam)
+    res = workers.solve(train, ytr, lam, solver="cg", tol=1e-11, client=client, cross=cross,
+                        test_labels=yte, preconditioner="nystrom", rank=50)
+    assert res.converged
+    assert np.abs(res.coefficients - ref).max() / np.abs(ref).max() < 1e-8
+    kc = zarr.open_group(cross, mode="r")["ntk"][...]
+    acc = float(np.mean((kc @ ref).argmax(1) == yte))
+    assert res.metrics["accuracy"] == acc > 0.8  # chance is 0.1
+    saved = zarr.open_group(train, mode="r")["solves/default"]
+    assert np.array_equal(saved["coefficients"][...], res.coefficients)
+    assert saved.attrs["ntkcompute"]["iterations"] == res.iterations
+    plain = workers.solve(train, ytr, lam, solver="cg", tol=1e-11, client=client,
+                          preconditioner=None, save=None)
+    assert plain.iterations > res.iterations
+
+
+def test_direct_sweep_and_bad_input(client, digits_jobs):
+    train, cross, ytr, yte = digits_jobs
+    res = workers.solve(train, ytr, [1e-4, 1e-2, 1.0], solver="direct", cross=cross,
+                        test_labels=yte, save="sweep")
+    assert res.coefficients.shape == (3, 400, 10) and len(res.metrics["per_lambda"]) == 3
+    with pytest.raises(nc.InputError) as e:
+        workers.solve(train, ytr[:10], 1e-3, solver="direct")
+    assert e.value.field == "labels"
+    with pytest.raises(nc.InputError) as e:
+        workers.solve(train, ytr, -1.0, solver="direct")
+    assert e.value.field == "lambda"
+    with pytest.raises(nc.InputError) as e:
+        workers.solve(train, ytr, 1e-3, solver="lu")
+    assert e.value.field == "solver"
+
+
+def test_out_of_core_when_worker_memory_is_below_the_kernel(tmp_path):
+    """Workers whose memory limit is below the kernel's size stream their rows from Zarr on
+    every product instead of holding them, and the solve still matches Cholesky."""
+    x = np.random.default_rng(5).standard_normal((3000, 16))
+    y = np.random.default_rng(6).integers(0, 3, 3000)
+    with dask.config.set({"distributed.worker.memory.target": False,
+                          "distributed.worker.memory.spill": False,
+                          "distributed.worker.memory.pause": False,
+                          "distributed.worker.memory.terminate": False}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               memory_limit="60MB", dashboard_address=None)
+        c = Client(cluster)
+        try:
+            job = workers.compute_gram(A.fc(2), x, store=str(tmp_path / "k"), client=c,
+                                       tile=512, get="ntk").wait()
+            kbytes = 3000 * 3000 * 8
+            limits = [w["memory_limit"] for w in c.scheduler_info()["workers"].values()]
+            assert all(lim < kbytes for lim in limits)  # 72 MB kernel, 60 MB workers
+            op = workers.DistributedKernel(c, job.url)
+            assert not any(i["cached"] for i in op.info())
+            K = job.to_numpy()["ntk"]
+            lam = 1e-2 * np.mean(np.diag(K))
+            res = workers.solve(job.url, y, lam, solver="cg", tol=1e-10, client=c,
+                                preconditioner="jacobi", save=None)
+        finally:
+            c.close()
+            cluster.close()
+    ref = solve_direct(K, one_hot(y, 3), lam)
+    assert res.converged
+    assert np.abs(res.coefficients - ref).max() / np.abs(ref).max() < 1e-8
+
+
+def test_cli_gram_then_solve(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    x, y = digits()
+    np.save(tmp_path / "xtr.npy", x[:150])
+    np.save(tmp_path / "xte.npy", x[150:250])
+    np.save(tmp_path / "ytr.npy", y[:150])
+    np.save(tmp_path / "yte.npy", y[150:250])
+    (tmp_path / "arch.json").write_text(json.dumps(A.cntk(2, "flatten")))
+    run = [sys.executable, "-m", "workers.cli"]
+    for extra, out in (([], "train"), (["--x2", str(tmp_path / "xtr.npy")], "cross")):
+        x1 = tmp_path / ("xtr.npy" if out == "train" else "xte.npy")
+        p = subprocess.run([*run, "gram", "--arch", str(tmp_path / "arch.json"), "--x1",
+                            str(x1), *extra, "--out", str(tmp_path / out), "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+    p = subprocess.run([*run, "solve", "--kernel", str(tmp_path / "train"), "--labels",
+                        str(tmp_path / "ytr.npy"), "--lambda", "1e-3", "--solver", "direct",
+                        "--cross", str(tmp_path / "cross"), "--test-labels",
+                        str(tmp_path / "yte.npy")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    kc = nc.kernel(A.cntk(2, "flatten"), x[150:250], x[:150])["ntk"]
+    kt = nc.kernel(A.cntk(2, "flatten"), x[:150])["ntk"]
+    acc = float(np.mean((kc @ solve_direct(kt, one_hot(y[:150], 10), 1e-3)).argmax(1)
+                        == y[150:250]))
+    assert report["metrics"]["accuracy"] == acc
+    bad = subprocess.run([*run, "solve", "--kernel", str(tmp_path / "train"), "--labels",
+                          str(tmp_path / "yte.npy"), "--lambda", "1e-3"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "labels" in bad.stderr and "Traceback" not in bad.stderr

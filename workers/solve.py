@@ -1,0 +1,155 @@
+"""Kernel regression on a kernel stored by :func:`workers.compute_gram`, where it lies.
+
+``solver="cg"`` runs :func:`ntkcompute.cg.cg` with the product ``K @ V`` done by one actor per
+worker over its rows of the Zarr array (:class:`workers.operator.DistributedKernel`), so the
+matrix is never gathered in one process. ``solver="direct"`` loads it and uses Cholesky
+(one λ) or one eigendecomposition (a λ sweep): the reference, for kernels that fit.
+Coefficients, predictions and metrics are written beside the kernel, under ``solves/<name>``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from distributed import Client
+
+from ntkcompute.cg import Jacobi, Nystrom, cg, pivoted_cholesky
+from ntkcompute.errors import InputError
+from ntkcompute.regression import Eigen, one_hot, solve_direct
+
+from .cluster import get_client
+from .operator import DistributedKernel
+from .store import open_group, set_meta
+
+
+@dataclass
+class SolveResult:
+    coefficients: np.ndarray  # (n, c), or (len(lams), n, c) for a direct λ sweep
+    lams: list[float]
+    solver: str
+    iterations: int = 0
+    converged: bool = True
+    residuals: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    predictions: np.ndarray | None = None  # (m, c) (or per λ) on the cross kernel
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def targets_from(labels: np.ndarray, n: int) -> tuple[np.ndarray, int | None]:
+    """Integer class labels -> one-hot 0.9 / -0.1 (Arora et al.); float targets as given."""
+    y = np.asarray(labels)
+    if y.shape[0] != n:
+        raise InputError(f"has {y.shape[0]} rows, the kernel has {n}", field="labels")
+    if y.ndim == 1 and y.dtype.kind in "iu":
+        if y.min() < 0:
+            raise InputError("class labels must be >= 0", field="labels")
+        classes = int(y.max()) + 1
+        return one_hot(y, classes), classes
+    t = y.astype(np.float64)
+    if not np.isfinite(t).all():
+        raise InputError("contains NaN or infinite values", field="labels")
+    return (t[:, None] if t.ndim == 1 else t), None
+
+
+def _predict(cross_url: str, name: str, coef: np.ndarray, options: dict | None) -> np.ndarray:
+    """``K_cross @ coef`` streamed over the cross kernel's row chunks."""
+    arr = open_group(cross_url, mode="r", options=options)[name]
+    out = np.empty((arr.shape[0], coef.shape[-1]))
+    step = arr.chunks[0]
+    for r in range(0, arr.shape[0], step):
+        out[r:r + step] = np.asarray(arr[r:r + step], dtype=np.float64) @ coef
+    return out
+
+
+def _metrics(pred: np.ndarray, test_labels: np.ndarray | None, classes: int | None) -> dict:
+    if test_labels is None:
+        return {}
+    yt = np.asarray(test_labels)
+    if classes is not None and yt.ndim == 1:
+        return {"accuracy": float(np.mean(pred.argmax(1) == yt)),
+                "mse": float(np.mean((pred - one_hot(yt, pred.shape[1])) ** 2))}
+    yt = yt[:, None] if yt.ndim == 1 else yt
+    return {"mse": float(np.mean((pred - yt) ** 2))}
+
+
+def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: str = "cg",
+          name: str = "ntk", tol: float = 1e-8, maxiter: int = 1000,
+          preconditioner: str | None = "nystrom", rank: int = 100,
+          x0: np.ndarray | None = None, cross: str | None = None,
+          test_labels: np.ndarray | None = None, client: Client | None = None,
+          scheduler: str | None = None, save: str | None = "default",
+          options: dict | None = None) -> SolveResult:
+    """Fit ``(K + λI) α = Y`` on the stored train kernel at ``kernel`` (a job URL).
+
+    Args:
+        labels: (n,) integer classes (one-hot 0.9/-0.1 targets) or (n,)/(n, c) real targets.
+        lam: ridge λ (absolute), or a list of λ for a direct sweep.
+        solver: "cg" (distributed, out of core) or "direct" (in memory, float64).
+        name: which stored kernel, "ntk" or "nngp".
+        tol, maxiter, preconditioner ("nystrom", "jacobi" or None), rank, x0: for CG.
+        cross, test_labels: a cross-kernel job URL (test x train) to predict on, and labels
+            to score against (accuracy for classes, MSE always).
+        save: name under ``solves/`` in the kernel's group to write results to (None: don't).
+    """
+    t0 = time.perf_counter()
+    g = open_group(kernel, mode="r+", options=options)
+    if name not in g:
+        raise InputError(f"no '{name}' array in {kernel}", field="name")
+    n = g[name].shape[0]
+    Y, classes = targets_from(labels, n)
+    lams = [float(v) for v in (lam if isinstance(lam, (list, tuple)) else [lam])]
+    if any(not np.isfinite(v) or v < 0 for v in lams):
+        raise InputError(f"must be finite and >= 0, got {lams}", field="lambda")
+    if solver == "direct":
+        K = np.asarray(g[name][...], dtype=np.float64)
+        if len(lams) == 1:
+            coef = solve_direct(K, Y, lams[0])
+        else:
+            coef = np.stack(Eigen.of(K).sweep(Y, lams))
+        res = SolveResult(coef, lams, solver)
+    elif solver == "cg":
+        if len(lams) != 1:
+            raise InputError("cg solves one λ at a time", field="lambda")
+        cl, cluster = get_client(client, scheduler)
+        try:
+            op = DistributedKernel(cl, kernel, name, options=options)
+            pre = None
+            if preconditioner == "jacobi":
+                pre = Jacobi(op.diagonal(), lams[0])
+            elif preconditioner == "nystrom":
+                L, _ = pivoted_cholesky(op.diagonal(), op.column, rank)
+                pre = Nystrom(L, lams[0]) if lams[0] > 0 else None
+            elif preconditioner is not None:
+                raise InputError(f"unknown preconditioner {preconditioner!r}",
+                                 field="preconditioner")
+            r = cg(op.matvec, Y, lams[0], tol=tol, maxiter=maxiter, precond=pre, x0=x0)
+        finally:
+            if cluster is not None:
+                cl.close()
+                cluster.close()
+        res = SolveResult(r.x, lams, solver, r.iterations, r.converged, r.residuals)
+    else:
+        raise InputError(f"must be 'cg' or 'direct', got {solver!r}", field="solver")
+    if cross is not None:
+        coefs = res.coefficients if res.coefficients.ndim == 3 else res.coefficients[None]
+        preds = np.stack([_predict(cross, name, c, options) for c in coefs])
+        res.predictions = preds if res.coefficients.ndim == 3 else preds[0]
+        res.metrics = _metrics(preds[0] if len(preds) == 1 else preds[-1], test_labels,
+                               classes)
+        if len(preds) > 1:
+            res.metrics["per_lambda"] = [_metrics(p, test_labels, classes) for p in preds]
+    res.seconds = time.perf_counter() - t0
+    if save:
+        sg = g.require_group(f"solves/{save}")
+        for key, val in (("coefficients", res.coefficients), ("predictions", res.predictions)):
+            if val is not None:
+                a = sg.create_array(key, shape=val.shape, dtype="float64",
+                                    chunks=val.shape, compressors=None, overwrite=True)
+                a[...] = val
+        set_meta(sg, solver=solver, lams=lams, iterations=res.iterations,
+                 converged=res.converged, metrics=res.metrics, seconds=res.seconds,
+                 kernel=name, cross=cross)
+    return res
