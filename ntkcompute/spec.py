@@ -153,13 +153,16 @@ class Abs(_Layer):
     type: Literal["abs"] = "abs"
 
 
-class Erf(_Layer):
-    """``a * erf(b * x) + c``."""
-
-    type: Literal["erf"] = "erf"
+class _Scaled(_Layer):
     a: float = 1.0
     b: float = 1.0
     c: float = 0.0
+
+
+class Erf(_Scaled):
+    """``a * erf(b * x) + c``."""
+
+    type: Literal["erf"] = "erf"
 
 
 class Gelu(_Layer):
@@ -168,13 +171,10 @@ class Gelu(_Layer):
     type: Literal["gelu"] = "gelu"
 
 
-class Sin(_Layer):
+class Sin(_Scaled):
     """``a * sin(b * x + c)``."""
 
     type: Literal["sin"] = "sin"
-    a: float = 1.0
-    b: float = 1.0
-    c: float = 0.0
 
 
 class Sign(_Layer):
@@ -189,13 +189,9 @@ class Elementwise(_Layer):
     deg: int = Field(default=25, ge=2, le=200)
 
 
-Layer = Annotated[
-    Union[  # noqa: UP007  (pydantic discriminated union)
-        Dense, Conv, AvgPool, GlobalAvgPool, Flatten, Identity, Relu, LeakyRelu, ABRelu, Abs,
-        Erf, Gelu, Sin, Sign, Elementwise,
-    ],
-    Field(discriminator="type"),
-]
+LAYER_CLASSES = (Dense, Conv, AvgPool, GlobalAvgPool, Flatten, Identity, Relu, LeakyRelu,
+                 ABRelu, Abs, Erf, Gelu, Sin, Sign, Elementwise)
+Layer = Annotated[Union[LAYER_CLASSES], Field(discriminator="type")]  # noqa: UP007
 
 NONLINEAR = (Relu, LeakyRelu, ABRelu, Abs, Erf, Gelu, Sin, Sign, Elementwise)
 
@@ -229,11 +225,7 @@ def _error_from_validation(err: ValidationError) -> InputError:
     return InputError(msg, field=field)
 
 
-_LAYER_TYPES = tuple(
-    m.model_fields["type"].default
-    for m in (Dense, Conv, AvgPool, GlobalAvgPool, Flatten, Identity, Relu, LeakyRelu, ABRelu, Abs,
-              Erf, Gelu, Sin, Sign, Elementwise)
-)
+_LAYER_TYPES = tuple(m.model_fields["type"].default for m in LAYER_CLASSES)
 
 
 def parse_arch(arch: Architecture | dict[str, Any] | str) -> Architecture:

@@ -22,7 +22,6 @@ from distributed import Client, Future, as_completed
 import ntkcompute
 from ntkcompute.errors import InputError
 from ntkcompute.infinite import (
-    CPU_BLOCK_BYTES,
     DEFAULT_MEMORY,
     block_budget,
     block_size,
@@ -233,8 +232,7 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         if a is not None and (a.shape[0] == 0 or 0 in a.shape[1:]):
             raise InputError(f"has an empty axis: shape {tuple(a.shape)}", field=name)
     plan = make_plan(spec, tuple(a1.shape))
-    budget = block_budget(np, memory, 1)
-    block = block_size(plan, dt.itemsize, min(budget, CPU_BLOCK_BYTES))
+    block = block_size(plan, dt.itemsize, block_budget(np, memory, 1))
     if bytes_per_pair(plan, dt.itemsize) > memory:
         raise InputError(f"one pair needs {bytes_per_pair(plan, dt.itemsize)} bytes, more "
                          f"than the budget {memory}", field="memory")

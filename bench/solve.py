@@ -1,0 +1,124 @@
+"""Solver benchmark (issue 4): iterations and time of CG with and without preconditioners,
+and CG vs a dense LAPACK solve, on the FC NTK of the MNIST subset in ``../shared/data``;
+all ratios from one run.
+
+The dense baseline is ``numpy.linalg.solve``: ``scipy.linalg.solve`` (scipy 1.17.1, its
+bundled OpenBLAS 0.3.30) segfaults on this machine at n = 20 000 (reproduced on a random SPD
+matrix; numpy's own OpenBLAS 0.3.31 solves it).
+
+Run: ``.venv/bin/python bench/solve.py [--sizes 4000,20000] [--rank 200]`` for the solver
+part, ``--accuracy`` for the test accuracy of CNTK kernel regression (CNTK-V, depth 4, and an
+FC-3 NTK for reference) on train/test splits of the CIFAR-10 and MNIST subsets with a direct
+solve and targets 0.9 / -0.1: CIFAR-10 with Arora et al. 2019's preprocessing (/255, then
+per-channel standardisation by the training set), MNIST /255 only (see below). The kernel is
+computed by ``workers.compute_gram`` into a temporary Zarr store and solved where it lies
+(one actor per worker holds its rows); scipy gets the same matrix loaded in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+
+import numpy as np
+from distributed import Client, LocalCluster
+
+import workers
+from ntkcompute import architectures as A
+from ntkcompute.datasets import SHARED
+from ntkcompute.regression import one_hot
+
+
+def mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
+    f = np.load(SHARED / "mnist" / "mnist_train_first20000.npz")
+    x = f["x"][:n].reshape(n, -1).astype(np.float64) / 255.0
+    x = (x - x.mean()) / x.std()
+    return x, f["y"][:n]
+
+
+def accuracy(n_train: int, n_test: int) -> None:
+    import ntkcompute as nc
+    from ntkcompute.datasets import cifar10, standardize
+    from ntkcompute.regression import kernel_ridge
+
+    xc, yc = cifar10(4000)
+    f = np.load(SHARED / "mnist" / "mnist_train_first20000.npz")
+    xm, ym = f["x"][..., None], f["y"]
+    print(f"{'data':10s} {'kernel':14s} {'train':>6s} {'test':>5s} {'NTK acc':>8s} "
+          f"{'NNGP acc':>9s} {'kernel s':>9s}")
+    for data, x, y in (("CIFAR-10", xc, yc), ("MNIST", xm, ym)):
+        if data == "CIFAR-10":
+            tr, te = standardize(x[:n_train], x[n_train:n_train + n_test])
+        else:  # centring MNIST turns its zero background into a shared constant that
+            # dominates every kernel entry (CNTK-V accuracy 0.26 vs 0.84 at n=300): /255 only
+            tr = x[:n_train] / 255.0
+            te = x[n_train:n_train + n_test] / 255.0
+        ytr, yte = y[:n_train], y[n_train:n_train + n_test]
+        for name, arch, a, b in (
+                ("CNTK-V-4", A.cntk(4, "flatten"), tr, te),
+                ("FC-3 NTK", A.fc(3), tr.reshape(len(tr), -1), te.reshape(len(te), -1))):
+            t = time.perf_counter()
+            k_tr = nc.kernel(arch, a)
+            k_te = nc.kernel(arch, b, a)
+            sec = time.perf_counter() - t
+            accs = [float(np.mean(kernel_ridge(k_tr[k], one_hot(ytr, 10), k_te[k], reg=1e-4)
+                                  .argmax(1) == yte)) for k in ("ntk", "nngp")]
+            print(f"{data:10s} {name:14s} {n_train:6d} {n_test:5d} {accs[0]:8.4f} "
+                  f"{accs[1]:9.4f} {sec:9.1f}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="4000,20000")
+    ap.add_argument("--rank", type=int, default=200)
+    ap.add_argument("--reg", type=float, default=1e-3, help="λ relative to mean diag K")
+    ap.add_argument("--tol", type=float, default=1e-6)
+    ap.add_argument("--accuracy", action="store_true", help="the CNTK accuracy part")
+    ap.add_argument("--train", type=int, default=3000)
+    ap.add_argument("--test", type=int, default=1000)
+    args = ap.parse_args()
+    if args.accuracy:
+        accuracy(args.train, args.test)
+        return
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    client = Client(cluster)
+    print(f"{'n':>6s} {'method':18s} {'iters':>6s} {'seconds':>8s} {'vs dense':>9s} "
+          f"{'rel err vs dense':>17s}")
+    try:
+        for n in (int(s) for s in args.sizes.split(",")):
+            root = tempfile.mkdtemp(prefix="ntksolve-")
+            try:
+                x, y = mnist(n)
+                t = time.perf_counter()
+                job = workers.compute_gram(A.fc(3), x, store=f"{root}/k", client=client,
+                                           get="ntk").wait()
+                t_k = time.perf_counter() - t
+                K = job.to_numpy()["ntk"]
+                lam = args.reg * float(np.mean(np.diag(K)))
+                Y = one_hot(y, 10)
+                t = time.perf_counter()
+                K[np.diag_indices(n)] += lam
+                ref = np.linalg.solve(K, Y)
+                t_sp = time.perf_counter() - t
+                del K
+                print(f"{n:6d} {'kernel (dask)':18s} {'':6s} {t_k:8.1f}")
+                print(f"{n:6d} {'numpy.linalg.solve':18s} {'':6s} {t_sp:8.1f} {1.0:8.2f}x")
+                for pre in (None, "jacobi", "nystrom"):
+                    r = workers.solve(job.url, y, lam, solver="cg", tol=args.tol,
+                                      preconditioner=pre, rank=args.rank, client=client,
+                                      save=None, maxiter=5000)
+                    err = np.abs(r.coefficients - ref).max() / np.abs(ref).max()
+                    print(f"{n:6d} {'cg ' + str(pre):18s} {r.iterations:6d} {r.seconds:8.1f} "
+                          f"{t_sp / r.seconds:8.2f}x {err:17.1e}", flush=True)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+    finally:
+        client.close()
+        cluster.close()
+
+
+if __name__ == "__main__":
+    main()
