@@ -38,7 +38,7 @@ def mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, f["y"][:n]
 
 
-def accuracy(n_train: int, n_test: int) -> None:
+def accuracy(n_train: int, n_test: int, only: str | None = None) -> None:
     import ntkcompute as nc
     from ntkcompute.datasets import cifar10, standardize
     from ntkcompute.regression import kernel_ridge
@@ -49,6 +49,8 @@ def accuracy(n_train: int, n_test: int) -> None:
     print(f"{'data':10s} {'kernel':14s} {'train':>6s} {'test':>5s} {'NTK acc':>8s} "
           f"{'NNGP acc':>9s} {'kernel s':>9s}")
     for data, x, y in (("CIFAR-10", xc, yc), ("MNIST", xm, ym)):
+        if only and only.lower() not in data.lower():
+            continue
         if data == "CIFAR-10":
             tr, te = standardize(x[:n_train], x[n_train:n_train + n_test])
         else:  # centring MNIST turns its zero background into a shared constant that
@@ -78,9 +80,10 @@ def main() -> None:
     ap.add_argument("--accuracy", action="store_true", help="the CNTK accuracy part")
     ap.add_argument("--train", type=int, default=3000)
     ap.add_argument("--test", type=int, default=1000)
+    ap.add_argument("--data", default=None, help="cifar or mnist (default both)")
     args = ap.parse_args()
     if args.accuracy:
-        accuracy(args.train, args.test)
+        accuracy(args.train, args.test, args.data)
         return
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            dashboard_address=None)

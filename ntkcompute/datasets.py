@@ -28,7 +28,7 @@ def cifar10(n: int | None = None, root: Path | None = None) -> tuple[np.ndarray,
 
 def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     """Arora et al. 2019 preprocessing: /255, then per-channel mean/std of the training set."""
-    train = train.astype(np.float64) / 255.0
+    scaled = [a.astype(np.float64) / 255.0 for a in (train, *others)]
     axes = tuple(range(train.ndim - 1))
-    mu, sd = train.mean(axis=axes), train.std(axis=axes)
-    return [(a.astype(np.float64) / 255.0 - mu) / sd for a in (train, *others)]
+    mu, sd = scaled[0].mean(axis=axes), scaled[0].std(axis=axes)
+    return [(a - mu) / sd for a in scaled]
