@@ -5,6 +5,7 @@
     ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--solver cg|direct]
               [--precond nystrom|jacobi|none] [--rank R] [--tol T]
               [--cross CROSS_STORE --test-labels y_test.npy]
+              [--times 0,1,10] [--bound] [--spectrum K]
 
 ``--x1``/``--x2`` take ``.npy`` files, ``.npz`` files (array ``x``) or dataset URLs written by
 ``workers.write_dataset``. Rerunning the same command resumes the job.
@@ -77,10 +78,13 @@ def _solve(args: argparse.Namespace) -> int:
                 name=args.name, tol=args.tol, maxiter=args.maxiter,
                 preconditioner=None if args.precond == "none" else args.precond,
                 rank=args.rank, cross=args.cross, test_labels=test_labels,
-                scheduler=args.scheduler, save=args.save)
+                scheduler=args.scheduler, save=args.save,
+                times=[float(t) for t in args.times.split(",")] if args.times else None,
+                bound=args.bound, spectrum_k=args.spectrum)
     print(json.dumps({"solver": res.solver, "lambda": res.lams, "iterations": res.iterations,
                       "converged": res.converged, "seconds": round(res.seconds, 3),
-                      "metrics": res.metrics, "saved": f"{args.kernel}/solves/{args.save}"}))
+                      "metrics": res.metrics, "analyses": res.analyses,
+                      "saved": f"{args.kernel}/solves/{args.save}"}))
     return 0 if res.converged else 1
 
 
@@ -115,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--test-labels", help=".npy labels of the test rows, to score")
     s.add_argument("--scheduler", default=None)
     s.add_argument("--save", default="default", help="name under solves/ in the kernel store")
+    s.add_argument("--times", help="gradient-flow times t, comma separated (direct)")
+    s.add_argument("--bound", action="store_true", help="report sqrt(2 y' K^-1 y / n)")
+    s.add_argument("--spectrum", type=int, default=0, help="top-k eigenvalues of K")
     s.set_defaults(func=_solve)
     args = ap.parse_args(argv)
     try:

@@ -18,7 +18,14 @@ from distributed import Client
 
 from ntkcompute.cg import Jacobi, Nystrom, cg, pivoted_cholesky
 from ntkcompute.errors import InputError
-from ntkcompute.regression import Eigen, one_hot, solve_direct
+from ntkcompute.regression import (
+    Eigen,
+    gd_predictions,
+    generalization_bound,
+    learning_curves,
+    one_hot,
+    solve_direct,
+)
 
 from .cluster import get_client
 from .operator import DistributedKernel
@@ -36,6 +43,7 @@ class SolveResult:
     seconds: float = 0.0
     predictions: np.ndarray | None = None  # (m, c) (or per λ) on the cross kernel
     metrics: dict[str, Any] = field(default_factory=dict)
+    analyses: dict[str, Any] = field(default_factory=dict)
 
 
 def targets_from(labels: np.ndarray, n: int) -> tuple[np.ndarray, int | None]:
@@ -81,7 +89,8 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
           x0: np.ndarray | None = None, cross: str | None = None,
           test_labels: np.ndarray | None = None, client: Client | None = None,
           scheduler: str | None = None, save: str | None = "default",
-          options: dict | None = None) -> SolveResult:
+          options: dict | None = None, times: list[float] | None = None, lr: float = 1.0,
+          bound: bool = False, spectrum_k: int = 0) -> SolveResult:
     """Fit ``(K + λI) α = Y`` on the stored train kernel at ``kernel`` (a job URL).
 
     Args:
@@ -93,6 +102,12 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         cross, test_labels: a cross-kernel job URL (test x train) to predict on, and labels
             to score against (accuracy for classes, MSE always).
         save: name under ``solves/`` in the kernel's group to write results to (None: don't).
+        times, lr: gradient-flow times at which to report the network's test outputs and
+            metrics, ``f_t = K_* K⁻¹ (I - e^{-η K t}) Y`` (direct solver, needs ``cross``).
+        bound: report Arora et al.'s ``sqrt(2 yᵀ K⁻¹ y / n)`` (from the solved coefficients
+            with CG; exact, λ-free, with the direct solver).
+        spectrum_k: report the top-k eigenvalues of K (eigh in memory, or Lanczos over the
+            distributed operator with CG) and per-direction learning curves at ``times``.
     """
     t0 = time.perf_counter()
     g = open_group(kernel, mode="r+", options=options)
@@ -105,11 +120,25 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         raise InputError(f"must be finite and >= 0, got {lams}", field="lambda")
     if solver == "direct":
         K = np.asarray(g[name][...], dtype=np.float64)
+        eig = Eigen.of(K) if (len(lams) > 1 or times or bound or spectrum_k) else None
         if len(lams) == 1:
             coef = solve_direct(K, Y, lams[0])
         else:
-            coef = np.stack(Eigen.of(K).sweep(Y, lams))
+            coef = np.stack(eig.sweep(Y, lams))
         res = SolveResult(coef, lams, solver)
+        if bound:
+            res.analyses["bound"] = generalization_bound(eig, Y)
+        if spectrum_k:
+            s, U = eig.s[::-1][:spectrum_k], eig.U[:, ::-1][:, :spectrum_k]
+            res.analyses["eigenvalues"] = s.tolist()
+            if times:
+                res.analyses["learning_curves"] = learning_curves(s, U, Y, times, lr).tolist()
+        if times and cross is not None:
+            kc = np.asarray(open_group(cross, mode="r", options=options)[name][...],
+                            dtype=np.float64)
+            res.analyses["gd"] = [
+                {"t": t, **_metrics(f, test_labels, classes)}
+                for t, f in zip(times, gd_predictions(eig, kc, Y, times, lr), strict=True)]
     elif solver == "cg":
         if len(lams) != 1:
             raise InputError("cg solves one λ at a time", field="lambda")
@@ -126,11 +155,21 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                 raise InputError(f"unknown preconditioner {preconditioner!r}",
                                  field="preconditioner")
             r = cg(op.matvec, Y, lams[0], tol=tol, maxiter=maxiter, precond=pre, x0=x0)
+            analyses: dict[str, Any] = {}
+            if bound:  # yᵀ (K + λI)⁻¹ y from the solution: the bound at this λ
+                analyses["bound"] = float(np.sqrt(2.0 * np.sum(Y * r.x) / n))
+            if spectrum_k:
+                from scipy.sparse.linalg import LinearOperator, eigsh
+
+                lin = LinearOperator((n, n), matvec=op.matvec, dtype=np.float64)
+                s, _ = eigsh(lin, k=spectrum_k, which="LA")
+                analyses["eigenvalues"] = sorted(s.tolist(), reverse=True)
         finally:
             if cluster is not None:
                 cl.close()
                 cluster.close()
-        res = SolveResult(r.x, lams, solver, r.iterations, r.converged, r.residuals)
+        res = SolveResult(r.x, lams, solver, r.iterations, r.converged, r.residuals,
+                          analyses=analyses)
     else:
         raise InputError(f"must be 'cg' or 'direct', got {solver!r}", field="solver")
     if cross is not None:
@@ -151,5 +190,5 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                 a[...] = val
         set_meta(sg, solver=solver, lams=lams, iterations=res.iterations,
                  converged=res.converged, metrics=res.metrics, seconds=res.seconds,
-                 kernel=name, cross=cross)
+                 kernel=name, cross=cross, analyses=res.analyses)
     return res

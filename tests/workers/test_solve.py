@@ -114,9 +114,12 @@ def test_cli_gram_then_solve(tmp_path):
     p = subprocess.run([*run, "solve", "--kernel", str(tmp_path / "train"), "--labels",
                         str(tmp_path / "ytr.npy"), "--lambda", "1e-3", "--solver", "direct",
                         "--cross", str(tmp_path / "cross"), "--test-labels",
-                        str(tmp_path / "yte.npy")], capture_output=True, text=True, timeout=300)
+                        str(tmp_path / "yte.npy"), "--times", "0,1e9", "--bound",
+                        "--spectrum", "3"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout.strip().splitlines()[-1])
+    assert len(report["analyses"]["eigenvalues"]) == 3 and report["analyses"]["bound"] > 0
+    assert report["analyses"]["gd"][0]["accuracy"] <= report["analyses"]["gd"][1]["accuracy"]
     kc = nc.kernel(A.cntk(2, "flatten"), x[150:250], x[:150])["ntk"]
     kt = nc.kernel(A.cntk(2, "flatten"), x[:150])["ntk"]
     acc = float(np.mean((kc @ solve_direct(kt, one_hot(y[:150], 10), 1e-3)).argmax(1)
@@ -126,3 +129,28 @@ def test_cli_gram_then_solve(tmp_path):
                           str(tmp_path / "yte.npy"), "--lambda", "1e-3"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "labels" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_analyses_direct_and_distributed(client, digits_jobs):
+    train, cross, ytr, yte = digits_jobs
+    K = zarr.open_group(train, mode="r")["ntk"][...]
+    kc = zarr.open_group(cross, mode="r")["ntk"][...]
+    Y = one_hot(ytr, 10)
+    lam = 1e-3 * np.mean(np.diag(K))
+    d = workers.solve(train, ytr, lam, solver="direct", cross=cross, test_labels=yte,
+                      times=[0.0, 1.0, 1e8], bound=True, spectrum_k=5, save=None)
+    s = np.sort(np.linalg.eigvalsh(K))[::-1][:5]
+    np.testing.assert_allclose(d.analyses["eigenvalues"], s, rtol=1e-10)
+    assert abs(d.analyses["bound"] - np.sqrt(2 * np.sum(Y * np.linalg.solve(K, Y)) / 400)) \
+        < 1e-6 * d.analyses["bound"]
+    gd = d.analyses["gd"]
+    assert gd[0]["mse"] == np.mean(one_hot(yte, 10) ** 2)  # f_0 = 0
+    ridgeless = float(np.mean((kc @ np.linalg.solve(K, Y)).argmax(1) == yte))
+    assert gd[-1]["accuracy"] == ridgeless  # t -> infinity: kernel regression
+    curves = np.array(d.analyses["learning_curves"])
+    assert curves.shape == (3, 5) and np.all(curves[1] <= curves[0])
+    c = workers.solve(train, ytr, lam, solver="cg", tol=1e-10, client=client, bound=True,
+                      spectrum_k=5, save=None)
+    np.testing.assert_allclose(c.analyses["eigenvalues"], s, rtol=1e-8)
+    at_lam = np.sqrt(2 * np.sum(Y * solve_direct(K, Y, lam)) / 400)
+    assert abs(c.analyses["bound"] - at_lam) < 1e-8 * at_lam
