@@ -33,7 +33,8 @@ from ntkcompute.validate import check_get, resolve_dtype
 
 from . import tasks
 from .cluster import get_client
-from .store import job_meta, open_group, set_meta, sha256, storage_options
+from .store import job_meta, open_group, set_meta, sha256
+from .store import storage_options as resolve_options
 
 #: Target seconds of work per tile: the scheduler costs ~5 ms a task, so >= 0.5 s keeps its
 #: overhead under 1%; a few seconds keeps progress and resume fine-grained.
@@ -85,8 +86,7 @@ class GramJob:
     """
 
     def __init__(self, url: str, group: zarr.Group, client: Client, cluster: Any,
-                 futures: list[Future], tiles_total: int, tiles_reused: int,
-                 options: dict | None) -> None:
+                 futures: list[Future], tiles_total: int, tiles_reused: int) -> None:
         self.url = url
         self.group = group
         self._client, self._cluster = client, cluster
@@ -96,7 +96,6 @@ class GramJob:
         self.tiles_computed = 0
         self.status = "running"
         self.error: str | None = None
-        self._options = options
         self._t0 = time.time()
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -196,7 +195,7 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
                  store: str, tile: int | None = None, client: Client | None = None,
                  scheduler: str | None = None, get: tuple[str, ...] | str = ("ntk", "nngp"),
                  dtype: Any = None, memory: int = DEFAULT_MEMORY,
-                 storage_options_: dict | None = None) -> GramJob:
+                 storage_options: dict | None = None) -> GramJob:
     """Start (or resume) the tiled Gram job of ``arch`` on x1 (and x2) into ``store``.
 
     Args:
@@ -210,6 +209,7 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
             (also ``$NTK_SCHEDULER_ADDRESS``); default an embedded LocalCluster.
         get, dtype: as for :func:`ntkcompute.kernel`.
         memory: working-memory budget of one task in bytes (tile outputs included).
+        storage_options: fsspec options for the store (default ``$NTK_STORAGE_OPTIONS``).
 
     Returns:
         a :class:`GramJob`; call ``wait()`` for the result.
@@ -242,7 +242,7 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         tile = choose_tile(plan, max(n1, n2), dt.itemsize, memory, block, len(get))
     elif not isinstance(tile, int) or tile <= 0:
         raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
-    opts = storage_options(storage_options_)
+    opts = resolve_options(storage_options)
     g = open_group(store, mode="a", options=opts)
     identity = {"spec": spec.model_dump(mode="json"), "dtype": dt.str, "get": list(get),
                 "x_shape": list(a1.shape), "n1": n1, "n2": n2, "symmetric": a2 is None,
@@ -318,7 +318,7 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
                     if f is not None]
             futures.append(cl.submit(tasks.tile_task, store, i, j, *deps, options=opts,
                                      key=f"tile-{i}-{j}-{token}", pure=False))
-    return GramJob(store, g, cl, cluster, futures, _tile_count(t1, t2, a2 is None), reused, opts)
+    return GramJob(store, g, cl, cluster, futures, _tile_count(t1, t2, a2 is None), reused)
 
 
 def _tile_count(t1: int, t2: int, symmetric: bool) -> int:
