@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .errors import InputError
 from .spec import NONLINEAR, Architecture, AvgPool, Conv, Dense, Flatten, GlobalAvgPool
+from .validate import check_shape
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,8 @@ def make_plan(arch: Architecture, input_shape: tuple[int, ...],
     ``width`` stands in for every ``out_dim`` / ``out_chan`` left unset (the empirical
     network). Raises :class:`InputError` naming the layer and field when a layer does not fit.
     """
-    if len(input_shape) < 2:
-        raise InputError(f"inputs must be (n, features) or (n, *spatial, channels), got shape "
-                         f"{tuple(input_shape)}", field="x1")
+    check_shape(input_shape, "x1")
     spatial = tuple(int(s) for s in input_shape[1:-1])
-    if any(s <= 0 for s in input_shape[1:]):
-        raise InputError(f"has an empty axis: shape {tuple(input_shape)}", field="x1")
 
     # Forward: shapes and windows.
     shapes: list[tuple[tuple[int, ...], tuple[int, ...], Window | None]] = []

@@ -10,6 +10,16 @@ from .backend import array_module
 from .errors import InputError
 
 
+def check_shape(shape: tuple[int, ...], field: str) -> None:
+    """An input shape must be ``(n, features)`` or ``(n, *spatial, channels)``, none empty."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2:
+        raise InputError(f"must be (n, features) or (n, *spatial, channels), got shape "
+                         f"{shape}", field=field)
+    if any(s <= 0 for s in shape):
+        raise InputError(f"has an empty axis: shape {shape}", field=field)
+
+
 def as_input(x: Any, field: str, dtype: Any) -> Any:
     """Return ``x`` as a finite floating array of ``dtype`` (NumPy or CuPy, as given)."""
     xp = array_module(x)
@@ -20,11 +30,7 @@ def as_input(x: Any, field: str, dtype: Any) -> Any:
     if arr.dtype.kind not in "fiu":
         raise InputError(f"must be real numbers (float32/float64 or integers), got dtype "
                          f"{arr.dtype}", field=field)
-    if arr.ndim < 2:
-        raise InputError(f"must be (n, features) or (n, *spatial, channels), got shape "
-                         f"{tuple(arr.shape)}", field=field)
-    if arr.shape[0] == 0 or any(s == 0 for s in arr.shape[1:]):
-        raise InputError(f"has an empty axis: shape {tuple(arr.shape)}", field=field)
+    check_shape(arr.shape, field)
     arr = arr.astype(dtype, copy=False)
     if not bool(xp.isfinite(arr).all()):
         bad = int((~xp.isfinite(arr)).sum())

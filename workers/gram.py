@@ -29,7 +29,7 @@ from ntkcompute.infinite import (
 )
 from ntkcompute.plan import Plan, make_plan
 from ntkcompute.spec import Architecture, parse_arch
-from ntkcompute.validate import check_get, resolve_dtype
+from ntkcompute.validate import check_get, check_pair, check_shape, resolve_dtype
 
 from . import tasks
 from .cluster import get_client
@@ -222,15 +222,10 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     a1 = _as_array(x1, "x1")
     a2 = None if x2 is None else _as_array(x2, "x2")
     dt = resolve_dtype(dtype, a1)
-    if len(a1.shape) < 2:
-        raise InputError(f"must be (n, features) or (n, *spatial, channels), got shape "
-                         f"{tuple(a1.shape)}", field="x1")
-    if a2 is not None and tuple(a2.shape[1:]) != tuple(a1.shape[1:]):
-        raise InputError(f"trailing shape {tuple(a2.shape[1:])} does not match x1's "
-                         f"{tuple(a1.shape[1:])}", field="x2")
-    for name, a in (("x1", a1), ("x2", a2)):
-        if a is not None and (a.shape[0] == 0 or 0 in a.shape[1:]):
-            raise InputError(f"has an empty axis: shape {tuple(a.shape)}", field=name)
+    check_shape(a1.shape, "x1")
+    if a2 is not None:
+        check_shape(a2.shape, "x2")
+        check_pair(a1, a2)
     plan = make_plan(spec, tuple(a1.shape))
     block = block_size(plan, dt.itemsize, block_budget(np, memory, 1))
     if bytes_per_pair(plan, dt.itemsize) > memory:
