@@ -7,6 +7,9 @@
               [--cross CROSS_STORE --test-labels y_test.npy]
               [--times 0,1,10] [--bound] [--spectrum K]
 
+The service and its client add ``ntk serve``, ``ntk keys create``, ``ntk submit``,
+``ntk status`` and ``ntk fetch`` (see :mod:`service.cli`).
+
 ``--x1``/``--x2`` take ``.npy`` files, ``.npz`` files (array ``x``) or dataset URLs written by
 ``workers.write_dataset``. Rerunning the same command resumes the job.
 """
@@ -123,12 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--bound", action="store_true", help="report sqrt(2 y' K^-1 y / n)")
     s.add_argument("--spectrum", type=int, default=0, help="top-k eigenvalues of K")
     s.set_defaults(func=_solve)
+    from service.cli import register
+
+    register(sub)
     args = ap.parse_args(argv)
+    from ntkcompute.client import ApiError, JobFailed
+
     try:
         return args.func(args)
     except InputError as e:
         print(f"ntk {args.command}: {e}", file=sys.stderr)
         return 2
+    except (ApiError, JobFailed) as e:
+        print(f"ntk {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

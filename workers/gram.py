@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -97,6 +98,7 @@ class GramJob:
         self.status = "running"
         self.error: str | None = None
         self._t0 = time.time()
+        self._cancelled = False
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
@@ -119,6 +121,8 @@ class GramJob:
     def _watch(self) -> None:
         try:
             for fut in as_completed([f for f in self._futures if f.key.startswith("tile")]):
+                if fut.status == "cancelled":
+                    continue
                 if fut.status == "error":
                     with self._lock:
                         if self.error is None:
@@ -127,7 +131,8 @@ class GramJob:
                 else:
                     with self._lock:
                         self.tiles_computed += 1
-            self.status = "failed" if self.error else "succeeded"
+            self.status = ("cancelled" if self._cancelled else
+                           "failed" if self.error else "succeeded")
         except Exception as e:
             self.error = self.error or f"{type(e).__name__}: {e}"
             self.status = "failed"
@@ -136,13 +141,18 @@ class GramJob:
                      finished=time.time())
             self._done.set()
 
+    def cancel(self) -> None:
+        """Stop the job: queued tiles are dropped, finished tiles stay (rerun to resume)."""
+        self._cancelled = True
+        self._client.cancel(self._futures)
+
     def wait(self, timeout: float | None = None) -> GramJob:
         """Block until every tile is done; raise :class:`GramJobError` if one failed."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"job {self.url} not finished after {timeout} s")
         self.close()
-        if self.status == "failed":
-            raise GramJobError(self.error)
+        if self.status in ("failed", "cancelled"):
+            raise GramJobError(self.error or "cancelled")
         return self
 
     def close(self) -> None:
@@ -191,6 +201,52 @@ def _marker(g: zarr.Group, path: str, shape: tuple[int, ...]) -> zarr.Array:
                           fill_value=0, compressors=None, overwrite=True)
 
 
+@dataclass(frozen=True)
+class JobPlan:
+    """A validated Gram job: what ``compute_gram`` would run, before anything is written."""
+
+    spec: Architecture
+    get: tuple[str, ...]
+    dtype: np.dtype
+    plan: Plan
+    block: int
+    tile: int
+    n1: int
+    n2: int
+
+
+def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
+             get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None,
+             memory: int = DEFAULT_MEMORY, tile: int | None = None) -> JobPlan:
+    """Check a Gram job (spec, shapes, dtype, budget, tile) without running it.
+
+    ``x1``/``x2`` need only ``shape`` and ``dtype`` (NumPy, Zarr or memory-mapped arrays).
+
+    Raises:
+        InputError: naming the offending field (``layers[i].*``, ``x1``, ``x2``, ``get``,
+            ``dtype``, ``memory``, ``tile``).
+    """
+    spec = parse_arch(arch)
+    get = check_get(get)
+    dt = resolve_dtype(dtype, x1)
+    check_shape(x1.shape, "x1")
+    if x2 is not None:
+        check_shape(x2.shape, "x2")
+        check_pair(x1, x2)
+    plan = make_plan(spec, tuple(x1.shape))
+    block = block_size(plan, dt.itemsize, block_budget(np, memory, 1))
+    if bytes_per_pair(plan, dt.itemsize) > memory:
+        raise InputError(f"one pair needs {bytes_per_pair(plan, dt.itemsize)} bytes, more "
+                         f"than the budget {memory}", field="memory")
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    if tile is None:
+        tile = choose_tile(plan, max(n1, n2), dt.itemsize, memory, block, len(get))
+    elif isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
+        raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
+    return JobPlan(spec, get, dt, plan, block, tile, n1, n2)
+
+
 def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
                  store: str, tile: int | None = None, client: Client | None = None,
                  scheduler: str | None = None, get: tuple[str, ...] | str = ("ntk", "nngp"),
@@ -217,26 +273,11 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     Raises:
         InputError: bad spec, shapes, dtype, or a store that holds a different job.
     """
-    spec = parse_arch(arch)
-    get = check_get(get)
     a1 = _as_array(x1, "x1")
     a2 = None if x2 is None else _as_array(x2, "x2")
-    dt = resolve_dtype(dtype, a1)
-    check_shape(a1.shape, "x1")
-    if a2 is not None:
-        check_shape(a2.shape, "x2")
-        check_pair(a1, a2)
-    plan = make_plan(spec, tuple(a1.shape))
-    block = block_size(plan, dt.itemsize, block_budget(np, memory, 1))
-    if bytes_per_pair(plan, dt.itemsize) > memory:
-        raise InputError(f"one pair needs {bytes_per_pair(plan, dt.itemsize)} bytes, more "
-                         f"than the budget {memory}", field="memory")
-    n1 = a1.shape[0]
-    n2 = n1 if a2 is None else a2.shape[0]
-    if tile is None:
-        tile = choose_tile(plan, max(n1, n2), dt.itemsize, memory, block, len(get))
-    elif not isinstance(tile, int) or tile <= 0:
-        raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
+    jp = plan_job(arch, a1, a2, get=get, dtype=dtype, memory=memory, tile=tile)
+    spec, get, dt, plan, block, tile = jp.spec, jp.get, jp.dtype, jp.plan, jp.block, jp.tile
+    n1, n2 = jp.n1, jp.n2
     opts = resolve_options(storage_options)
     g = open_group(store, mode="a", options=opts)
     identity = {"spec": spec.model_dump(mode="json"), "dtype": dt.str, "get": list(get),

@@ -50,11 +50,17 @@ def open_group(url: str, mode: str = "a", options: dict | None = None) -> zarr.G
     return zarr.open_group(url, mode=mode, storage_options=opts)
 
 
-def sha256(a: np.ndarray) -> str:
-    """Checksum of an array's dtype, shape and C-order bytes."""
+def sha256(a: np.ndarray, block_bytes: int = 1 << 24) -> str:
+    """Checksum of an array's dtype, shape and C-order bytes, read ``block_bytes`` of rows at
+    a time (a memory-mapped upload is never copied whole)."""
     h = hashlib.sha256()
     h.update(f"{a.dtype.str}{a.shape}".encode())
-    h.update(np.ascontiguousarray(a).tobytes())
+    if a.ndim == 0:
+        h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+    step = max(1, block_bytes // max(1, a[:1].nbytes))
+    for r in range(0, a.shape[0], step):
+        h.update(np.ascontiguousarray(a[r:r + step]).data)
     return h.hexdigest()
 
 
@@ -62,7 +68,8 @@ def write_array(group: zarr.Group, name: str, a: np.ndarray, rows: int) -> zarr.
     """Write ``a`` as ``group[name]`` chunked by ``rows`` rows, uncompressed."""
     arr = group.create_array(name, shape=a.shape, chunks=(rows, *a.shape[1:]), dtype=a.dtype,
                              fill_value=0, compressors=None, overwrite=True)
-    arr[...] = a
+    for r in range(0, a.shape[0], rows):  # chunk by chunk: a memory map is read once, lazily
+        arr[r:r + rows] = a[r:r + rows]
     return arr
 
 
@@ -98,3 +105,12 @@ def set_meta(group: zarr.Group, **kw: Any) -> None:
     meta = job_meta(group)
     meta.update(kw)
     group.attrs[ATTR] = meta
+
+
+def remove_group(url: str, options: dict | None = None) -> None:
+    """Delete the Zarr group at ``url`` and everything under it (missing is fine)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options(options) or {}))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

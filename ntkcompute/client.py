@@ -1,0 +1,294 @@
+"""Python client of the ntkcompute REST service.
+
+    from ntkcompute.client import Client
+    c = Client("http://localhost:8000", api_key="ntk_...")
+    train = c.upload(x_train, y_train)
+    test = c.upload(x_test, y_test)
+    job = c.kernel(train, arch, test=test).wait()      # progress bar while it runs
+    sol = c.solve(job, lambdas=[1e-3]).wait()
+    sol.metrics["best"]["accuracy"], sol.predictions()
+
+Uploads stream the array as ``.npy`` without building the file in memory. Every error the
+server answers becomes an :class:`ApiError` carrying its status, field and message.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(RuntimeError):
+    """The server refused a request: ``status`` (HTTP), ``field``, ``detail`` (its message)."""
+
+    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
+        self.status, self.detail, self.field = status, detail, field
+        super().__init__(f"HTTP {status}: {detail}")
+
+
+class JobFailed(RuntimeError):
+    """A kernel job or solve ended failed or cancelled; the message is the server's error."""
+
+
+class _NpyStream(io.RawIOBase):
+    """A read-only file of ``np.save(a)``'s bytes, produced a few MB at a time."""
+
+    def __init__(self, a: np.ndarray, block_bytes: int = 4 << 20) -> None:
+        self._a = a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+        order = self._a.flags.f_contiguous and not self._a.flags.c_contiguous
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {
+            "descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": order,
+            "shape": a.shape})
+        self._chunks = self._gen(header.getvalue(), order, block_bytes)
+        self._buf = b""
+        self.size = len(header.getvalue()) + a.nbytes
+
+    def _gen(self, header: bytes, fortran: bool, block_bytes: int) -> Iterator[bytes]:
+        yield header
+        flat = self._a.ravel(order="F" if fortran else "C")  # a view: the array is contiguous
+        step = max(1, block_bytes // max(1, flat.itemsize))
+        for i in range(0, flat.size, step):
+            yield flat[i:i + step].tobytes()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                break
+            self._buf += nxt
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+class Dataset:
+    def __init__(self, client: Client, info: dict) -> None:
+        self._c, self.info = client, info
+        self.id: str = info["id"]
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.id}, shape={self.info['shape']})"
+
+
+class _Job:
+    _path = ""
+
+    def __init__(self, client: Client, info: dict) -> None:
+        self._c, self.info = client, info
+        self.id: str = info["id"]
+
+    def refresh(self) -> dict:
+        self.info = self._c._json("GET", f"{self._path}/{self.id}")
+        return self.info
+
+    @property
+    def status(self) -> str:
+        """queued / running / succeeded / failed / cancelled (fetched now)."""
+        return self.refresh()["status"]
+
+    def _raise_if_failed(self) -> None:
+        if self.info["status"] in ("failed", "cancelled"):
+            raise JobFailed(f"{self.id} {self.info['status']}: {self.info.get('error')}")
+
+
+class KernelJob(_Job):
+    """A kernel job on the server: ``wait()``, ``status``, ``block()``, ``to_numpy()``."""
+
+    _path = "/v1/kernels"
+
+    def wait(self, timeout: float | None = None, progress: bool = True,
+             poll: float = 0.5) -> KernelJob:
+        """Poll until the job ends (tqdm bar of tiles); raise :class:`JobFailed` unless it
+        succeeded, ``TimeoutError`` after ``timeout`` seconds."""
+        from tqdm import tqdm
+
+        t0 = time.monotonic()
+        info = self.refresh()
+        with tqdm(total=info["tiles_total"] or None, unit="tile", disable=not progress,
+                  desc=self.id) as bar:
+            while True:
+                if info["tiles_total"] and bar.total != info["tiles_total"]:
+                    bar.total = info["tiles_total"]
+                bar.update(info["tiles_done"] - bar.n)
+                if info["eta_seconds"] is not None:
+                    bar.set_postfix(eta=f"{info['eta_seconds']:.0f}s", refresh=False)
+                if info["status"] in FINAL:
+                    break
+                if timeout is not None and time.monotonic() - t0 > timeout:
+                    raise TimeoutError(f"{self.id} still {info['status']} after {timeout} s")
+                time.sleep(poll)
+                info = self.refresh()
+        self._raise_if_failed()
+        return self
+
+    def cancel(self) -> KernelJob:
+        self.info = self._c._json("DELETE", f"{self._path}/{self.id}")
+        return self
+
+    def resume(self) -> KernelJob:
+        self.info = self._c._json("POST", f"{self._path}/{self.id}/resume")
+        return self
+
+    def block(self, kind: str = "ntk", rows: tuple[int, int] | None = None,
+              cols: tuple[int, int] | None = None, part: str = "train") -> np.ndarray:
+        """One block ``K[rows[0]:rows[1], cols[0]:cols[1]]`` of a stored kernel."""
+        params = {"kind": kind, "part": part}
+        if rows is not None:
+            params["rows"] = f"{rows[0]}:{rows[1]}"
+        if cols is not None:
+            params["cols"] = f"{cols[0]}:{cols[1]}"
+        return self._c._npy(f"{self._path}/{self.id}/blocks", params)
+
+    def to_numpy(self, kind: str = "ntk", part: str = "train",
+                 max_block_bytes: int = 64 << 20) -> np.ndarray:
+        """The whole ``kind`` kernel of ``part`` ("train" n x n, "test" m x n), fetched in
+        row stripes of at most ``max_block_bytes``."""
+        rows, cols = self.info["shape"][part]
+        itemsize = np.dtype(self.info["dtype"]).itemsize
+        step = max(1, max_block_bytes // (cols * itemsize))
+        out = np.empty((rows, cols), dtype=self.info["dtype"])
+        for r in range(0, rows, step):
+            out[r:r + step] = self.block(kind, (r, min(rows, r + step)), None, part)
+        return out
+
+
+class SolveJob(_Job):
+    """A solve on the server: ``wait()``, ``metrics``, ``predictions()``, ``coefficients()``."""
+
+    _path = "/v1/solves"
+
+    def wait(self, timeout: float | None = None, poll: float = 0.5) -> SolveJob:
+        t0 = time.monotonic()
+        while self.refresh()["status"] not in FINAL:
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"{self.id} still {self.info['status']} after {timeout} s")
+            time.sleep(poll)
+        self._raise_if_failed()
+        return self
+
+    @property
+    def metrics(self) -> dict | None:
+        """Per-λ iterations, seconds, accuracy/MSE, and the best λ's entry."""
+        return self.info.get("metrics")
+
+    def predictions(self, lambda_index: int | None = None) -> np.ndarray:
+        """``(L, m, c)`` test outputs for every λ, or ``(m, c)`` for one."""
+        params = {} if lambda_index is None else {"lambda_index": lambda_index}
+        return self._c._npy(f"{self._path}/{self.id}/predictions", params)
+
+    def coefficients(self, lambda_index: int | None = None) -> np.ndarray:
+        params = {} if lambda_index is None else {"lambda_index": lambda_index}
+        return self._c._npy(f"{self._path}/{self.id}/coefficients", params)
+
+
+class Client:
+    """Connection to an ntkcompute service with one API key."""
+
+    def __init__(self, url: str, api_key: str, timeout: float = 600.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout,
+                                  headers={"Authorization": f"Bearer {api_key}"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # transport -------------------------------------------------------------------------
+    def _check(self, r: httpx.Response) -> httpx.Response:
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                detail, field = body.get("detail", r.text), body.get("field")
+            except ValueError:
+                detail, field = r.text, None
+            raise ApiError(r.status_code, str(detail), field)
+        return r
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        r = self._check(self._http.request(method, path, **kw))
+        return r.json() if r.content else None
+
+    def _npy(self, path: str, params: dict) -> np.ndarray:
+        r = self._check(self._http.get(path, params=params))
+        return np.load(io.BytesIO(r.content), allow_pickle=False)
+
+    # API -------------------------------------------------------------------------------
+    def upload(self, x: np.ndarray, y: np.ndarray | None = None) -> Dataset:
+        """Upload ``x`` (n, ...) and optional labels/targets ``y`` (n,) or (n, c); integer
+        ``y`` are classes."""
+        x = np.asarray(x)
+        files: dict[str, Any] = {"x": ("x.npy", _NpyStream(x), "application/x-npy")}
+        if y is not None:
+            files["y"] = ("y.npy", _NpyStream(np.asarray(y)), "application/x-npy")
+        return Dataset(self, self._json("POST", "/v1/datasets", files=files))
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        return Dataset(self, self._json("GET", f"/v1/datasets/{dataset_id}"))
+
+    def delete_dataset(self, dataset: Dataset | str) -> None:
+        self._json("DELETE", f"/v1/datasets/{_id(dataset)}")
+
+    def kernel(self, train: Dataset | str, arch: Any, test: Dataset | str | None = None,
+               kernels: tuple[str, ...] = ("ntk", "nngp"), dtype: str | None = None,
+               tile: int | None = None) -> KernelJob:
+        """Start the kernel job of ``arch`` (spec object, dict or JSON) on ``train`` (and
+        test x train); returns at once: call ``wait()``."""
+        if hasattr(arch, "model_dump"):
+            arch = arch.model_dump(mode="json")
+        elif isinstance(arch, str):
+            import json
+
+            arch = json.loads(arch)
+        body = {"train": _id(train), "test": None if test is None else _id(test),
+                "arch": arch, "kernels": list(kernels), "dtype": dtype, "tile": tile}
+        return KernelJob(self, self._json("POST", "/v1/kernels", json=body))
+
+    def job(self, kernel_id: str) -> KernelJob:
+        return KernelJob(self, self._json("GET", f"/v1/kernels/{kernel_id}"))
+
+    def solve(self, kernel: KernelJob | str, lambdas: float | list[float] = 0.0, *,
+              labels: Any = None, test_labels: Any = None, solver: str = "cg",
+              kind: str = "ntk", tol: float = 1e-8, maxiter: int = 1000,
+              preconditioner: str = "nystrom", rank: int = 100,
+              times: list[float] | None = None, lr: float = 1.0, bound: bool = False,
+              spectrum: int = 0) -> SolveJob:
+        """Kernel regression on a finished kernel job; labels default to the datasets' y."""
+        lams = [float(v) for v in (lambdas if isinstance(lambdas, (list, tuple))
+                                   else [lambdas])]
+        body = {"kernel": _id(kernel), "lambdas": lams, "solver": solver, "kind": kind,
+                "tol": tol, "maxiter": maxiter, "preconditioner": preconditioner,
+                "rank": rank, "labels": _listify(labels), "test_labels": _listify(test_labels),
+                "analyses": {"times": times, "lr": lr, "bound": bound, "spectrum": spectrum}}
+        return SolveJob(self, self._json("POST", "/v1/solves", json=body))
+
+    def get_solve(self, solve_id: str) -> SolveJob:
+        return SolveJob(self, self._json("GET", f"/v1/solves/{solve_id}"))
+
+    def health(self) -> dict:
+        return self._json("GET", "/readyz")
+
+
+def _id(obj: Any) -> str:
+    return obj if isinstance(obj, str) else obj.id
+
+
+def _listify(a: Any) -> Any:
+    return None if a is None else np.asarray(a).tolist()

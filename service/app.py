@@ -1,0 +1,496 @@
+"""The REST API (``/v1``): datasets, kernel jobs, solves; ``/healthz`` and ``/readyz``.
+
+Every request but the health checks carries ``Authorization: Bearer <key>``; every dataset
+and job belongs to the key that made it and is invisible (404) to others. Errors are JSON
+``{"detail": "<field>: <reason>", "field": ...}`` with a 4xx status; see README "REST API".
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import ntkcompute
+from ntkcompute.errors import InputError
+from workers.gram import plan_job
+from workers.store import open_group, read_dataset, remove_group, write_dataset
+
+from . import uploads
+from .config import Settings
+from .db import ACTIVE, Database, Dataset, Job, Solve
+from .errors import ApiError, not_found
+from .keys import verify
+from .runner import Runner
+from .schemas import DatasetOut, Error, Health, KernelOut, KernelRequest, SolveOut, SolveRequest
+
+log = logging.getLogger("ntkcompute.service")
+NPY = "application/x-npy"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    c: {"model": Error} for c in (401, 404, 409, 413, 422, 429)}
+_bearer = HTTPBearer(auto_error=False, description="an API key from `ntk keys create`")
+
+
+def owner(request: Request,
+          cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The id of the request's API key; 401 without a valid one."""
+    if cred is None:
+        raise ApiError(401, "Authorization", "missing bearer API key")
+    kid = verify(request.app.state.db, cred.credentials)
+    if kid is None:
+        raise ApiError(401, "Authorization", "unknown or revoked API key")
+    return kid
+
+
+Owner = Annotated[str, Depends(owner)]
+LamIndex = Annotated[int | None, Query(ge=0, le=1000, description=(
+    "which λ (index into lambdas); default all, stacked on axis 0"))]
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def create_app(settings: Settings | None = None, *, start_runner: bool = True) -> FastAPI:
+    """The ASGI app; the lifespan joins the Dask cluster and resumes unfinished jobs."""
+    settings = settings or Settings.from_env()
+    db = Database(settings.db)
+    runner = Runner(settings, db)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if start_runner:
+            await run_in_threadpool(runner.start)
+        yield
+        await run_in_threadpool(runner.stop)
+
+    app = FastAPI(title="ntkcompute", version=ntkcompute.__version__, lifespan=lifespan,
+                  description="Exact NTK / NNGP / CNTK Gram matrices on a Dask cluster, "
+                  "stored in Zarr, and kernel regression on them.")
+    app.state.settings, app.state.db, app.state.runner = settings, db, runner
+
+    # errors ----------------------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(_r: Request, e: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return JSONResponse({"detail": e.detail, "field": e.field}, e.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, e: RequestValidationError) -> JSONResponse:
+        errs = e.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        where = _loc(first.get("loc", ()))
+        return JSONResponse({"detail": f"{where}: {first.get('msg')}" if where else
+                             str(first.get("msg")), "field": where or None,
+                             "errors": [{"field": _loc(x.get("loc", ())), "message": x.get("msg")}
+                                        for x in errs]}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, e: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(e.detail), "field": None}, e.status_code,
+                            headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_r: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse({"detail": f"internal error: {type(e).__name__}", "field": None},
+                            500)
+
+    def _own(model: type, id_: str, key: str, kind: str) -> Any:
+        with db.session() as s:
+            row = s.get(model, id_)
+            if row is None or row.owner != key:
+                raise not_found(kind, id_)
+            return row
+
+    def _check_capacity(key: str) -> None:
+        with db.session() as s:
+            n = (s.query(Job).filter(Job.owner == key, Job.status.in_(ACTIVE)).count()
+                 + s.query(Solve).filter(Solve.owner == key, Solve.status.in_(ACTIVE)).count())
+        if n >= settings.max_jobs_per_key:
+            raise ApiError(429, "max_jobs_per_key", f"this key has {n} queued or running "
+                           f"jobs, the limit is {settings.max_jobs_per_key}; wait or cancel one")
+
+    # health ----------------------------------------------------------------------------
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> Health:
+        """The process is up."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["health"],
+             responses={503: {"model": Health}})
+    def readyz() -> Any:
+        """The Dask scheduler answers and the store is writable."""
+        checks = runner.ready() if runner.client is not None else {"scheduler": "not started"}
+        try:
+            g = open_group(_join(settings.store, "_readyz"), mode="w")
+            g.attrs["t"] = time.time()
+            checks["store"] = "ok"
+        except Exception as e:
+            checks["store"] = f"not writable: {type(e).__name__}: {e}"
+        ok = all(v.startswith("ok") for v in checks.values())
+        body = Health(status="ok" if ok else "unavailable", checks=checks)
+        return body if ok else JSONResponse(body.model_dump(), 503)
+
+    # datasets --------------------------------------------------------------------------
+    upload_body = {"requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "x": {"type": "string", "format": "binary"},
+            "y": {"type": "string", "format": "binary"},
+            "file": {"type": "string", "format": "binary"}}}}}}}
+
+    @app.post("/v1/datasets", status_code=201, response_model=DatasetOut, tags=["datasets"],
+              responses=ERRORS, openapi_extra=upload_body)
+    async def upload(request: Request, response: Response, key: Owner) -> DatasetOut:
+        """Upload x (and y): a raw ``.npy``/``.npz`` body, or multipart parts ``x``/``y``
+        (``.npy``) or ``file`` (``.npz``). Streamed to the store; 413 past the size limit,
+        422 for a malformed file, bad dtype, NaN/Inf, or y not matching x."""
+        st = await uploads.stage(request, settings.staging_dir(), settings.max_upload_bytes)
+        try:
+            out = await run_in_threadpool(_store_dataset, st, key)
+        finally:
+            st.cleanup()
+        response.headers["Location"] = f"/v1/datasets/{out.id}"
+        return out
+
+    def _store_dataset(st: uploads.Staged, key: str) -> DatasetOut:
+        arrs = uploads.arrays(st)
+        x, y = arrs["x"], arrs.get("y")
+        uploads.check_arrays(x, y, settings.max_n)
+        did = f"d-{uuid.uuid4().hex[:16]}"
+        url = _join(settings.store, "datasets", did)
+        rows = max(1, min(x.shape[0], (16 << 20) // max(1, x[:1].nbytes)))
+        g = write_dataset(url, x, y, rows=rows)
+        meta = g.attrs["ntkcompute"]
+        row = Dataset(id=did, owner=key, url=url, n=int(x.shape[0]), x_shape=list(x.shape),
+                      x_dtype=x.dtype.name, y_shape=None if y is None else list(y.shape),
+                      sha256=st.sha256, x_sha256=meta["x_sha256"])
+        with db.session() as s:
+            s.add(row)
+        return _dataset_out(row)
+
+    @app.get("/v1/datasets", response_model=list[DatasetOut], tags=["datasets"],
+             responses=ERRORS)
+    def list_datasets(key: Owner) -> list[DatasetOut]:
+        with db.session() as s:
+            rows = s.query(Dataset).filter(Dataset.owner == key).order_by(Dataset.created)
+            return [_dataset_out(r) for r in rows]
+
+    @app.get("/v1/datasets/{dataset_id}", response_model=DatasetOut, tags=["datasets"],
+             responses=ERRORS)
+    def get_dataset(dataset_id: str, key: Owner) -> DatasetOut:
+        return _dataset_out(_own(Dataset, dataset_id, key, "dataset"))
+
+    @app.delete("/v1/datasets/{dataset_id}", status_code=204, tags=["datasets"],
+                responses=ERRORS)
+    def delete_dataset(dataset_id: str, key: Owner) -> Response:
+        """Delete a dataset. Kernel jobs keep their own copy of the inputs they read."""
+        row = _own(Dataset, dataset_id, key, "dataset")
+        with db.session() as s:
+            busy = s.query(Job).filter(Job.status.in_(ACTIVE), (Job.train == row.id)
+                                       | (Job.test == row.id)).count()
+            if busy:
+                raise ApiError(409, "dataset_id", f"{busy} queued or running kernel job(s) "
+                               "read this dataset; cancel them first")
+            s.delete(s.get(Dataset, row.id))
+        remove_group(row.url)
+        return Response(status_code=204)
+
+    # kernel jobs -----------------------------------------------------------------------
+    @app.post("/v1/kernels", status_code=202, response_model=KernelOut, tags=["kernels"],
+              responses=ERRORS)
+    def submit_kernel(req: KernelRequest, response: Response, key: Owner) -> KernelOut:
+        """Start a kernel job: train x train (and test x train). 202 + ``Location``; poll
+        ``GET /v1/kernels/{id}``. 422 when the architecture does not fit the data."""
+        train = _own(Dataset, req.train, key, "dataset")
+        test = _own(Dataset, req.test, key, "dataset") if req.test else None
+        _check_capacity(key)
+        xtr = read_dataset(train.url)[0]
+        xte = read_dataset(test.url)[0] if test else None
+        try:
+            jp = plan_job(req.arch, xtr, xte, get=tuple(req.kernels), dtype=req.dtype,
+                          memory=settings.task_memory, tile=req.tile)
+        except InputError as e:
+            raise ApiError.from_input(e, rename=_JOB_FIELDS | {
+                f"layers[{e.layer}].{e.field}": f"arch.layers[{e.layer}].{e.field}"}) from None
+        jid = f"k-{uuid.uuid4().hex[:16]}"
+        row = Job(id=jid, owner=key, train=train.id, test=test.id if test else None,
+                  n_train=train.n, n_test=test.n if test else None,
+                  url=_join(settings.store, "kernels", jid),
+                  arch=jp.spec.model_dump(mode="json"), kernels=list(jp.get),
+                  dtype=jp.dtype.name, tile=jp.tile, status="queued")
+        with db.session() as s:
+            s.add(row)
+        runner.submit_kernel(jid)
+        response.headers["Location"] = f"/v1/kernels/{jid}"
+        return _kernel_out(row)
+
+    @app.get("/v1/kernels", response_model=list[KernelOut], tags=["kernels"],
+             responses=ERRORS)
+    def list_kernels(key: Owner) -> list[KernelOut]:
+        with db.session() as s:
+            rows = s.query(Job).filter(Job.owner == key).order_by(Job.created).all()
+        return [_kernel_out(r) for r in rows]
+
+    @app.get("/v1/kernels/{kernel_id}", response_model=KernelOut, tags=["kernels"],
+             responses=ERRORS)
+    def get_kernel(kernel_id: str, key: Owner) -> KernelOut:
+        """Status (queued/running/succeeded/failed/cancelled), tiles done/total, ETA, error."""
+        return _kernel_out(_own(Job, kernel_id, key, "kernel job"))
+
+    @app.delete("/v1/kernels/{kernel_id}", response_model=KernelOut, tags=["kernels"],
+                responses=ERRORS)
+    def cancel_kernel(kernel_id: str, key: Owner,
+                      purge: Annotated[bool, Query(description=(
+                          "also delete the job and its stored kernel"))] = False) -> Any:
+        """Cancel a queued or running job (finished tiles stay; ``POST .../resume``
+        continues). With ``purge=true`` the job and its arrays are deleted (204)."""
+        row = _own(Job, kernel_id, key, "kernel job")
+        if row.status in ACTIVE:
+            runner.cancel_kernel(row.id)
+        if purge:
+            with db.session() as s:
+                s.query(Solve).filter(Solve.kernel == row.id).delete()
+                s.delete(s.get(Job, row.id))
+            remove_group(row.url)
+            return Response(status_code=204)
+        return _kernel_out(_own(Job, kernel_id, key, "kernel job"))
+
+    @app.post("/v1/kernels/{kernel_id}/resume", status_code=202, response_model=KernelOut,
+              tags=["kernels"], responses=ERRORS)
+    def resume_kernel(kernel_id: str, key: Owner) -> KernelOut:
+        """Restart a failed or cancelled job: only tiles not yet done are computed."""
+        row = _own(Job, kernel_id, key, "kernel job")
+        if row.status not in ("failed", "cancelled"):
+            raise ApiError(409, "kernel_id", f"job is {row.status}; only failed or cancelled "
+                           "jobs resume")
+        _check_capacity(key)
+        db.update(Job, row.id, status="queued", error=None, finished=None)
+        runner.submit_kernel(row.id)
+        return _kernel_out(_own(Job, kernel_id, key, "kernel job"))
+
+    @app.get("/v1/kernels/{kernel_id}/blocks", tags=["kernels"],
+             responses={200: {"content": {NPY: {}}, "description": "the block as .npy"},
+                        **ERRORS})
+    def get_block(kernel_id: str, key: Owner,
+                  kind: Annotated[str, Query(pattern="^(ntk|nngp)$")] = "ntk",
+                  part: Annotated[str, Query(pattern="^(train|test)$",
+                                             description="train x train or test x train")
+                                  ] = "train",
+                  rows: Annotated[str | None, Query(description="a:b (default all)",
+                                                    max_length=40)] = None,
+                  cols: Annotated[str | None, Query(description="c:d (default all)",
+                                                    max_length=40)] = None) -> Response:
+        """A block of a stored kernel as ``.npy``; 409 until every tile under it is done,
+        422 past the block-size limit."""
+        row = _own(Job, kernel_id, key, "kernel job")
+        if kind not in row.kernels:
+            raise ApiError(422, "kind", f"this job computed {row.kernels}, not {kind!r}")
+        if part == "test" and not row.test:
+            raise ApiError(422, "part", "this job has no test set")
+        try:
+            g = open_group(_join(row.url, part), mode="r")
+            arr, done = g[kind], g["done"]
+        except (FileNotFoundError, KeyError):
+            raise ApiError(409, "kernel_id", f"job is {row.status}; nothing stored yet"
+                           ) from None
+        r = _span(rows, arr.shape[0], "rows")
+        c = _span(cols, arr.shape[1], "cols")
+        nbytes = (r.stop - r.start) * (c.stop - c.start) * arr.dtype.itemsize
+        if nbytes > settings.max_block_bytes:
+            raise ApiError(422, "rows", f"block of {nbytes} bytes exceeds the limit of "
+                           f"{settings.max_block_bytes}; ask for fewer rows/cols")
+        t = row.tile
+        marks = done[r.start // t:math.ceil(r.stop / t), c.start // t:math.ceil(c.stop / t)]
+        if not np.all(marks):
+            raise ApiError(409, "rows", f"job is {row.status}; some tiles of this block are "
+                           "not computed yet")
+        return _npy(arr[r, c])
+
+    # solves ----------------------------------------------------------------------------
+    @app.post("/v1/solves", status_code=202, response_model=SolveOut, tags=["solves"],
+              responses=ERRORS)
+    def submit_solve(req: SolveRequest, response: Response, key: Owner) -> SolveOut:
+        """Kernel regression on a finished kernel job: one CG (or direct) solve per λ,
+        predictions and metrics on its test set, optional analyses."""
+        job = _own(Job, req.kernel, key, "kernel job")
+        if job.status != "succeeded":
+            raise ApiError(409, "kernel", f"kernel job is {job.status}, not succeeded")
+        if req.kind not in job.kernels:
+            raise ApiError(422, "kind", f"this job computed {job.kernels}, not {req.kind!r}")
+        with db.session() as s:
+            train, test = s.get(Dataset, job.train), s.get(Dataset, job.test or "")
+        _check_labels(req.labels, train, "labels", job, required=True)
+        if job.test:
+            _check_labels(req.test_labels, test, "test_labels", job, required=False)
+        elif req.test_labels is not None:
+            raise ApiError(422, "test_labels", "the kernel job has no test set")
+        if req.analyses.times and (req.solver != "direct" or not job.test):
+            raise ApiError(422, "analyses.times", "gradient-flow times need solver 'direct' "
+                           "and a kernel job with a test set")
+        _check_capacity(key)
+        sid = f"s-{uuid.uuid4().hex[:16]}"
+        row = Solve(id=sid, owner=key, kernel=job.id, url=_join(job.url, "solves", sid),
+                    params=req.model_dump(mode="json"), status="queued")
+        with db.session() as s:
+            s.add(row)
+        runner.submit_solve(sid)
+        response.headers["Location"] = f"/v1/solves/{sid}"
+        return _solve_out(row)
+
+    @app.get("/v1/solves", response_model=list[SolveOut], tags=["solves"], responses=ERRORS)
+    def list_solves(key: Owner) -> list[SolveOut]:
+        with db.session() as s:
+            rows = s.query(Solve).filter(Solve.owner == key).order_by(Solve.created).all()
+        return [_solve_out(r) for r in rows]
+
+    @app.get("/v1/solves/{solve_id}", response_model=SolveOut, tags=["solves"],
+             responses=ERRORS)
+    def get_solve(solve_id: str, key: Owner) -> SolveOut:
+        return _solve_out(_own(Solve, solve_id, key, "solve"))
+
+    def _solve_array(solve_id: str, key: str, name: str, lam: int | None) -> Response:
+        row = _own(Solve, solve_id, key, "solve")
+        if row.status != "succeeded":
+            raise ApiError(409, "solve_id", f"solve is {row.status}")
+        g = open_group(row.url, mode="r")
+        if name not in g:
+            raise ApiError(404, name, "this solve has no test set, so no predictions")
+        arr = g[name]
+        if lam is not None and lam >= arr.shape[0]:
+            raise ApiError(422, "lambda_index", f"must be < {arr.shape[0]} (the λ count)")
+        return _npy(arr[...] if lam is None else arr[lam])
+
+    @app.get("/v1/solves/{solve_id}/coefficients", tags=["solves"],
+             responses={200: {"content": {NPY: {}}, "description": "(L, n, c) or (n, c)"},
+                        **ERRORS})
+    def coefficients(solve_id: str, key: Owner, lambda_index: LamIndex = None) -> Response:
+        """Dual coefficients α, ``(K + λI) α = Y``, as ``.npy``."""
+        return _solve_array(solve_id, key, "coefficients", lambda_index)
+
+    @app.get("/v1/solves/{solve_id}/predictions", tags=["solves"],
+             responses={200: {"content": {NPY: {}}, "description": "(L, m, c) or (m, c)"},
+                        **ERRORS})
+    def predictions(solve_id: str, key: Owner, lambda_index: LamIndex = None) -> Response:
+        """Test predictions ``K(test, train) α`` as ``.npy``."""
+        return _solve_array(solve_id, key, "predictions", lambda_index)
+
+    return app
+
+
+#: compute_gram field -> request field.
+_JOB_FIELDS = {"x1": "train", "x2": "test", "get": "kernels", "memory": "arch",
+               "dtype": "dtype", "tile": "tile"}
+
+
+def _loc(loc: Any) -> str:
+    """("body", "arch", "layers", 0, "conv", "W_std") -> "arch.layers[0].W_std"."""
+    out = ""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    prev_index = False
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+            prev_index = True
+            continue
+        if prev_index and out.endswith("]") and ".layers[" in f".{out}" and p in _LAYER_TAGS:
+            prev_index = False
+            continue  # the discriminated-union tag pydantic adds after a layer index
+        out += f".{p}" if out else str(p)
+        prev_index = False
+    return out
+
+
+def _layer_tags() -> set[str]:
+    from ntkcompute.spec import LAYER_CLASSES
+
+    return {c.model_fields["type"].default for c in LAYER_CLASSES}
+
+
+_LAYER_TAGS = _layer_tags()
+
+
+def _span(text: str | None, n: int, field: str) -> slice:
+    if text is None or text == "":
+        return slice(0, n)
+    a, sep, b = text.partition(":")
+    try:
+        start = int(a) if a.strip() else 0
+        stop = int(b) if b.strip() else n
+    except ValueError:
+        raise ApiError(422, field, f"must be 'a:b' with integers, got {text!r}") from None
+    if not sep or not 0 <= start < stop <= n:
+        raise ApiError(422, field, f"must be 'a:b' with 0 <= a < b <= {n}, got {text!r}")
+    return slice(start, stop)
+
+
+def _npy(a: np.ndarray) -> Response:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return Response(buf.getvalue(), media_type=NPY)
+
+
+#: Most classes integer labels may name (one-hot targets are n x classes).
+MAX_CLASSES = 10_000
+
+
+def _check_labels(given: list | None, ds: Dataset | None, field: str, job: Job,
+                  required: bool) -> None:
+    """422 unless the labels (given, else the dataset's y) fit the kernel's rows."""
+    if given is None:
+        if ds is None or ds.y_shape is None:
+            if required:
+                raise ApiError(422, field, "not given, and the dataset has no y")
+            return
+        y = read_dataset(ds.url)[1][...]
+    else:
+        try:
+            y = np.asarray(given)
+        except ValueError as e:
+            raise ApiError(422, field, f"not a rectangular array: {e}") from None
+    n = job.n_train if field == "labels" else job.n_test
+    if y.ndim not in (1, 2) or y.shape[0] != n or (y.ndim == 2 and y.shape[1] == 0):
+        raise ApiError(422, field, f"must be (n,) or (n, c) with n = {n}, got shape "
+                       f"{list(y.shape)}")
+    if y.dtype.kind in "iu" and y.ndim == 1:
+        if y.min() < 0 or y.max() >= MAX_CLASSES:
+            raise ApiError(422, field, f"class labels must be in [0, {MAX_CLASSES}), got "
+                           f"[{y.min()}, {y.max()}]")
+
+
+def _dataset_out(r: Dataset) -> DatasetOut:
+    return DatasetOut(id=r.id, n=r.n, shape=r.x_shape, dtype=r.x_dtype, y_shape=r.y_shape,
+                      sha256=r.sha256, x_sha256=r.x_sha256, created=r.created)
+
+
+def _kernel_out(r: Job) -> KernelOut:
+    shape = {"train": [r.n_train, r.n_train]}
+    if r.n_test is not None:
+        shape["test"] = [r.n_test, r.n_train]
+    return KernelOut(id=r.id, status=r.status, train=r.train, test=r.test, kernels=r.kernels,
+                     dtype=r.dtype, tile=r.tile, shape=shape, tiles_done=r.tiles_done,
+                     tiles_total=r.tiles_total, tiles_reused=r.tiles_reused,
+                     eta_seconds=r.eta_seconds, error=r.error, created=r.created,
+                     started=r.started, finished=r.finished, arch=r.arch)
+
+
+def _solve_out(r: Solve) -> SolveOut:
+    return SolveOut(id=r.id, kernel=r.kernel, status=r.status, error=r.error, params=r.params,
+                    metrics=r.metrics, analyses=r.analyses, created=r.created,
+                    finished=r.finished)

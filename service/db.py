@@ -1,0 +1,124 @@
+"""Job database: API keys, datasets, kernel jobs, solves (SQLAlchemy; SQLite by default).
+
+Array data never enters the database: rows hold ids, shapes, status and the store URLs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Float, Integer, String, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+#: Job states; the first two are "active" (count against a key's concurrency limit).
+ACTIVE = ("queued", "running")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(32), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    n: Mapped[int] = mapped_column(Integer)
+    x_shape: Mapped[list] = mapped_column(JSON)
+    x_dtype: Mapped[str] = mapped_column(String(16))
+    y_shape: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    x_sha256: Mapped[str] = mapped_column(String(64))
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class Job(Base):
+    """A kernel job: train x train, plus test x train when a test set is given."""
+
+    __tablename__ = "kernel_jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(32), index=True)
+    train: Mapped[str] = mapped_column(String(40))
+    test: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    n_train: Mapped[int] = mapped_column(Integer)
+    n_test: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    arch: Mapped[dict] = mapped_column(JSON)
+    kernels: Mapped[list] = mapped_column(JSON)
+    dtype: Mapped[str] = mapped_column(String(16))
+    tile: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    error: Mapped[str | None] = mapped_column(String(4000), nullable=True)
+    tiles_done: Mapped[int] = mapped_column(Integer, default=0)
+    tiles_total: Mapped[int] = mapped_column(Integer, default=0)
+    tiles_reused: Mapped[int] = mapped_column(Integer, default=0)
+    eta_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+    started: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished: Mapped[float | None] = mapped_column(Float, nullable=True)
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Solve(Base):
+    __tablename__ = "solves"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(32), index=True)
+    kernel: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(String(2000))
+    params: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    error: Mapped[str | None] = mapped_column(String(4000), nullable=True)
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    analyses: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created: Mapped[float] = mapped_column(Float, default=time.time)
+    finished: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Database:
+    """Engine + session factory; tables are created on first use."""
+
+    def __init__(self, url: str) -> None:
+        kw: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            path = url.removeprefix("sqlite:///")
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, **kw)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as s, s.begin():
+            yield s
+
+    def update(self, model: type[Base], id_: str, **values: Any) -> None:
+        with self.session() as s:
+            row = s.get(model, id_)
+            if row is not None:
+                for k, v in values.items():
+                    setattr(row, k, v)
+
+
+def _sqlite_pragmas(conn: Any, _record: Any) -> None:
+    cur = conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the job monitor's writes
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

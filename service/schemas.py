@@ -1,0 +1,110 @@
+"""Request and response bodies of the REST API (pydantic; they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ntkcompute.spec import Architecture
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Labels = list[int] | list[Finite] | list[list[Finite]]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Error(BaseModel):
+    """Every 4xx/5xx body: ``detail`` is ``"<field>: <reason>"``."""
+
+    detail: str
+    field: str | None = None
+
+
+class DatasetOut(BaseModel):
+    id: str
+    n: int
+    shape: list[int] = Field(description="shape of x")
+    dtype: str = Field(description="dtype of x as stored")
+    y_shape: list[int] | None = None
+    sha256: str = Field(description="SHA-256 of the uploaded body (as `sha256sum` prints it)")
+    x_sha256: str = Field(description="SHA-256 of x's dtype, shape and C-order bytes")
+    created: float
+
+
+class KernelRequest(_Body):
+    train: str = Field(description="dataset id: the kernel's rows and columns")
+    test: str | None = Field(None, description="dataset id: extra rows (test x train)")
+    arch: Architecture
+    kernels: list[Literal["ntk", "nngp"]] = Field(["ntk", "nngp"], min_length=1,
+                                                  max_length=2)
+    dtype: Literal["float32", "float64"] | None = Field(
+        None, description="default: the dataset's float dtype, else float64")
+    tile: int | None = Field(None, ge=1, le=1 << 20, description="tile side (default auto)")
+
+
+class KernelOut(BaseModel):
+    id: str
+    status: Status
+    train: str
+    test: str | None
+    kernels: list[str]
+    dtype: str
+    tile: int
+    shape: dict[str, list[int]] = Field(description="part -> (rows, cols)")
+    tiles_done: int
+    tiles_total: int
+    tiles_reused: int = Field(description="tiles found done in the store at the last start")
+    eta_seconds: float | None
+    error: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    arch: dict
+
+
+class Analyses(_Body):
+    times: list[NonNegative] | None = Field(None, max_length=1000, description=(
+        "gradient-flow times t: test metrics of the network trained for t (direct solver)"))
+    lr: float = Field(1.0, gt=0, allow_inf_nan=False)
+    bound: bool = Field(False, description="Arora et al.'s sqrt(2 y'K^-1 y / n)")
+    spectrum: int = Field(0, ge=0, le=1000, description="top-k eigenvalues of K")
+
+
+class SolveRequest(_Body):
+    kernel: str = Field(description="kernel job id (must have succeeded)")
+    labels: Labels | None = Field(
+        None, description="(n,) integer classes or (n,)/(n, c) targets; default: the train "
+        "dataset's y")
+    test_labels: Labels | None = Field(
+        None, description="labels of the test rows; default: the test dataset's y")
+    lambdas: list[NonNegative] = Field([0.0], min_length=1, max_length=100,
+                                 description="ridge λ values (absolute), each >= 0")
+    solver: Literal["cg", "direct"] = "cg"
+    kind: Literal["ntk", "nngp"] = "ntk"
+    tol: float = Field(1e-8, gt=0, lt=1, allow_inf_nan=False)
+    maxiter: int = Field(1000, ge=1, le=100_000)
+    preconditioner: Literal["nystrom", "jacobi", "none"] = "nystrom"
+    rank: int = Field(100, ge=1, le=10_000)
+    analyses: Analyses = Field(default_factory=Analyses)
+
+
+class SolveOut(BaseModel):
+    id: str
+    kernel: str
+    status: Status
+    error: str | None
+    params: dict
+    metrics: dict | None = Field(description="per λ: iterations, seconds, accuracy/mse")
+    analyses: dict | None
+    created: float
+    finished: float | None
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}

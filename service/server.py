@@ -1,0 +1,19 @@
+"""Run the service: uvicorn serving :func:`service.app.create_app` (``ntk serve``)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from .app import create_app
+from .config import Settings
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
+          log_level: str = "info") -> None:
+    """Serve until SIGINT/SIGTERM; unfinished jobs resume at the next start."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=10)
