@@ -152,13 +152,12 @@ class KernelJob(_Job):
             params["cols"] = f"{cols[0]}:{cols[1]}"
         return self._c._npy(f"{self._path}/{self.id}/blocks", params)
 
-    def to_numpy(self, kind: str = "ntk", part: str = "train",
-                 max_block_bytes: int = 64 << 20) -> np.ndarray:
+    def to_numpy(self, kind: str = "ntk", part: str = "train") -> np.ndarray:
         """The whole ``kind`` kernel of ``part`` ("train" n x n, "test" m x n), fetched in
-        row stripes of at most ``max_block_bytes``."""
+        row stripes within the server's block-size limit."""
         rows, cols = self.info["shape"][part]
         itemsize = np.dtype(self.info["dtype"]).itemsize
-        step = max(1, max_block_bytes // (cols * itemsize))
+        step = max(1, self._c.limits()["max_block_bytes"] // (cols * itemsize))
         out = np.empty((rows, cols), dtype=self.info["dtype"])
         for r in range(0, rows, step):
             out[r:r + step] = self.block(kind, (r, min(rows, r + step)), None, part)
@@ -281,6 +280,10 @@ class Client:
 
     def get_solve(self, solve_id: str) -> SolveJob:
         return SolveJob(self, self._json("GET", f"/v1/solves/{solve_id}"))
+
+    def limits(self) -> dict:
+        """The server's limits: max_upload_bytes, max_n, max_block_bytes, max_jobs_per_key."""
+        return self._json("GET", "/v1/limits")
 
     def health(self) -> dict:
         return self._json("GET", "/readyz")

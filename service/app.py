@@ -35,7 +35,16 @@ from .db import ACTIVE, Database, Dataset, Job, Solve
 from .errors import ApiError, not_found
 from .keys import verify
 from .runner import Runner
-from .schemas import DatasetOut, Error, Health, KernelOut, KernelRequest, SolveOut, SolveRequest
+from .schemas import (
+    DatasetOut,
+    Error,
+    Health,
+    KernelOut,
+    KernelRequest,
+    Limits,
+    SolveOut,
+    SolveRequest,
+)
 
 log = logging.getLogger("ntkcompute.service")
 NPY = "application/x-npy"
@@ -144,6 +153,11 @@ def create_app(settings: Settings | None = None, *, start_runner: bool = True) -
         ok = all(v.startswith("ok") for v in checks.values())
         body = Health(status="ok" if ok else "unavailable", checks=checks)
         return body if ok else JSONResponse(body.model_dump(), 503)
+
+    @app.get("/v1/limits", response_model=Limits, tags=["health"], responses=ERRORS)
+    def limits(key: Owner) -> Limits:
+        """Upload bytes (413), rows per dataset and block bytes (422), active jobs (429)."""
+        return Limits(**settings.model_dump(include=set(Limits.model_fields)))
 
     # datasets --------------------------------------------------------------------------
     upload_body = {"requestBody": {"required": True, "content": {

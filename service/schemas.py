@@ -108,3 +108,12 @@ class SolveOut(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = {}
+
+
+class Limits(BaseModel):
+    """The service's configured limits (exceeding one is a 413, 422 or 429)."""
+
+    max_upload_bytes: int
+    max_n: int
+    max_block_bytes: int
+    max_jobs_per_key: int

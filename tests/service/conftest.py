@@ -1,0 +1,82 @@
+"""The real service for tests: ``ntk serve`` (uvicorn) on a loopback port, a real Dask cluster
+(embedded LocalCluster, or scheduler/worker processes), SQLite and Zarr under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+NTK = [sys.executable, "-m", "workers.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_key(db: str, name: str = "") -> str:
+    out = subprocess.run([*NTK, "keys", "create", "--db", db, "--name", name],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+class Service:
+    """One ``ntk serve`` process; ``restart()`` starts it again on the same port and DB."""
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None,
+                 scheduler: str | None = None) -> None:
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db = f"sqlite:///{root / 'ntk.db'}"
+        self.store = str(root / "store")
+        self.env = {**os.environ, "NTK_STORE": self.store, "NTK_DB_URL": self.db,
+                    "NTK_WORKERS": "2", **(env or {})}
+        if scheduler:
+            self.env["NTK_SCHEDULER_ADDRESS"] = scheduler
+        self.proc: subprocess.Popen | None = None
+        self.log = root / "service.log"
+
+    def start(self, timeout: float = 90) -> Service:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([*NTK, "serve", "--port", str(self.port)],
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"service not ready: {self.log.read_text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(60)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    """A service with small limits (to test them) and two API keys."""
+    root = tmp_path_factory.mktemp("service")
+    svc = Service(root, env={"NTK_MAX_UPLOAD_BYTES": str(4 << 20), "NTK_MAX_N": "2000",
+                             "NTK_MAX_BLOCK_BYTES": str(1 << 20),
+                             "NTK_MAX_JOBS_PER_KEY": "3"}).start()
+    svc.key_a, svc.key_b = make_key(svc.db, "a"), make_key(svc.db, "b")
+    yield svc
+    svc.stop()
