@@ -353,6 +353,8 @@ def create_app(settings: Settings | None = None, *, start_runner: bool = True) -
             _check_labels(req.test_labels, test, "test_labels", job, required=False)
         elif req.test_labels is not None:
             raise ApiError(422, "test_labels", "the kernel job has no test set")
+        if req.analyses.spectrum >= job.n_train:
+            raise ApiError(422, "analyses.spectrum", f"must be < n = {job.n_train}")
         if req.analyses.times and (req.solver != "direct" or not job.test):
             raise ApiError(422, "analyses.times", "gradient-flow times need solver 'direct' "
                            "and a kernel job with a test set")

@@ -197,7 +197,7 @@ class Runner:
         an = p.get("analyses") or {}
         kw = dict(solver=p["solver"], name=p["kind"], tol=p["tol"], maxiter=p["maxiter"],
                   preconditioner=None if p["preconditioner"] == "none" else p["preconditioner"],
-                  rank=p["rank"], cross=f"{job.url}/test" if job.test else None,
+                  rank=min(p["rank"], job.n_train), cross=f"{job.url}/test" if job.test else None,
                   test_labels=test_labels, client=self.client, save=None, lr=an.get("lr", 1.0))
         lams = p["lambdas"]
         analysis = dict(times=an.get("times"), bound=an.get("bound", False),
