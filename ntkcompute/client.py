@@ -264,15 +264,18 @@ class Client:
         return KernelJob(self, self._json("GET", f"/v1/kernels/{kernel_id}"))
 
     def solve(self, kernel: KernelJob | str, lambdas: float | list[float] = 0.0, *,
-              labels: Any = None, test_labels: Any = None, solver: str = "cg",
+              labels: Any = None, test_labels: Any = None, relative: bool = False,
+              solver: str = "cg",
               kind: str = "ntk", tol: float = 1e-8, maxiter: int = 1000,
               preconditioner: str = "nystrom", rank: int = 100,
               times: list[float] | None = None, lr: float = 1.0, bound: bool = False,
               spectrum: int = 0) -> SolveJob:
-        """Kernel regression on a finished kernel job; labels default to the datasets' y."""
+        """Kernel regression on a finished kernel job; labels default to the datasets' y.
+        ``relative=True`` reads ``lambdas`` as multiples of mean(diag K)."""
         lams = [float(v) for v in (lambdas if isinstance(lambdas, (list, tuple))
                                    else [lambdas])]
-        body = {"kernel": _id(kernel), "lambdas": lams, "solver": solver, "kind": kind,
+        body = {"kernel": _id(kernel), "lambdas": lams, "relative": relative,
+                "solver": solver, "kind": kind,
                 "tol": tol, "maxiter": maxiter, "preconditioner": preconditioner,
                 "rank": rank, "labels": _listify(labels), "test_labels": _listify(test_labels),
                 "analyses": {"times": times, "lr": lr, "bound": bound, "spectrum": spectrum}}

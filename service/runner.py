@@ -183,7 +183,7 @@ class Runner:
             test_labels = _labels(p.get("test_labels"), test, "test_labels", required=False) \
                 if test is not None else None
             results = self._solve_all(job, p, labels, test_labels)
-            metrics, analyses = self._save(row.url, p["lambdas"], results)
+            metrics, analyses = self._save(row.url, results)
             self.db.update(Solve, sid, status="succeeded", metrics=metrics,
                            analyses=analyses, finished=time.time())
         except Exception as e:
@@ -199,7 +199,11 @@ class Runner:
                   preconditioner=None if p["preconditioner"] == "none" else p["preconditioner"],
                   rank=min(p["rank"], job.n_train), cross=f"{job.url}/test" if job.test else None,
                   test_labels=test_labels, client=self.client, save=None, lr=an.get("lr", 1.0))
-        lams = p["lambdas"]
+        lams = list(p["lambdas"])
+        if p.get("relative"):  # mean diag K from the stored self-covariances
+            diag = open_group(f"{job.url}/train", mode="r")[f"self/x1/diag_{p['kind']}"]
+            scale = float(np.mean(diag[...], dtype=np.float64))
+            lams = [v * scale for v in lams]
         analysis = dict(times=an.get("times"), bound=an.get("bound", False),
                         spectrum_k=an.get("spectrum", 0))
         if p["solver"] == "direct":  # one eigendecomposition serves every λ
@@ -214,7 +218,7 @@ class Runner:
             out.append(r)
         return out
 
-    def _save(self, url: str, lams: list[float], results: list) -> tuple[dict, dict]:
+    def _save(self, url: str, results: list) -> tuple[dict, dict]:
         """Write coefficients (L, n, c) and predictions (L, m, c) under the solve's URL."""
         g = open_group(url, mode="w")
         coefs = np.concatenate([r.coefficients if r.coefficients.ndim == 3

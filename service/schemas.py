@@ -84,6 +84,8 @@ class SolveRequest(_Body):
         None, description="labels of the test rows; default: the test dataset's y")
     lambdas: list[NonNegative] = Field([0.0], min_length=1, max_length=100,
                                  description="ridge λ values (absolute), each >= 0")
+    relative: bool = Field(False, description="λ values are multiples of mean(diag K) "
+                           "(scale-free, as in Arora et al. 2019) instead of absolute")
     solver: Literal["cg", "direct"] = "cg"
     kind: Literal["ntk", "nngp"] = "ntk"
     tol: float = Field(1e-8, gt=0, lt=1, allow_inf_nan=False)

@@ -97,6 +97,12 @@ def test_direct_lambda_sweep_and_analyses(client_a, finished, data):
     an = sol.info["analyses"]
     np.testing.assert_allclose(an["eigenvalues"], np.linalg.eigvalsh(K)[::-1][:5], rtol=1e-9)
     assert an["gd"][0]["t"] == 0.0 and an["bound"] > 0
+    # relative λ: a multiple of mean(diag K), solved by CG
+    rel = client_a.solve(job, 1e-3, relative=True, kind="nngp", tol=1e-10).wait(timeout=120)
+    lam = 1e-3 * float(np.mean(np.diag(K)))
+    assert rel.metrics["per_lambda"][0]["lambda"] == pytest.approx(lam, rel=1e-12)
+    np.testing.assert_allclose(rel.coefficients(0), solve_direct(K, one_hot(ytr, 10), lam),
+                               atol=1e-6)
 
 
 def test_blocks(service, finished):
