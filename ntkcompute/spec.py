@@ -41,6 +41,8 @@ def _std(v: float | None, name: str) -> float | None:
         return v
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    if v > 1e100:  # its square enters every kernel entry; past this it overflows float64
+        raise ValueError(f"{name} must be <= 1e100, got {v}")
     return v
 
 

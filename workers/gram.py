@@ -234,16 +234,23 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
         check_shape(x2.shape, "x2")
         check_pair(x1, x2)
     plan = make_plan(spec, tuple(x1.shape))
-    block = block_size(plan, dt.itemsize, block_budget(np, memory, 1))
     if bytes_per_pair(plan, dt.itemsize) > memory:
         raise InputError(f"one pair needs {bytes_per_pair(plan, dt.itemsize)} bytes, more "
                          f"than the budget {memory}", field="memory")
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
+    # a block past the matrix is one block either way (and keeps tiles, and the Zarr chunks
+    # that are one tile each, no larger than the matrix)
+    block = min(block_size(plan, dt.itemsize, block_budget(np, memory, 1)), max(n1, n2))
     if tile is None:
         tile = choose_tile(plan, max(n1, n2), dt.itemsize, memory, block, len(get))
     elif isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
         raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
+    tile = min(tile, max(n1, n2))
+    if tile * tile * dt.itemsize * len(get) > memory:
+        raise InputError(f"a {tile} x {tile} tile of {list(get)} needs "
+                         f"{tile * tile * dt.itemsize * len(get)} bytes, more than the "
+                         f"per-task budget {memory}", field="tile")
     return JobPlan(spec, get, dt, plan, block, tile, n1, n2)
 
 

@@ -102,6 +102,12 @@ def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None)
     r, c = _rows(meta, "x1", i), _rows(meta, other, j)
     for name, val in out.items():
         val = backend.to_numpy(val)
+        if not np.isfinite(val).all():  # overflow: never store inf/NaN as a kernel
+            bad = int((~np.isfinite(val)).sum())
+            raise FloatingPointError(
+                f"{name} tile rows {r.start}:{r.stop} x cols {c.start}:{c.stop}: {bad} "
+                f"non-finite entries ({meta['dtype']} overflow; use float64 or smaller "
+                "W_std / b_std / activation scales)")
         g[name][r, c] = val
         if sym and i != j:
             g[name][c, r] = val.T

@@ -36,7 +36,8 @@ class Service:
                  scheduler: str | None = None) -> None:
         self.root, self.port = root, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.db = f"sqlite:///{root / 'ntk.db'}"
+        # NTK_TEST_DB_URL runs the suite on another database (e.g. PostgreSQL)
+        self.db = os.environ.get("NTK_TEST_DB_URL") or f"sqlite:///{root / 'ntk.db'}"
         self.store = str(root / "store")
         self.env = {**os.environ, "NTK_STORE": self.store, "NTK_DB_URL": self.db,
                     "NTK_WORKERS": "2", **(env or {})}

@@ -180,3 +180,26 @@ def test_datasets_in_zarr_and_bad_input(client, tmp_path):
     with pytest.raises(nc.InputError) as e:
         workers.compute_gram(A.fc(1), x, x[:, :5], store=str(tmp_path / "bad2"), client=client)
     assert e.value.field == "x2"
+    with pytest.raises(nc.InputError) as e:  # tile outputs past the per-task budget
+        workers.plan_job(A.fc(1), np.zeros((100_000, 3)), tile=50_000)
+    assert e.value.field == "tile" and "budget" in e.value.reason
+
+
+def test_tiles_and_blocks_never_exceed_the_matrix(client, tmp_path):
+    """A cheap architecture's memory-derived block (or a huge user tile) is clamped to n, so a
+    Zarr chunk is never larger than the matrix (a fuzzed spec once asked for 8 TiB chunks)."""
+    x = np.random.default_rng(5).standard_normal((24, 4, 4, 2))
+    arch = {"layers": [{"type": "flatten"}, {"type": "dense"}], "parameterization": "standard"}
+    assert workers.plan_job(arch, x).block == 24
+    job = workers.compute_gram(arch, x, store=str(tmp_path / "j"), tile=1 << 20,
+                               client=client).wait()
+    assert job.arrays["ntk"].chunks == (24, 24)
+    np.testing.assert_array_equal(job.to_numpy()["nngp"], nc.kernel(arch, x)["nngp"])
+
+
+def test_overflowing_kernel_fails_the_job_clearly(client, tmp_path):
+    x = np.random.default_rng(6).standard_normal((10, 3))
+    arch = {"layers": [{"type": "dense", "W_std": 1e100}, {"type": "relu"},
+                       {"type": "dense", "W_std": 1e100}]}
+    with pytest.raises(workers.GramJobError, match="non-finite entries"):
+        workers.compute_gram(arch, x, store=str(tmp_path / "j"), client=client).wait()
