@@ -415,21 +415,19 @@ _JOB_FIELDS = {"x1": "train", "x2": "test", "get": "kernels", "memory": "arch",
 
 def _loc(loc: Any) -> str:
     """("body", "arch", "layers", 0, "conv", "W_std") -> "arch.layers[0].W_std"."""
-    out = ""
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
-    prev_index = False
+    out, after_layer = "", False
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-            prev_index = True
-            continue
-        if prev_index and out.endswith("]") and ".layers[" in f".{out}" and p in _LAYER_TAGS:
-            prev_index = False
-            continue  # the discriminated-union tag pydantic adds after a layer index
-        out += f".{p}" if out else str(p)
-        prev_index = False
+            after_layer = out.endswith(f"layers[{p}]")
+        elif after_layer and p in _LAYER_TAGS:  # the tag pydantic adds for a tagged union
+            after_layer = False
+        else:
+            out += f".{p}" if out else str(p)
+            after_layer = False
     return out
 
 
