@@ -73,7 +73,7 @@ def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def create_app(settings: Settings | None = None, *, start_runner: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app; the lifespan joins the Dask cluster and resumes unfinished jobs."""
     settings = settings or Settings.from_env()
     db = Database(settings.db)
@@ -81,8 +81,8 @@ def create_app(settings: Settings | None = None, *, start_runner: bool = True) -
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if start_runner:
-            await run_in_threadpool(runner.start)
+        uploads.clean_stale(settings.staging_dir())
+        await run_in_threadpool(runner.start)
         yield
         await run_in_threadpool(runner.stop)
 

@@ -42,6 +42,17 @@ class Staged:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def clean_stale(staging: Path, max_age: float = 6 * 3600) -> int:
+    """Remove upload dirs a killed process left behind (older than ``max_age`` seconds, so a
+    second service sharing the directory keeps its uploads in flight); returns how many."""
+    import time
+
+    old = [d for d in staging.glob("up-*") if time.time() - d.stat().st_mtime > max_age]
+    for d in old:
+        shutil.rmtree(d, ignore_errors=True)
+    return len(old)
+
+
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, "body", f"upload exceeds the limit of {limit} bytes")
 

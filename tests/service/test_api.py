@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import time
 
 import httpx
@@ -280,3 +281,13 @@ def test_concurrency_limit_cancel_and_resume(service, client_a):
     with pytest.raises(ApiError) as e:
         first.refresh()
     assert e.value.status == 404
+
+
+def test_stale_staging_dirs_are_cleaned(tmp_path):
+    from service.uploads import clean_stale
+
+    old, new = tmp_path / "up-old", tmp_path / "up-new"
+    old.mkdir()
+    new.mkdir()
+    os.utime(old, (time.time() - 7 * 3600,) * 2)
+    assert clean_stale(tmp_path) == 1 and not old.exists() and new.exists()
