@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# the Dask operator's CRDs, to validate deploy/k8s (its package's own deps are not needed)
+	$(BIN)/python -m pip download -q --no-deps --dest $(VENV)/vendor "dask-kubernetes==2026.3.0"
 	touch $(STAMP)
 
 demo: $(STAMP)

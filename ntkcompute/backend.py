@@ -40,14 +40,19 @@ def to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
+def gpu_count() -> int:
+    """CUDA devices CuPy sees (0 without CuPy or a driver)."""
+    if _cupy is None:
+        return 0
+    try:
+        return int(_cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
 def cupy_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
-    if _cupy is None:
-        return False
-    try:
-        return _cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+    return gpu_count() > 0
 
 
 _TUNED = False

@@ -33,7 +33,7 @@ from . import uploads
 from .config import Settings
 from .db import ACTIVE, Database, Dataset, Job, Solve
 from .errors import ApiError, not_found
-from .keys import verify
+from .keys import ensure_keys, verify
 from .runner import Runner
 from .schemas import (
     DatasetOut,
@@ -77,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app; the lifespan joins the Dask cluster and resumes unfinished jobs."""
     settings = settings or Settings.from_env()
     db = Database(settings.db)
+    if settings.api_keys:
+        ensure_keys(db, settings.api_keys)
     runner = Runner(settings, db)
 
     @asynccontextmanager

@@ -23,6 +23,7 @@ ENV = {
     "max_block_bytes": "NTK_MAX_BLOCK_BYTES",
     "max_jobs_per_key": "NTK_MAX_JOBS_PER_KEY",
     "task_memory": "NTK_TASK_MEMORY",
+    "api_keys": "NTK_API_KEYS",
 }
 
 
@@ -40,6 +41,8 @@ class Settings(BaseModel):
     max_block_bytes: int = Field(256 << 20, ge=1, description="largest block download (422)")
     max_jobs_per_key: int = Field(4, ge=1, description="queued+running jobs per key (429)")
     task_memory: int = Field(1 << 30, ge=1 << 20, description="bytes per Dask task")
+    api_keys: str | None = Field(None, description="tokens to accept, comma separated "
+                                 "(registered hashed at start; e.g. from a Secret)")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

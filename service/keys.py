@@ -37,3 +37,19 @@ def verify(db: Database, token: str) -> str | None:
         if row is None or not hmac.compare_digest(row.secret_hash, _hash(parts[2])):
             return None
         return row.id
+
+
+def ensure_keys(db: Database, tokens: str) -> int:
+    """Register pre-made tokens (comma separated, e.g. from a Kubernetes Secret through
+    ``NTK_API_KEYS``) that are not yet known; returns how many were added."""
+    added = 0
+    for token in filter(None, (t.strip() for t in tokens.split(","))):
+        parts = token.split("_", 2)
+        if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or len(parts[2]) < 16:
+            raise ValueError("NTK_API_KEYS: each key must look like ntk_<id>_<secret of 16+ "
+                             "characters> (as `ntk keys create` prints)")
+        with db.session() as s:
+            if s.get(ApiKey, parts[1]) is None:
+                s.add(ApiKey(id=parts[1], secret_hash=_hash(parts[2]), name="NTK_API_KEYS"))
+                added += 1
+    return added

@@ -7,6 +7,11 @@
               [--cross CROSS_STORE --test-labels y_test.npy]
               [--times 0,1,10] [--bound] [--spectrum K]
 
+Cluster roles (what the containers of docker-compose.yml and deploy/k8s run)::
+
+    ntk scheduler [--port 8786] [--dashboard-port 8787]
+    ntk worker [--scheduler tcp://host:8786] [--nprocs N] [--memory-limit 4GiB]
+
 The service and its client add ``ntk serve``, ``ntk keys create``, ``ntk submit``,
 ``ntk status`` and ``ntk fetch`` (see :mod:`service.cli`).
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,7 +97,53 @@ def _solve(args: argparse.Namespace) -> int:
     return 0 if res.converged else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def _scheduler(args: argparse.Namespace) -> int:
+    """Exec a Dask scheduler (the cluster's pinned ``distributed``)."""
+    cmd = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", args.host,
+           "--port", str(args.port), "--dashboard-address", f":{args.dashboard_port}"]
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Dask worker processes with one thread each (the kernels are NumPy-bound: a process
+    per core scales them, bench/gram.py). With GPUs, one process per visible GPU, each
+    pinned to its device through CUDA_VISIBLE_DEVICES (what dask-cuda does, without it)."""
+    from ntkcompute import backend
+
+    from .cluster import SCHEDULER_ENV
+
+    address = args.scheduler or os.environ.get(SCHEDULER_ENV)
+    if not address:
+        raise InputError(f"no scheduler: pass --scheduler or set {SCHEDULER_ENV}",
+                         field="scheduler")
+    base = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+            "--memory-limit", args.memory_limit, "--no-dashboard"]
+    if args.name:
+        base += ["--name", args.name]
+    gpus = backend.gpu_count() if os.environ.get("NTKCOMPUTE_DEVICE", "auto") != "cpu" else 0
+    if gpus <= 1:
+        procs = args.nprocs or (1 if gpus else (os.cpu_count() or 1))
+        os.execv(sys.executable, [*base, "--nworkers", str(procs)])
+    import signal
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus))))
+    children = [subprocess.Popen([*base, "--nworkers", "1"],
+                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": dev})
+                for dev in visible.split(",")[:gpus]]
+
+    def stop(signum: int, _frame: Any) -> None:
+        for c in children:
+            c.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return max(c.wait() for c in children)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ntk`` parser with every subcommand (the service's included)."""
     ap = argparse.ArgumentParser(prog="ntk", description="ntkcompute command line")
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("gram", help="compute a Gram matrix on a Dask cluster into Zarr")
@@ -126,10 +178,26 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--bound", action="store_true", help="report sqrt(2 y' K^-1 y / n)")
     s.add_argument("--spectrum", type=int, default=0, help="top-k eigenvalues of K")
     s.set_defaults(func=_solve)
+    sc = sub.add_parser("scheduler", help="run a Dask scheduler for ntkcompute workers")
+    sc.add_argument("--host", default="0.0.0.0")
+    sc.add_argument("--port", type=int, default=8786)
+    sc.add_argument("--dashboard-port", type=int, default=8787)
+    sc.set_defaults(func=_scheduler)
+    w = sub.add_parser("worker", help="run Dask worker processes (one per core, or per GPU)")
+    w.add_argument("--scheduler", default=None, help="default $NTK_SCHEDULER_ADDRESS")
+    w.add_argument("--nprocs", type=int, default=None,
+                   help="worker processes (default: one per core; one per GPU with GPUs)")
+    w.add_argument("--memory-limit", default="auto", help="per process, e.g. 4GiB")
+    w.add_argument("--name", default=None, help="worker name prefix")
+    w.set_defaults(func=_worker)
     from service.cli import register
 
     register(sub)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from ntkcompute.client import ApiError, JobFailed
 
     try:
