@@ -71,24 +71,32 @@ class Hosts:
         self.ns = {n: f"ntk{tag}{n}" for n in self.NAMES}
         self.bridge = f"ntkbr{tag}"
         if self.netns:
-            net = f"10.231.{os.getpid() % 200 + 20}"
-            self.gateway = f"{net}.1"
-            self.addr = {n: f"{net}.{i + 2}" for i, n in enumerate(self.NAMES)}
-            _ip("link", "add", self.bridge, "type", "bridge")
-            _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
-            _ip("link", "set", self.bridge, "up")
-            for i, n in enumerate(self.NAMES):
-                ns, veth = self.ns[n], f"v{tag}{i}"
-                _ip("netns", "add", ns)
-                _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-                _ip("link", "set", veth, "master", self.bridge)
-                _ip("link", "set", veth, "up")
-                _ip("-n", ns, "addr", "add", f"{self.addr[n]}/24", "dev", "eth0")
-                _ip("-n", ns, "link", "set", "eth0", "up")
-                _ip("-n", ns, "link", "set", "lo", "up")
-        else:
+            try:
+                self._wire(tag)
+            except (OSError, subprocess.CalledProcessError):  # e.g. no bridges: loopback
+                self.close()
+                self.netns = False
+        if not self.netns:
             self.gateway = "127.0.0.1"
             self.addr = dict.fromkeys(self.NAMES, "127.0.0.1")
+
+    def _wire(self, tag: int) -> None:
+        """A bridge with the test's address, and one namespace + veth per host."""
+        net = f"10.231.{os.getpid() % 200 + 20}"
+        self.gateway = f"{net}.1"
+        self.addr = {n: f"{net}.{i + 2}" for i, n in enumerate(self.NAMES)}
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for i, n in enumerate(self.NAMES):
+            ns, veth = self.ns[n], f"v{tag}{i}"
+            _ip("netns", "add", ns)
+            _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("link", "set", veth, "master", self.bridge)
+            _ip("link", "set", veth, "up")
+            _ip("-n", ns, "addr", "add", f"{self.addr[n]}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
 
     def run(self, host: str, cmd: list[str], env: dict[str, str], log: Path) -> None:
         prefix = ["ip", "netns", "exec", self.ns[host]] if self.netns and host != "store" else []
