@@ -127,6 +127,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise not_found(kind, id_)
             return row
 
+    def _owned(model: type, key: str) -> list:
+        with db.session() as s:
+            return s.query(model).filter(model.owner == key).order_by(model.created).all()
+
     def _check_capacity(key: str) -> None:
         with db.session() as s:
             n = (s.query(Job).filter(Job.owner == key, Job.status.in_(ACTIVE)).count()
@@ -202,9 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/datasets", response_model=list[DatasetOut], tags=["datasets"],
              responses=ERRORS)
     def list_datasets(key: Owner) -> list[DatasetOut]:
-        with db.session() as s:
-            rows = s.query(Dataset).filter(Dataset.owner == key).order_by(Dataset.created)
-            return [_dataset_out(r) for r in rows]
+        return [_dataset_out(r) for r in _owned(Dataset, key)]
 
     @app.get("/v1/datasets/{dataset_id}", response_model=DatasetOut, tags=["datasets"],
              responses=ERRORS)
@@ -241,8 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             jp = plan_job(req.arch, xtr, xte, get=tuple(req.kernels), dtype=req.dtype,
                           memory=settings.task_memory, tile=req.tile)
         except InputError as e:
-            raise ApiError.from_input(e, rename=_JOB_FIELDS | {
-                f"layers[{e.layer}].{e.field}": f"arch.layers[{e.layer}].{e.field}"}) from None
+            raise ApiError.from_input(e, rename=_JOB_FIELDS) from None
         jid = f"k-{uuid.uuid4().hex[:16]}"
         row = Job(id=jid, owner=key, train=train.id, test=test.id if test else None,
                   n_train=train.n, n_test=test.n if test else None,
@@ -258,9 +259,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/kernels", response_model=list[KernelOut], tags=["kernels"],
              responses=ERRORS)
     def list_kernels(key: Owner) -> list[KernelOut]:
-        with db.session() as s:
-            rows = s.query(Job).filter(Job.owner == key).order_by(Job.created).all()
-        return [_kernel_out(r) for r in rows]
+        return [_kernel_out(r) for r in _owned(Job, key)]
 
     @app.get("/v1/kernels/{kernel_id}", response_model=KernelOut, tags=["kernels"],
              responses=ERRORS)
@@ -372,9 +371,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/solves", response_model=list[SolveOut], tags=["solves"], responses=ERRORS)
     def list_solves(key: Owner) -> list[SolveOut]:
-        with db.session() as s:
-            rows = s.query(Solve).filter(Solve.owner == key).order_by(Solve.created).all()
-        return [_solve_out(r) for r in rows]
+        return [_solve_out(r) for r in _owned(Solve, key)]
 
     @app.get("/v1/solves/{solve_id}", response_model=SolveOut, tags=["solves"],
              responses=ERRORS)
@@ -410,9 +407,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-#: compute_gram field -> request field.
-_JOB_FIELDS = {"x1": "train", "x2": "test", "get": "kernels", "memory": "arch",
-               "dtype": "dtype", "tile": "tile"}
+#: plan_job's field -> the request's (others keep their names).
+_JOB_FIELDS = {"x1": "train", "x2": "test", "get": "kernels", "memory": "arch"}
 
 
 def _loc(loc: Any) -> str:

@@ -17,12 +17,12 @@ class ApiError(Exception):
         return f"{self.field}: {self.reason}" if self.field else self.reason
 
     @classmethod
-    def from_input(cls, e: InputError, prefix: str = "", rename: dict | None = None
-                   ) -> ApiError:
-        """A 422 from an ``InputError``, its field put in request terms (``arch.layers[2].W_std``,
-        ``train`` for x1, ...)."""
-        where = (rename or {}).get(e.location, e.location)
-        return cls(422, f"{prefix}{where}", e.reason)
+    def from_input(cls, e: InputError, rename: dict[str, str] | None = None) -> ApiError:
+        """A 422 from an ``InputError``, its field put in request terms: a layer's field
+        under ``arch`` (``arch.layers[2].W_std``), others through ``rename``."""
+        where = f"arch.{e.location}" if e.layer is not None else \
+            (rename or {}).get(e.field, e.field)
+        return cls(422, where, e.reason)
 
 
 def not_found(kind: str, id_: str) -> ApiError:
