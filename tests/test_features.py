@@ -1,0 +1,94 @@
+"""NTK/NNGP random features (Zandieh et al. 2021) against the exact kernels."""
+
+import numpy as np
+import pytest
+
+import ntkcompute as nc
+from ntkcompute import architectures as A
+from ntkcompute.features import TensorSRHT, feature_map, features, fwht
+
+
+def rel_err(f: np.ndarray, k: np.ndarray) -> float:
+    return float(np.linalg.norm(f @ f.T - k) / np.linalg.norm(k))
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_gram_error_falls_like_inverse_sqrt_m(depth):
+    x = np.random.default_rng(depth).standard_normal((120, 20))
+    arch = A.fc(depth, b_std=0.2)
+    ref = nc.kernel(arch, x)
+    ms = [256, 1024, 4096]
+    for kind in ("ntk", "nngp"):
+        errs = [np.mean([rel_err(features(arch, x, m, seed=s)[kind], ref[kind])
+                         for s in range(2)]) for m in ms]
+        slope = np.polyfit(np.log(ms), np.log(errs), 1)[0]
+        assert errs[0] > errs[1] > errs[2], (kind, errs)
+        assert -0.8 < slope < -0.3, (kind, slope, errs)  # m^-1/2
+        assert errs[-1] < 0.15, (kind, errs)
+
+
+def test_tensor_srht_preserves_products_in_expectation():
+    rng = np.random.default_rng(0)
+    a, a2 = rng.standard_normal((2, 5))
+    b, b2 = rng.standard_normal((2, 12))
+    target = (a @ a2) * (b @ b2)
+    vals = []
+    for _ in range(3000):
+        s = TensorSRHT.draw(rng, 5, 12, 16)
+        vals.append(float((s(a[None], b[None]) @ s(a2[None], b2[None]).T)[0, 0]))
+    se = np.std(vals) / np.sqrt(len(vals))
+    assert abs(np.mean(vals) - target) < 4 * se, (np.mean(vals), target, se)
+
+
+def test_fwht_is_orthonormal_hadamard():
+    from scipy.linalg import hadamard
+
+    a = np.random.default_rng(1).standard_normal((3, 16))
+    np.testing.assert_allclose(fwht(np, a), a @ hadamard(16).T / 4.0, atol=1e-12)
+
+
+def test_rows_do_not_depend_on_their_batch_and_seed_is_deterministic():
+    x = np.random.default_rng(2).standard_normal((50, 9))
+    fm = feature_map(A.fc(2, b_std=0.1), 9, 64, seed=7)
+    whole = fm(x)
+    for lo, hi in [(0, 1), (10, 23), (40, 50)]:
+        part = fm(x[lo:hi])
+        for k in ("ntk", "nngp"):
+            np.testing.assert_allclose(part[k], whole[k][lo:hi], rtol=1e-12, atol=1e-15)
+    again = feature_map(A.fc(2, b_std=0.1), 9, 64, seed=7)(x)
+    assert np.array_equal(again["ntk"], whole["ntk"])
+    other = feature_map(A.fc(2, b_std=0.1), 9, 64, seed=8)(x)
+    assert not np.allclose(other["ntk"], whole["ntk"])
+    assert whole["ntk"].shape == (50, fm.dims["ntk"]) == (50, 2 * 64 + 1)
+    assert whole["nngp"].shape == (50, fm.dims["nngp"]) == (50, 64 + 1)
+
+
+def test_float32_and_the_array_module_path():
+    x = np.random.default_rng(3).standard_normal((30, 7))
+    f64 = features(A.fc(2), x, 128)["ntk"]
+    f32 = features(A.fc(2), x.astype(np.float32), 128)["ntk"]
+    assert f32.dtype == np.float32
+    np.testing.assert_allclose(f32, f64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,field,layer", [
+    (A.cntk(1), "type", 0),
+    ({"layers": [{"type": "dense"}, {"type": "erf"}, {"type": "dense"}]}, "type", 1),
+    ({"layers": [{"type": "relu"}, {"type": "dense"}]}, "type", 0),
+    ({**A.fc(1), "parameterization": "standard"}, "parameterization", None),
+])
+def test_unsupported_architectures_are_clear_errors(arch, field, layer):
+    with pytest.raises(nc.InputError) as e:
+        feature_map(arch, 4, 16)
+    assert (e.value.field, e.value.layer) == (field, layer)
+
+
+def test_bad_arguments():
+    with pytest.raises(nc.InputError, match="m: must be a positive integer"):
+        feature_map(A.fc(1), 4, 0)
+    with pytest.raises(nc.InputError) as e:
+        features(A.fc(1), np.ones((3, 4, 2)), 8)
+    assert e.value.field == "x"
+    with pytest.raises(nc.InputError) as e:
+        feature_map(A.fc(1), 4, 8)(np.ones((3, 5)))
+    assert e.value.field == "x"
