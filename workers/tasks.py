@@ -5,6 +5,8 @@ same whole chunks with the same values, then the same marker.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import time
 from typing import Any
@@ -115,3 +117,26 @@ def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None)
     if sym and i != j:
         g["done"][j, i] = 1
     return {"seconds": time.perf_counter() - t0, "pairs": (r.stop - r.start) * (c.stop - c.start)}
+
+
+@functools.lru_cache(maxsize=8)
+def _feature_map(spec_json: str, d: int, m: int, seed: int) -> Any:
+    from ntkcompute.features import feature_map
+
+    return feature_map(spec_json, d, m, seed)
+
+
+def feature_task(url: str, i: int, options: dict | None = None) -> dict:
+    """Random features of row tile ``i`` of a features job, written, then marked done."""
+    t0 = time.perf_counter()
+    g = open_group(url, mode="r+", options=options)
+    meta = job_meta(g)
+    xp = _device()
+    fm = _feature_map(json.dumps(meta["spec"]), meta["x_shape"][1], meta["m"], meta["seed"])
+    x = _load_rows(g, meta, "x1", i, xp)
+    out = fm(x, tuple(meta["get"]), meta["dtype"])
+    rows = _rows(meta, "x1", i)
+    for name, val in out.items():
+        g[name][rows] = backend.to_numpy(val)
+    g["done"][i] = 1  # after the rows above are written
+    return {"seconds": time.perf_counter() - t0}

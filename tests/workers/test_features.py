@@ -1,0 +1,45 @@
+"""Random-feature jobs on a real Dask cluster into Zarr: equal to in-process, resumable."""
+
+import numpy as np
+import pytest
+import zarr
+
+import ntkcompute as nc
+import workers
+from ntkcompute import architectures as A
+
+
+def test_feature_job_equals_in_process_whatever_the_tiles(client, tmp_path):
+    x = np.random.default_rng(0).standard_normal((230, 12))
+    arch = A.fc(2, b_std=0.1)
+    ref = nc.features(arch, x, 64, seed=3)
+    for tile in (17, 100):
+        job = workers.compute_features(arch, x, store=str(tmp_path / f"t{tile}"), m=64,
+                                       seed=3, tile=tile, client=client).wait()
+        out = job.to_numpy()
+        for k in ("ntk", "nngp"):
+            np.testing.assert_allclose(out[k], ref[k], rtol=1e-12, atol=1e-14)
+        assert job.tiles_total == -(-230 // tile) == job.tiles_computed
+    meta = zarr.open_group(str(tmp_path / "t17"), mode="r").attrs["ntkcompute"]
+    assert meta["status"] == "succeeded" and meta["dims"] == {"ntk": 129, "nngp": 65}
+
+
+def test_feature_job_resumes_and_refuses_a_different_job(client, tmp_path):
+    x = np.random.default_rng(1).standard_normal((90, 5))
+    url = str(tmp_path / "f")
+    first = workers.compute_features(A.fc(1), x, store=url, m=32, tile=20, client=client)
+    first.wait()
+    g = zarr.open_group(url, mode="r+")
+    g["done"][1] = 0
+    g["done"][3] = 0
+    g["ntk"][20:40] = 0.0
+    again = workers.compute_features(A.fc(1), x, store=url, m=32, tile=20,
+                                     client=client).wait()
+    assert (again.tiles_reused, again.tiles_computed) == (3, 2)
+    np.testing.assert_array_equal(again.to_numpy()["ntk"], nc.features(A.fc(1), x, 32)["ntk"])
+    with pytest.raises(nc.InputError) as e:
+        workers.compute_features(A.fc(1), x, store=url, m=64, tile=20, client=client)
+    assert e.value.field == "store" and "'m'" in e.value.reason
+    with pytest.raises(nc.InputError) as e:
+        workers.compute_features(A.cntk(1), x, store=str(tmp_path / "c"), m=8, client=client)
+    assert e.value.field == "type"

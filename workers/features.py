@@ -1,0 +1,91 @@
+"""``compute_features``: NTK/NNGP random features (:mod:`ntkcompute.features`) as a Dask job
+over row tiles, stored in Zarr ``(n, D)``, resumable like a Gram job.
+
+The feature map is drawn from the seed inside each task, so every row's features are the
+same whichever tile (or machine) computes them; rows whose input chunk is unchanged and
+marked done are not recomputed on a rerun.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from distributed import Client
+
+from ntkcompute.errors import InputError
+from ntkcompute.features import feature_map
+from ntkcompute.validate import check_get, check_shape, resolve_dtype
+
+from . import tasks
+from .cluster import get_client
+from .gram import GramJob, _as_array, _marker, _store_input
+from .store import job_meta, open_group, set_meta
+from .store import storage_options as resolve_options
+
+#: Rows per task by default: ~64 MiB of features per tile.
+TILE_BYTES = 64 << 20
+
+
+def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
+                     get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None,
+                     tile: int | None = None, client: Client | None = None,
+                     scheduler: str | None = None, storage_options: dict | None = None
+                     ) -> GramJob:
+    """Start (or resume) the random-feature job of ``arch`` on x (n, d) into ``store``.
+
+    Writes ``ntk`` (n, 2m+1) and/or ``nngp`` (n, m+1) feature arrays chunked by ``tile``
+    rows, with a ``done`` marker per row tile. Returns a :class:`workers.GramJob` (progress,
+    wait, arrays, to_numpy).
+
+    Raises:
+        InputError: an architecture the features do not cover, bad shapes, or a store
+            holding a different job.
+    """
+    a = _as_array(x, "x")
+    check_shape(a.shape, "x")
+    if a.ndim != 2:
+        raise InputError(f"random features take (n, d) inputs, got shape {tuple(a.shape)}",
+                         field="x")
+    get = check_get(get)
+    dt = resolve_dtype(dtype, a)
+    fm = feature_map(arch, int(a.shape[1]), m, seed)
+    n = int(a.shape[0])
+    width = sum(fm.dims[k] for k in get)
+    if tile is None:
+        tile = max(1, min(n, TILE_BYTES // (width * dt.itemsize)))
+    elif isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
+        raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
+    tile = min(tile, n)
+    opts = resolve_options(storage_options)
+    g = open_group(store, mode="a", options=opts)
+    identity = {"method": "features", "spec": fm.arch.model_dump(mode="json"), "m": m,
+                "seed": seed, "dtype": dt.str, "get": list(get), "x_shape": list(a.shape),
+                "n1": n, "tile": tile, "dims": fm.dims}
+    old = job_meta(g)
+    if old and any(old.get(k) != v for k, v in identity.items()):
+        diff = [k for k, v in identity.items() if old.get(k) != v]
+        raise InputError(f"{store} holds a different job (differs in {diff}); use a new "
+                         "store URL", field="store")
+    sums = _store_input(g, "x1", a, dt, tile)
+    t = len(sums)
+    changed = [k >= len(old.get("x1_chunks", [])) or old["x1_chunks"][k] != s
+               for k, s in enumerate(sums)]
+    for k in get:
+        if k not in g:
+            g.create_array(k, shape=(n, fm.dims[k]), chunks=(tile, fm.dims[k]), dtype=dt,
+                           fill_value=0, compressors=None)
+    done = _marker(g, "done", (t,))
+    marks = done[...].astype(bool)
+    for i in np.nonzero(marks)[0]:
+        if changed[i]:
+            marks[i], done[i] = False, 0
+    set_meta(g, **identity, x1_chunks=sums, status="running", error=None,
+             started=time.time(), tiles_total=t)
+    cl, cluster = get_client(client, scheduler)
+    token = f"{abs(hash((store, time.time()))):x}"
+    futures = [cl.submit(tasks.feature_task, store, i, options=opts,
+                         key=f"tile-features-{i}-{token}", pure=False)
+               for i in range(t) if not marks[i]]
+    return GramJob(store, g, cl, cluster, futures, t, int(marks.sum()))
