@@ -89,3 +89,66 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
                          key=f"tile-features-{i}-{token}", pure=False)
                for i in range(t) if not marks[i]]
     return GramJob(store, g, cl, cluster, futures, t, int(marks.sum()))
+
+
+def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str = "ntk",
+                   test: str | None = None, test_labels: Any = None,
+                   client: Client | None = None, scheduler: str | None = None,
+                   options: dict | None = None) -> Any:
+    """Ridge regression on stored features: ``(ZᵀZ + λI) w = ZᵀY``.
+
+    ``ZᵀZ`` (D × D) and ``ZᵀY`` are accumulated tile by tile on the workers and summed in a
+    tree, one pass over Z; the D × D system is solved by Cholesky (one λ) or one
+    eigendecomposition (a λ sweep). With ``test`` (a features job of the test rows, same
+    map), predictions ``Z_test w`` and metrics as :func:`workers.solve`.
+
+    Returns:
+        a :class:`workers.SolveResult` with ``coefficients`` w (D, c), or (L, D, c).
+    """
+    from scipy.linalg import cho_factor, cho_solve
+
+    from .solve import SolveResult, _metrics, targets_from
+
+    t0 = time.perf_counter()
+    g = open_group(job, mode="r", options=options)
+    meta = job_meta(g)
+    if meta.get("method") != "features" or meta.get("status") != "succeeded":
+        raise InputError(f"{job} is not a finished features job", field="job")
+    if name not in g:
+        raise InputError(f"no '{name}' features in {job}", field="name")
+    n, tile = meta["n1"], meta["tile"]
+    Y, classes = targets_from(labels, n)
+    lams = [float(v) for v in (lam if isinstance(lam, (list, tuple)) else [lam])]
+    if any(not np.isfinite(v) or v < 0 for v in lams):
+        raise InputError(f"must be finite and >= 0, got {lams}", field="lambda")
+    cl, cluster = get_client(client, scheduler)
+    try:
+        yf = cl.scatter(Y)
+        parts = [cl.submit(tasks.normal_part, job, name, i, yf, options=options, pure=False)
+                 for i in range(-(-n // tile))]
+        while len(parts) > 1:
+            parts = [cl.submit(tasks.add_parts, parts[j], parts[j + 1], pure=False)
+                     if j + 1 < len(parts) else parts[j] for j in range(0, len(parts), 2)]
+        A, B = parts[0].result()
+    finally:
+        if cluster is not None:
+            cl.close()
+            cluster.close()
+    if len(lams) == 1:
+        A[np.diag_indices_from(A)] += lams[0]
+        coef = cho_solve(cho_factor(A), B)
+    else:
+        s, U = np.linalg.eigh(A)
+        UB = U.T @ B
+        coef = np.stack([U @ (UB / (s + v)[:, None]) for v in lams])
+    res = SolveResult(coef, lams, "features")
+    if test is not None:
+        zt = open_group(test, mode="r", options=options)[name]
+        coefs = coef if coef.ndim == 3 else coef[None]
+        preds = np.stack([np.asarray(zt[...], dtype=np.float64) @ c for c in coefs])
+        res.predictions = preds if coef.ndim == 3 else preds[0]
+        res.metrics = _metrics(preds[-1], test_labels, classes)
+        if len(preds) > 1:
+            res.metrics["per_lambda"] = [_metrics(p, test_labels, classes) for p in preds]
+    res.seconds = time.perf_counter() - t0
+    return res

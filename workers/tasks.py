@@ -140,3 +140,16 @@ def feature_task(url: str, i: int, options: dict | None = None) -> dict:
         g[name][rows] = backend.to_numpy(val)
     g["done"][i] = 1  # after the rows above are written
     return {"seconds": time.perf_counter() - t0}
+
+
+def normal_part(url: str, name: str, i: int, y: Any, options: dict | None = None) -> tuple:
+    """``(Z_iᵀ Z_i, Z_iᵀ Y_i)`` of row tile ``i`` of a features job, in float64."""
+    g = open_group(url, mode="r", options=options)
+    meta = job_meta(g)
+    rows = _rows(meta, "x1", i)
+    z = np.asarray(g[name][rows], dtype=np.float64)
+    return z.T @ z, z.T @ np.asarray(y[rows], dtype=np.float64)
+
+
+def add_parts(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], a[1] + b[1]

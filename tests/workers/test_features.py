@@ -43,3 +43,32 @@ def test_feature_job_resumes_and_refuses_a_different_job(client, tmp_path):
     with pytest.raises(nc.InputError) as e:
         workers.compute_features(A.cntk(1), x, store=str(tmp_path / "c"), m=8, client=client)
     assert e.value.field == "type"
+
+
+def test_solve_features_equals_in_process_ridge(client, tmp_path):
+    from ntkcompute.datasets import digits
+    from ntkcompute.regression import one_hot
+
+    x, y = digits()
+    x = x.reshape(len(x), -1)
+    tr, te = slice(0, 300), slice(300, 400)
+    arch = A.fc(2, b_std=0.1)
+    kw = dict(m=256, seed=1, tile=70, client=client)
+    ztr = workers.compute_features(arch, x[tr], store=str(tmp_path / "tr"), **kw).wait()
+    zte = workers.compute_features(arch, x[te], store=str(tmp_path / "te"), **kw).wait()
+    Z, Zt = ztr.to_numpy()["ntk"], zte.to_numpy()["ntk"]
+    Y = one_hot(y[tr], 10)
+    lams = [1e-3, 1e-1]
+    res = workers.solve_features(ztr.url, y[tr], lams, test=zte.url, test_labels=y[te],
+                                 client=client)
+    for i, lam in enumerate(lams):
+        w = np.linalg.solve(Z.T @ Z + lam * np.eye(Z.shape[1]), Z.T @ Y)
+        np.testing.assert_allclose(res.coefficients[i], w, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(res.predictions[i], Zt @ w, rtol=1e-6, atol=1e-8)
+    one = workers.solve_features(ztr.url, y[tr], 1e-3, test=zte.url, test_labels=y[te],
+                                 client=client)
+    np.testing.assert_allclose(one.coefficients, res.coefficients[0], rtol=1e-8, atol=1e-10)
+    assert one.metrics["accuracy"] > 0.8
+    with pytest.raises(nc.InputError) as e:
+        workers.solve_features(ztr.url, y[:10], 1e-3, client=client)
+    assert e.value.field == "labels"
