@@ -247,9 +247,12 @@ class Client:
 
     def kernel(self, train: Dataset | str, arch: Any, test: Dataset | str | None = None,
                kernels: tuple[str, ...] = ("ntk", "nngp"), dtype: str | None = None,
-               tile: int | None = None) -> KernelJob:
+               tile: int | None = None, method: str = "exact", m: int | None = None,
+               seed: int = 0) -> KernelJob:
         """Start the kernel job of ``arch`` (spec object, dict or JSON) on ``train`` (and
-        test x train); returns at once: call ``wait()``."""
+        test x train); returns at once: call ``wait()``. ``method="features"`` stores NTK
+        random features of dimension ~2m instead (FC ReLU nets); blocks and solves work the
+        same way."""
         if hasattr(arch, "model_dump"):
             arch = arch.model_dump(mode="json")
         elif isinstance(arch, str):
@@ -257,7 +260,8 @@ class Client:
 
             arch = json.loads(arch)
         body = {"train": _id(train), "test": None if test is None else _id(test),
-                "arch": arch, "kernels": list(kernels), "dtype": dtype, "tile": tile}
+                "arch": arch, "kernels": list(kernels), "dtype": dtype, "tile": tile,
+                "method": method, "m": m, "seed": seed}
         return KernelJob(self, self._json("POST", "/v1/kernels", json=body))
 
     def job(self, kernel_id: str) -> KernelJob:

@@ -26,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import ntkcompute
 from ntkcompute.errors import InputError
+from ntkcompute.validate import check_get
+from workers.features import plan_features
 from workers.gram import plan_job
 from workers.store import open_group, read_dataset, remove_group, write_dataset
 
@@ -240,16 +242,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         xtr = read_dataset(train.url)[0]
         xte = read_dataset(test.url)[0] if test else None
         try:
-            jp = plan_job(req.arch, xtr, xte, get=tuple(req.kernels), dtype=req.dtype,
-                          memory=settings.task_memory, tile=req.tile)
+            if req.method == "features":
+                if req.m is None:
+                    raise ApiError(422, "m", "required with method 'features'")
+                if xte is not None and tuple(xte.shape[1:]) != tuple(xtr.shape[1:]):
+                    raise InputError(f"trailing shape {tuple(xte.shape[1:])} does not match "
+                                     f"the train set's {tuple(xtr.shape[1:])}", field="x2")
+                fm, dt, tile = plan_features(req.arch, xtr, m=req.m, seed=req.seed,
+                                             get=tuple(req.kernels), dtype=req.dtype,
+                                             tile=req.tile)
+                spec, get = fm.arch, check_get(tuple(req.kernels))
+            else:
+                jp = plan_job(req.arch, xtr, xte, get=tuple(req.kernels), dtype=req.dtype,
+                              memory=settings.task_memory, tile=req.tile)
+                spec, get, dt, tile = jp.spec, jp.get, jp.dtype, jp.tile
         except InputError as e:
             raise ApiError.from_input(e, rename=_JOB_FIELDS) from None
         jid = f"k-{uuid.uuid4().hex[:16]}"
         row = Job(id=jid, owner=key, train=train.id, test=test.id if test else None,
                   n_train=train.n, n_test=test.n if test else None,
                   url=_join(settings.store, "kernels", jid),
-                  arch=jp.spec.model_dump(mode="json"), kernels=list(jp.get),
-                  dtype=jp.dtype.name, tile=jp.tile, status="queued")
+                  arch=spec.model_dump(mode="json"), kernels=list(get), dtype=dt.name,
+                  tile=tile, status="queued", method=req.method, m=req.m, seed=req.seed)
         with db.session() as s:
             s.add(row)
         runner.submit_kernel(jid)
@@ -317,6 +331,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(422, "kind", f"this job computed {row.kernels}, not {kind!r}")
         if part == "test" and not row.test:
             raise ApiError(422, "part", "this job has no test set")
+        if row.method == "features":
+            return _npy(_feature_block(row, kind, part, rows, cols))
         try:
             g = open_group(_join(row.url, part), mode="r")
             arr, done = g[kind], g["done"]
@@ -325,16 +341,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            ) from None
         r = _span(rows, arr.shape[0], "rows")
         c = _span(cols, arr.shape[1], "cols")
-        nbytes = (r.stop - r.start) * (c.stop - c.start) * arr.dtype.itemsize
-        if nbytes > settings.max_block_bytes:
-            raise ApiError(422, "rows", f"block of {nbytes} bytes exceeds the limit of "
-                           f"{settings.max_block_bytes}; ask for fewer rows/cols")
+        _check_block_size(r, c, arr.dtype.itemsize)
         t = row.tile
         marks = done[r.start // t:math.ceil(r.stop / t), c.start // t:math.ceil(c.stop / t)]
         if not np.all(marks):
             raise ApiError(409, "rows", f"job is {row.status}; some tiles of this block are "
                            "not computed yet")
         return _npy(arr[r, c])
+
+    def _check_block_size(r: slice, c: slice, itemsize: int) -> None:
+        nbytes = (r.stop - r.start) * (c.stop - c.start) * itemsize
+        if nbytes > settings.max_block_bytes:
+            raise ApiError(422, "rows", f"block of {nbytes} bytes exceeds the limit of "
+                           f"{settings.max_block_bytes}; ask for fewer rows/cols")
+
+    def _feature_block(row: Job, kind: str, part: str, rows: str | None,
+                       cols: str | None) -> np.ndarray:
+        """The kernel block of a features job: ``Φ_part[rows] Φ_train[cols]ᵀ``."""
+        try:
+            gp = open_group(_join(row.url, part), mode="r")
+            gt = open_group(_join(row.url, "train"), mode="r")
+            zp, zt = gp[kind], gt[kind]
+        except (FileNotFoundError, KeyError):
+            raise ApiError(409, "kernel_id", f"job is {row.status}; nothing stored yet"
+                           ) from None
+        r, c = _span(rows, zp.shape[0], "rows"), _span(cols, zt.shape[0], "cols")
+        _check_block_size(r, c, zp.dtype.itemsize)
+        t = row.tile
+        if not (np.all(gp["done"][r.start // t:math.ceil(r.stop / t)])
+                and np.all(gt["done"][c.start // t:math.ceil(c.stop / t)])):
+            raise ApiError(409, "rows", f"job is {row.status}; some features of this block "
+                           "are not computed yet")
+        return np.asarray(zp[r]) @ np.asarray(zt[c]).T
 
     # solves ----------------------------------------------------------------------------
     @app.post("/v1/solves", status_code=202, response_model=SolveOut, tags=["solves"],
@@ -354,6 +392,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _check_labels(req.test_labels, test, "test_labels", job, required=False)
         elif req.test_labels is not None:
             raise ApiError(422, "test_labels", "the kernel job has no test set")
+        if job.method == "features" and (req.analyses.times or req.analyses.bound
+                                         or req.analyses.spectrum):
+            raise ApiError(422, "analyses", "not available for a features job (its solve is "
+                           "ridge regression on the features)")
         if req.analyses.spectrum >= job.n_train:
             raise ApiError(422, "analyses.spectrum", f"must be < n = {job.n_train}")
         if req.analyses.times and (req.solver != "direct" or not job.test):
@@ -407,8 +449,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-#: plan_job's field -> the request's (others keep their names).
-_JOB_FIELDS = {"x1": "train", "x2": "test", "get": "kernels", "memory": "arch"}
+#: plan_job's / plan_features' field -> the request's (others keep their names).
+_JOB_FIELDS = {"x1": "train", "x": "train", "x2": "test", "get": "kernels", "memory": "arch"}
 
 
 def _loc(loc: Any) -> str:
@@ -499,7 +541,8 @@ def _kernel_out(r: Job) -> KernelOut:
                      dtype=r.dtype, tile=r.tile, shape=shape, tiles_done=r.tiles_done,
                      tiles_total=r.tiles_total, tiles_reused=r.tiles_reused,
                      eta_seconds=r.eta_seconds, error=r.error, created=r.created,
-                     started=r.started, finished=r.finished, arch=r.arch)
+                     started=r.started, finished=r.finished, arch=r.arch, method=r.method,
+                     m=r.m, seed=r.seed)
 
 
 def _solve_out(r: Solve) -> SolveOut:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ntkcompute.errors import InputError
-from workers import GramJob, compute_gram
+from workers import GramJob, compute_features, compute_gram, solve_features
 from workers import solve as run_solve
 from workers.cluster import get_client
 from workers.store import open_group, read_dataset, write_array
@@ -96,12 +96,18 @@ class Runner:
                 if train is None or (job.test and test is None):
                     raise InputError("a dataset of this job was deleted", field="train")
             common = dict(arch=job.arch, tile=job.tile, client=self.client,
-                          get=tuple(job.kernels), dtype=job.dtype,
-                          memory=self.settings.task_memory)
-            parts = {"train": compute_gram(x1=train.url, store=f"{job.url}/train", **common)}
-            if test is not None:
-                parts["test"] = compute_gram(x1=test.url, x2=train.url,
-                                             store=f"{job.url}/test", **common)
+                          get=tuple(job.kernels), dtype=job.dtype)
+            if job.method == "features":  # one feature map for train and test rows
+                feats = dict(m=job.m, seed=job.seed, **common)
+                parts = {part: compute_features(x=ds.url, store=f"{job.url}/{part}", **feats)
+                         for part, ds in (("train", train), ("test", test)) if ds is not None}
+            else:
+                common["memory"] = self.settings.task_memory
+                parts = {"train": compute_gram(x1=train.url, store=f"{job.url}/train",
+                                               **common)}
+                if test is not None:
+                    parts["test"] = compute_gram(x1=test.url, x2=train.url,
+                                                 store=f"{job.url}/test", **common)
         except Exception as e:
             self._fail_kernel(jid, e)
             return
@@ -200,10 +206,13 @@ class Runner:
                   rank=min(p["rank"], job.n_train), cross=f"{job.url}/test" if job.test else None,
                   test_labels=test_labels, client=self.client, save=None, lr=an.get("lr", 1.0))
         lams = list(p["lambdas"])
-        if p.get("relative"):  # mean diag K from the stored self-covariances
-            diag = open_group(f"{job.url}/train", mode="r")[f"self/x1/diag_{p['kind']}"]
-            scale = float(np.mean(diag[...], dtype=np.float64))
-            lams = [v * scale for v in lams]
+        if p.get("relative"):  # mean diag K: stored self-covariances, or |features|²
+            lams = [v * _mean_diag(job, p["kind"]) for v in lams]
+        if job.method == "features":
+            return [solve_features(f"{job.url}/train", labels, lams if len(lams) > 1
+                                   else lams[0], name=p["kind"],
+                                   test=f"{job.url}/test" if job.test else None,
+                                   test_labels=test_labels, client=self.client)]
         analysis = dict(times=an.get("times"), bound=an.get("bound", False),
                         spectrum_k=an.get("spectrum", 0))
         if p["solver"] == "direct":  # one eigendecomposition serves every λ
@@ -242,6 +251,17 @@ class Runner:
             pick = max if key == "accuracy" else min
             metrics["best"] = pick(scored, key=lambda m: m[key])
         return metrics, results[0].analyses
+
+
+def _mean_diag(job: Job, kind: str) -> float:
+    g = open_group(f"{job.url}/train", mode="r")
+    if job.method == "features":  # ⟨Φ(x), Φ(x)⟩, streamed by row chunks
+        z = g[kind]
+        step = z.chunks[0]
+        total = sum(float(np.sum(np.asarray(z[r:r + step], dtype=np.float64) ** 2))
+                    for r in range(0, z.shape[0], step))
+        return total / z.shape[0]
+    return float(np.mean(g[f"self/x1/diag_{kind}"][...], dtype=np.float64))
 
 
 def _labels(given: list | None, ds: Dataset | None, field: str, required: bool = True

@@ -45,6 +45,12 @@ class KernelRequest(_Body):
     dtype: Literal["float32", "float64"] | None = Field(
         None, description="default: the dataset's float dtype, else float64")
     tile: int | None = Field(None, ge=1, le=1 << 20, description="tile side (default auto)")
+    method: Literal["exact", "features"] = Field(
+        "exact", description="exact Gram matrices, or NTK random features (FC ReLU nets, "
+        "Zandieh et al. 2021): (n, D) feature arrays, D = 2m+1, instead of n x n kernels")
+    m: int | None = Field(None, ge=1, le=1 << 16, description="features per layer "
+                          "(method 'features')")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="random-feature seed")
 
 
 class KernelOut(BaseModel):
@@ -65,6 +71,9 @@ class KernelOut(BaseModel):
     started: float | None
     finished: float | None
     arch: dict
+    method: str = "exact"
+    m: int | None = None
+    seed: int = 0
 
 
 class Analyses(_Body):

@@ -15,7 +15,7 @@ import numpy as np
 from distributed import Client
 
 from ntkcompute.errors import InputError
-from ntkcompute.features import feature_map
+from ntkcompute.features import FeatureMap, feature_map
 from ntkcompute.validate import check_get, check_shape, resolve_dtype
 
 from . import tasks
@@ -26,6 +26,29 @@ from .store import storage_options as resolve_options
 
 #: Rows per task by default: ~64 MiB of features per tile.
 TILE_BYTES = 64 << 20
+
+
+def plan_features(arch: Any, x: Any, *, m: int, seed: int = 0,
+                  get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None,
+                  tile: int | None = None) -> tuple[FeatureMap, np.dtype, int]:
+    """Check a features job without running it: ``(feature map, dtype, tile rows)``.
+
+    ``x`` needs only ``shape`` and ``dtype``. Raises :class:`InputError` naming the field.
+    """
+    check_shape(x.shape, "x")
+    if len(x.shape) != 2:
+        raise InputError(f"random features take (n, d) inputs, got shape {tuple(x.shape)}",
+                         field="x")
+    get = check_get(get)
+    dt = resolve_dtype(dtype, x)
+    fm = feature_map(arch, int(x.shape[1]), m, seed)
+    n = int(x.shape[0])
+    width = sum(fm.dims[k] for k in get)
+    if tile is None:
+        tile = max(1, min(n, TILE_BYTES // (width * dt.itemsize)))
+    elif isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
+        raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
+    return fm, dt, min(tile, n)
 
 
 def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
@@ -44,20 +67,9 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
             holding a different job.
     """
     a = _as_array(x, "x")
-    check_shape(a.shape, "x")
-    if a.ndim != 2:
-        raise InputError(f"random features take (n, d) inputs, got shape {tuple(a.shape)}",
-                         field="x")
+    fm, dt, tile = plan_features(arch, a, m=m, seed=seed, get=get, dtype=dtype, tile=tile)
     get = check_get(get)
-    dt = resolve_dtype(dtype, a)
-    fm = feature_map(arch, int(a.shape[1]), m, seed)
     n = int(a.shape[0])
-    width = sum(fm.dims[k] for k in get)
-    if tile is None:
-        tile = max(1, min(n, TILE_BYTES // (width * dt.itemsize)))
-    elif isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
-        raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
-    tile = min(tile, n)
     opts = resolve_options(storage_options)
     g = open_group(store, mode="a", options=opts)
     identity = {"method": "features", "spec": fm.arch.model_dump(mode="json"), "m": m,

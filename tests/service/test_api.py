@@ -291,3 +291,36 @@ def test_stale_staging_dirs_are_cleaned(tmp_path):
     new.mkdir()
     os.utime(old, (time.time() - 7 * 3600,) * 2)
     assert clean_stale(tmp_path) == 1 and not old.exists() and new.exists()
+
+
+def test_features_job_blocks_and_solve(service, client_a, data):
+    """method "features": the same job, block and solve routes on NTK random features."""
+    xtr, ytr, xte, yte = (a.reshape(len(a), -1) if a.ndim > 1 else a for a in data)
+    train, test = client_a.upload(xtr, ytr), client_a.upload(xte, yte)
+    arch = A.fc(2, b_std=0.1)
+    job = client_a.kernel(train, arch, test=test, method="features", m=256, seed=4)
+    assert job.info["method"] == "features" and job.info["m"] == 256
+    job.wait(timeout=120, progress=False)
+    fm = nc.feature_map(arch, xtr.shape[1], 256, seed=4)
+    ztr, zte = fm(xtr)["ntk"], fm(xte)["ntk"]
+    np.testing.assert_allclose(job.block("ntk", (0, 50), (10, 70)), ztr[:50] @ ztr[10:70].T,
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(job.block("ntk", (0, 20), None, "test"), zte[:20] @ ztr.T,
+                               rtol=1e-10, atol=1e-12)
+    sol = client_a.solve(job, 1e-3, relative=True).wait(timeout=120)
+    lam = 1e-3 * float(np.mean(np.sum(ztr * ztr, axis=1)))
+    w = np.linalg.solve(ztr.T @ ztr + lam * np.eye(ztr.shape[1]), ztr.T @ one_hot(ytr, 10))
+    np.testing.assert_allclose(sol.predictions(0), zte @ w, rtol=1e-6, atol=1e-7)
+    assert sol.metrics["best"]["accuracy"] == float(np.mean((zte @ w).argmax(1) == yte))
+    h, u = headers(service.key_a), f"{service.url}/v1/kernels"
+    img = client_a.upload(data[0][:30])
+    for body, field in [({"train": train.id, "arch": arch, "method": "features"}, "m"),
+                        ({"train": train.id, "arch": A.cntk(1), "method": "features",
+                          "m": 8}, "arch.layers[0].type"),
+                        ({"train": img.id, "arch": arch, "method": "features", "m": 8},
+                         "train")]:
+        r = httpx.post(u, json=body, headers=h)
+        assert r.status_code == 422 and r.json()["field"] == field, r.text
+    r = httpx.post(f"{service.url}/v1/solves", json={"kernel": job.id,
+                                                     "analyses": {"bound": True}}, headers=h)
+    assert r.status_code == 422 and r.json()["field"] == "analyses"
