@@ -541,8 +541,8 @@ def _kernel_out(r: Job) -> KernelOut:
                      dtype=r.dtype, tile=r.tile, shape=shape, tiles_done=r.tiles_done,
                      tiles_total=r.tiles_total, tiles_reused=r.tiles_reused,
                      eta_seconds=r.eta_seconds, error=r.error, created=r.created,
-                     started=r.started, finished=r.finished, arch=r.arch, method=r.method,
-                     m=r.m, seed=r.seed)
+                     started=r.started, finished=r.finished, arch=r.arch,
+                     method=r.method or "exact", m=r.m, seed=r.seed or 0)
 
 
 def _solve_out(r: Solve) -> SolveOut:
