@@ -101,14 +101,17 @@ def scaling(exact_ns: list[int], feature_ns: list[int], m: int) -> None:
     print(f"\n[scaling] FC-3 NTK, synthetic d={d} rows, 2 worker processes, Zarr on disk; "
           f"features m={m} (D={2 * m + 1}); solve λ=1e-3·mean(diag)")
     print(f"{'path':9s} {'n':>9s} {'compute s':>10s} {'solve s':>8s} {'total s':>8s} "
-          f"{'µs/row':>8s} {'worker RSS MB':>14s}")
+          f"{'µs/row':>8s} {'worker peak RSS MB (this path so far)':>14s}")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         root = tempfile.mkdtemp(prefix="ntk-bench-features-")
         try:
             for path, ns in (("exact", exact_ns), ("features", feature_ns)):
+                client.restart()  # fresh workers: the RSS column is this path's peak
                 for n in ns:
-                    x = rng.standard_normal((n, d)) if n <= 200_000 else None
+                    # rows past 200 000 go to a Zarr array in blocks, before the clock starts
+                    x = rng.standard_normal((n, d)) if n <= 200_000 else \
+                        _synthetic(f"{root}/x-{n}", n, d)
                     y = rng.integers(0, 10, n)
                     url = f"{root}/{path}-{n}"
                     t0 = time.perf_counter()
@@ -120,8 +123,6 @@ def scaling(exact_ns: list[int], feature_ns: list[int], m: int) -> None:
                         workers.solve(url, y, 1e-3 * diag, client=client, tol=1e-4,
                                       maxiter=200, save=None)
                     else:
-                        if x is None:  # rows written in blocks: never n x d in memory
-                            x = _synthetic(f"{root}/x-{n}", n, d)
                         job = workers.compute_features(arch, x, store=url, m=m,
                                                        client=client, get="ntk").wait()
                         t1 = time.perf_counter()
