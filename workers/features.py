@@ -20,7 +20,7 @@ from ntkcompute.validate import check_get, check_shape, resolve_dtype
 
 from . import tasks
 from .cluster import get_client
-from .gram import GramJob, _as_array, _marker, _store_input
+from .gram import GramJob, _as_array, _marker, _store_input, changed_chunks, same_job
 from .store import job_meta, open_group, set_meta
 from .store import storage_options as resolve_options
 
@@ -75,15 +75,10 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
     identity = {"method": "features", "spec": fm.arch.model_dump(mode="json"), "m": m,
                 "seed": seed, "dtype": dt.str, "get": list(get), "x_shape": list(a.shape),
                 "n1": n, "tile": tile, "dims": fm.dims}
-    old = job_meta(g)
-    if old and any(old.get(k) != v for k, v in identity.items()):
-        diff = [k for k, v in identity.items() if old.get(k) != v]
-        raise InputError(f"{store} holds a different job (differs in {diff}); use a new "
-                         "store URL", field="store")
+    old = same_job(g, store, identity)
     sums = _store_input(g, "x1", a, dt, tile)
     t = len(sums)
-    changed = [k >= len(old.get("x1_chunks", [])) or old["x1_chunks"][k] != s
-               for k, s in enumerate(sums)]
+    changed = changed_chunks(old, "x1", sums)
     for k in get:
         if k not in g:
             g.create_array(k, shape=(n, fm.dims[k]), chunks=(tile, fm.dims[k]), dtype=dt,

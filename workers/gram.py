@@ -194,6 +194,23 @@ def _store_input(g: zarr.Group, name: str, x: Any, dtype: np.dtype, tile: int) -
     return sums
 
 
+def same_job(g: zarr.Group, store: str, identity: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of the job already in ``g`` (empty if none); InputError (field
+    ``store``) if it is a different job."""
+    old = job_meta(g)
+    diff = [k for k, v in identity.items() if old and old.get(k) != v]
+    if diff:
+        raise InputError(f"{store} holds a different job (differs in {diff}); use a new "
+                         "store URL", field="store")
+    return old
+
+
+def changed_chunks(old: dict[str, Any], name: str, sums: list[str]) -> list[bool]:
+    """Per row chunk of input ``name``: is it new or different since the earlier run?"""
+    before = old.get(f"{name}_chunks") or []
+    return [k >= len(before) or before[k] != s for k, s in enumerate(sums)]
+
+
 def _marker(g: zarr.Group, path: str, shape: tuple[int, ...]) -> zarr.Array:
     if path in g and g[path].shape == shape:
         return g[path]
@@ -290,21 +307,14 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     identity = {"spec": spec.model_dump(mode="json"), "dtype": dt.str, "get": list(get),
                 "x_shape": list(a1.shape), "n1": n1, "n2": n2, "symmetric": a2 is None,
                 "tile": tile, "block": block}
-    old = job_meta(g)
-    if old and any(old.get(k) != v for k, v in identity.items()):
-        diff = [k for k, v in identity.items() if old.get(k) != v]
-        raise InputError(f"{store} holds a different kernel job (differs in {diff}); use a "
-                         "new store URL", field="store")
+    old = same_job(g, store, identity)
 
     # Inputs, chunk checksums, and which chunks changed since an earlier run.
     sums1 = _store_input(g, "x1", a1, dt, tile)
     sums2 = None if a2 is None else _store_input(g, "x2", a2, dt, tile)
     t1, t2 = len(sums1), (len(sums1) if a2 is None else len(sums2))
-    changed1 = [k >= len(old.get("x1_chunks", [])) or old["x1_chunks"][k] != s
-                for k, s in enumerate(sums1)]
-    changed2 = changed1 if a2 is None else [
-        k >= len(old.get("x2_chunks", [])) or old["x2_chunks"][k] != s
-        for k, s in enumerate(sums2)]
+    changed1 = changed_chunks(old, "x1", sums1)
+    changed2 = changed1 if a2 is None else changed_chunks(old, "x2", sums2)
 
     for name in get:
         if name not in g:
