@@ -98,21 +98,38 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
     return GramJob(store, g, cl, cluster, futures, t, int(marks.sum()))
 
 
+#: Largest D × D normal matrix (bytes) ``method="auto"`` forms; past it, CG over Z.
+NORMAL_BYTES = 1 << 30
+
+
+def _tree_sum(cl: Client, parts: list, add: Any) -> Any:
+    while len(parts) > 1:
+        parts = [cl.submit(add, parts[j], parts[j + 1], pure=False)
+                 if j + 1 < len(parts) else parts[j] for j in range(0, len(parts), 2)]
+    return parts[0].result()
+
+
 def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str = "ntk",
                    test: str | None = None, test_labels: Any = None,
+                   method: str = "auto", tol: float = 1e-8, maxiter: int = 1000,
                    client: Client | None = None, scheduler: str | None = None,
                    options: dict | None = None) -> Any:
     """Ridge regression on stored features: ``(ZᵀZ + λI) w = ZᵀY``.
 
-    ``ZᵀZ`` (D × D) and ``ZᵀY`` are accumulated tile by tile on the workers and summed in a
-    tree, one pass over Z; the D × D system is solved by Cholesky (one λ) or one
-    eigendecomposition (a λ sweep). With ``test`` (a features job of the test rows, same
-    map), predictions ``Z_test w`` and metrics as :func:`workers.solve`.
+    ``method="normal"``: ``ZᵀZ`` (D × D) and ``ZᵀY`` are accumulated tile by tile on the
+    workers and summed in a tree, one pass over Z; the system is solved by Cholesky (one λ)
+    or one eigendecomposition (a λ sweep). ``method="cg"``: conjugate gradients whose every
+    product ``ZᵀZ V = Σ_i Z_iᵀ(Z_i V)`` is one pass over Z on the workers, so no D × D matrix
+    exists (for large m). ``"auto"`` picks normal while ZᵀZ fits in ``NORMAL_BYTES``.
+    With ``test`` (a features job of the test rows, same map), predictions ``Z_test w``
+    and metrics as :func:`workers.solve`.
 
     Returns:
         a :class:`workers.SolveResult` with ``coefficients`` w (D, c), or (L, D, c).
     """
     from scipy.linalg import cho_factor, cho_solve
+
+    from ntkcompute.cg import cg
 
     from .solve import SolveResult, _metrics, targets_from
 
@@ -128,27 +145,52 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
     lams = [float(v) for v in (lam if isinstance(lam, (list, tuple)) else [lam])]
     if any(not np.isfinite(v) or v < 0 for v in lams):
         raise InputError(f"must be finite and >= 0, got {lams}", field="lambda")
+    dim = g[name].shape[1]
+    if method == "auto":
+        method = "normal" if dim * dim * 8 <= NORMAL_BYTES else "cg"
+    if method not in ("normal", "cg"):
+        raise InputError(f"must be 'auto', 'normal' or 'cg', got {method!r}", field="method")
+    tiles = range(-(-n // tile))
+    iterations, converged = 0, True
     cl, cluster = get_client(client, scheduler)
     try:
         yf = cl.scatter(Y)
-        parts = [cl.submit(tasks.normal_part, job, name, i, yf, options=options, pure=False)
-                 for i in range(-(-n // tile))]
-        while len(parts) > 1:
-            parts = [cl.submit(tasks.add_parts, parts[j], parts[j + 1], pure=False)
-                     if j + 1 < len(parts) else parts[j] for j in range(0, len(parts), 2)]
-        A, B = parts[0].result()
+        if method == "normal":
+            A, B = _tree_sum(cl, [cl.submit(tasks.normal_part, job, name, i, yf,
+                                            options=options, pure=False) for i in tiles],
+                             tasks.add_parts)
+        else:
+            B = _tree_sum(cl, [cl.submit(tasks.normal_rhs, job, name, i, yf,
+                                         options=options, pure=False) for i in tiles],
+                          tasks.add)
+
+            def matvec(v: np.ndarray) -> np.ndarray:
+                vf = cl.scatter(v, broadcast=True)
+                return _tree_sum(cl, [cl.submit(tasks.normal_matvec, job, name, i, vf,
+                                                options=options, pure=False) for i in tiles],
+                                 tasks.add)
+
+            coefs, x0 = [], None
+            for v in lams:  # warm start along the λ list
+                r = cg(matvec, B, v, tol=tol, maxiter=maxiter, x0=x0)
+                coefs.append(r.x)
+                x0 = r.x
+                iterations += r.iterations
+                converged = converged and r.converged
     finally:
         if cluster is not None:
             cl.close()
             cluster.close()
-    if len(lams) == 1:
+    if method == "cg":
+        coef = coefs[0] if len(lams) == 1 else np.stack(coefs)
+    elif len(lams) == 1:
         A[np.diag_indices_from(A)] += lams[0]
         coef = cho_solve(cho_factor(A), B)
     else:
         s, U = np.linalg.eigh(A)
         UB = U.T @ B
         coef = np.stack([U @ (UB / (s + v)[:, None]) for v in lams])
-    res = SolveResult(coef, lams, "features")
+    res = SolveResult(coef, lams, f"features-{method}", iterations, converged)
     if test is not None:
         zt = open_group(test, mode="r", options=options)[name]
         coefs = coef if coef.ndim == 3 else coef[None]

@@ -153,3 +153,23 @@ def normal_part(url: str, name: str, i: int, y: Any, options: dict | None = None
 
 def add_parts(a: tuple, b: tuple) -> tuple:
     return a[0] + b[0], a[1] + b[1]
+
+
+def normal_matvec(url: str, name: str, i: int, v: Any, options: dict | None = None) -> Any:
+    """``Z_iᵀ (Z_i V)`` of row tile ``i``: one tile's share of ``(ZᵀZ) V``, never forming
+    ZᵀZ."""
+    g = open_group(url, mode="r", options=options)
+    z = np.asarray(g[name][_rows(job_meta(g), "x1", i)], dtype=np.float64)
+    return z.T @ (z @ v)
+
+
+def normal_rhs(url: str, name: str, i: int, y: Any, options: dict | None = None) -> Any:
+    """``Z_iᵀ Y_i`` of row tile ``i``."""
+    g = open_group(url, mode="r", options=options)
+    rows = _rows(job_meta(g), "x1", i)
+    z = np.asarray(g[name][rows], dtype=np.float64)
+    return z.T @ np.asarray(y[rows], dtype=np.float64)
+
+
+def add(a: Any, b: Any) -> Any:
+    return a + b

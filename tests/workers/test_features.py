@@ -72,3 +72,18 @@ def test_solve_features_equals_in_process_ridge(client, tmp_path):
     with pytest.raises(nc.InputError) as e:
         workers.solve_features(ztr.url, y[:10], 1e-3, client=client)
     assert e.value.field == "labels"
+
+
+def test_solve_features_by_cg_never_forms_the_normal_matrix(client, tmp_path):
+    x = np.random.default_rng(5).standard_normal((150, 6))
+    y = (x[:, 0] > 0).astype(int)
+    job = workers.compute_features(A.fc(2), x, store=str(tmp_path / "z"), m=64, tile=40,
+                                   client=client).wait()
+    lams = [1e-2, 1e-1]
+    ref = workers.solve_features(job.url, y, lams, method="normal", client=client)
+    res = workers.solve_features(job.url, y, lams, method="cg", tol=1e-12, client=client)
+    assert res.solver == "features-cg" and res.converged and res.iterations > 0
+    np.testing.assert_allclose(res.coefficients, ref.coefficients, rtol=1e-6, atol=1e-8)
+    with pytest.raises(nc.InputError) as e:
+        workers.solve_features(job.url, y, 1e-2, method="lu", client=client)
+    assert e.value.field == "method"
