@@ -212,7 +212,8 @@ class Runner:
             return [solve_features(f"{job.url}/train", labels, lams if len(lams) > 1
                                    else lams[0], name=p["kind"],
                                    test=f"{job.url}/test" if job.test else None,
-                                   test_labels=test_labels, client=self.client)]
+                                   test_labels=test_labels, tol=p["tol"],
+                                   maxiter=p["maxiter"], client=self.client)]
         analysis = dict(times=an.get("times"), bound=an.get("bound", False),
                         spectrum_k=an.get("spectrum", 0))
         if p["solver"] == "direct":  # one eigendecomposition serves every λ
