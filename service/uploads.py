@@ -14,7 +14,6 @@ import hashlib
 import shutil
 import uuid
 import zipfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,15 +56,6 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "body", f"upload exceeds the limit of {limit} bytes")
 
 
-async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            raise _too_large(limit)
-        yield chunk
-
-
 async def stage(request: Request, staging: Path, limit: int) -> Staged:
     """Stream the request body into ``staging``; raise 413 past ``limit`` bytes."""
     length = request.headers.get("content-length")
@@ -73,15 +63,17 @@ async def stage(request: Request, staging: Path, limit: int) -> Staged:
         raise _too_large(limit)
     st = Staged(staging / f"up-{uuid.uuid4().hex}")
     st.dir.mkdir(parents=True)
+    # one byte count for both body kinds: the limit holds without Content-Length too
+    counted = Request(request.scope, _counting_receive(request, limit))
     try:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
-            await _stage_multipart(request, st, limit)
+            await _stage_multipart(counted, st)
         else:
             h = hashlib.sha256()
             path = st.dir / "body"
             with path.open("wb") as f:
-                async for chunk in _limited(request, limit):
+                async for chunk in counted.stream():
                     h.update(chunk)
                     f.write(chunk)
             st.files["body"], st.sha256 = path, h.hexdigest()
@@ -91,10 +83,9 @@ async def stage(request: Request, staging: Path, limit: int) -> Staged:
         raise
 
 
-async def _stage_multipart(request: Request, st: Staged, limit: int) -> None:
-    counted = Request(request.scope, _counting_receive(request, limit))
+async def _stage_multipart(request: Request, st: Staged) -> None:
     try:
-        form = await counted.form(max_files=3, max_fields=10)
+        form = await request.form(max_files=3, max_fields=10)
     except ApiError:
         raise
     except Exception as e:  # malformed multipart framing
