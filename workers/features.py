@@ -154,18 +154,20 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
     iterations, converged = 0, True
     cl, cluster = get_client(client, scheduler)
     try:
-        yf = cl.scatter(Y)
+        yf = cl.scatter(Y, hash=False)
         if method == "normal":
             A, B = _tree_sum(cl, [cl.submit(tasks.normal_part, job, name, i, yf,
                                             options=options, pure=False) for i in tiles],
-                             tasks.add_parts)
+                             tasks.add)
         else:
             B = _tree_sum(cl, [cl.submit(tasks.normal_rhs, job, name, i, yf,
                                          options=options, pure=False) for i in tiles],
                           tasks.add)
 
             def matvec(v: np.ndarray) -> np.ndarray:
-                vf = cl.scatter(v, broadcast=True)
+                # hash=False: CG can pass equal vectors twice, and a content-hashed key
+                # released by the previous product cancels this one ("lost dependencies")
+                vf = cl.scatter(v, broadcast=True, hash=False)
                 return _tree_sum(cl, [cl.submit(tasks.normal_matvec, job, name, i, vf,
                                                 options=options, pure=False) for i in tiles],
                                  tasks.add)

@@ -142,34 +142,34 @@ def feature_task(url: str, i: int, options: dict | None = None) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
+def _feature_rows(url: str, name: str, i: int, options: dict | None) -> tuple[Any, slice]:
+    """Row tile ``i`` of a features job's ``name`` array (float64), and its row slice."""
+    g = open_group(url, mode="r", options=options)
+    rows = _rows(job_meta(g), "x1", i)
+    return np.asarray(g[name][rows], dtype=np.float64), rows
+
+
 def normal_part(url: str, name: str, i: int, y: Any, options: dict | None = None) -> tuple:
     """``(Z_iᵀ Z_i, Z_iᵀ Y_i)`` of row tile ``i`` of a features job, in float64."""
-    g = open_group(url, mode="r", options=options)
-    meta = job_meta(g)
-    rows = _rows(meta, "x1", i)
-    z = np.asarray(g[name][rows], dtype=np.float64)
+    z, rows = _feature_rows(url, name, i, options)
     return z.T @ z, z.T @ np.asarray(y[rows], dtype=np.float64)
 
 
-def add_parts(a: tuple, b: tuple) -> tuple:
-    return a[0] + b[0], a[1] + b[1]
+def normal_rhs(url: str, name: str, i: int, y: Any, options: dict | None = None) -> Any:
+    """``Z_iᵀ Y_i`` of row tile ``i``."""
+    z, rows = _feature_rows(url, name, i, options)
+    return z.T @ np.asarray(y[rows], dtype=np.float64)
 
 
 def normal_matvec(url: str, name: str, i: int, v: Any, options: dict | None = None) -> Any:
     """``Z_iᵀ (Z_i V)`` of row tile ``i``: one tile's share of ``(ZᵀZ) V``, never forming
     ZᵀZ."""
-    g = open_group(url, mode="r", options=options)
-    z = np.asarray(g[name][_rows(job_meta(g), "x1", i)], dtype=np.float64)
+    z, _ = _feature_rows(url, name, i, options)
     return z.T @ (z @ v)
 
 
-def normal_rhs(url: str, name: str, i: int, y: Any, options: dict | None = None) -> Any:
-    """``Z_iᵀ Y_i`` of row tile ``i``."""
-    g = open_group(url, mode="r", options=options)
-    rows = _rows(job_meta(g), "x1", i)
-    z = np.asarray(g[name][rows], dtype=np.float64)
-    return z.T @ np.asarray(y[rows], dtype=np.float64)
-
-
 def add(a: Any, b: Any) -> Any:
+    """Sum of two partial results: arrays, or tuples of arrays element by element."""
+    if isinstance(a, tuple):
+        return tuple(p + q for p, q in zip(a, b, strict=True))
     return a + b
