@@ -1,17 +1,32 @@
-"""Random features for the NTK and NNGP of fully-connected ReLU nets (Zandieh et al. 2021,
-"Scaling Neural Tangent Kernels via Sketching and Random Features", NTK random features).
+"""Random features for the NTK and NNGP of ReLU nets, fully connected and convolutional
+(Zandieh et al. 2021, "Scaling Neural Tangent Kernels via Sketching and Random Features").
 
 ``Φ(x) ∈ R^D`` with ``E⟨Φ(x), Φ(x')⟩ ≈ Θ(x, x')`` in the conventions of
 :func:`ntkcompute.kernel` (stax NTK parameterization, ``W_std``, ``b_std``), so kernel
-regression costs O(n·D²) and the data never meet pairwise. Layer by layer, with ψ the NNGP
-features (⟨ψ, ψ'⟩ ≈ K) and ξ the NTK features (⟨ξ, ξ'⟩ ≈ Θ):
+regression costs O(n·D²) and the data never meet pairwise. Every spatial position p carries
+its own features, ψ_p for the NNGP (⟨ψ_p, ψ'_q⟩ ≈ K[p, q]) and ξ_p for the NTK
+(⟨ξ_p, ξ'_q⟩ ≈ Θ[p, q]), so the full spatial covariance that pooling needs is there without
+ever pairing positions. One rule per layer, each the kernel rule of :mod:`ntkcompute.kernels`
+read as an identity between inner products:
 
-* inputs: ``ψ = x / sqrt(d)`` (K₀ = ⟨x, x'⟩ / d), no ξ yet (Θ₀ = 0);
-* dense: ``ψ ← [W_std ψ ; b_std]`` (K' = W² K + b²), ``ξ ← [W_std ξ ; ψ]`` (Θ' = W² Θ + K');
-* relu: with one Gaussian matrix G (m × dim ψ), ``ψ ← relu(Gψ)/sqrt(m)`` (arc-cosine features
-  of order 1, ⟨·,·⟩ → Σ = E relu(u) relu(v)) and ``φ̇ = step(Gψ)/sqrt(m)`` (order 0, → Σ̇);
-  ``ξ ← TensorSRHT(ξ, φ̇)``, a sketch of ξ ⊗ φ̇ whose inner products estimate Θ·Σ̇ without
-  forming the tensor product.
+* inputs: ``ψ_p = x_p / sqrt(C)`` (K₀ = ⟨x_p, x'_q⟩ / C), no ξ yet (Θ₀ = 0);
+* dense: ``ψ ← [W_std ψ ; b_std]`` (K' = W² K + b²), ``ξ ← [W_std ξ ; ψ']`` (Θ' = W² Θ + K');
+* conv: the same with ``W_std ψ`` replaced by the window's features side by side,
+  ``(W_std / sqrt|F|) [ψ_{s p + d}]_{d ∈ F}`` (zeros where padded): their inner product is
+  the window average ``(W²/|F|) Σ_d K[s p + d, s q + d]`` of the Conv rule;
+* relu: with one Gaussian matrix G (m × dim ψ), the same at every position (a random conv),
+  ``ψ ← relu(Gψ)/sqrt(m)`` (arc-cosine features of order 1, ⟨·,·⟩ → E relu(u) relu(v)) and
+  ``φ̇ = step(Gψ)/sqrt(m)`` (order 0, → Σ̇); ``ξ ← TensorSRHT(ξ, φ̇)``, a sketch of ξ ⊗ φ̇
+  whose inner products estimate Θ·Σ̇ without forming the tensor product;
+* avg_pool / global_avg_pool: the average of the features over the window / all positions
+  (linear, so exact: ⟨mean ψ, mean ψ'⟩ = mean over (p, q) of K[p, q]);
+* flatten: ``[ψ_p]_p / sqrt(P)`` (⟨·,·⟩ = mean_p K[p, p]), projected to m coordinates by an
+  SRHT when P·dim ψ exceeds m.
+
+For conv nets this is the random-feature form of the paper's CNTK sketch: where the paper
+approximates the arc-cosine kernels by polynomials and sketches them with PolySketch, we use
+the exact arc-cosine random features (a random ReLU conv, one BLAS product per layer) and
+TensorSRHT, the same primitives as the FC map; the error falls like m^-1/2 (tests/, bench/).
 
 TensorSRHT(a, b) = sqrt(D₁D₂/m) · (H S₁ a)[i_k] · (H S₂ b)[j_k], k < m, with S random sign
 diagonals, H the orthonormal Walsh–Hadamard transform of size D (a power of two ≥ the input
@@ -24,7 +39,10 @@ not depend on which other rows share its batch or tile.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,24 +50,83 @@ import numpy as np
 
 from .backend import array_module
 from .errors import InputError
-from .spec import Architecture, Dense, Identity, Relu, parse_arch
+from .kernels.spatial import _pad, shifted_sum
+from .plan import LayerPlan, Window, make_plan
+from .spec import (
+    Architecture,
+    AvgPool,
+    Conv,
+    Dense,
+    Flatten,
+    GlobalAvgPool,
+    Identity,
+    Relu,
+    parse_arch,
+)
 from .validate import as_input, check_get, resolve_dtype
+
+#: Working memory of one FeatureMap call (bytes); rows are processed in chunks that fit it.
+DEFAULT_MEMORY = 512 << 20
 
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def fwht(xp: Any, a: Any) -> Any:
-    """Orthonormal Walsh–Hadamard transform of the rows of ``a`` (n, D), D a power of two:
-    log2(D) butterfly passes, O(n D log D)."""
-    n, d = a.shape
-    h = 1
-    while h < d:
-        v = a.reshape(n, d // (2 * h), 2, h)
-        a = xp.stack((v[:, :, 0] + v[:, :, 1], v[:, :, 0] - v[:, :, 1]), axis=2).reshape(n, d)
-        h *= 2
-    return a / math.sqrt(d)
+@functools.lru_cache(maxsize=32)
+def hadamard(b: int) -> np.ndarray:
+    """The orthonormal Sylvester–Hadamard matrix of size b (a power of two), symmetric."""
+    h = np.ones((1, 1))
+    while h.shape[0] < b:
+        h = np.block([[h, h], [h, -h]])
+    return h / math.sqrt(b)
+
+
+def _block(big: int) -> int:
+    """The block size b = 2^⌈log2(big)/2⌉ that :func:`_srht_rows` splits H_big into."""
+    return 1 << (big.bit_length() // 2)
+
+
+def _srht_rows(xp: Any, x: Any, signs: np.ndarray, rows: np.ndarray) -> Any:
+    """``(H S x)[:, rows]`` for the rows of x (n, d): S = diag(signs) and H the orthonormal
+    Walsh–Hadamard transform of size D = len(signs), x zero-padded to D.
+
+    H_D = H_a ⊗ H_b with b = 2^⌈log2(D)/2⌉, so ``(H x)[i_a b + i_b] = Σ_j H_a[i_a, j]
+    (X H_b)[j, i_b]`` for X = x as (a, b): one BLAS product over the blocks x fills (the
+    zero padding is never touched) and an (a × m) contraction for the m sampled rows; O(d·b)
+    per row instead of the butterflies' O(D log D) passes over memory.
+    """
+    n, d = x.shape
+    big = signs.shape[0]
+    b = _block(big)
+    used = -(-d // b)  # blocks of b coordinates that x reaches
+    hb = xp.asarray(hadamard(b), dtype=x.dtype)
+    ha = xp.asarray(hadamard(big // b)[np.asarray(rows) // b, :used], dtype=x.dtype)  # (m, used)
+    xs = xp.zeros((n, used * b), dtype=x.dtype)
+    xs[:, :d] = x * xp.asarray(signs[:d], dtype=x.dtype)
+    y = (xs.reshape(n * used, b) @ hb).reshape(n, used, b)
+    y = y[:, :, xp.asarray(np.asarray(rows) % b)]  # (n, used, m)
+    return xp.einsum("nam,ma->nm", y, ha)
+
+
+@dataclass(frozen=True)
+class SRHT:
+    """A subsampled randomized Hadamard transform R^d → R^m; E⟨Sa, Sb⟩ = ⟨a, b⟩."""
+
+    d: int
+    m: int
+    signs: np.ndarray  # (D,) ±1
+    rows: np.ndarray  # (m,) in [0, D)
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, d: int, m: int) -> SRHT:
+        p = _pow2(d)
+        return cls(d, m, rng.choice([-1.0, 1.0], p), rng.integers(0, p, m))
+
+    def __call__(self, a: Any) -> Any:
+        """(n, d) -> (n, m)."""
+        xp = array_module(a)
+        return _srht_rows(xp, a, self.signs, self.rows) * math.sqrt(self.signs.shape[0] / self.m)
 
 
 @dataclass(frozen=True)
@@ -74,110 +151,231 @@ class TensorSRHT:
     def __call__(self, a: Any, b: Any) -> Any:
         """(n, d1), (n, d2) -> (n, m)."""
         xp = array_module(a)
-        out = []
-        for x, signs, rows in ((a, self.signs1, self.rows1), (b, self.signs2, self.rows2)):
-            p = signs.shape[0]
-            padded = xp.zeros((x.shape[0], p), dtype=x.dtype)
-            padded[:, :x.shape[1]] = x * xp.asarray(signs[:x.shape[1]], dtype=x.dtype)
-            out.append(fwht(xp, padded)[:, xp.asarray(rows)])
         scale = math.sqrt(self.signs1.shape[0] * self.signs2.shape[0] / self.m)
-        return out[0] * out[1] * scale
+        return (_srht_rows(xp, a, self.signs1, self.rows1)
+                * _srht_rows(xp, b, self.signs2, self.rows2) * scale)
+
+
+# --- one rule per layer: (step, ψ, ξ, xp) -> (ψ', ξ'), arrays (n, *spatial, dim) ----------------
+
+
+def _cat(xp: Any, parts: list[Any]) -> Any:
+    return xp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+
+
+def _with_bias(xp: Any, a: Any, b_std: float | None) -> Any:
+    if not b_std:
+        return a
+    return _cat(xp, [a, xp.full((*a.shape[:-1], 1), b_std, dtype=a.dtype)])
+
+
+def _affine(xp: Any, psi: Any, xi: Any, linear: Callable[[Any], Any], layer: Any
+            ) -> tuple[Any, Any]:
+    psi = _with_bias(xp, linear(psi), layer.b_std)
+    return psi, (psi if xi is None else _cat(xp, [linear(xi), psi]))
+
+
+def _patches(xp: Any, a: Any, win: Window) -> Any:
+    """(n, *S, D) -> (n, *out, |F| D): each output position's window, side by side."""
+    for k, (lo, hi) in enumerate(win.pad):
+        if lo or hi:
+            a = _pad(xp, a, (k + 1,), (lo, hi), win.circular)
+    parts = []
+    for offs in itertools.product(*(range(f) for f in win.size)):
+        idx = [slice(d, d + s * (o - 1) + 1, s)
+               for d, s, o in zip(offs, win.strides, win.out, strict=True)]
+        parts.append(a[(slice(None), *idx)])
+    return _cat(xp, parts)
 
 
 @dataclass(frozen=True)
-class _ReluDraw:
-    gauss: np.ndarray  # (m, dim ψ_in)
-    sketch: TensorSRHT
+class _Step:
+    lp: LayerPlan
+    draws: tuple[Any, ...] = ()
+
+
+def _dense(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
+    w = st.lp.layer.W_std
+    return _affine(xp, psi, xi, lambda a: w * a, st.lp.layer)
+
+
+def _conv(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
+    win = st.lp.window
+    scale = st.lp.layer.W_std / math.sqrt(math.prod(win.size))
+    return _affine(xp, psi, xi, lambda a: scale * _patches(xp, a, win), st.lp.layer)
+
+
+def _relu(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
+    gauss, sketch = st.draws
+    m = gauss.shape[0]
+    z = psi @ xp.asarray(gauss.T, dtype=psi.dtype)
+    scale = 1.0 / math.sqrt(m)
+    dphi = (z > 0).astype(psi.dtype) * scale
+    lead = z.shape[:-1]
+    xi = sketch(xi.reshape(-1, xi.shape[-1]), dphi.reshape(-1, m)).reshape(*lead, m)
+    return xp.maximum(z, 0) * scale, xi
+
+
+def _avg_pool(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
+    win = st.lp.window
+    scale = 1.0 / math.prod(win.size)
+
+    def pool(a: Any) -> Any:
+        for k in range(len(win.size)):
+            a = shifted_sum(xp, a, (k + 1,), win.size[k], win.strides[k], win.pad[k],
+                            win.out[k], win.circular)
+        return a * scale
+
+    return pool(psi), None if xi is None else pool(xi)
+
+
+def _global_avg_pool(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
+    axes = tuple(range(1, psi.ndim - 1))
+    return psi.mean(axis=axes), None if xi is None else xi.mean(axis=axes)
+
+
+def _flatten(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
+    if psi.ndim == 2:
+        return psi, xi
+    out = []
+    for a, proj in zip((psi, xi), st.draws, strict=True):
+        if a is None:
+            out.append(a)
+            continue
+        a = a.reshape(a.shape[0], -1) / math.sqrt(math.prod(a.shape[1:-1]))
+        out.append(a if proj is None else proj(a))
+    return out[0], out[1]
+
+
+def _identity(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
+    return psi, xi
+
+
+_RULES: dict[type, Callable[[_Step, Any, Any, Any], tuple[Any, Any]]] = {
+    Dense: _dense, Conv: _conv, Relu: _relu, AvgPool: _avg_pool,
+    GlobalAvgPool: _global_avg_pool, Flatten: _flatten, Identity: _identity,
+}
 
 
 @dataclass(frozen=True)
 class FeatureMap:
-    """Seeded random features of an FC ReLU architecture for inputs of dimension ``d``.
+    """Seeded random features of a ReLU architecture for inputs of shape ``shape`` (one row:
+    ``(d,)`` or ``(*spatial, C)``).
 
     ``dims`` gives the feature dimension of each kernel: ``{"ntk": D, "nngp": D'}``.
+    ``row_bytes`` is the peak working memory per row and byte of dtype, ``row_flops`` the
+    floating-point operations per row (for sizing tiles).
     """
 
     arch: Architecture
-    d: int
+    shape: tuple[int, ...]
     m: int
     seed: int
-    draws: tuple[_ReluDraw, ...] = field(repr=False)
+    steps: tuple[_Step, ...] = field(repr=False)
     dims: dict[str, int] = field(default_factory=dict)
+    row_bytes: int = 0
+    row_flops: int = 0
+
+    @property
+    def d(self) -> int:
+        """Input size of one row (product of ``shape``)."""
+        return math.prod(self.shape)
 
     def __call__(self, x: Any, get: tuple[str, ...] | str = ("ntk", "nngp"),
-                 dtype: Any = None) -> dict[str, Any]:
-        """Features of the rows of ``x`` (n, d): ``{"ntk": (n, D), "nngp": (n, D')}``."""
+                 dtype: Any = None, memory: int = DEFAULT_MEMORY) -> dict[str, Any]:
+        """Features of the rows of ``x`` (n, *shape): ``{"ntk": (n, D), "nngp": (n, D')}``.
+
+        Rows are processed in chunks whose working set fits ``memory`` bytes.
+        """
         get = check_get(get)
         dt = resolve_dtype(dtype, x)
         x = as_input(x, "x", dt)
-        if x.ndim != 2 or x.shape[1] != self.d:
-            raise InputError(f"must be (n, {self.d}), got shape {tuple(x.shape)}", field="x")
+        if tuple(x.shape[1:]) != self.shape:
+            raise InputError(f"must be (n, {', '.join(map(str, self.shape))}), got shape "
+                             f"{tuple(x.shape)}", field="x")
         xp = array_module(x)
-        psi, xi = x / math.sqrt(self.d), None
-        draws = iter(self.draws)
-        for layer in self.arch.layers:
-            if isinstance(layer, Dense):
-                parts = [layer.W_std * psi]
-                if layer.b_std:
-                    parts.append(xp.full((x.shape[0], 1), layer.b_std, dtype=dt))
-                psi = xp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-                xi = psi if xi is None else xp.concatenate([layer.W_std * xi, psi], axis=1)
-            elif isinstance(layer, Relu):
-                draw = next(draws)
-                z = psi @ xp.asarray(draw.gauss.T, dtype=dt)
-                scale = 1.0 / math.sqrt(self.m)
-                dphi = (z > 0).astype(dt) * scale
-                psi = xp.maximum(z, 0) * scale
-                xi = draw.sketch(xi, dphi)
-        out = {"ntk": xi, "nngp": psi}
-        return {k: out[k] for k in get}
+        per = max(1, memory // (self.row_bytes * dt.itemsize))
+        parts = [self._rows(xp, x[i:i + per]) for i in range(0, x.shape[0], per)]
+        out = {"ntk": 1, "nngp": 0}
+        return {k: _cat_rows(xp, [p[out[k]] for p in parts]) for k in get}
+
+    def _rows(self, xp: Any, x: Any) -> tuple[Any, Any]:
+        psi, xi = x / math.sqrt(self.shape[-1]), None
+        for st in self.steps:
+            psi, xi = _RULES[type(st.lp.layer)](st, psi, xi, xp)
+        return psi, xi
 
 
-def feature_map(arch: Architecture | dict | str, d: int, m: int, seed: int = 0
-                ) -> FeatureMap:
-    """Draw the random features of ``arch`` (Dense / ReLU / Identity layers, NTK
-    parameterization, starting with Dense) for inputs of dimension ``d``.
+def _cat_rows(xp: Any, parts: list[Any]) -> Any:
+    return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
 
-    ``m`` is the number of arc-cosine features per ReLU layer and the sketch dimension; the
-    NTK features have dimension ``2m + 1`` (``m + 1`` without biases in the last layer).
+
+def feature_map(arch: Architecture | dict | str, d: int | tuple[int, ...], m: int,
+                seed: int = 0) -> FeatureMap:
+    """Draw the random features of ``arch`` for inputs of one row's shape ``d``: an int
+    (vectors) or ``(*spatial, C)`` (images, NHWC without the batch axis).
+
+    Layers: dense, conv, relu, avg_pool, global_avg_pool, flatten, identity, in the NTK
+    parameterization (FC ReLU nets, CNTK-GAP, CNTK-V, Myrtle). ``m`` is the number of
+    arc-cosine features per ReLU layer and the sketch dimension: an FC net's NTK features
+    have dimension ``2m + 1`` (``m + 1`` without a bias in the last layer).
 
     Raises:
-        InputError: an unsupported layer or parameterization, or m, d < 1.
+        InputError: an unsupported layer or parameterization, a layer that does not fit the
+            input shape, or m, d < 1.
     """
     spec = parse_arch(arch)
     if spec.parameterization != "ntk":
         raise InputError("random features follow the NTK parameterization",
                          field="parameterization")
-    for field_name, v in (("m", m), ("d", d)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+    shape = (d,) if isinstance(d, (int, np.integer)) and not isinstance(d, bool) else d
+    for field_name, v in (("m", m), *(("d", s) for s in shape)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise InputError(f"must be a positive integer, got {v!r}", field=field_name)
-    rng = np.random.default_rng(seed)
-    draws = []
-    dim_psi, dim_xi = d, 0
+    shape = tuple(int(s) for s in shape)
     for i, layer in enumerate(spec.layers):
-        if isinstance(layer, Dense):
-            dim_psi += 1 if layer.b_std else 0
-            dim_xi = dim_psi + dim_xi
+        if type(layer) not in _RULES:
+            raise InputError(f"random features cover dense, conv, relu, avg_pool, "
+                             f"global_avg_pool, flatten and identity layers; use the exact "
+                             f"kernel for {layer.type!r}", field="type", layer=i)
+    plan = make_plan(spec, (1, *shape))
+    rng = np.random.default_rng(seed)
+    steps = []
+    dim_psi, dim_xi = shape[-1], 0
+    p_in = math.prod(shape[:-1])
+    row, flops = p_in * dim_psi, 0
+    for lp in plan.layers:
+        layer, draws = lp.layer, ()
+        p_out = math.prod(lp.out_spatial)
+        if isinstance(layer, (Dense, Conv)):
+            fan = math.prod(lp.window.size) if isinstance(layer, Conv) else 1
+            dim_psi = fan * dim_psi + (1 if layer.b_std else 0)
+            dim_xi = dim_psi + fan * dim_xi
         elif isinstance(layer, Relu):
-            if dim_xi == 0:
-                raise InputError("a relu must follow a dense layer", field="type", layer=i)
-            draws.append(_ReluDraw(rng.standard_normal((m, dim_psi)),
-                                   TensorSRHT.draw(rng, dim_xi, m, m)))
+            draws = (rng.standard_normal((m, dim_psi)), TensorSRHT.draw(rng, dim_xi, m, m))
+            # the sketch's blocks and its gathered rows (m per block)
+            b = _block(_pow2(dim_xi))
+            row = max(row, p_in * 3 * (dim_xi + m + (dim_xi // b + 1) * m))
+            flops += 2 * p_in * (m * dim_psi + (dim_xi + m) * b + (dim_xi // b + 1) * m)
             dim_psi, dim_xi = m, m
-        elif not isinstance(layer, Identity):
-            raise InputError(f"random features cover dense, relu and identity layers (FC ReLU "
-                             f"nets); use the exact kernel for {layer.type!r}", field="type",
-                             layer=i)
-    if not isinstance(spec.layers[0], Dense):
-        raise InputError("the first layer must be dense", field="type", layer=0)
-    return FeatureMap(spec, d, m, seed, tuple(draws), {"ntk": dim_xi, "nngp": dim_psi})
+        elif isinstance(layer, Flatten) and lp.in_spatial:
+            draws = tuple(SRHT.draw(rng, p_in * dd, m) if p_in * dd > m else None
+                          for dd in (dim_psi, dim_xi))
+            row = max(row, p_in * 3 * (dim_psi + dim_xi))
+            dim_psi, dim_xi = (min(m, p_in * dd) for dd in (dim_psi, dim_xi))
+        steps.append(_Step(lp, draws))
+        row = max(row, 2 * (p_in + p_out) * (dim_psi + dim_xi))
+        p_in = p_out
+    return FeatureMap(spec, shape, m, seed, tuple(steps), {"ntk": dim_xi, "nngp": dim_psi},
+                      row, flops)
 
 
 def features(arch: Architecture | dict | str, x: Any, m: int, seed: int = 0,
              get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None
              ) -> dict[str, Any]:
-    """``feature_map(arch, x.shape[1], m, seed)(x)``: NTK/NNGP random features of x (n, d)."""
+    """``feature_map(arch, x.shape[1:], m, seed)(x)``: NTK/NNGP random features of x
+    (n, d) or (n, *spatial, C)."""
     shape = getattr(x, "shape", None)
-    if shape is None or len(shape) != 2:
-        raise InputError(f"must be (n, d), got shape {shape}", field="x")
-    return feature_map(arch, int(shape[1]), m, seed)(x, get, dtype)
+    if shape is None or len(shape) < 2:
+        raise InputError(f"must be (n, d) or (n, *spatial, C), got shape {shape}", field="x")
+    return feature_map(arch, tuple(int(s) for s in shape[1:]), m, seed)(x, get, dtype)

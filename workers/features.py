@@ -24,8 +24,10 @@ from .gram import GramJob, _as_array, _marker, _store_input, changed_chunks, sam
 from .store import job_meta, open_group, set_meta
 from .store import storage_options as resolve_options
 
-#: Rows per task by default: ~64 MiB of features per tile.
+#: Rows per task by default: ~64 MiB of features per tile, and no more than ~2·10¹¹
+#: floating-point operations (seconds of one core; conv nets cost far more per row).
 TILE_BYTES = 64 << 20
+TILE_FLOPS = 2 * 10**11
 
 
 def plan_features(arch: Any, x: Any, *, m: int, seed: int = 0,
@@ -36,16 +38,14 @@ def plan_features(arch: Any, x: Any, *, m: int, seed: int = 0,
     ``x`` needs only ``shape`` and ``dtype``. Raises :class:`InputError` naming the field.
     """
     check_shape(x.shape, "x")
-    if len(x.shape) != 2:
-        raise InputError(f"random features take (n, d) inputs, got shape {tuple(x.shape)}",
-                         field="x")
     get = check_get(get)
     dt = resolve_dtype(dtype, x)
-    fm = feature_map(arch, int(x.shape[1]), m, seed)
+    fm = feature_map(arch, tuple(int(s) for s in x.shape[1:]), m, seed)
     n = int(x.shape[0])
     width = sum(fm.dims[k] for k in get)
     if tile is None:
-        tile = max(1, min(n, TILE_BYTES // (width * dt.itemsize)))
+        tile = max(1, min(n, TILE_BYTES // (width * dt.itemsize),
+                          TILE_FLOPS // max(1, fm.row_flops)))
     elif isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
         raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
     return fm, dt, min(tile, n)
@@ -56,9 +56,11 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
                      tile: int | None = None, client: Client | None = None,
                      scheduler: str | None = None, storage_options: dict | None = None
                      ) -> GramJob:
-    """Start (or resume) the random-feature job of ``arch`` on x (n, d) into ``store``.
+    """Start (or resume) the random-feature job of ``arch`` on x (n, d) or (n, *spatial, C)
+    into ``store``.
 
-    Writes ``ntk`` (n, 2m+1) and/or ``nngp`` (n, m+1) feature arrays chunked by ``tile``
+    Writes ``ntk`` (n, D) and/or ``nngp`` (n, D') feature arrays (``FeatureMap.dims``; an
+    FC net's are 2m+1 and m+1) chunked by ``tile``
     rows, with a ``done`` marker per row tile. Returns a :class:`workers.GramJob` (progress,
     wait, arrays, to_numpy).
 

@@ -120,10 +120,10 @@ def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None)
 
 
 @functools.lru_cache(maxsize=8)
-def _feature_map(spec_json: str, d: int, m: int, seed: int) -> Any:
+def _feature_map(spec_json: str, shape: tuple[int, ...], m: int, seed: int) -> Any:
     from ntkcompute.features import feature_map
 
-    return feature_map(spec_json, d, m, seed)
+    return feature_map(spec_json, shape, m, seed)
 
 
 def feature_task(url: str, i: int, options: dict | None = None) -> dict:
@@ -132,7 +132,8 @@ def feature_task(url: str, i: int, options: dict | None = None) -> dict:
     g = open_group(url, mode="r+", options=options)
     meta = job_meta(g)
     xp = _device()
-    fm = _feature_map(json.dumps(meta["spec"]), meta["x_shape"][1], meta["m"], meta["seed"])
+    fm = _feature_map(json.dumps(meta["spec"]), tuple(meta["x_shape"][1:]), meta["m"],
+                      meta["seed"])
     x = _load_rows(g, meta, "x1", i, xp)
     out = fm(x, tuple(meta["get"]), meta["dtype"])
     rows = _rows(meta, "x1", i)
