@@ -251,8 +251,8 @@ class Client:
                seed: int = 0) -> KernelJob:
         """Start the kernel job of ``arch`` (spec object, dict or JSON) on ``train`` (and
         test x train); returns at once: call ``wait()``. ``method="features"`` stores NTK
-        random features of dimension ~2m instead (FC ReLU nets); blocks and solves work the
-        same way."""
+        random features of dimension ~2m instead (ReLU nets, FC or conv); blocks and solves
+        work the same way."""
         if hasattr(arch, "model_dump"):
             arch = arch.model_dump(mode="json")
         elif isinstance(arch, str):

@@ -46,8 +46,9 @@ class KernelRequest(_Body):
         None, description="default: the dataset's float dtype, else float64")
     tile: int | None = Field(None, ge=1, le=1 << 20, description="tile side (default auto)")
     method: Literal["exact", "features"] = Field(
-        "exact", description="exact Gram matrices, or NTK random features (FC ReLU nets, "
-        "Zandieh et al. 2021): (n, D) feature arrays, D = 2m+1, instead of n x n kernels")
+        "exact", description="exact Gram matrices, or NTK random features (ReLU nets with "
+        "dense, conv, pooling and flatten layers; Zandieh et al. 2021): (n, D) feature "
+        "arrays, D ~ 2m, instead of n x n kernels")
     m: int | None = Field(None, ge=1, le=1 << 16, description="features per layer "
                           "(method 'features')")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="random-feature seed")

@@ -1,11 +1,11 @@
 """Dask side of ntkcompute: tiled Gram matrices into Zarr, resumable tile by tile."""
 
-from .features import compute_features, solve_features
+from .features import compute_features, plan_features, solve_features
 from .gram import GramJob, GramJobError, JobPlan, compute_gram, plan_job
 from .operator import DistributedKernel
 from .solve import SolveResult, solve
 from .store import read_dataset, write_dataset
 
 __all__ = ["DistributedKernel", "GramJob", "GramJobError", "JobPlan", "SolveResult",
-           "compute_features", "compute_gram", "plan_job", "read_dataset", "solve",
+           "compute_features", "compute_gram", "plan_features", "plan_job", "read_dataset", "solve",
            "solve_features", "write_dataset"]

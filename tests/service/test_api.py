@@ -283,6 +283,25 @@ def test_concurrency_limit_cancel_and_resume(service, client_a):
     assert e.value.status == 404
 
 
+def test_cntk_features_job_on_images(service, client_a, data):
+    """A CNTK-GAP random-feature job on 8x8 digit images: blocks are the in-process features'
+    products; a ridge solve on them classifies the digits."""
+    xtr, ytr, xte, yte = data
+    train, test = client_a.upload(xtr, ytr), client_a.upload(xte, yte)
+    arch = A.cntk(2, b_std=0.1)
+    job = client_a.kernel(train, arch, test=test, method="features", m=128, seed=5,
+                          kernels=["ntk"])
+    job.wait(timeout=180, progress=False)
+    fm = nc.feature_map(arch, xtr.shape[1:], 128, seed=5)
+    ztr, zte = fm(xtr, "ntk")["ntk"], fm(xte, "ntk")["ntk"]
+    np.testing.assert_allclose(job.block("ntk", (0, 40), (100, 160)), ztr[:40] @ ztr[100:160].T,
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(job.block("ntk", (0, 30), None, "test"), zte[:30] @ ztr.T,
+                               rtol=1e-10, atol=1e-12)
+    sol = client_a.solve(job, 1e-2, relative=True).wait(timeout=120)
+    assert sol.metrics["best"]["accuracy"] > 0.85, sol.metrics
+
+
 def test_stale_staging_dirs_are_cleaned(tmp_path):
     from service.uploads import clean_stale
 
@@ -314,11 +333,14 @@ def test_features_job_blocks_and_solve(service, client_a, data):
     assert sol.metrics["best"]["accuracy"] == float(np.mean((zte @ w).argmax(1) == yte))
     h, u = headers(service.key_a), f"{service.url}/v1/kernels"
     img = client_a.upload(data[0][:30])
+    erf = {"layers": [{"type": "dense"}, {"type": "erf"}, {"type": "dense"}]}
     for body, field in [({"train": train.id, "arch": arch, "method": "features"}, "m"),
                         ({"train": train.id, "arch": A.cntk(1), "method": "features",
-                          "m": 8}, "arch.layers[0].type"),
+                          "m": 8}, "arch.layers[0].filter_shape"),
+                        ({"train": train.id, "arch": erf, "method": "features", "m": 8},
+                         "arch.layers[1].type"),
                         ({"train": img.id, "arch": arch, "method": "features", "m": 8},
-                         "train")]:
+                         "arch.layers[4].type")]:  # an FC net on images: no readout
         r = httpx.post(u, json=body, headers=h)
         assert r.status_code == 422 and r.json()["field"] == field, r.text
     r = httpx.post(f"{service.url}/v1/solves", json={"kernel": job.id,

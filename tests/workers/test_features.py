@@ -42,7 +42,24 @@ def test_feature_job_resumes_and_refuses_a_different_job(client, tmp_path):
     assert e.value.field == "store" and "'m'" in e.value.reason
     with pytest.raises(nc.InputError) as e:
         workers.compute_features(A.cntk(1), x, store=str(tmp_path / "c"), m=8, client=client)
-    assert e.value.field == "type"
+    assert e.value.field == "filter_shape"  # a conv on vectors
+
+
+def test_cntk_feature_job_on_images_equals_in_process(client, tmp_path):
+    from ntkcompute.datasets import digits
+
+    x = digits()[0][:110]  # (110, 8, 8, 1)
+    arch = A.cntk(2, b_std=0.1)
+    ref = nc.features(arch, x, 48, seed=2)
+    job = workers.compute_features(arch, x, store=str(tmp_path / "img"), m=48, seed=2,
+                                   tile=25, client=client).wait()
+    out = job.to_numpy()
+    for k in ("ntk", "nngp"):
+        np.testing.assert_allclose(out[k], ref[k], rtol=1e-12, atol=1e-14)
+    assert job.tiles_total == 5 and out["ntk"].shape == (110, 2 * 48 + 1)
+    fm, _, tile = workers.plan_features(A.cntk(4), np.empty((10**5, 32, 32, 3), np.float32),
+                                        m=256)
+    assert tile * fm.row_flops <= workers.features.TILE_FLOPS < 2 * tile * fm.row_flops
 
 
 def test_solve_features_equals_in_process_ridge(client, tmp_path):
