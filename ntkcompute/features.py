@@ -92,21 +92,23 @@ def _srht_rows(xp: Any, x: Any, signs: np.ndarray, rows: np.ndarray) -> Any:
     Walsh–Hadamard transform of size D = len(signs), x zero-padded to D.
 
     H_D = H_a ⊗ H_b with b = 2^⌈log2(D)/2⌉, so ``(H x)[i_a b + i_b] = Σ_j H_a[i_a, j]
-    (X H_b)[j, i_b]`` for X = x as (a, b): one BLAS product over the blocks x fills (the
-    zero padding is never touched) and an (a × m) contraction for the m sampled rows; O(d·b)
-    per row instead of the butterflies' O(D log D) passes over memory.
+    (X H_b)[j, i_b]`` for X = x as (a, b): two BLAS products, the first over only the blocks
+    x fills (the zero padding is never touched), O(d·b + D·d/b) per row instead of the
+    butterflies' log2(D) passes over memory.
     """
     n, d = x.shape
     big = signs.shape[0]
     b = _block(big)
+    a = big // b
     used = -(-d // b)  # blocks of b coordinates that x reaches
     hb = xp.asarray(hadamard(b), dtype=x.dtype)
-    ha = xp.asarray(hadamard(big // b)[np.asarray(rows) // b, :used], dtype=x.dtype)  # (m, used)
+    ha = xp.asarray(hadamard(a)[:, :used].T, dtype=x.dtype)  # (used, a)
     xs = xp.zeros((n, used * b), dtype=x.dtype)
     xs[:, :d] = x * xp.asarray(signs[:d], dtype=x.dtype)
-    y = (xs.reshape(n * used, b) @ hb).reshape(n, used, b)
-    y = y[:, :, xp.asarray(np.asarray(rows) % b)]  # (n, used, m)
-    return xp.einsum("nam,ma->nm", y, ha)
+    y = (xs.reshape(n * used, b) @ hb).reshape(n, used, b).transpose(0, 2, 1)  # (n, b, used)
+    y = (y.reshape(n * b, used) @ ha).reshape(n, b * a)  # (H x)[i_a b + i_b] at i_b a + i_a
+    rows = np.asarray(rows)
+    return y[:, xp.asarray((rows % b) * a + rows // b)]
 
 
 @dataclass(frozen=True)
@@ -208,12 +210,12 @@ def _conv(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
 def _relu(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
     gauss, sketch = st.draws
     m = gauss.shape[0]
-    z = psi @ xp.asarray(gauss.T, dtype=psi.dtype)
+    lead = psi.shape[:-1]
+    # one (n·P, d) x (d, m) product: an N-d @ runs as n·P/rows small ones
+    z = psi.reshape(-1, psi.shape[-1]) @ xp.asarray(gauss.T, dtype=psi.dtype)
     scale = 1.0 / math.sqrt(m)
-    dphi = (z > 0).astype(psi.dtype) * scale
-    lead = z.shape[:-1]
-    xi = sketch(xi.reshape(-1, xi.shape[-1]), dphi.reshape(-1, m)).reshape(*lead, m)
-    return xp.maximum(z, 0) * scale, xi
+    xi = sketch(xi.reshape(-1, xi.shape[-1]), (z > 0).astype(psi.dtype) * scale)
+    return (xp.maximum(z, 0) * scale).reshape(*lead, m), xi.reshape(*lead, m)
 
 
 def _avg_pool(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
