@@ -87,6 +87,13 @@ def _block(big: int) -> int:
     return 1 << (big.bit_length() // 2)
 
 
+def _srht_macs(d: int) -> int:
+    """Multiply-adds of :func:`_srht_rows` per row of dimension d."""
+    big = _pow2(d)
+    b = _block(big)
+    return d * b + big * -(-d // b)
+
+
 def _srht_rows(xp: Any, x: Any, signs: np.ndarray, rows: np.ndarray) -> Any:
     """``(H S x)[:, rows]`` for the rows of x (n, d): S = diag(signs) and H the orthonormal
     Walsh–Hadamard transform of size D = len(signs), x zero-padded to D.
@@ -356,9 +363,9 @@ def feature_map(arch: Architecture | dict | str, d: int | tuple[int, ...], m: in
         elif isinstance(layer, Relu):
             draws = (rng.standard_normal((m, dim_psi)), TensorSRHT.draw(rng, dim_xi, m, m))
             # the sketch's blocks and its gathered rows (m per block)
-            b = _block(_pow2(dim_xi))
-            row = max(row, p_in * 3 * (dim_xi + m + (dim_xi // b + 1) * m))
-            flops += 2 * p_in * (m * dim_psi + (dim_xi + m) * b + (dim_xi // b + 1) * m)
+            # the sketch of ξ (the larger input): its blocks, both products, the sampled rows
+            row = max(row, p_in * (3 * dim_xi + 2 * _pow2(dim_xi) + 3 * m))
+            flops += 2 * p_in * (m * dim_psi + _srht_macs(dim_xi) + _srht_macs(m))
             dim_psi, dim_xi = m, m
         elif isinstance(layer, Flatten) and lp.in_spatial:
             draws = tuple(SRHT.draw(rng, p_in * dd, m) if p_in * dd > m else None
