@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,16 +57,27 @@ def _gram(args: argparse.Namespace) -> int:
     job = compute_gram(arch, _load(args.x1, "x1"), _load(args.x2, "x2") if args.x2 else None,
                        store=args.out, tile=args.tile, scheduler=args.scheduler,
                        get=tuple(args.get.split(",")), dtype=args.dtype, memory=args.memory)
+    # Ctrl-C / SIGTERM only set a flag: a KeyboardInterrupt raised inside a Dask call can be
+    # swallowed there, and the job would then run on to the end.
+    interrupted = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: interrupted.set())
     with tqdm(total=job.tiles_total, unit="tile", disable=args.quiet) as bar:
         bar.update(job.tiles_reused)
         shown = job.tiles_reused
-        while True:
+        while not interrupted.is_set():
             p = job.progress()
             bar.update(p["done"] - shown)
             shown = p["done"]
             if p["status"] != "running":
                 break
             time.sleep(0.2)
+    if interrupted.is_set():
+        job.cancel()
+        job.close()
+        print(f"ntk gram: interrupted; finished tiles are kept in {args.out}: rerun the same "
+              "command to resume", file=sys.stderr)
+        return 130
     try:
         job.wait()
     except GramJobError as e:
@@ -125,7 +138,6 @@ def _worker(args: argparse.Namespace) -> int:
     if gpus <= 1:
         procs = args.nprocs or (1 if gpus else (os.cpu_count() or 1))
         os.execv(sys.executable, [*base, "--nworkers", str(procs)])
-    import signal
     import subprocess
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus))))

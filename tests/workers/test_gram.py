@@ -152,7 +152,8 @@ def test_interrupted_driver_resumes(tmp_path):
         if done_before >= 8:
             break
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and b"rerun the same command to resume" in err, err[-2000:]
     marks = zarr.open_group(url, mode="r")["done"][...]
     t = marks.shape[0]
     total = t * (t + 1) // 2
