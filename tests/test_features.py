@@ -12,19 +12,24 @@ def rel_err(f: np.ndarray, k: np.ndarray) -> float:
     return float(np.linalg.norm(f @ f.T - k) / np.linalg.norm(k))
 
 
+def assert_error_falls(arch: dict, x: np.ndarray, ms: list[int], seeds: int,
+                       min_slope: float, max_last: float) -> None:
+    """The seed-mean Gram error of NTK and NNGP features falls in m like m^-1/2: strictly
+    down, log-log slope in (min_slope, -0.3), below ``max_last`` at the largest m."""
+    ref = nc.kernel(arch, x)
+    for kind in ("ntk", "nngp"):
+        errs = [np.mean([rel_err(features(arch, x, m, seed=s)[kind], ref[kind])
+                         for s in range(seeds)]) for m in ms]
+        slope = np.polyfit(np.log(ms), np.log(errs), 1)[0]
+        assert errs[0] > errs[1] > errs[2], (kind, errs)
+        assert min_slope < slope < -0.3, (kind, slope, errs)
+        assert errs[-1] < max_last, (kind, errs)
+
+
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_gram_error_falls_like_inverse_sqrt_m(depth):
     x = np.random.default_rng(depth).standard_normal((120, 20))
-    arch = A.fc(depth, b_std=0.2)
-    ref = nc.kernel(arch, x)
-    ms = [256, 1024, 4096]
-    for kind in ("ntk", "nngp"):
-        errs = [np.mean([rel_err(features(arch, x, m, seed=s)[kind], ref[kind])
-                         for s in range(2)]) for m in ms]
-        slope = np.polyfit(np.log(ms), np.log(errs), 1)[0]
-        assert errs[0] > errs[1] > errs[2], (kind, errs)
-        assert -0.8 < slope < -0.3, (kind, slope, errs)  # m^-1/2
-        assert errs[-1] < 0.15, (kind, errs)
+    assert_error_falls(A.fc(depth, b_std=0.2), x, [256, 1024, 4096], 2, -0.8, 0.15)
 
 
 def test_tensor_srht_preserves_products_in_expectation():
@@ -58,16 +63,7 @@ def test_cntk_gap_gram_error_falls_like_inverse_sqrt_m(depth):
     """The convolutional map (per-position features, random ReLU convs, TensorSRHT) against
     the exact CNTK-GAP, which pairs every position of one image with every one of the other."""
     x = np.random.default_rng(depth).standard_normal((24, 4, 4, 2))
-    arch = A.cntk(depth, b_std=0.1)
-    ref = nc.kernel(arch, x)
-    ms = [64, 256, 1024]
-    for kind in ("ntk", "nngp"):
-        errs = [np.mean([rel_err(features(arch, x, m, seed=s)[kind], ref[kind])
-                         for s in range(3)]) for m in ms]
-        slope = np.polyfit(np.log(ms), np.log(errs), 1)[0]
-        assert errs[0] > errs[1] > errs[2], (kind, errs)
-        assert -0.85 < slope < -0.3, (kind, slope, errs)
-        assert errs[-1] < 0.12, (kind, errs)
+    assert_error_falls(A.cntk(depth, b_std=0.1), x, [64, 256, 1024], 3, -0.85, 0.12)
 
 
 def test_cntk_flatten_error_falls():
