@@ -106,6 +106,19 @@ def _act(layer: Any) -> tuple[Any, Any]:
     if isinstance(layer, spec.Sin):
         return (lambda z: layer.a * np.sin(layer.b * z + layer.c),
                 lambda z: layer.a * layer.b * np.cos(layer.b * z + layer.c))
+    if isinstance(layer, spec.Cos):
+        return (lambda z: layer.a * np.cos(layer.b * z + layer.c),
+                lambda z: -layer.a * layer.b * np.sin(layer.b * z + layer.c))
+    if isinstance(layer, spec.Rbf):
+        w = np.sqrt(2 * layer.gamma)
+        return (lambda z: np.sqrt(2) * np.sin(w * z + np.pi / 4),
+                lambda z: np.sqrt(2) * w * np.cos(w * z + np.pi / 4))
+    if isinstance(layer, spec.Exp):
+        return (lambda z: layer.a * np.exp(layer.b * z),
+                lambda z: layer.a * layer.b * np.exp(layer.b * z))
+    if isinstance(layer, spec.Gaussian):
+        return (lambda z: layer.a * np.exp(layer.b * z * z),
+                lambda z: 2 * layer.a * layer.b * z * np.exp(layer.b * z * z))
     if isinstance(layer, spec.Sign):
         return np.sign, np.zeros_like
     f, df = FUNCTIONS["gelu" if isinstance(layer, spec.Gelu) else layer.fn]

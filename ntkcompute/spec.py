@@ -151,6 +151,12 @@ class ABRelu(_Layer):
     b: float
 
 
+class ABReluStax(ABRelu):
+    """``abrelu``: the same layer under stax's spelling of the name."""
+
+    type: Literal["abrelu"] = "abrelu"  # type: ignore[assignment]
+
+
 class Abs(_Layer):
     type: Literal["abs"] = "abs"
 
@@ -179,6 +185,36 @@ class Sin(_Scaled):
     type: Literal["sin"] = "sin"
 
 
+class Cos(_Scaled):
+    """``a * cos(b * x + c)`` (stax.Cos)."""
+
+    type: Literal["cos"] = "cos"
+
+
+class Rbf(_Layer):
+    """``sqrt(2) * sin(sqrt(2 gamma) * x + pi/4)`` (stax.Rbf): on unit-variance inputs its
+    NNGP is the RBF kernel ``exp(-gamma |x - x'|^2)``."""
+
+    type: Literal["rbf"] = "rbf"
+    gamma: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+
+
+class Exp(_Layer):
+    """``a * exp(b * x)`` (stax.Exp)."""
+
+    type: Literal["exp"] = "exp"
+    a: float = Field(default=1.0, allow_inf_nan=False)
+    b: float = Field(default=1.0, allow_inf_nan=False)
+
+
+class Gaussian(_Layer):
+    """``a * exp(b * x^2)`` (stax.Gaussian); ``b <= 0``, else its moments are infinite."""
+
+    type: Literal["gaussian"] = "gaussian"
+    a: float = Field(default=1.0, allow_inf_nan=False)
+    b: float = Field(default=-1.0, le=0, allow_inf_nan=False)
+
+
 class Sign(_Layer):
     type: Literal["sign"] = "sign"
 
@@ -192,10 +228,12 @@ class Elementwise(_Layer):
 
 
 LAYER_CLASSES = (Dense, Conv, AvgPool, GlobalAvgPool, Flatten, Identity, Relu, LeakyRelu,
-                 ABRelu, Abs, Erf, Gelu, Sin, Sign, Elementwise)
+                 ABRelu, ABReluStax, Abs, Erf, Gelu, Sin, Cos, Rbf, Exp, Gaussian, Sign,
+                 Elementwise)
 Layer = Annotated[Union[LAYER_CLASSES], Field(discriminator="type")]  # noqa: UP007
 
-NONLINEAR = (Relu, LeakyRelu, ABRelu, Abs, Erf, Gelu, Sin, Sign, Elementwise)
+NONLINEAR = (Relu, LeakyRelu, ABRelu, Abs, Erf, Gelu, Sin, Cos, Rbf, Exp, Gaussian, Sign,
+             Elementwise)
 
 
 class Architecture(BaseModel):

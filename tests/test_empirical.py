@@ -60,6 +60,9 @@ def test_standard_parameterization_converges(rng):
     {"type": "erf", "a": 1.2, "b": 0.8, "c": 0.1}, {"type": "gelu"}, {"type": "abs"},
     {"type": "leaky_relu", "alpha": 0.2}, {"type": "sin", "a": 1.0, "b": 1.3, "c": 0.2},
     {"type": "elementwise", "fn": "tanh"}, {"type": "elementwise", "fn": "softplus"},
+    {"type": "exp", "a": 0.8, "b": 0.3}, {"type": "gaussian", "a": 1.5, "b": -0.5},
+    {"type": "cos", "a": 1.2, "b": 0.9, "c": 0.4}, {"type": "rbf", "gamma": 0.6},
+    {"type": "abrelu", "a": -0.4, "b": 1.2},
 ])
 def test_each_activation_at_large_width(rng, act):
     x = rng.standard_normal((4, 6))

@@ -17,6 +17,8 @@ def test_json_round_trip_every_layer_type():
                                                                  "b": 2},
         {"type": "abs"}, {"type": "erf", "a": 2.0}, {"type": "gelu"}, {"type": "sin", "c": 1},
         {"type": "sign"}, {"type": "elementwise", "fn": "tanh", "deg": 30},
+        {"type": "abrelu", "a": -0.5, "b": 1.5}, {"type": "exp", "b": 0.5},
+        {"type": "gaussian", "a": 2.0}, {"type": "cos", "c": 0.5}, {"type": "rbf", "gamma": 2},
         {"type": "avg_pool", "window_shape": [2, 2], "strides": [2, 2], "padding": "SAME"},
         {"type": "identity"}, {"type": "global_avg_pool"}, {"type": "flatten"},
         {"type": "dense", "W_std": 2.0, "b_std": None, "out_dim": 10}]}
@@ -27,6 +29,19 @@ def test_json_round_trip_every_layer_type():
     assert parse_arch(json.loads(text)) == a
     assert [layer.type for layer in b.layers] == [layer["type"] for layer in arch["layers"]]
     assert b.layers[0].b_std == 0.1 and b.layers[-1].b_std is None
+
+
+def test_new_activation_defaults_and_errors():
+    layers = parse_arch({"layers": [{"type": "dense"}, {"type": "gaussian"}, {"type": "dense"},
+                                    {"type": "exp"}, {"type": "dense"}, {"type": "rbf"}]}).layers
+    assert (layers[1].a, layers[1].b, layers[3].a, layers[3].b, layers[5].gamma) == \
+        (1.0, -1.0, 1.0, 1.0, 1.0)  # stax.Gaussian(a=1, b=-1), Exp(a=1, b=1), Rbf(gamma=1)
+    for bad, field in [({"type": "gaussian", "b": 0.5}, "b"),
+                       ({"type": "rbf", "gamma": 0}, "gamma"),
+                       ({"type": "exp", "a": float("nan")}, "a")]:
+        with pytest.raises(nc.InputError) as e:
+            parse_arch({"layers": [{"type": "dense"}, bad]})
+        assert (e.value.field, e.value.layer) == (field, 1)
 
 
 def test_stax_defaults():

@@ -94,6 +94,24 @@ def sin(xp, a: float, b: float, c: float, k12, k11, k22, want_dot):
     return nngp, dot
 
 
+def exp(xp, a: float, b: float, k12, k11, k22, want_dot):
+    """``φ(x) = a exp(b x)``: ``E = a² exp(b² (k11 + k22 + 2 k12) / 2)`` (log-normal moments);
+    ``φ' = b φ``, so ``dot = b² K'``."""
+    nngp = xp.exp((b * b / 2) * (k11 + k22 + 2 * k12))
+    nngp *= a * a
+    return nngp, ((b * b) * nngp if want_dot else None)
+
+
+def gaussian(xp, a: float, b: float, k12, k11, k22, want_dot):
+    """``φ(x) = a exp(b x²)``, b <= 0. With ``D = det(I - 2bΣ) = (1 - 2b k11)(1 - 2b k22) -
+    4b² k12²``: ``E φ(u)φ(v) = a² D^-1/2`` and, as ``E[uv e^{b(u²+v²)}] = k12 D^-3/2``,
+    ``E φ'(u)φ'(v) = 4a²b² k12 D^-3/2``."""
+    d = (1 - 2 * b * k11) * (1 - 2 * b * k22)
+    d -= 4 * b * b * k12 * k12
+    nngp = (a * a) / xp.sqrt(d)
+    return nngp, ((4 * b * b) * k12 * nngp / d if want_dot else None)
+
+
 def sign(xp, k12, k11, k22, want_dot):
     """``φ(x) = sign(x)``: ``K' = 1 - 2θ/π``; its derivative is 0 almost everywhere."""
     _, theta = _angle(xp, k12, k11, k22)
@@ -120,6 +138,15 @@ def apply(xp: ModuleType, layer, k12: Array, k11: Array, k22: Array,
         return gelu(xp, k12, k11, k22, want_dot)
     if isinstance(layer, spec.Sin):
         return sin(xp, layer.a, layer.b, layer.c, k12, k11, k22, want_dot)
+    if isinstance(layer, spec.Cos):  # cos(t) = sin(t + π/2)
+        return sin(xp, layer.a, layer.b, layer.c + math.pi / 2, k12, k11, k22, want_dot)
+    if isinstance(layer, spec.Rbf):
+        return sin(xp, math.sqrt(2), math.sqrt(2 * layer.gamma), math.pi / 4, k12, k11, k22,
+                   want_dot)
+    if isinstance(layer, spec.Exp):
+        return exp(xp, layer.a, layer.b, k12, k11, k22, want_dot)
+    if isinstance(layer, spec.Gaussian):
+        return gaussian(xp, layer.a, layer.b, k12, k11, k22, want_dot)
     if isinstance(layer, spec.Sign):
         return sign(xp, k12, k11, k22, want_dot)
     if isinstance(layer, spec.Elementwise):

@@ -55,6 +55,8 @@ def test_closed_forms_match_quadrature(rng, layer, fn):
     spec.Relu(), spec.LeakyRelu(alpha=0.2), spec.ABRelu(a=-0.3, b=1.7), spec.Abs(),
     spec.Erf(a=1.3, b=0.7, c=0.2), spec.Gelu(), spec.Sin(a=0.8, b=1.4, c=0.3),
     spec.Elementwise(fn="gelu", deg=60), spec.Elementwise(fn="softplus", deg=60),
+    spec.Exp(a=0.7, b=0.6), spec.Gaussian(a=1.3, b=-0.4), spec.Cos(a=0.9, b=1.2, c=0.3),
+    spec.Rbf(gamma=0.7),
 ])
 def test_dot_is_derivative_of_nngp(rng, layer):
     """Price's theorem: E[φ'(u)φ'(v)] = dE[φ(u)φ(v)]/dk12."""
@@ -94,3 +96,40 @@ def test_sign_kernel():
     k, d = _apply(spec.Sign(), [0.0, 1.0, -1.0, 0.5], [1.0] * 4, [1.0] * 4)
     np.testing.assert_allclose(k, [0.0, 1.0, -1.0, 2 / math.pi * math.asin(0.5)], atol=1e-15)
     assert np.array_equal(d, np.zeros(4))
+
+
+def _gauss_hermite_2d(f, g, k12, k11, k22, deg=120):
+    """E[f(u) g(v)], (u, v) ~ N(0, [[k11, k12], [k12, k22]]), by a tensor Gauss–Hermite rule."""
+    t, w = np.polynomial.hermite_e.hermegauss(deg)
+    w = w / w.sum()
+    out = []
+    for c, a, b in zip(k12, k11, k22, strict=True):
+        l11, l21 = math.sqrt(a), c / math.sqrt(a)
+        l22 = math.sqrt(max(b - l21 * l21, 0.0))
+        u = l11 * t[:, None]
+        v = l21 * t[:, None] + l22 * t[None, :]
+        out.append(float(np.sum(w[:, None] * w[None, :] * f(u) * g(v))))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("layer", [
+    spec.Exp(a=0.7, b=0.6), spec.Gaussian(a=1.3, b=-0.4), spec.Gaussian(),
+    spec.Cos(a=0.9, b=1.2, c=0.3), spec.Rbf(gamma=0.7),
+])
+def test_new_closed_forms_match_quadrature(rng, layer):
+    from ntkcompute.empirical import _act
+
+    k12, k11, k22 = _random_cov(rng, 12)
+    k11, k22, k12 = k11 / 3, k22 / 3, k12 / 3  # keep exp's moments modest for the rule
+    k, d = _apply(layer, k12, k11, k22)
+    f, df = _act(layer)
+    np.testing.assert_allclose(k, _gauss_hermite_2d(f, f, k12, k11, k22), rtol=1e-9)
+    np.testing.assert_allclose(d, _gauss_hermite_2d(df, df, k12, k11, k22), rtol=1e-8,
+                               atol=1e-12)
+
+
+def test_rbf_nngp_is_the_rbf_kernel():
+    """stax.Rbf on unit-variance inputs: K' = exp(-γ |x - x'|²) = exp(-2γ (1 - k12))."""
+    k12 = np.linspace(-0.9, 0.95, 7)
+    k, _ = _apply(spec.Rbf(gamma=0.8), k12, np.ones(7), np.ones(7))
+    np.testing.assert_allclose(k, np.exp(-2 * 0.8 * (1 - k12)), rtol=1e-13)
