@@ -168,8 +168,8 @@ class TensorSRHT:
 # --- one rule per layer: (step, ψ, ξ, xp) -> (ψ', ξ'), arrays (n, *spatial, dim) ----------------
 
 
-def _cat(xp: Any, parts: list[Any]) -> Any:
-    return xp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+def _cat(xp: Any, parts: list[Any], axis: int = -1) -> Any:
+    return xp.concatenate(parts, axis=axis) if len(parts) > 1 else parts[0]
 
 
 def _with_bias(xp: Any, a: Any, b_std: float | None) -> Any:
@@ -285,11 +285,6 @@ class FeatureMap:
     row_bytes: int = 0
     row_flops: int = 0
 
-    @property
-    def d(self) -> int:
-        """Input size of one row (product of ``shape``)."""
-        return math.prod(self.shape)
-
     def __call__(self, x: Any, get: tuple[str, ...] | str = ("ntk", "nngp"),
                  dtype: Any = None, memory: int = DEFAULT_MEMORY) -> dict[str, Any]:
         """Features of the rows of ``x`` (n, *shape): ``{"ntk": (n, D), "nngp": (n, D')}``.
@@ -305,18 +300,13 @@ class FeatureMap:
         xp = array_module(x)
         per = max(1, memory // (self.row_bytes * dt.itemsize))
         parts = [self._rows(xp, x[i:i + per]) for i in range(0, x.shape[0], per)]
-        out = {"ntk": 1, "nngp": 0}
-        return {k: _cat_rows(xp, [p[out[k]] for p in parts]) for k in get}
+        return {k: _cat(xp, [p[k] for p in parts], axis=0) for k in get}
 
-    def _rows(self, xp: Any, x: Any) -> tuple[Any, Any]:
+    def _rows(self, xp: Any, x: Any) -> dict[str, Any]:
         psi, xi = x / math.sqrt(self.shape[-1]), None
         for st in self.steps:
             psi, xi = _RULES[type(st.lp.layer)](st, psi, xi, xp)
-        return psi, xi
-
-
-def _cat_rows(xp: Any, parts: list[Any]) -> Any:
-    return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
+        return {"nngp": psi, "ntk": xi}
 
 
 def feature_map(arch: Architecture | dict | str, d: int | tuple[int, ...], m: int,

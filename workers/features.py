@@ -60,9 +60,8 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
     into ``store``.
 
     Writes ``ntk`` (n, D) and/or ``nngp`` (n, D') feature arrays (``FeatureMap.dims``; an
-    FC net's are 2m+1 and m+1) chunked by ``tile``
-    rows, with a ``done`` marker per row tile. Returns a :class:`workers.GramJob` (progress,
-    wait, arrays, to_numpy).
+    FC net's are 2m+1 and m+1) chunked by ``tile`` rows, with a ``done`` marker per row
+    tile. Returns a :class:`workers.GramJob` (progress, wait, arrays, to_numpy).
 
     Raises:
         InputError: an architecture the features do not cover, bad shapes, or a store
