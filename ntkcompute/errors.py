@@ -8,11 +8,12 @@ class InputError(ValueError):
 
     Attributes:
         field: the offending field, e.g. ``"window_shape"``, ``"type"``, ``"x2"``.
-        layer: index path of the offending layer in ``arch.layers`` (``None`` for data errors).
+        layer: index of the offending layer in ``arch.layers``, or the path of a nested one
+            (``"layers[2].branches[1][0]"``); ``None`` for data errors.
         reason: the human-readable explanation without the location prefix.
     """
 
-    def __init__(self, reason: str, *, field: str, layer: int | None = None) -> None:
+    def __init__(self, reason: str, *, field: str, layer: int | str | None = None) -> None:
         self.reason = reason
         self.field = field
         self.layer = layer
@@ -22,4 +23,5 @@ class InputError(ValueError):
     def location(self) -> str:
         if self.layer is None:
             return self.field
-        return f"layers[{self.layer}].{self.field}"
+        where = self.layer if isinstance(self.layer, str) else f"layers[{self.layer}]"
+        return f"{where}.{self.field}"

@@ -4,7 +4,8 @@
 
 1. ``make_plan``: validate the architecture against the input shape and decide, per layer,
    whether pairs need the full spatial covariance or only its diagonal.
-2. ``self_pass``: once per input, the variances each nonlinearity normalises by.
+2. ``self_pass``: once per input, the statistics some layers read off the input itself: the
+   variances each nonlinearity and layer_norm normalise by, attention's self-covariances.
 3. ``pair_block``: a block of pairs (rows of x1 x rows of x2) pushed through every layer;
    blocks are sized from the memory budget, run on a thread pool, and only the upper
    triangle of blocks is computed when ``x2`` is omitted.
@@ -41,7 +42,8 @@ _LIVE_ARRAYS = 8
 class SelfCov:
     """Per-input quantities from the self pass, rows aligned with the inputs.
 
-    ``variances[j]``: ``(n, *spatial)`` variances at the input of the j-th nonlinearity.
+    ``variances[j]``: the statistic of the j-th layer of ``plan.self_indices``: ``(n, *spatial)``
+    variances at its input, or ``(n, *spatial, *spatial)`` self-covariances (attention).
     ``nngp`` / ``ntk``: ``(n,)`` the kernel diagonal k(x_i, x_i) (``ntk`` may be ``None``).
     """
 
@@ -55,8 +57,9 @@ class SelfCov:
 
 
 def bytes_per_pair(plan: Plan, itemsize: int) -> int:
-    """Peak working memory of one pair (or one input in the self pass), in bytes."""
-    return plan.max_state_size * itemsize * _LIVE_ARRAYS
+    """Peak working memory of one pair (or one input in the self pass), in bytes: the worst
+    rule's arrays, plus K and Θ of each other open branch."""
+    return plan.max_state_size * itemsize * (_LIVE_ARRAYS + 2 * (plan.max_slots - 1))
 
 
 def _chunks(n: int, size: int) -> list[slice]:

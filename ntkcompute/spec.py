@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -227,13 +228,112 @@ class Elementwise(_Layer):
     deg: int = Field(default=25, ge=2, le=200)
 
 
-LAYER_CLASSES = (Dense, Conv, AvgPool, GlobalAvgPool, Flatten, Identity, Relu, LeakyRelu,
-                 ABRelu, ABReluStax, Abs, Erf, Gelu, Sin, Cos, Rbf, Exp, Gaussian, Sign,
-                 Elementwise)
+class SumPool(AvgPool):
+    """Sum pooling: ``avg_pool`` without the division by the window size (stax.SumPool)."""
+
+    type: Literal["sum_pool"] = "sum_pool"  # type: ignore[assignment]
+
+
+class GlobalSumPool(_Layer):
+    """Sum over every spatial position (stax.GlobalSumPool)."""
+
+    type: Literal["global_sum_pool"] = "global_sum_pool"
+
+
+class LayerNorm(_Layer):
+    """Normalise each input over ``axis`` (stax.LayerNorm): the channel axis (-1), optionally
+    with spatial axes (1 .. d, or negative), never the batch axis 0."""
+
+    type: Literal["layer_norm"] = "layer_norm"
+    axis: int | list[int] = -1
+    eps: float = Field(default=1e-12, ge=0, allow_inf_nan=False)
+
+
+class GlobalSelfAttention(_Layer):
+    """Multi-head self-attention over all positions (stax.GlobalSelfAttention)."""
+
+    type: Literal["global_self_attention"] = "global_self_attention"
+    n_chan_out: int | None = Field(default=None, gt=0)
+    n_chan_key: int | None = Field(default=None, gt=0)
+    n_chan_val: int | None = Field(default=None, gt=0)
+    n_heads: int = Field(default=1, gt=0)
+    linear_scaling: bool = True
+    W_key_std: float = 1.0
+    W_value_std: float = 1.0
+    W_query_std: float = 1.0
+    W_out_std: float = 1.0
+    b_std: float | None = None
+    attention_mechanism: Literal["SOFTMAX", "IDENTITY", "ABS", "RELU"] = "SOFTMAX"
+
+    @field_validator("W_key_std", "W_value_std", "W_query_std", "W_out_std")
+    @classmethod
+    def _w(cls, v: float, info: Any) -> float:
+        return _std(v, info.field_name)
+
+    @field_validator("b_std")
+    @classmethod
+    def _b(cls, v: float | None) -> float | None:
+        return _std(v, "b_std")
+
+
+# --- combinators (stax.serial, FanOut, parallel, FanInSum/Concat/Prod) ----------------------
+
+
+class FanOut(_Layer):
+    """Copy the input into ``num`` branches (stax.FanOut)."""
+
+    type: Literal["fan_out"] = "fan_out"
+    num: int = Field(ge=2, le=64)
+
+
+class Parallel(_Layer):
+    """Apply the i-th branch (a list of layers) to the i-th of as many branch inputs."""
+
+    type: Literal["parallel"] = "parallel"
+    branches: list[list[Layer]] = Field(min_length=1)
+
+
+class FanInSum(_Layer):
+    type: Literal["fan_in_sum"] = "fan_in_sum"
+
+
+class FanInProd(_Layer):
+    type: Literal["fan_in_prod"] = "fan_in_prod"
+
+
+class FanInConcat(_Layer):
+    """Concatenate the branches along ``axis``: -1 (channels) or a spatial axis."""
+
+    type: Literal["fan_in_concat"] = "fan_in_concat"
+    axis: int = -1
+
+
+class Serial(_Layer):
+    """The layers in order: a block to nest in a branch or repeat."""
+
+    type: Literal["serial"] = "serial"
+    layers: list[Layer] = Field(min_length=1)
+
+
+class Repeat(_Layer):
+    """``layer`` applied ``n`` times in a row, each with its own weights."""
+
+    type: Literal["repeat"] = "repeat"
+    layer: Layer
+    n: int = Field(ge=1, le=1000)
+
+
+LAYER_CLASSES = (Dense, Conv, AvgPool, SumPool, GlobalAvgPool, GlobalSumPool, Flatten, Identity,
+                 Relu, LeakyRelu, ABRelu, ABReluStax, Abs, Erf, Gelu, Sin, Cos, Rbf, Exp,
+                 Gaussian, Sign, Elementwise, LayerNorm, GlobalSelfAttention, FanOut, Parallel,
+                 FanInSum, FanInProd, FanInConcat, Serial, Repeat)
 Layer = Annotated[Union[LAYER_CLASSES], Field(discriminator="type")]  # noqa: UP007
+for _cls in (Parallel, Serial, Repeat):
+    _cls.model_rebuild()
 
 NONLINEAR = (Relu, LeakyRelu, ABRelu, Abs, Erf, Gelu, Sin, Cos, Rbf, Exp, Gaussian, Sign,
              Elementwise)
+FAN_IN = (FanInSum, FanInProd, FanInConcat)
 
 
 class Architecture(BaseModel):
@@ -249,20 +349,36 @@ class Architecture(BaseModel):
 
 
 def _error_from_validation(err: ValidationError) -> InputError:
+    """The first error, located as ``layers[2].branches[1][0]`` + field ``W_std``."""
     e = err.errors()[0]
     loc = list(e.get("loc", ()))
     msg = e.get("msg", "invalid value")
     if e.get("type") == "union_tag_not_found":
         msg = f"{msg}; known layer types: {', '.join(_LAYER_TYPES)}"
-    if loc and loc[0] == "layers" and len(loc) >= 2 and isinstance(loc[1], int):
-        layer = loc[1]
-        rest = [str(p) for p in loc[2:]]
-        if rest and rest[0] in _LAYER_TYPES:
-            rest = rest[1:]  # pydantic puts the union tag in the path
-        field = ".".join(rest) if rest else "type"
-        return InputError(msg, field=field, layer=layer)
-    field = ".".join(str(p) for p in loc) if loc else "arch"
-    return InputError(msg, field=field)
+    if not (loc and loc[0] == "layers" and len(loc) >= 2 and isinstance(loc[1], int)):
+        return InputError(msg, field=".".join(str(p) for p in loc) if loc else "arch")
+    path, layer_path, rest = "", "", []
+    for k, p in enumerate(loc):
+        if isinstance(p, int):
+            path += f"[{p}]"
+        elif k and (isinstance(loc[k - 1], int) or loc[k - 1] == "layer") \
+                and p in _LAYER_TYPES:
+            layer_path, rest = path, []  # pydantic puts the union tag after a layer's place
+            continue
+        else:
+            path += f".{p}" if path else p
+        rest.append(f"[{p}]" if isinstance(p, int) else p)
+    if not layer_path or isinstance(loc[-1], int) or loc[-1] == "layer":
+        # the error is a layer itself (a missing or unknown type)
+        layer_path, rest = path, []
+    field = ".".join(str(r) for r in rest).replace(".[", "[") if rest else "type"
+    return InputError(msg, field=field, layer=layer_index(layer_path))
+
+
+def layer_index(path: str) -> int | str:
+    """``"layers[3]"`` -> 3 (a top-level layer); a nested path stays a string."""
+    m = re.fullmatch(r"layers\[(\d+)\]", path)
+    return int(m.group(1)) if m else path
 
 
 _LAYER_TYPES = tuple(m.model_fields["type"].default for m in LAYER_CLASSES)

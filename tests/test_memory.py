@@ -21,7 +21,7 @@ def test_budget_bounds_traced_memory(memory, threads):
     plan = nc.plan.make_plan(nc.parse_arch(arch), x.shape)
     # What is held outside the blocks: inputs, outputs, self-covariances of both sets.
     fixed = (x1.nbytes + x2.nbytes + 2 * 8 * len(x1) * len(x2)
-             + 2 * 8 * len(x) * 64 * len(plan.nonlinear_indices))
+             + 2 * 8 * len(x) * 64 * len(plan.self_indices))
     tracemalloc.start()
     try:
         nc.kernel(arch, x1, x2, memory=memory, threads=threads)

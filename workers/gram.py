@@ -326,8 +326,8 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     for which, t, changed in self_sets:
         sg = g.require_group(f"self/{which}")
         nrows = n1 if which == "x1" else n2
-        for j, li in enumerate(plan.nonlinear_indices):
-            shape = (nrows, *plan.layers[li].in_spatial)
+        for j, lp in enumerate(plan.self_layers):
+            shape = (nrows, *lp.self_shape)
             if f"var{j}" not in sg:
                 sg.create_array(f"var{j}", shape=shape, chunks=(tile, *shape[1:]), dtype=dt,
                                 fill_value=0, compressors=None)

@@ -11,7 +11,8 @@ Kernel job group (one per job)::
       x1, x2          inputs, chunked by tile rows (x2 absent for a symmetric job)
       ntk, nngp       (n1, n2), chunks exactly (tile, tile), uncompressed
       done            (T1, T2) uint8, one chunk per tile: 1 once the tile's chunks are written
-      self/x1/...     per-input self-covariances: var<j> (n, *spatial), diag_nngp, diag_ntk,
+      self/x1/...     per-input self statistics: var<j> (n, *plan.self_layers[j].self_shape),
+                      diag_nngp, diag_ntk,
                       and done (T,) per row chunk
 
 Dataset group: ``x`` (and ``y``) with attrs ``sha256``, as written by :func:`write_dataset`.

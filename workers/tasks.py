@@ -79,7 +79,7 @@ def self_task(url: str, which: str, i: int, options: dict | None = None) -> dict
 def _load_self(g, meta: dict, which: str, i: int, xp: Any, plan: Plan) -> SelfCov:
     rows = _rows(meta, which, i)
     sg = g[f"self/{which}"]
-    variances = tuple(xp.asarray(sg[f"var{j}"][rows]) for j in range(len(plan.nonlinear_indices)))
+    variances = tuple(xp.asarray(sg[f"var{j}"][rows]) for j in range(len(plan.self_indices)))
     ntk = xp.asarray(sg["diag_ntk"][rows]) if "ntk" in meta["get"] else None
     return SelfCov(variances, xp.asarray(sg["diag_nngp"][rows]), ntk)
 

@@ -1,9 +1,11 @@
-"""Weight-free linear layers: AvgPool, GlobalAvgPool, Flatten, Identity (same map on K and Θ)."""
+"""Weight-free linear layers: AvgPool, SumPool, GlobalAvgPool, GlobalSumPool, Flatten, Identity
+(the same map on K and Θ)."""
 
 from __future__ import annotations
 
 import math
 
+from .. import spec
 from ..plan import LayerPlan
 from .spatial import pool_window_sum
 from .state import State, spatial_diagonal
@@ -14,21 +16,24 @@ def _both(st: State, f) -> dict:
 
 
 def avg_pool(lp: LayerPlan, st: State, xp) -> State:
-    """``K'[o, o'] = |W|^-2 sum_{d, d' in W} K[s o + d, s o' + d']`` (padded zeros count)."""
-    scale = 1.0 / math.prod(lp.window.size) ** 2
+    """``K'[o, o'] = |W|^-2 sum_{d, d' in W} K[s o + d, s o' + d']`` (padded zeros count);
+    SumPool without the ``|W|^-2``."""
+    scale = 1.0 if isinstance(lp.layer, spec.SumPool) else 1.0 / math.prod(lp.window.size) ** 2
 
     def f(a):
         out = pool_window_sum(xp, a, lp.window)
-        out *= scale
+        if scale != 1.0:
+            out *= scale
         return out
 
     return st.with_(spatial=lp.out_spatial, **_both(st, f))
 
 
 def global_avg_pool(lp: LayerPlan, st: State, xp) -> State:
-    """Mean over all pairs of positions (p, p')."""
+    """Mean over all pairs of positions (p, p'); GlobalSumPool: their sum."""
     axes = tuple(range(st.nngp.ndim - st.nb))
-    return st.with_(spatial=(), full=False, **_both(st, lambda a: a.mean(axis=axes)))
+    op = "sum" if isinstance(lp.layer, spec.GlobalSumPool) else "mean"
+    return st.with_(spatial=(), full=False, **_both(st, lambda a: getattr(a, op)(axis=axes)))
 
 
 def flatten(lp: LayerPlan, st: State, xp) -> State:

@@ -1,0 +1,30 @@
+"""LayerNorm rule (stax.LayerNorm): in the limit the norm over channels is deterministic, so
+
+    K'[p, p'] = K[p, p'] / sqrt((v(x)_p + eps) (v(x')_p' + eps)),   Θ' the same,
+
+with ``v(x)_p`` the variance of input x at position p (the self pass's diagonal), averaged
+over the spatial axes listed in ``axis`` besides the channel axis. The mean subtraction
+vanishes in the limit for the Gaussian pre-activations the plan requires.
+"""
+
+from __future__ import annotations
+
+from ..plan import LayerPlan
+from .state import Array, State, expand_var
+
+
+def _normaliser(lp: LayerPlan, v: Array) -> Array:
+    """``(n, *spatial)`` variances -> ``v + eps``, averaged over the normalised spatial axes."""
+    axes = lp.layer.axis if isinstance(lp.layer.axis, list) else [lp.layer.axis]
+    nd = v.ndim + 1  # the input's axes: batch, spatial..., channel
+    spatial = tuple(a % nd for a in axes if 0 < a % nd < nd - 1)
+    if spatial:
+        v = v.mean(axis=spatial, keepdims=True) + 0 * v  # broadcast back to every position
+    return v + lp.layer.eps
+
+
+def layer_norm(lp: LayerPlan, st: State, xp, va: Array, vb: Array) -> State:
+    a = expand_var(xp, _normaliser(lp, va), st.nb, 0, st.full)
+    b = expand_var(xp, _normaliser(lp, vb), st.nb, 1, st.full)
+    scale = 1.0 / xp.sqrt(a * b)
+    return st.with_(nngp=st.nngp * scale, ntk=None if st.ntk is None else st.ntk * scale)
