@@ -36,6 +36,10 @@ def catalogue():
     i1, i2 = rng.standard_normal((6, 6, 5, 2)), rng.standard_normal((4, 6, 5, 2))
     dig = digits()[0]
     cif = standardize(cifar10(64)[0])[0]
+    s1, s2 = rng.standard_normal((5, 7, 3)), rng.standard_normal((4, 7, 3))  # sequences
+    D = {"type": "dense", "W_std": 1.3, "b_std": 0.2}
+    C = {"type": "conv", "filter_shape": [3, 3], "padding": "SAME", "W_std": 1.4, "b_std": 0.1}
+    C1 = {"type": "conv", "filter_shape": [3], "padding": "SAME", "W_std": 1.4, "b_std": 0.1}
     cases = [
         ("fc relu depth 3", A.fc(3, 1.5, 0.1), v1, v2),
         ("fc erf(a,b,c)", _fc("erf", a=1.2, b=0.7, c=0.1), v1, v2),
@@ -71,6 +75,41 @@ def catalogue():
             {"type": "relu"}, {"type": "avg_pool", "window_shape": [2, 2], "strides": [2, 2]},
             {"type": "dense", "W_std": 1.2, "b_std": 0.5}, {"type": "relu"},
             {"type": "global_avg_pool"}, {"type": "dense", "W_std": 1.2}]}, i1, i2),
+        ("fc exp", _fc("exp", a=0.8, b=0.3), v1 / 3, v2 / 3),
+        ("fc gaussian", _fc("gaussian", a=1.5, b=-0.5), v1, v2),
+        ("fc cos", _fc("cos", a=1.2, b=0.9, c=0.4), v1, v2),
+        ("fc rbf", _fc("rbf", gamma=0.6), v1, v2),
+        ("fc abrelu", _fc("abrelu", a=-0.4, b=1.2), v1, v2),
+        ("fc layer_norm", {"layers": [
+            D, {"type": "layer_norm", "eps": 0.1}, {"type": "relu"}, D,
+            {"type": "layer_norm"}, {"type": "erf"}, D]}, v1, v2),
+        ("fc prod concat", {"layers": [
+            D, {"type": "fan_out", "num": 3},
+            {"type": "parallel", "branches": [[D], [{"type": "erf"}, D], [{"type": "relu"}, D]]},
+            {"type": "fan_in_concat"}, D, {"type": "fan_out", "num": 2},
+            {"type": "parallel", "branches": [[D], [{"type": "identity"}]]},
+            {"type": "fan_in_prod"}, D]}, v1, v2),
+        ("resnet-gap 1 block", A.resnet(1, "global_avg_pool", b_std=0.1), i1, i2),
+        ("cnn layer_norm sum pools", {"layers": [
+            C, {"type": "layer_norm", "axis": [1, 2, 3]}, {"type": "relu"},
+            {"type": "sum_pool", "window_shape": [2, 2], "padding": "SAME"}, C,
+            {"type": "layer_norm"}, {"type": "relu"}, {"type": "global_sum_pool"}, D]}, i1, i2),
+        ("seq attention softmax", {"layers": [
+            C1, {"type": "global_self_attention", "n_heads": 2, "W_query_std": 1.5,
+                 "b_std": 0.3},
+            {"type": "fan_out", "num": 2},
+            {"type": "parallel", "branches": [[{"type": "identity"}],
+                                              [{"type": "relu"}, C1, {"type": "relu"}, C1]]},
+            {"type": "fan_in_sum"}, {"type": "global_avg_pool"}, D]}, s1, s2),
+        ("seq attention relu/abs", {"layers": [
+            C1, {"type": "global_self_attention", "attention_mechanism": "RELU"},
+            {"type": "global_self_attention", "attention_mechanism": "ABS",
+             "W_value_std": 0.8}, {"type": "flatten"}, D]}, s1, s2),
+        ("seq attention sqrt identity", {"layers": [
+            C1, {"type": "global_self_attention", "linear_scaling": False,
+                 "attention_mechanism": "IDENTITY", "W_out_std": 0.7, "b_std": 0.1},
+            {"type": "relu"}, {"type": "flatten"}, D]}, s1, s2),
+        ("resnet-v 2 blocks 32x32x3 16x16", A.resnet(2, "flatten"), cif[:16], cif[16:32]),
         ("cntk-gap-4 8x8x1 48x48", A.cntk(4), dig[:48], dig[48:96]),
         ("cntk-flatten-4 32x32x3 32x32", A.cntk(4, "flatten"), cif[:32], cif[32:64]),
         ("cntk-gap-4 32x32x3 4x4", A.cntk(4), cif[:4], cif[4:8]),

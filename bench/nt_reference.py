@@ -26,50 +26,74 @@ FNS = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus,
        "erf": jax.scipy.special.erf, "sin": jnp.sin}
 
 
+def _pool_args(L: dict) -> tuple:
+    return (tuple(L["window_shape"]), tuple(L["strides"]) if L.get("strides") else None,
+            L.get("padding", "VALID"))
+
+
+def _layer(L: dict, p: str):
+    """One spec layer (composites recursively) as a stax layer."""
+    t = L["type"]
+    if t == "dense":
+        return stax.Dense(L.get("out_dim") or 1, L.get("W_std", 1.0), L.get("b_std"),
+                          parameterization=p)
+    if t == "conv":
+        return stax.Conv(L.get("out_chan") or 1, tuple(L["filter_shape"]),
+                         tuple(L["strides"]) if L.get("strides") else None,
+                         L.get("padding", "VALID"), L.get("W_std", 1.0), L.get("b_std"),
+                         parameterization=p)
+    simple = {"relu": stax.Relu, "abs": stax.Abs, "gelu": stax.Gelu, "sign": stax.Sign,
+              "identity": stax.Identity, "global_avg_pool": stax.GlobalAvgPool,
+              "global_sum_pool": stax.GlobalSumPool, "flatten": stax.Flatten,
+              "fan_in_sum": stax.FanInSum, "fan_in_prod": stax.FanInProd}
+    if t in simple:
+        return simple[t]()
+    if t == "leaky_relu":
+        return stax.LeakyRelu(L.get("alpha", 0.01))
+    if t in ("ab_relu", "abrelu"):
+        return stax.ABRelu(L["a"], L["b"])
+    if t in ("erf", "sin", "cos"):
+        fn = {"erf": stax.Erf, "sin": stax.Sin, "cos": stax.Cos}[t]
+        return fn(L.get("a", 1.0), L.get("b", 1.0), L.get("c", 0.0))
+    if t == "rbf":
+        return stax.Rbf(L.get("gamma", 1.0))
+    if t == "exp":
+        return stax.Exp(L.get("a", 1.0), L.get("b", 1.0))
+    if t == "gaussian":
+        return stax.Gaussian(L.get("a", 1.0), L.get("b", -1.0))
+    if t == "elementwise":
+        return stax.ElementwiseNumerical(FNS[L["fn"]], L.get("deg", 25))
+    if t == "avg_pool":
+        return stax.AvgPool(*_pool_args(L))
+    if t == "sum_pool":
+        return stax.SumPool(*_pool_args(L))
+    if t == "layer_norm":
+        axis = L.get("axis", -1)
+        return stax.LayerNorm(tuple(axis) if isinstance(axis, list) else axis,
+                              L.get("eps", 1e-12))
+    if t == "global_self_attention":
+        return stax.GlobalSelfAttention(
+            L.get("n_chan_out") or 1, L.get("n_chan_key") or 1, L.get("n_chan_val") or 1,
+            L.get("n_heads", 1), L.get("linear_scaling", True), L.get("W_key_std", 1.0),
+            L.get("W_value_std", 1.0), L.get("W_query_std", 1.0), L.get("W_out_std", 1.0),
+            L.get("b_std"), L.get("attention_mechanism", "SOFTMAX"))
+    if t == "fan_out":
+        return stax.FanOut(L["num"])
+    if t == "fan_in_concat":
+        return stax.FanInConcat(L.get("axis", -1))
+    if t == "parallel":
+        return stax.parallel(*[stax.serial(*[_layer(x, p) for x in br])
+                               for br in L["branches"]])
+    if t == "serial":
+        return stax.serial(*[_layer(x, p) for x in L["layers"]])
+    if t == "repeat":
+        return stax.serial(*[_layer(L["layer"], p) for _ in range(L["n"])])
+    raise ValueError(t)
+
+
 def to_stax(spec: dict):
     p = spec.get("parameterization", "ntk")
-    out = []
-    for L in spec["layers"]:
-        t = L["type"]
-        if t == "dense":
-            out.append(stax.Dense(L.get("out_dim") or 1, L.get("W_std", 1.0), L.get("b_std"),
-                                  parameterization=p))
-        elif t == "conv":
-            out.append(stax.Conv(L.get("out_chan") or 1, tuple(L["filter_shape"]),
-                                 tuple(L["strides"]) if L.get("strides") else None,
-                                 L.get("padding", "VALID"), L.get("W_std", 1.0),
-                                 L.get("b_std"), parameterization=p))
-        elif t == "relu":
-            out.append(stax.Relu())
-        elif t == "leaky_relu":
-            out.append(stax.LeakyRelu(L.get("alpha", 0.01)))
-        elif t == "ab_relu":
-            out.append(stax.ABRelu(L["a"], L["b"]))
-        elif t == "abs":
-            out.append(stax.Abs())
-        elif t == "erf":
-            out.append(stax.Erf(L.get("a", 1.0), L.get("b", 1.0), L.get("c", 0.0)))
-        elif t == "gelu":
-            out.append(stax.Gelu())
-        elif t == "sin":
-            out.append(stax.Sin(L.get("a", 1.0), L.get("b", 1.0), L.get("c", 0.0)))
-        elif t == "sign":
-            out.append(stax.Sign())
-        elif t == "elementwise":
-            out.append(stax.ElementwiseNumerical(FNS[L["fn"]], L.get("deg", 25)))
-        elif t == "avg_pool":
-            out.append(stax.AvgPool(tuple(L["window_shape"]),
-                                    tuple(L["strides"]) if L.get("strides") else None,
-                                    L.get("padding", "VALID")))
-        elif t == "global_avg_pool":
-            out.append(stax.GlobalAvgPool())
-        elif t == "flatten":
-            out.append(stax.Flatten())
-        elif t == "identity":
-            out.append(stax.Identity())
-        else:
-            raise ValueError(t)
-    return stax.serial(*out)
+    return stax.serial(*[_layer(L, p) for L in spec["layers"]])
 
 
 def main() -> None:

@@ -45,3 +45,20 @@ def myrtle(depth: int = 5, W_std: float = SQRT2, b_std: float | None = 0.0) -> d
     layers += [conv, {"type": "relu"}] * factor[2] + [pool] * 3
     layers += [{"type": "flatten"}, {"type": "dense", "W_std": W_std, "b_std": b_std}]
     return {"layers": layers}
+
+
+def resnet(blocks: int = 2, readout: str = "flatten", W_std: float = SQRT2,
+           b_std: float | None = None) -> dict[str, Any]:
+    """Residual CNTK: a 3x3 SAME conv stem, ``blocks`` pre-activation residual blocks
+    ``x + conv(relu(conv(relu(x))))`` (stax's WideResnet block without downsampling), ReLU,
+    then ``readout`` ("flatten" or "global_avg_pool") and a Dense readout: ``1 + 2 blocks``
+    convolutions, the same count as ``cntk(1 + 2 blocks, readout)``."""
+    conv = {"type": "conv", "filter_shape": [3, 3], "padding": "SAME", "W_std": W_std,
+            "b_std": b_std}
+    branch = [{"type": "relu"}, conv, {"type": "relu"}, conv]
+    block = {"type": "serial", "layers": [
+        {"type": "fan_out", "num": 2},
+        {"type": "parallel", "branches": [[{"type": "identity"}], branch]},
+        {"type": "fan_in_sum"}]}
+    return {"layers": [conv, {"type": "repeat", "layer": block, "n": blocks}, {"type": "relu"},
+                       {"type": readout}, {"type": "dense", "W_std": W_std, "b_std": b_std}]}

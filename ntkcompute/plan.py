@@ -51,7 +51,6 @@ class LayerPlan:
     parameterization: str = "ntk"
     slot: int = 0  # the branch slot it acts on (the first of ``arity`` for fan_in / fan_out)
     arity: int = 1  # branches merged by a fan_in, made by a fan_out
-    in_shapes: tuple[tuple[int, ...], ...] = ()  # a fan_in's inputs' spatial shapes
     in_chans: tuple[int | None, ...] = ()  # a fan_in's inputs' channel counts
     self_stat: str | None = None  # "var" / "cov": per-input statistic it needs (see below)
 
@@ -239,7 +238,7 @@ class _Walker:
         self.rows.append(dict(path=path, layer=layer, slot=slot, arity=arity,
                               in_spatial=ins[0].spatial, out_spatial=out.spatial,
                               in_channels=None, out_channels=out.channels,
-                              in_shapes=tuple(s.spatial for s in ins), in_chans=tuple(chans)))
+                              in_chans=tuple(chans)))
         return 1
 
     def leaf(self, layer: object, path: str, slot: int) -> None:

@@ -454,20 +454,20 @@ _JOB_FIELDS = {"x1": "train", "x": "train", "x2": "test", "get": "kernels", "mem
 
 
 def _loc(loc: Any) -> str:
-    """("body", "arch", "layers", 0, "conv", "W_std") -> "arch.layers[0].W_std"."""
+    """("body", "arch", "layers", 0, "conv", "W_std") -> "arch.layers[0].W_std"; the tag
+    pydantic adds after a layer's place (an index, or a repeat's ``layer``) is dropped."""
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
-    out, after_layer = "", False
-    for p in parts:
+    out = ""
+    for k, p in enumerate(parts):
         if isinstance(p, int):
             out += f"[{p}]"
-            after_layer = out.endswith(f"layers[{p}]")
-        elif after_layer and p in _LAYER_TAGS:  # the tag pydantic adds for a tagged union
-            after_layer = False
+        elif k and (isinstance(parts[k - 1], int) or parts[k - 1] == "layer") \
+                and p in _LAYER_TAGS:
+            continue
         else:
             out += f".{p}" if out else str(p)
-            after_layer = False
     return out
 
 

@@ -126,7 +126,32 @@ def test_empirical_errors(rng):
     ({"layers": [{"type": "conv", "filter_shape": [2, 2], "W_std": 1.5, "b_std": 0.1},
                  {"type": "elementwise", "fn": "softplus"}, {"type": "flatten"},
                  {"type": "dense", "W_std": 1.2}]}, (3, 3, 3, 1)),
-], ids=["conv-pool-gap", "standard-fc", "flatten"])
+    ({"layers": [  # a residual 1-D conv net with layer norm and sum pools
+        {"type": "conv", "filter_shape": [3], "padding": "SAME", "b_std": 0.2},
+        {"type": "fan_out", "num": 2},
+        {"type": "parallel", "branches": [[{"type": "identity"}], [
+            {"type": "relu"}, {"type": "conv", "filter_shape": [3], "padding": "SAME"}]]},
+        {"type": "fan_in_sum"}, {"type": "layer_norm", "axis": [1, -1]},
+        {"type": "sum_pool", "window_shape": [2]}, {"type": "global_sum_pool"},
+        {"type": "dense", "b_std": 0.1}]}, (3, 5, 2)),
+    ({"layers": [{"type": "dense"},
+                 {"type": "global_self_attention", "n_heads": 2, "b_std": 0.3,
+                  "W_query_std": 1.3},
+                 {"type": "layer_norm"}, {"type": "relu"}, {"type": "global_avg_pool"},
+                 {"type": "dense"}]}, (2, 4, 2)),
+    ({"layers": [{"type": "dense"},
+                 {"type": "global_self_attention", "linear_scaling": False,
+                  "attention_mechanism": "IDENTITY", "n_chan_key": 2},
+                 {"type": "flatten"}, {"type": "dense"}]}, (2, 3, 2)),
+    ({"layers": [{"type": "dense"}, {"type": "fan_out", "num": 3},
+                 {"type": "parallel", "branches": [
+                     [{"type": "dense"}], [{"type": "erf"}, {"type": "dense", "out_dim": 2}],
+                     [{"type": "dense", "out_dim": 4}]]},
+                 {"type": "fan_in_concat"}, {"type": "dense"}, {"type": "fan_out", "num": 2},
+                 {"type": "parallel", "branches": [[{"type": "dense"}], [{"type": "dense"}]]},
+                 {"type": "fan_in_prod"}, {"type": "dense"}]}, (3, 4)),
+], ids=["conv-pool-gap", "standard-fc", "flatten", "residual-layernorm-sumpool",
+        "attention-softmax", "attention-sqrt", "concat-prod"])
 def test_empirical_ntk_equals_finite_difference_jacobians(rng, arch, shape):
     """J J^T / K with J from central differences over every trainable parameter."""
     from ntkcompute.empirical import forward, init_params, readout_default

@@ -13,11 +13,13 @@ from ntkcompute import architectures as A
 from ntkcompute.datasets import digits
 
 
-@pytest.mark.parametrize("memory,threads", [(2 << 20, 1), (8 << 20, 2)])
-def test_budget_bounds_traced_memory(memory, threads):
+@pytest.mark.parametrize("memory,threads,arch", [
+    (2 << 20, 1, A.cntk(3)), (8 << 20, 2, A.cntk(3)),
+    (2 << 20, 1, A.resnet(1, "global_avg_pool")),  # the shortcut's state held by a branch
+], ids=["cntk-1-thread", "cntk-2-threads", "resnet"])
+def test_budget_bounds_traced_memory(memory, threads, arch):
     x = digits()[0][:160]
     x1, x2 = x[:100], x[100:]
-    arch = A.cntk(3)
     plan = nc.plan.make_plan(nc.parse_arch(arch), x.shape)
     # What is held outside the blocks: inputs, outputs, self-covariances of both sets.
     fixed = (x1.nbytes + x2.nbytes + 2 * 8 * len(x1) * len(x2)

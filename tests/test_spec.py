@@ -85,3 +85,60 @@ def test_top_level_errors(arch, field):
 def test_spec_object_is_accepted_as_is():
     a = Architecture.model_validate(conv_net(1))
     assert parse_arch(a) is a
+
+
+def test_nested_composites_round_trip():
+    from ntkcompute import architectures as A
+
+    arch = {"layers": [
+        {"type": "conv", "filter_shape": [3], "padding": "SAME"},
+        {"type": "repeat", "n": 2, "layer": {"type": "serial", "layers": [
+            {"type": "fan_out", "num": 3},
+            {"type": "parallel", "branches": [
+                [{"type": "identity"}],
+                [{"type": "layer_norm", "axis": [1, -1], "eps": 1e-6}, {"type": "relu"},
+                 {"type": "conv", "filter_shape": [3], "padding": "SAME"}],
+                [{"type": "global_self_attention", "n_heads": 4, "attention_mechanism": "RELU",
+                  "b_std": 0.1}]]},
+            {"type": "fan_in_sum"}]}},
+        {"type": "fan_out", "num": 2},
+        {"type": "parallel", "branches": [[{"type": "sum_pool", "window_shape": [2]}],
+                                          [{"type": "avg_pool", "window_shape": [2]}]]},
+        {"type": "fan_in_concat", "axis": -1}, {"type": "global_sum_pool"},
+        {"type": "fan_out", "num": 2},
+        {"type": "parallel", "branches": [[{"type": "dense"}], [{"type": "dense"}]]},
+        {"type": "fan_in_prod"}, {"type": "dense"}]}
+    a = parse_arch(arch)
+    assert parse_arch(a.to_json()) == a and parse_arch(json.loads(a.to_json())) == a
+    block = a.layers[1].layer
+    assert block.layers[1].branches[2][0].attention_mechanism == "RELU"
+    assert block.layers[1].branches[1][0].axis == [1, -1]
+    assert parse_arch(A.resnet(3)).layers[1].n == 3
+
+
+def test_attention_and_layer_norm_defaults_follow_stax():
+    att = parse_arch({"layers": [{"type": "global_self_attention"}]}).layers[0]
+    assert (att.n_heads, att.linear_scaling, att.attention_mechanism, att.b_std) == \
+        (1, True, "SOFTMAX", None)
+    assert att.W_key_std == att.W_query_std == att.W_value_std == att.W_out_std == 1.0
+    ln = parse_arch({"layers": [{"type": "layer_norm"}]}).layers[0]
+    assert (ln.axis, ln.eps) == (-1, 1e-12)
+
+
+@pytest.mark.parametrize("layers,where,field", [
+    ([{"type": "fan_out", "num": 1}], 0, "num"),
+    ([{"type": "parallel", "branches": [[{"type": "dense", "W_std": -1}]]}],
+     "layers[0].branches[0][0]", "W_std"),
+    ([{"type": "repeat", "n": 2, "layer": {"type": "serial", "layers": [{"type": "conv"}]}}],
+     "layers[0].layer.layers[0]", "filter_shape"),
+    ([{"type": "repeat", "n": 0, "layer": {"type": "dense"}}], 0, "n"),
+    ([{"type": "serial", "layers": [{"type": "dense"}, {"type": "bogus"}]}],
+     "layers[0].layers[1]", "type"),
+    ([{"type": "global_self_attention", "attention_mechanism": "TANH"}], 0,
+     "attention_mechanism"),
+    ([{"type": "layer_norm", "eps": -1}], 0, "eps"),
+])
+def test_nested_spec_errors_name_the_path(layers, where, field):
+    with pytest.raises(nc.InputError) as e:
+        parse_arch({"layers": layers})
+    assert (e.value.layer, e.value.field) == (where, field), str(e.value)

@@ -49,9 +49,12 @@ class GramJobError(RuntimeError):
 
 
 def _cost_per_pair(plan: Plan) -> float:
-    elements = sum(
-        (math.prod(lp.in_spatial) ** (2 if lp.in_full else 1)) if lp.in_spatial else 1
-        for lp in plan.layers)
+    elements = 0
+    for lp in plan.layers:
+        p = math.prod(lp.in_spatial) if lp.in_spatial else 1
+        elements += p ** (2 if lp.in_full else 1)
+        if lp.self_stat == "cov":  # attention: two (P, P) matrix products per pair
+            elements += 2 * p**3
     return elements * SECONDS_PER_ELEMENT
 
 

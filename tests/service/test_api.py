@@ -226,6 +226,22 @@ def test_bad_jobs_are_422_naming_the_field(service, client_a, finished, data):
         ({"train": train.id, "arch": {"layers": [{"type": "softmax"}]}}, "arch.layers[0]"),
         ({"train": flat.id, "arch": {"layers": [{"type": "relu"}]}}, "arch.layers[0].type"),
         ({"train": flat.id, "arch": A.cntk(2)}, "arch.layers[0]"),  # conv on (n, 64) data
+        # composite nets: the path to the nested layer
+        ({"train": flat.id, "arch": {"layers": [
+            {"type": "dense"}, {"type": "fan_out", "num": 2},
+            {"type": "parallel", "branches": [[{"type": "identity"}],
+                                              [{"type": "dense", "W_std": -1}]]},
+            {"type": "fan_in_sum"}]}}, "arch.layers[2].branches[1][0].W_std"),
+        ({"train": flat.id, "arch": {"layers": [
+            {"type": "dense"}, {"type": "fan_out", "num": 2},
+            {"type": "parallel", "branches": [[{"type": "dense"}], [{"type": "serial", "layers": [
+                {"type": "conv", "filter_shape": [3]}]}]]},
+            {"type": "fan_in_sum"}]}}, "arch.layers[2].branches[1][0].layers[0].filter_shape"),
+        ({"train": flat.id, "arch": {"layers": [{"type": "dense"}, {"type": "fan_in_sum"}]}},
+         "arch.layers[1].type"),
+        ({"train": flat.id, "arch": {"layers": [{"type": "dense"},
+                                                {"type": "global_self_attention"},
+                                                {"type": "dense"}]}}, "arch.layers[1].type"),
         ({"train": train.id, "arch": A.fc(2), "kernels": ["ntk", "rbf"]},
          "kernels[1]"),
         ({"train": train.id, "arch": A.fc(2), "dtype": "float16"}, "dtype"),
@@ -300,6 +316,25 @@ def test_cntk_features_job_on_images(service, client_a, data):
                                rtol=1e-10, atol=1e-12)
     sol = client_a.solve(job, 1e-2, relative=True).wait(timeout=120)
     assert sol.metrics["best"]["accuracy"] > 0.85, sol.metrics
+
+
+def test_residual_attention_job_on_images(service, client_a, data):
+    """A composite net (ResNet blocks given as repeat/serial/parallel, layer norm, attention)
+    through REST: blocks equal the in-process kernel, and its solve classifies the digits."""
+    xtr, ytr, xte, yte = data
+    n, m = 120, 60
+    train, test = client_a.upload(xtr[:n], ytr[:n]), client_a.upload(xte[:m], yte[:m])
+    arch = A.resnet(1, "global_avg_pool")
+    arch["layers"][2:2] = [{"type": "layer_norm"},
+                           {"type": "global_self_attention", "W_query_std": 0.5}]
+    job = client_a.kernel(train, arch, test=test, kernels=["ntk"]).wait(timeout=300,
+                                                                       progress=False)
+    assert job.info["arch"]["layers"][1]["layer"]["layers"][1]["type"] == "parallel"
+    ref, cross = nc.kernel(arch, xtr[:n], get="ntk"), nc.kernel(arch, xte[:m], xtr[:n], get="ntk")
+    np.testing.assert_allclose(job.to_numpy("ntk"), ref["ntk"], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(job.to_numpy("ntk", "test"), cross["ntk"], rtol=1e-12, atol=0)
+    sol = client_a.solve(job, 1e-3, relative=True).wait(timeout=120)
+    assert sol.metrics["best"]["accuracy"] > 0.7, sol.metrics
 
 
 def test_stale_staging_dirs_are_cleaned(tmp_path):

@@ -27,7 +27,13 @@ def block_memory(arch, shape, b):
 @pytest.mark.parametrize("arch,shape,tile,b", [
     (A.fc(3, b_std=0.1), (300, 20), 128, 64),
     (A.cntk(2, b_std=0.1), (45, 6, 6, 2), 12, 4),
-], ids=["fc", "cntk"])
+    ({"layers": [  # residual blocks, layer norm and attention: self statistics of both kinds
+        *A.resnet(1, "global_avg_pool")["layers"][:2],
+        {"type": "layer_norm", "axis": [1, 2, 3]},
+        {"type": "global_self_attention", "n_heads": 2, "b_std": 0.1},
+        {"type": "relu"}, {"type": "global_sum_pool"}, {"type": "dense"}]},
+     (30, 4, 4, 2), 8, 4),
+], ids=["fc", "cntk", "resnet-attention"])
 def test_tiled_equals_in_process_exactly(client, tmp_path, arch, shape, tile, b):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape)
