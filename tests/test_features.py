@@ -140,6 +140,8 @@ def test_float32_and_the_array_module_path():
     ({"layers": [{"type": "dense"}, {"type": "erf"}, {"type": "dense"}]}, "type", 1),
     ({"layers": [{"type": "relu"}, {"type": "dense"}]}, "type", 0),
     ({**A.fc(1), "parameterization": "standard"}, "parameterization", None),
+    ({"layers": [{"type": "dense"}, {"type": "layer_norm"}, {"type": "dense"}]}, "type", 1),
+    (A.resnet(1), "type", 1),  # composite nets: the exact kernel only
 ])
 def test_unsupported_architectures_are_clear_errors(arch, field, layer):
     with pytest.raises(nc.InputError) as e:
