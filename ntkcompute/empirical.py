@@ -26,6 +26,7 @@ import numpy as np
 
 from . import spec
 from .errors import InputError
+from .kernels import attention
 from .kernels.quadrature import FUNCTIONS
 from .plan import LayerPlan, Plan, Window, make_plan
 from .spec import Architecture, parse_arch
@@ -182,17 +183,6 @@ def _ln_axes(lp: LayerPlan) -> tuple[int, ...]:
     return tuple(sorted(a % nd for a in axes))
 
 
-def _attention_fn(mech: str, logits: np.ndarray) -> np.ndarray:
-    if mech == "SOFTMAX":
-        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
-    if mech == "ABS":
-        return np.abs(logits)
-    if mech == "RELU":
-        return np.maximum(logits, 0)
-    return logits
-
-
 def forward(plan: Plan, params: list, x: np.ndarray) -> tuple[np.ndarray, list]:
     """Network outputs ``(n, K)`` for inputs ``x`` and the tape the backward pass reads.
 
@@ -252,7 +242,7 @@ def forward(plan: Plan, params: list, x: np.ndarray) -> tuple[np.ndarray, list]:
             v = (sv * (a @ wv)).reshape(n, t, h, dv)
             norm = dk if layer.linear_scaling else math.sqrt(dk)
             logits = np.einsum("nthd,nshd->nhts", q, k) / norm
-            g = _attention_fn(layer.attention_mechanism, logits)
+            g = attention.mechanism(np, layer.attention_mechanism, logits)
             heads = np.einsum("nhts,nshd->nthd", g, v).reshape(n, t, h * dv)
             a_in = a
             a = so * (heads @ wo)

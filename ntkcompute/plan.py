@@ -55,11 +55,6 @@ class LayerPlan:
     self_stat: str | None = None  # "var" / "cov": per-input statistic it needs (see below)
 
     @property
-    def where(self) -> int | str:
-        """The layer's location for :class:`InputError`."""
-        return spec.layer_index(self.path)
-
-    @property
     def self_shape(self) -> tuple[int, ...]:
         """Per-input shape of its self statistic: variances at each position (``"var"``,
         nonlinearities and layer_norm) or the full self-covariance (``"cov"``, attention)."""
@@ -98,22 +93,23 @@ def _window(
     path: str, name: str, spatial: tuple[int, ...], size: list[int], strides: list[int] | None,
     padding: str, default_strides: tuple[int, ...],
 ) -> Window:
+    where = spec.layer_index(path)
     if len(size) != len(spatial):
         kind = "vectors" if not spatial else f"{len(spatial)} spatial axes {spatial}"
         raise InputError(
             f"has {len(size)} entries but the input to this layer has {kind}; "
             "this layer needs inputs of shape (n, *spatial, channels)",
-            field=name, layer=spec.layer_index(path))
+            field=name, layer=where)
     st = tuple(strides) if strides is not None else default_strides
     if len(st) != len(spatial):
         raise InputError(f"needs {len(spatial)} entries, got {len(st)}", field="strides",
-                         layer=spec.layer_index(path))
+                         layer=where)
     pads, outs = [], []
     for n, f, s in zip(spatial, size, st, strict=True):
         if padding == "VALID":
             if f > n:
                 raise InputError(f"window {tuple(size)} is larger than the input {spatial} "
-                                 "with VALID padding", field=name, layer=spec.layer_index(path))
+                                 "with VALID padding", field=name, layer=where)
             pads.append((0, 0))
             outs.append((n - f) // s + 1)
         else:  # SAME and CIRCULAR: output ceil(n / s), padding split low-first as in XLA
@@ -121,7 +117,7 @@ def _window(
             total = max((out - 1) * s + f - n, 0)
             if padding == "CIRCULAR" and total > n:
                 raise InputError(f"window {tuple(size)} wraps more than once around {spatial}",
-                                 field=name, layer=spec.layer_index(path))
+                                 field=name, layer=where)
             pads.append((total // 2, total - total // 2))
             outs.append(out)
     return Window(tuple(size), st, tuple(pads), tuple(outs), padding == "CIRCULAR")

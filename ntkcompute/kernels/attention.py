@@ -28,7 +28,7 @@ from ..plan import LayerPlan
 from .state import Array, State
 
 
-def _to_matrix(xp, a: Array, d: int, nb: int) -> Array:
+def _to_matrix(a: Array, d: int, nb: int) -> Array:
     """Full layout ``(S1, S1', .., Sd, Sd') + B`` -> ``B + (P, P')``."""
     spatial = a.shape[:2 * d]
     perm = [*range(2 * d, 2 * d + nb), *range(0, 2 * d, 2), *range(1, 2 * d, 2)]
@@ -43,22 +43,25 @@ def _from_matrix(xp, m: Array, spatial: tuple[int, ...], nb: int) -> Array:
     return xp.ascontiguousarray(a.transpose(perm))
 
 
+def mechanism(xp, name: str, logits: Array) -> Array:
+    """``attention_mechanism`` applied to logits whose last axis is the key position."""
+    if name == "SOFTMAX":
+        g = xp.exp(logits - logits.max(axis=-1, keepdims=True))
+        g /= g.sum(axis=-1, keepdims=True)
+        return g
+    if name == "ABS":
+        return xp.abs(logits)
+    if name == "RELU":
+        return xp.maximum(logits, 0)
+    return logits
+
+
 def weights(xp, lp: LayerPlan, cov: Array) -> Array:
     """Attention weights ``(n, P, P)`` from self-covariances ``(n, *S, *S)``."""
     layer = lp.layer
     n, p = cov.shape[0], math.prod(lp.in_spatial)
     logits = (layer.W_query_std * layer.W_key_std) * cov.reshape(n, p, p)
-    mech = layer.attention_mechanism
-    if mech == "SOFTMAX":
-        logits = logits - logits.max(axis=-1, keepdims=True)
-        g = xp.exp(logits)
-        g /= g.sum(axis=-1, keepdims=True)
-        return g
-    if mech == "ABS":
-        return xp.abs(logits)
-    if mech == "RELU":
-        return xp.maximum(logits, 0)
-    return logits
+    return mechanism(xp, layer.attention_mechanism, logits)
 
 
 def global_self_attention(lp: LayerPlan, st: State, xp, ca: Array | None,
@@ -69,8 +72,8 @@ def global_self_attention(lp: LayerPlan, st: State, xp, ca: Array | None,
     d, nb = len(st.spatial), st.nb
     ov2 = (layer.W_out_std * layer.W_value_std) ** 2
     b2 = layer.b_std**2 if layer.b_std is not None else 0.0
-    k = _to_matrix(xp, st.nngp, d, nb)
-    t = None if st.ntk is None else _to_matrix(xp, st.ntk, d, nb)
+    k = _to_matrix(st.nngp, d, nb)
+    t = None if st.ntk is None else _to_matrix(st.ntk, d, nb)
     if layer.linear_scaling:
         g1 = weights(xp, lp, ca)
         g2 = g1 if nb == 1 else weights(xp, lp, cb)
