@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from distributed import Client, LocalCluster
+from features import LAMS, _accs  # bench/features.py: the λ sweep and its report
+from features import _kernel_sweep as _sweep
 
 import workers
 from ntkcompute import architectures as A
@@ -31,16 +33,6 @@ from ntkcompute.client import Client as ApiClient
 from ntkcompute.datasets import cifar10, standardize
 from ntkcompute.demo import start_service
 from ntkcompute.regression import one_hot
-
-LAMS = (1e-4, 1e-3, 1e-2, 1e-1)
-
-
-def _sweep(k: np.ndarray, kx: np.ndarray, ytr: np.ndarray, yte: np.ndarray) -> list[float]:
-    s, U = np.linalg.eigh(k)
-    UY = U.T @ one_hot(ytr, 10)
-    scale = float(np.mean(np.diag(k)))
-    return [float(np.mean((kx @ (U @ (UY / (s + c * scale)[:, None]))).argmax(1) == yte))
-            for c in LAMS]
 
 
 def _predictions(k: np.ndarray, kx: np.ndarray, ytr: np.ndarray, c: float = 0.1) -> np.ndarray:
@@ -54,12 +46,6 @@ def _normalised_gap(a: np.ndarray, b: np.ndarray) -> float:
     na = a / np.sqrt(np.outer(np.diag(a), np.diag(a)))
     nb = b / np.sqrt(np.outer(np.diag(b), np.diag(b)))
     return float(np.linalg.norm(na - nb) / np.linalg.norm(nb))
-
-
-def _accs(accs: list[float]) -> str:
-    best = int(np.argmax(accs))
-    return (f"best {accs[best]:.4f} at c={LAMS[best]:g}  "
-            f"[{' '.join(f'{a:.3f}' for a in accs)}]")
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InputError
 
@@ -37,29 +37,24 @@ class _Layer(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _std(v: float | None, name: str) -> float | None:
+def _std(v: float | None) -> float | None:
     if v is None:
         return v
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        raise ValueError(f"must be a finite number >= 0, got {v}")
     if v > 1e100:  # its square enters every kernel entry; past this it overflows float64
-        raise ValueError(f"{name} must be <= 1e100, got {v}")
+        raise ValueError(f"must be <= 1e100, got {v}")
     return v
 
 
+#: A weight or bias standard deviation (``W_std``, ``b_std``, attention's ``W_*_std``).
+Std = Annotated[float, AfterValidator(_std)]
+OptionalStd = Annotated[float | None, AfterValidator(_std)]
+
+
 class _Affine(_Layer):
-    W_std: float = 1.0
-    b_std: float | None = None
-
-    @field_validator("W_std")
-    @classmethod
-    def _w(cls, v: float) -> float:
-        return _std(v, "W_std")
-
-    @field_validator("b_std")
-    @classmethod
-    def _b(cls, v: float | None) -> float | None:
-        return _std(v, "b_std")
+    W_std: Std = 1.0
+    b_std: OptionalStd = None
 
 
 class Dense(_Affine):
@@ -258,22 +253,12 @@ class GlobalSelfAttention(_Layer):
     n_chan_val: int | None = Field(default=None, gt=0)
     n_heads: int = Field(default=1, gt=0)
     linear_scaling: bool = True
-    W_key_std: float = 1.0
-    W_value_std: float = 1.0
-    W_query_std: float = 1.0
-    W_out_std: float = 1.0
-    b_std: float | None = None
+    W_key_std: Std = 1.0
+    W_value_std: Std = 1.0
+    W_query_std: Std = 1.0
+    W_out_std: Std = 1.0
+    b_std: OptionalStd = None
     attention_mechanism: Literal["SOFTMAX", "IDENTITY", "ABS", "RELU"] = "SOFTMAX"
-
-    @field_validator("W_key_std", "W_value_std", "W_query_std", "W_out_std")
-    @classmethod
-    def _w(cls, v: float, info: Any) -> float:
-        return _std(v, info.field_name)
-
-    @field_validator("b_std")
-    @classmethod
-    def _b(cls, v: float | None) -> float | None:
-        return _std(v, "b_std")
 
 
 # --- combinators (stax.serial, FanOut, parallel, FanInSum/Concat/Prod) ----------------------
