@@ -13,18 +13,18 @@ from ..plan import LayerPlan
 from .state import Array, State, expand_var
 
 
-def _normaliser(lp: LayerPlan, v: Array) -> Array:
+def _normaliser(xp, lp: LayerPlan, v: Array) -> Array:
     """``(n, *spatial)`` variances -> ``v + eps``, averaged over the normalised spatial axes."""
     axes = lp.layer.axis if isinstance(lp.layer.axis, list) else [lp.layer.axis]
     nd = v.ndim + 1  # the input's axes: batch, spatial..., channel
     spatial = tuple(a % nd for a in axes if 0 < a % nd < nd - 1)
     if spatial:
-        v = v.mean(axis=spatial, keepdims=True) + 0 * v  # broadcast back to every position
+        v = xp.broadcast_to(v.mean(axis=spatial, keepdims=True), v.shape)
     return v + lp.layer.eps
 
 
 def layer_norm(lp: LayerPlan, st: State, xp, va: Array, vb: Array) -> State:
-    a = expand_var(xp, _normaliser(lp, va), st.nb, 0, st.full)
-    b = expand_var(xp, _normaliser(lp, vb), st.nb, 1, st.full)
+    a = expand_var(xp, _normaliser(xp, lp, va), st.nb, 0, st.full)
+    b = expand_var(xp, _normaliser(xp, lp, vb), st.nb, 1, st.full)
     scale = 1.0 / xp.sqrt(a * b)
     return st.with_(nngp=st.nngp * scale, ntk=None if st.ntk is None else st.ntk * scale)
