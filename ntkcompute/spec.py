@@ -272,10 +272,11 @@ class FanOut(_Layer):
 
 
 class Parallel(_Layer):
-    """Apply the i-th branch (a list of layers) to the i-th of as many branch inputs."""
+    """Apply the i-th branch (a non-empty list of layers; ``identity`` passes a copy on) to
+    the i-th of as many branch inputs."""
 
     type: Literal["parallel"] = "parallel"
-    branches: list[list[Layer]] = Field(min_length=1)
+    branches: list[Annotated[list[Layer], Field(min_length=1)]] = Field(min_length=1)
 
 
 class FanInSum(_Layer):
@@ -353,8 +354,9 @@ def _error_from_validation(err: ValidationError) -> InputError:
         else:
             path += f".{p}" if path else p
         rest.append(f"[{p}]" if isinstance(p, int) else p)
-    if not layer_path or isinstance(loc[-1], int) or loc[-1] == "layer":
-        # the error is a layer itself (a missing or unknown type)
+    at_layer = loc[-1] == "layer" or (isinstance(loc[-1], int) and (
+        loc[-2] == "layers" or isinstance(loc[-2], int)))  # not branches[b], a list
+    if not layer_path or at_layer:  # the error is a layer itself (a missing or unknown type)
         layer_path, rest = path, []
     field = ".".join(str(r) for r in rest).replace(".[", "[") if rest else "type"
     return InputError(msg, field=field, layer=layer_index(layer_path))

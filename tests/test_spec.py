@@ -137,6 +137,9 @@ def test_attention_and_layer_norm_defaults_follow_stax():
     ([{"type": "global_self_attention", "attention_mechanism": "TANH"}], 0,
      "attention_mechanism"),
     ([{"type": "layer_norm", "eps": -1}], 0, "eps"),
+    ([{"type": "parallel", "branches": [[{"type": "identity"}], []]}], 0, "branches[1]"),
+    ([{"type": "parallel", "branches": [[{"type": "relu"}, {}]]}], "layers[0].branches[0][1]",
+     "type"),
 ])
 def test_nested_spec_errors_name_the_path(layers, where, field):
     with pytest.raises(nc.InputError) as e:

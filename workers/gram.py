@@ -55,7 +55,7 @@ def _cost_per_pair(plan: Plan) -> float:
         elements += p ** (2 if lp.in_full else 1)
         if lp.self_stat == "cov":  # attention: two (P, P) matrix products per pair
             elements += 2 * p**3
-    return elements * SECONDS_PER_ELEMENT
+    return max(elements, 1) * SECONDS_PER_ELEMENT
 
 
 def choose_tile(plan: Plan, n: int, itemsize: int, memory: int, block: int,

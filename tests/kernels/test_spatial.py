@@ -14,7 +14,7 @@ from ntkcompute.plan import _window
 def test_full_conv_window_sum(rng, padding, size, strides):
     H, W = 5, 4
     a = rng.standard_normal((H, H, W, W, 2, 3))  # batch axes last
-    win = _window(0, "filter_shape", (H, W), list(size), list(strides), padding, (1, 1))
+    win = _window("layers[0]", "filter_shape", (H, W), list(size), list(strides), padding, (1, 1))
     out = conv_window_sum(np, a, True, win)
     ref = np.zeros((win.out[0], win.out[0], win.out[1], win.out[1], 2, 3))
 
@@ -37,7 +37,7 @@ def test_full_conv_window_sum(rng, padding, size, strides):
 
 def test_pool_window_sum_independent_offsets(rng):
     a = rng.standard_normal((4, 4, 3, 3, 1))
-    win = _window(0, "window_shape", (4, 3), [2, 2], [2, 1], "VALID", (1, 1))
+    win = _window("layers[0]", "window_shape", (4, 3), [2, 2], [2, 1], "VALID", (1, 1))
     out = pool_window_sum(np, a, win)
     ref = np.zeros((2, 2, 2, 2, 1))
     for o, o2, p, p2 in itertools.product(range(2), range(2), range(2), range(2)):
