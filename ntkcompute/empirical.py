@@ -28,7 +28,7 @@ from . import spec
 from .errors import InputError
 from .kernels import attention
 from .kernels.quadrature import FUNCTIONS
-from .plan import LayerPlan, Plan, Window, make_plan
+from .plan import LayerPlan, Plan, Window, layer_norm_axes, make_plan
 from .spec import Architecture, parse_arch
 from .validate import as_input, check_get, check_pair, resolve_dtype
 
@@ -176,13 +176,6 @@ def init_params(plan: Plan, seed: int, dtype: Any) -> list[tuple[np.ndarray | No
     return params
 
 
-def _ln_axes(lp: LayerPlan) -> tuple[int, ...]:
-    """LayerNorm axes of the ``(n, *spatial, C)`` activation, non-negative."""
-    nd = len(lp.in_spatial) + 2
-    axes = lp.layer.axis if isinstance(lp.layer.axis, list) else [lp.layer.axis]
-    return tuple(sorted(a % nd for a in axes))
-
-
 def forward(plan: Plan, params: list, x: np.ndarray) -> tuple[np.ndarray, list]:
     """Network outputs ``(n, K)`` for inputs ``x`` and the tape the backward pass reads.
 
@@ -257,7 +250,7 @@ def forward(plan: Plan, params: list, x: np.ndarray) -> tuple[np.ndarray, list]:
             a = f(a)
         elif isinstance(layer, spec.LayerNorm):
             full = a.reshape(a.shape[0], *lp.in_spatial, a.shape[-1])
-            axes = _ln_axes(lp)
+            axes = layer_norm_axes(layer.axis, lp.in_spatial)
             y = full - full.mean(axis=axes, keepdims=True)
             sigma = np.sqrt(layer.eps + (y * y).mean(axis=axes, keepdims=True))
             y = y / sigma

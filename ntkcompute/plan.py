@@ -123,6 +123,14 @@ def _window(
     return Window(tuple(size), st, tuple(pads), tuple(outs), padding == "CIRCULAR")
 
 
+def layer_norm_axes(axis: int | list[int], in_spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """``layer_norm``'s axes of its ``(n, *spatial, C)`` input, non-negative and sorted
+    (out-of-range axes stay out of range, for the plan to report)."""
+    nd = len(in_spatial) + 2
+    return tuple(sorted(a + nd if a < 0 else a for a in (axis if isinstance(axis, list)
+                                                          else [axis])))
+
+
 # Layers whose pair state must enter with the full spatial covariance (when spatial).
 _FULL_IN = (spec.AvgPool, spec.GlobalAvgPool, spec.GlobalSumPool, spec.GlobalSelfAttention)
 _WEIGHTED = (Dense, Conv, spec.GlobalSelfAttention)
@@ -295,9 +303,8 @@ class _Walker:
                                "parameterization only")
             stat = "cov" if layer.linear_scaling else None
         elif isinstance(layer, spec.LayerNorm):
-            axes = layer.axis if isinstance(layer.axis, list) else [layer.axis]
             nd = len(cur) + 2
-            norm = [a + nd if a < 0 else a for a in axes]
+            norm = layer_norm_axes(layer.axis, cur)
             if any(not 0 <= a < nd for a in norm) or len(set(norm)) != len(norm):
                 raise self.err(path, f"axes must be distinct and within the input's {nd} axes "
                                f"(n, *spatial, C), got {layer.axis}", field="axis")

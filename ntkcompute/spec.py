@@ -288,7 +288,7 @@ class FanInProd(_Layer):
 
 
 class FanInConcat(_Layer):
-    """Concatenate the branches along ``axis``: -1 (channels) or a spatial axis."""
+    """Concatenate the branches along ``axis``; only the channel axis (-1) is supported."""
 
     type: Literal["fan_in_concat"] = "fan_in_concat"
     axis: int = -1
@@ -347,9 +347,8 @@ def _error_from_validation(err: ValidationError) -> InputError:
     for k, p in enumerate(loc):
         if isinstance(p, int):
             path += f"[{p}]"
-        elif k and (isinstance(loc[k - 1], int) or loc[k - 1] == "layer") \
-                and p in _LAYER_TYPES:
-            layer_path, rest = path, []  # pydantic puts the union tag after a layer's place
+        elif is_union_tag(loc, k):
+            layer_path, rest = path, []
             continue
         else:
             path += f".{p}" if path else p
@@ -360,6 +359,13 @@ def _error_from_validation(err: ValidationError) -> InputError:
         layer_path, rest = path, []
     field = ".".join(str(r) for r in rest).replace(".[", "[") if rest else "type"
     return InputError(msg, field=field, layer=layer_index(layer_path))
+
+
+def is_union_tag(loc: list | tuple, k: int) -> bool:
+    """Whether ``loc[k]`` of a pydantic error location is the layer-type tag pydantic puts
+    after a layer's place (an index, or a repeat's ``layer``), not a field."""
+    return k > 0 and (isinstance(loc[k - 1], int) or loc[k - 1] == "layer") \
+        and loc[k] in _LAYER_TYPES
 
 
 def layer_index(path: str) -> int | str:

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import ntkcompute
 from ntkcompute.errors import InputError
+from ntkcompute.spec import is_union_tag
 from ntkcompute.validate import check_get
 from workers.features import plan_features
 from workers.gram import plan_job
@@ -463,21 +464,13 @@ def _loc(loc: Any) -> str:
     for k, p in enumerate(parts):
         if isinstance(p, int):
             out += f"[{p}]"
-        elif k and (isinstance(parts[k - 1], int) or parts[k - 1] == "layer") \
-                and p in _LAYER_TAGS:
+        elif is_union_tag(parts, k):
             continue
         else:
             out += f".{p}" if out else str(p)
     return out
 
 
-def _layer_tags() -> set[str]:
-    from ntkcompute.spec import LAYER_CLASSES
-
-    return {c.model_fields["type"].default for c in LAYER_CLASSES}
-
-
-_LAYER_TAGS = _layer_tags()
 
 
 def _span(text: str | None, n: int, field: str) -> slice:

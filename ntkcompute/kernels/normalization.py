@@ -9,15 +9,14 @@ vanishes in the limit for the Gaussian pre-activations the plan requires.
 
 from __future__ import annotations
 
-from ..plan import LayerPlan
+from ..plan import LayerPlan, layer_norm_axes
 from .state import Array, State, expand_var
 
 
 def _normaliser(xp, lp: LayerPlan, v: Array) -> Array:
     """``(n, *spatial)`` variances -> ``v + eps``, averaged over the normalised spatial axes."""
-    axes = lp.layer.axis if isinstance(lp.layer.axis, list) else [lp.layer.axis]
-    nd = v.ndim + 1  # the input's axes: batch, spatial..., channel
-    spatial = tuple(a % nd for a in axes if 0 < a % nd < nd - 1)
+    # v's axes are the input's without the channel: spatial axis a of the input is v's a
+    spatial = tuple(a for a in layer_norm_axes(lp.layer.axis, lp.in_spatial) if 0 < a < v.ndim)
     if spatial:
         v = xp.broadcast_to(v.mean(axis=spatial, keepdims=True), v.shape)
     return v + lp.layer.eps
