@@ -25,11 +25,22 @@ class Base(DeclarativeBase):
 
 
 class ApiKey(Base):
+    """An API key: the public id and the SHA-256 of its secret (the secret is never stored).
+
+    Times are epoch seconds; ``revoked``/``expires``/``rotated`` are None when not set (and in
+    rows of databases older than these columns, as is ``source``, read as ``"cli"``).
+    """
+
     __tablename__ = "api_keys"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     secret_hash: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(200), default="")
     created: Mapped[float] = mapped_column(Float, default=time.time)
+    revoked: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: "cli" (``ntk keys create``) or "env" (``NTK_API_KEYS``, which then sets its secret)
+    source: Mapped[str] = mapped_column(String(8), default="cli")
+    rotated: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Dataset(Base):

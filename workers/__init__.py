@@ -4,8 +4,9 @@ from .features import compute_features, plan_features, solve_features
 from .gram import GramJob, GramJobError, JobPlan, compute_gram, plan_job
 from .operator import DistributedKernel
 from .solve import SolveResult, solve
-from .store import read_dataset, write_dataset
+from .store import CorruptChunk, read_dataset, write_dataset
+from .verify import VerifyReport, verify_job
 
-__all__ = ["DistributedKernel", "GramJob", "GramJobError", "JobPlan", "SolveResult",
-           "compute_features", "compute_gram", "plan_features", "plan_job", "read_dataset", "solve",
-           "solve_features", "write_dataset"]
+__all__ = ["CorruptChunk", "DistributedKernel", "GramJob", "GramJobError", "JobPlan",
+           "SolveResult", "VerifyReport", "compute_features", "compute_gram", "plan_features",
+           "plan_job", "read_dataset", "solve", "solve_features", "verify_job", "write_dataset"]

@@ -20,9 +20,18 @@ from ntkcompute.validate import check_get, check_shape, resolve_dtype
 
 from . import tasks
 from .cluster import get_client
-from .gram import GramJob, _as_array, _marker, _store_input, changed_chunks, same_job
-from .store import job_meta, open_group, set_meta
+from .gram import (
+    GramJob,
+    _as_array,
+    _marker,
+    _store_input,
+    changed_chunks,
+    read_marks,
+    same_job,
+)
+from .store import create_array, job_meta, open_group, read, set_meta
 from .store import storage_options as resolve_options
+from .verify import Damage, verify_job
 
 #: Rows per task by default: ~64 MiB of features per tile, and no more than ~2·10¹¹
 #: floating-point operations (seconds of one core; conv nets cost far more per row).
@@ -54,14 +63,15 @@ def plan_features(arch: Any, x: Any, *, m: int, seed: int = 0,
 def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
                      get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None,
                      tile: int | None = None, client: Client | None = None,
-                     scheduler: str | None = None, storage_options: dict | None = None
-                     ) -> GramJob:
+                     scheduler: str | None = None, storage_options: dict | None = None,
+                     checksums: bool = True, verify: bool = False) -> GramJob:
     """Start (or resume) the random-feature job of ``arch`` on x (n, d) or (n, *spatial, C)
     into ``store``.
 
     Writes ``ntk`` (n, D) and/or ``nngp`` (n, D') feature arrays (``FeatureMap.dims``; an
     FC net's are 2m+1 and m+1) chunked by ``tile`` rows, with a ``done`` marker per row
     tile. Returns a :class:`workers.GramJob` (progress, wait, arrays, to_numpy).
+    ``checksums`` and ``verify`` as for :func:`workers.compute_gram`.
 
     Raises:
         InputError: an architecture the features do not cover, bad shapes, or a store
@@ -77,21 +87,30 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
                 "seed": seed, "dtype": dt.str, "get": list(get), "x_shape": list(a.shape),
                 "n1": n, "tile": tile, "dims": fm.dims}
     old = same_job(g, store, identity)
-    sums = _store_input(g, "x1", a, dt, tile)
-    t = len(sums)
-    changed = changed_chunks(old, "x1", sums)
-    for k in get:
-        if k not in g:
-            g.create_array(k, shape=(n, fm.dims[k]), chunks=(tile, fm.dims[k]), dtype=dt,
-                           fill_value=0, compressors=None)
-    done = _marker(g, "done", (t,))
-    marks = done[...].astype(bool)
-    for i in np.nonzero(marks)[0]:
-        if changed[i]:
-            marks[i], done[i] = False, 0
-    set_meta(g, **identity, x1_chunks=sums, status="running", error=None,
-             started=time.time(), tiles_total=t)
     cl, cluster = get_client(client, scheduler)
+    try:
+        damage = verify_job(store, client=cl, options=opts).damage() if verify and old \
+            else Damage()
+        sums = _store_input(g, "x1", a, dt, tile, checksum=checksums,
+                            force=damage.inputs.get("x1", frozenset()))
+        t = len(sums)
+        changed = changed_chunks(old, "x1", sums)
+        for k in get:
+            if k not in g:
+                create_array(g, k, (n, fm.dims[k]), (tile, fm.dims[k]), dt,
+                             checksum=checksums, computed=True)
+        done = _marker(g, "done", (t,), checksums)
+        marks = read_marks(done)
+        for i in np.nonzero(marks)[0]:
+            if changed[i] or (i,) in damage.tiles:
+                marks[i], done[i] = False, 0
+        set_meta(g, **identity, x1_chunks=sums, status="running", error=None,
+                 started=time.time(), tiles_total=t, checksums=checksums)
+    except BaseException:
+        if cluster is not None:
+            cl.close()
+            cluster.close()
+        raise
     token = f"{abs(hash((store, time.time()))):x}"
     futures = [cl.submit(tasks.feature_task, store, i, options=opts,
                          key=f"tile-features-{i}-{token}", pure=False)
@@ -197,7 +216,8 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
     if test is not None:
         zt = open_group(test, mode="r", options=options)[name]
         coefs = coef if coef.ndim == 3 else coef[None]
-        preds = np.stack([np.asarray(zt[...], dtype=np.float64) @ c for c in coefs])
+        zt = np.asarray(read(zt), dtype=np.float64)
+        preds = np.stack([zt @ c for c in coefs])
         res.predictions = preds if coef.ndim == 3 else preds[0]
         res.metrics = _metrics(preds[-1], test_labels, classes)
         if len(preds) > 1:

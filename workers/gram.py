@@ -34,8 +34,19 @@ from ntkcompute.validate import check_get, check_pair, check_shape, resolve_dtyp
 
 from . import tasks
 from .cluster import get_client
-from .store import job_meta, open_group, set_meta, sha256
+from .store import (
+    CorruptChunk,
+    check_chunk,
+    chunks_of,
+    create_array,
+    job_meta,
+    open_group,
+    read,
+    set_meta,
+    sha256,
+)
 from .store import storage_options as resolve_options
+from .verify import Damage, verify_job
 
 #: Target seconds of work per tile: the scheduler costs ~5 ms a task, so >= 0.5 s keeps its
 #: overhead under 1%; a few seconds keeps progress and resume fine-grained.
@@ -171,28 +182,33 @@ class GramJob:
         return {k: self.group[k] for k in ("ntk", "nngp") if k in self.group}
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        return {k: v[...] for k, v in self.arrays.items()}
+        """Every stored array, read through its checksums (:class:`CorruptChunk` if one
+        fails)."""
+        return {k: read(v) for k, v in self.arrays.items()}
 
 
-def _store_input(g: zarr.Group, name: str, x: Any, dtype: np.dtype, tile: int) -> list[str]:
-    """Write ``x`` to ``g[name]`` chunk by chunk where it differs; return chunk checksums."""
+def _store_input(g: zarr.Group, name: str, x: Any, dtype: np.dtype, tile: int, *,
+                 checksum: bool = True, force: frozenset[int] = frozenset()) -> list[str]:
+    """Write ``x`` to ``g[name]`` chunk by chunk where it differs (or its chunk index is in
+    ``force``: found damaged); return chunk checksums."""
     n = x.shape[0]
     if name in g and g[name].shape == tuple(x.shape) and g[name].dtype == dtype \
             and g[name].chunks[0] == tile:
         arr = g[name]
     else:
-        arr = g.create_array(name, shape=x.shape, chunks=(tile, *x.shape[1:]), dtype=dtype,
-                             fill_value=0, compressors=None, overwrite=True)
+        arr = create_array(g, name, tuple(x.shape), (tile, *x.shape[1:]), dtype,
+                           checksum=checksum, overwrite=True)
     old = job_meta(g).get(f"{name}_chunks", [])
     sums = []
     for k, start in enumerate(range(0, n, tile)):
-        block = np.asarray(x[start:start + tile])
+        rows = slice(start, min(start + tile, n))
+        block = read(x, rows) if isinstance(x, zarr.Array) else np.asarray(x[rows])
         if block.dtype.kind not in "fiu":
             raise InputError(f"must be real numbers, got dtype {block.dtype}", field=name)
         block = block.astype(dtype, copy=False)
         s = sha256(block)
-        if k >= len(old) or old[k] != s:
-            arr[start:start + tile] = block
+        if k >= len(old) or old[k] != s or k in force:
+            arr[rows] = block
         sums.append(s)
     return sums
 
@@ -214,11 +230,25 @@ def changed_chunks(old: dict[str, Any], name: str, sums: list[str]) -> list[bool
     return [k >= len(before) or before[k] != s for k, s in enumerate(sums)]
 
 
-def _marker(g: zarr.Group, path: str, shape: tuple[int, ...]) -> zarr.Array:
+def _marker(g: zarr.Group, path: str, shape: tuple[int, ...], checksum: bool = True
+            ) -> zarr.Array:
     if path in g and g[path].shape == shape:
         return g[path]
-    return g.create_array(path, shape=shape, chunks=(1,) * len(shape), dtype="uint8",
-                          fill_value=0, compressors=None, overwrite=True)
+    return create_array(g, path, shape, (1,) * len(shape), "uint8", checksum=checksum,
+                        overwrite=True)
+
+
+def read_marks(marks: zarr.Array) -> np.ndarray:
+    """A marker array as booleans; a marker chunk that fails its checksum reads as not done
+    (the tile is recomputed rather than trusted)."""
+    try:
+        return read(marks, missing_ok=True).astype(bool)
+    except CorruptChunk:
+        out = np.zeros(marks.shape, dtype=bool)
+        for coords in chunks_of(marks):
+            if check_chunk(marks, coords, missing_ok=True) is None:
+                out[coords] = bool(marks[coords])
+        return out
 
 
 @dataclass(frozen=True)
@@ -278,7 +308,8 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
                  store: str, tile: int | None = None, client: Client | None = None,
                  scheduler: str | None = None, get: tuple[str, ...] | str = ("ntk", "nngp"),
                  dtype: Any = None, memory: int = DEFAULT_MEMORY,
-                 storage_options: dict | None = None) -> GramJob:
+                 storage_options: dict | None = None, checksums: bool = True,
+                 verify: bool = False) -> GramJob:
     """Start (or resume) the tiled Gram job of ``arch`` on x1 (and x2) into ``store``.
 
     Args:
@@ -293,6 +324,11 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         get, dtype: as for :func:`ntkcompute.kernel`.
         memory: working-memory budget of one task in bytes (tile outputs included).
         storage_options: fsspec options for the store (default ``$NTK_STORAGE_OPTIONS``).
+        checksums: a CRC-32C per chunk of every array the job creates (verified on
+            every read); off only to measure what they cost.
+        verify: before resuming, check every chunk of the stored job on the workers
+            (:func:`workers.verify_job`) and recompute exactly the damaged tiles, self
+            statistics and input chunks, even of a finished job.
 
     Returns:
         a :class:`GramJob`; call ``wait()`` for the result.
@@ -311,19 +347,38 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
                 "x_shape": list(a1.shape), "n1": n1, "n2": n2, "symmetric": a2 is None,
                 "tile": tile, "block": block}
     old = same_job(g, store, identity)
+    cl, cluster = get_client(client, scheduler)
+    try:
+        damage = verify_job(store, client=cl, options=opts).damage() if verify and old \
+            else Damage()
+        return _start_gram(g, store, identity, old, plan, a1, a2, cl, cluster, opts,
+                           checksums, memory, damage)
+    except BaseException:
+        if cluster is not None:
+            cl.close()
+            cluster.close()
+        raise
 
+
+def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[str, Any],
+                plan: Plan, a1: Any, a2: Any | None, cl: Client, cluster: Any,
+                opts: dict | None, checksum: bool, memory: int, damage: Damage) -> GramJob:
+    n1, n2, tile, dt = identity["n1"], identity["n2"], identity["tile"], np.dtype(
+        identity["dtype"])
     # Inputs, chunk checksums, and which chunks changed since an earlier run.
-    sums1 = _store_input(g, "x1", a1, dt, tile)
-    sums2 = None if a2 is None else _store_input(g, "x2", a2, dt, tile)
+    sums1 = _store_input(g, "x1", a1, dt, tile, checksum=checksum,
+                         force=damage.inputs.get("x1", frozenset()))
+    sums2 = None if a2 is None else _store_input(g, "x2", a2, dt, tile, checksum=checksum,
+                                                 force=damage.inputs.get("x2", frozenset()))
     t1, t2 = len(sums1), (len(sums1) if a2 is None else len(sums2))
     changed1 = changed_chunks(old, "x1", sums1)
     changed2 = changed1 if a2 is None else changed_chunks(old, "x2", sums2)
 
-    for name in get:
+    for name in identity["get"]:
         if name not in g:
-            g.create_array(name, shape=(n1, n2), chunks=(tile, tile), dtype=dt,
-                           fill_value=0, compressors=None)
-    done = _marker(g, "done", (t1, t2))
+            create_array(g, name, (n1, n2), (tile, tile), dt, checksum=checksum,
+                         computed=True)
+    done = _marker(g, "done", (t1, t2), checksum)
     self_sets = [("x1", t1, changed1)] + ([] if a2 is None else [("x2", t2, changed2)])
     self_done = {}
     for which, t, changed in self_sets:
@@ -332,27 +387,27 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         for j, lp in enumerate(plan.self_layers):
             shape = (nrows, *lp.self_shape)
             if f"var{j}" not in sg:
-                sg.create_array(f"var{j}", shape=shape, chunks=(tile, *shape[1:]), dtype=dt,
-                                fill_value=0, compressors=None)
+                create_array(sg, f"var{j}", shape, (tile, *shape[1:]), dt, checksum=checksum,
+                             computed=True)
         for name in ("diag_nngp", "diag_ntk"):
             if name not in sg:
-                sg.create_array(name, shape=(nrows,), chunks=(tile,), dtype=dt, fill_value=0,
-                                compressors=None)
-        marks = _marker(sg, "done", (t,))
+                create_array(sg, name, (nrows,), (tile,), dt, checksum=checksum,
+                             computed=True)
+        marks = _marker(sg, "done", (t,), checksum)
         for k, ch in enumerate(changed):
-            if ch:
+            if ch or (which, k) in damage.self_chunks:
                 marks[k] = 0
-        self_done[which] = marks[...].astype(bool)
-    tile_done = done[...].astype(bool)
+        self_done[which] = read_marks(marks)
+    tile_done = read_marks(done)
     for i, j in zip(*np.nonzero(tile_done), strict=True):  # invalidate tiles on changed rows
-        if changed1[i] or changed2[j]:
+        if changed1[i] or changed2[j] or (i, j) in damage.tiles:
             tile_done[i, j] = False
             done[i, j] = 0
     set_meta(g, **identity, x1_chunks=sums1, x2_chunks=sums2, threads=1, memory=memory,
              version=ntkcompute.__version__, status="running", error=None,
-             started=time.time(), tiles_total=_tile_count(t1, t2, a2 is None))
+             started=time.time(), tiles_total=_tile_count(t1, t2, a2 is None),
+             checksums=checksum)
 
-    cl, cluster = get_client(client, scheduler)
     token = f"{abs(hash((store, time.time()))):x}"
     self_futs: dict[tuple[str, int], Any] = {}
     futures = []

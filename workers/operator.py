@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
-from .store import open_group
+from .store import open_group, read
 
 
 class RowBlock:
@@ -24,7 +24,7 @@ class RowBlock:
         self.arr = open_group(url, mode="r", options=options)[name]
         self.start, self.stop = start, stop
         nbytes = (stop - start) * self.arr.shape[1] * self.arr.dtype.itemsize
-        self.cached = self.arr[start:stop] if nbytes <= cache_bytes else None
+        self.cached = read(self.arr, slice(start, stop)) if nbytes <= cache_bytes else None
         self.step = self.arr.chunks[0]
 
     def info(self) -> dict[str, Any]:
@@ -35,7 +35,7 @@ class RowBlock:
             yield 0, self.cached
             return
         for r in range(self.start, self.stop, self.step):
-            yield r - self.start, self.arr[r:min(r + self.step, self.stop)]
+            yield r - self.start, read(self.arr, slice(r, min(r + self.step, self.stop)))
 
     def matvec(self, V: np.ndarray) -> np.ndarray:
         """Rows of ``K @ V`` (float64), V of shape (n, k)."""
@@ -56,8 +56,9 @@ class RowBlock:
         """``K[rows, cols]`` (float64)."""
         if self.cached is not None:
             return self.cached[:, cols].astype(np.float64)
-        return np.asarray(self.arr.get_orthogonal_selection(
-            (slice(self.start, self.stop), cols)), dtype=np.float64)
+        rows = slice(self.start, self.stop)
+        return np.stack([np.asarray(read(self.arr, (rows, slice(c, c + 1)))[:, 0],
+                                    dtype=np.float64) for c in cols], axis=1)
 
 
 class DistributedKernel:

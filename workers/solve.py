@@ -29,7 +29,7 @@ from ntkcompute.regression import (
 
 from .cluster import get_client
 from .operator import DistributedKernel
-from .store import open_group, set_meta
+from .store import create_array, open_group, read, set_meta
 
 
 @dataclass
@@ -68,7 +68,7 @@ def _predict(cross_url: str, name: str, coef: np.ndarray, options: dict | None) 
     out = np.empty((arr.shape[0], coef.shape[-1]))
     step = arr.chunks[0]
     for r in range(0, arr.shape[0], step):
-        out[r:r + step] = np.asarray(arr[r:r + step], dtype=np.float64) @ coef
+        out[r:r + step] = np.asarray(read(arr, slice(r, r + step)), dtype=np.float64) @ coef
     return out
 
 
@@ -119,7 +119,7 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
     if any(not np.isfinite(v) or v < 0 for v in lams):
         raise InputError(f"must be finite and >= 0, got {lams}", field="lambda")
     if solver == "direct":
-        K = np.asarray(g[name][...], dtype=np.float64)
+        K = np.asarray(read(g[name]), dtype=np.float64)
         eig = Eigen.of(K) if (len(lams) > 1 or times or bound or spectrum_k) else None
         if len(lams) == 1:
             coef = solve_direct(K, Y, lams[0])
@@ -134,7 +134,7 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             if times:
                 res.analyses["learning_curves"] = learning_curves(s, U, Y, times, lr).tolist()
         if times and cross is not None:
-            kc = np.asarray(open_group(cross, mode="r", options=options)[name][...],
+            kc = np.asarray(read(open_group(cross, mode="r", options=options)[name]),
                             dtype=np.float64)
             res.analyses["gd"] = [
                 {"t": t, **_metrics(f, test_labels, classes)}
@@ -185,8 +185,8 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         sg = g.require_group(f"solves/{save}")
         for key, val in (("coefficients", res.coefficients), ("predictions", res.predictions)):
             if val is not None:
-                a = sg.create_array(key, shape=val.shape, dtype="float64",
-                                    chunks=val.shape, compressors=None, overwrite=True)
+                a = create_array(sg, key, val.shape, val.shape, "float64", computed=True,
+                                 overwrite=True)
                 a[...] = val
         set_meta(sg, solver=solver, lams=lams, iterations=res.iterations,
                  converged=res.converged, metrics=res.metrics, seconds=res.seconds,

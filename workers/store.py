@@ -4,6 +4,13 @@ A URL is a local path or any fsspec URL (``file://``, ``s3://``, ``memory://``, 
 fsspec options (credentials, endpoint) come from configuration, not code: the
 ``storage_options`` argument or the ``NTK_STORAGE_OPTIONS`` environment variable (JSON).
 
+Every array is written with a CRC-32C checksum per chunk (Zarr v3's ``crc32c`` codec).
+Computed arrays (kernels, self statistics, features, solves), which never hold a NaN, are
+NaN-filled, so a chunk never written or deleted reads as NaN; for other arrays (inputs,
+markers) a missing chunk is found by its key. :func:`read` turns a checksum failure, an
+unreadable chunk or a missing one into :class:`CorruptChunk` naming the array and the
+chunk, never into numbers.
+
 Kernel job group (one per job)::
 
     <url>/            attrs["ntkcompute"]: spec, dtype, get, shapes, tile, block, checksums,
@@ -21,12 +28,17 @@ Dataset group: ``x`` (and ``y``) with attrs ``sha256``, as written by :func:`wri
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
+from zarr.core.sync import sync
 
 ATTR = "ntkcompute"
 
@@ -65,28 +77,159 @@ def sha256(a: np.ndarray, block_bytes: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
-def write_array(group: zarr.Group, name: str, a: np.ndarray, rows: int) -> zarr.Array:
-    """Write ``a`` as ``group[name]`` chunked by ``rows`` rows, uncompressed."""
-    arr = group.create_array(name, shape=a.shape, chunks=(rows, *a.shape[1:]), dtype=a.dtype,
-                             fill_value=0, compressors=None, overwrite=True)
+class CorruptChunk(RuntimeError):
+    """A stored chunk that is missing, unreadable or fails its checksum.
+
+    ``array`` is the array's path inside its store (``"ntk"``, ``"self/x1/var0"``), ``chunk``
+    its chunk coordinates: for a kernel array, the tile ``(i, j)``.
+    """
+
+    def __init__(self, array: str, chunk: tuple[int, ...], problem: str) -> None:
+        self.array, self.chunk, self.problem = array, tuple(int(c) for c in chunk), problem
+        super().__init__(f"{array} chunk {list(self.chunk)}: {problem}")
+
+    def __reduce__(self) -> tuple:  # raised in Dask tasks: rebuilt from these, not args
+        return CorruptChunk, (self.array, self.chunk, self.problem)
+
+
+def create_array(group: zarr.Group, name: str, shape: tuple[int, ...],
+                 chunks: tuple[int, ...], dtype: Any, *, checksum: bool = True,
+                 computed: bool = False, overwrite: bool = False) -> zarr.Array:
+    """``group[name]``, uncompressed, with a CRC-32C per chunk unless ``checksum=False``.
+    ``computed``: values that are never NaN (kernels, statistics, features, solves): the
+    array is NaN-filled, so a chunk never written reads as missing without a key lookup."""
+    dt = np.dtype(dtype)
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dt,
+                              fill_value=np.nan if computed and dt.kind == "f" else 0,
+                              compressors=[Crc32cCodec()] if checksum else None,
+                              overwrite=overwrite)
+
+
+def has_checksums(arr: zarr.Array) -> bool:
+    return any(isinstance(c, Crc32cCodec) for c in arr.compressors)
+
+
+def _nan_filled(arr: zarr.Array) -> bool:
+    return arr.dtype.kind == "f" and bool(np.isnan(arr.fill_value))
+
+
+def _present(arr: zarr.Array, coords: tuple[int, ...]) -> bool:
+    return sync((arr.store_path / arr.metadata.encode_chunk_key(tuple(coords))).exists())
+
+
+def _slices(arr: zarr.Array, sel: Any) -> tuple[slice, ...]:
+    """A selection of ``arr`` (None, a slice or a tuple of slices/ints) as one in-bounds
+    slice per axis."""
+    if sel is None or sel is Ellipsis:
+        sel = ()
+    if not isinstance(sel, tuple):
+        sel = (sel,)
+    out = []
+    for s, n in itertools.zip_longest(sel, arr.shape, fillvalue=slice(None)):
+        if isinstance(s, (int, np.integer)):
+            k = int(s) + (n if s < 0 else 0)
+            out.append(slice(k, k + 1))
+        else:
+            start, stop, step = s.indices(n)
+            if step != 1:
+                raise ValueError("verified reads take unit-step slices")
+            out.append(slice(start, max(start, stop)))
+    return tuple(out)
+
+
+def chunks_of(arr: zarr.Array, sel: Any = None) -> Iterator[tuple[int, ...]]:
+    """Coordinates of every chunk that the selection touches."""
+    ranges = [range(s.start // c, math.ceil(s.stop / c)) if s.stop > s.start else range(0)
+              for s, c in zip(_slices(arr, sel), arr.chunks, strict=True)]
+    return itertools.product(*ranges)
+
+
+def chunk_region(arr: zarr.Array, coords: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(k * c, min((k + 1) * c, n))
+                 for k, c, n in zip(coords, arr.chunks, arr.shape, strict=True))
+
+
+def check_chunk(arr: zarr.Array, coords: tuple[int, ...], missing_ok: bool = False
+                ) -> str | None:
+    """What is wrong with one chunk (``"missing"``, ``"checksum mismatch"``, ...), or None.
+
+    ``missing_ok``: a chunk never written is fine (markers, whose absent chunks read 0)."""
+    region = chunk_region(arr, coords)
+    try:
+        block = arr[region]
+    except Exception as e:  # the codec chain: a checksum that differs, a short chunk, ...
+        return _problem(e)
+    if missing_ok:
+        return None
+    if _nan_filled(arr):
+        return None if np.isfinite(block).all() else "missing (never written, or deleted)"
+    return None if _present(arr, coords) else "missing (never written, or deleted)"
+
+
+def _problem(e: BaseException) -> str:
+    text = str(e)
+    if "checksum" in text.lower():
+        return "checksum mismatch (the chunk's bytes changed since they were written)"
+    return f"unreadable ({type(e).__name__}; truncated or damaged)"
+
+
+def read(arr: zarr.Array, sel: Any = None, *, missing_ok: bool = False) -> np.ndarray:
+    """``arr[sel]``, verified: raises :class:`CorruptChunk` naming the first chunk under the
+    selection that fails its checksum, cannot be decoded, or is missing (a NaN in a computed
+    array; elsewhere, a chunk key that does not exist). ``sel``: None, a slice, or a tuple
+    of unit-step slices / ints. ``missing_ok``: absent chunks read as the fill value
+    (markers)."""
+    sl = _slices(arr, sel)
+    try:
+        out = arr[sl]
+    except Exception:
+        _raise_first_bad(arr, sl, missing_ok)
+        raise
+    if missing_ok or out.size == 0:
+        return out
+    if _nan_filled(arr):
+        # one reduction is ~2x cheaper than isfinite().all(); an overflowing sum of finite
+        # values falls through to the exact check
+        if not np.isfinite(np.add.reduce(out, axis=None)) and not np.isfinite(out).all():
+            _raise_first_bad(arr, sl, missing_ok)
+    else:
+        for coords in chunks_of(arr, sl):
+            if not _present(arr, coords):
+                raise CorruptChunk(arr.path, coords, "missing (never written, or deleted)")
+    return out
+
+
+def _raise_first_bad(arr: zarr.Array, sl: tuple[slice, ...], missing_ok: bool) -> None:
+    for coords in chunks_of(arr, sl):
+        problem = check_chunk(arr, coords, missing_ok)
+        if problem:
+            raise CorruptChunk(arr.path, coords, problem)
+
+
+def write_array(group: zarr.Group, name: str, a: np.ndarray, rows: int, *,
+                checksum: bool = True, computed: bool = False) -> zarr.Array:
+    """Write ``a`` as ``group[name]`` chunked by ``rows`` rows (see :func:`create_array`)."""
+    arr = create_array(group, name, a.shape, (rows, *a.shape[1:]), a.dtype,
+                       checksum=checksum, computed=computed, overwrite=True)
     for r in range(0, a.shape[0], rows):  # chunk by chunk: a memory map is read once, lazily
         arr[r:r + rows] = a[r:r + rows]
     return arr
 
 
 def write_dataset(url: str, x: np.ndarray, y: np.ndarray | None = None, *,
-                  rows: int = 1024, options: dict | None = None) -> zarr.Group:
+                  rows: int = 1024, options: dict | None = None,
+                  checksum: bool = True) -> zarr.Group:
     """Store a dataset ``x`` (n, ...) and optional labels ``y`` (n, ...) as a Zarr group."""
     g = open_group(url, mode="w", options=options)
     x = np.asarray(x)
-    write_array(g, "x", x, rows)
+    write_array(g, "x", x, rows, checksum=checksum)
     meta = {"n": int(x.shape[0]), "x_shape": list(x.shape), "x_dtype": x.dtype.str,
             "x_sha256": sha256(x)}
     if y is not None:
         y = np.asarray(y)
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"y has {y.shape[0]} rows, x has {x.shape[0]}")
-        write_array(g, "y", y, rows)
+        write_array(g, "y", y, rows, checksum=checksum)
         meta["y_sha256"] = sha256(y)
     g.attrs[ATTR] = meta
     return g

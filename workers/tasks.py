@@ -20,7 +20,7 @@ from ntkcompute.plan import Plan, make_plan
 from ntkcompute.spec import parse_arch
 from ntkcompute.validate import as_input
 
-from .store import job_meta, open_group
+from .store import check_chunk, job_meta, open_group, read
 
 
 def _device() -> Any:
@@ -46,7 +46,7 @@ def _rows(meta: dict, which: str, i: int) -> slice:
 
 def _load_rows(g, meta: dict, which: str, i: int, xp: Any) -> Any:
     rows = _rows(meta, which, i)
-    x = np.asarray(g[which][rows])
+    x = read(g[which], rows)
     try:
         x = as_input(x, which, np.dtype(meta["dtype"]))
     except InputError as e:
@@ -67,11 +67,13 @@ def self_task(url: str, which: str, i: int, options: dict | None = None) -> dict
                    memory=block_budget(xp, meta["memory"], 1))
     rows = _rows(meta, which, i)
     sg = g[f"self/{which}"]
-    for j, v in enumerate(sc.variances):
-        sg[f"var{j}"][rows] = backend.to_numpy(v)
-    sg["diag_nngp"][rows] = backend.to_numpy(sc.nngp)
-    if sc.ntk is not None:
-        sg["diag_ntk"][rows] = backend.to_numpy(sc.ntk)
+    stats = {f"var{j}": v for j, v in enumerate(sc.variances)}
+    stats.update(diag_nngp=sc.nngp, **({} if sc.ntk is None else {"diag_ntk": sc.ntk}))
+    for name, v in stats.items():
+        v = backend.to_numpy(v)
+        _check_finite(v, f"self statistic {name} of {which} rows {rows.start}:{rows.stop}",
+                      meta)
+        sg[name][rows] = v
     sg["done"][i] = 1  # after the chunks above are written
     return {"seconds": time.perf_counter() - t0}
 
@@ -79,9 +81,19 @@ def self_task(url: str, which: str, i: int, options: dict | None = None) -> dict
 def _load_self(g, meta: dict, which: str, i: int, xp: Any, plan: Plan) -> SelfCov:
     rows = _rows(meta, which, i)
     sg = g[f"self/{which}"]
-    variances = tuple(xp.asarray(sg[f"var{j}"][rows]) for j in range(len(plan.self_indices)))
-    ntk = xp.asarray(sg["diag_ntk"][rows]) if "ntk" in meta["get"] else None
-    return SelfCov(variances, xp.asarray(sg["diag_nngp"][rows]), ntk)
+    variances = tuple(xp.asarray(read(sg[f"var{j}"], rows))
+                      for j in range(len(plan.self_indices)))
+    ntk = xp.asarray(read(sg["diag_ntk"], rows)) if "ntk" in meta["get"] else None
+    return SelfCov(variances, xp.asarray(read(sg["diag_nngp"], rows)), ntk)
+
+
+def _check_finite(val: np.ndarray, what: str, meta: dict) -> None:
+    """Never store inf/NaN as a result (a NaN also marks a missing chunk, see store.read)."""
+    if not np.isfinite(val).all():
+        bad = int((~np.isfinite(val)).sum())
+        raise FloatingPointError(
+            f"{what}: {bad} non-finite entries ({meta['dtype']} overflow, or non-finite "
+            "inputs; use float64 or smaller W_std / b_std / activation scales)")
 
 
 def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None) -> dict:
@@ -104,12 +116,8 @@ def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None)
     r, c = _rows(meta, "x1", i), _rows(meta, other, j)
     for name, val in out.items():
         val = backend.to_numpy(val)
-        if not np.isfinite(val).all():  # overflow: never store inf/NaN as a kernel
-            bad = int((~np.isfinite(val)).sum())
-            raise FloatingPointError(
-                f"{name} tile rows {r.start}:{r.stop} x cols {c.start}:{c.stop}: {bad} "
-                f"non-finite entries ({meta['dtype']} overflow; use float64 or smaller "
-                "W_std / b_std / activation scales)")
+        _check_finite(val, f"{name} tile rows {r.start}:{r.stop} x cols {c.start}:{c.stop}",
+                      meta)
         g[name][r, c] = val
         if sym and i != j:
             g[name][c, r] = val.T
@@ -138,7 +146,9 @@ def feature_task(url: str, i: int, options: dict | None = None) -> dict:
     out = fm(x, tuple(meta["get"]), meta["dtype"])
     rows = _rows(meta, "x1", i)
     for name, val in out.items():
-        g[name][rows] = backend.to_numpy(val)
+        val = backend.to_numpy(val)
+        _check_finite(val, f"{name} features of rows {rows.start}:{rows.stop}", meta)
+        g[name][rows] = val
     g["done"][i] = 1  # after the rows above are written
     return {"seconds": time.perf_counter() - t0}
 
@@ -147,7 +157,7 @@ def _feature_rows(url: str, name: str, i: int, options: dict | None) -> tuple[An
     """Row tile ``i`` of a features job's ``name`` array (float64), and its row slice."""
     g = open_group(url, mode="r", options=options)
     rows = _rows(job_meta(g), "x1", i)
-    return np.asarray(g[name][rows], dtype=np.float64), rows
+    return np.asarray(read(g[name], rows), dtype=np.float64), rows
 
 
 def normal_part(url: str, name: str, i: int, y: Any, options: dict | None = None) -> tuple:
@@ -167,6 +177,63 @@ def normal_matvec(url: str, name: str, i: int, v: Any, options: dict | None = No
     ZᵀZ."""
     z, _ = _feature_rows(url, name, i, options)
     return z.T @ (z @ v)
+
+
+def verify_task(url: str, i: int, options: dict | None = None) -> dict:
+    """Check tile row ``i`` of a stored job (see :mod:`workers.verify`): its input and
+    self-statistic row chunks, its ``done`` markers, and the kernel (or feature) chunks of
+    every tile marked done. Returns ``{"checked", "bad", "pending"}``."""
+    g = open_group(url, mode="r", options=options)
+    meta = job_meta(g)
+    features = meta.get("method") == "features"
+    sym = not features and meta["symmetric"]
+    t1 = -(-meta["n1"] // meta["tile"])
+    t2 = 1 if features else -(-meta["n2"] // meta["tile"])
+    bad: list[dict] = []
+    pending: list[list[int]] = []
+    checked = 0
+
+    def check(arr_path: str, coords: tuple[int, ...], tile: tuple[int, ...],
+              missing_ok: bool = False) -> bool:
+        nonlocal checked
+        checked += 1
+        problem = check_chunk(g[arr_path], coords, missing_ok)
+        if problem:
+            bad.append({"array": arr_path, "chunk": list(coords), "tile": list(tile),
+                        "problem": problem})
+        return problem is None
+
+    inputs = [("x1", t1)] + ([] if sym or features else [("x2", t2)])
+    for which, t in inputs:  # row chunk i of each input, and its self statistics
+        if i >= t:
+            continue
+        check(which, (i,) + (0,) * (g[which].ndim - 1), (i,))
+        if features:
+            continue
+        sg = f"self/{which}"
+        if not read(g[f"{sg}/done"], slice(i, i + 1), missing_ok=True)[0]:
+            continue  # not computed yet
+        names = [n for n in g[sg].array_keys() if n != "done"]
+        if "ntk" not in meta["get"]:
+            names.remove("diag_ntk")
+        for name in sorted(names):
+            check(f"{sg}/{name}", (i,) + (0,) * (g[f"{sg}/{name}"].ndim - 1), (i,))
+    if i >= t1:
+        return {"checked": checked, "bad": bad, "pending": pending}
+    done = g["done"]
+    for j in range(i if sym else 0, t2):
+        tile = (i,) if features else (i, j)
+        mirrors = [tile] + ([(j, i)] if sym and i != j else [])
+        marked = True
+        for m in mirrors:
+            marked &= check("done", m, tile, missing_ok=True) and bool(done[m])
+        if not marked:
+            pending.append(list(tile))
+            continue
+        for name in meta["get"]:
+            for m in mirrors:
+                check(name, m if not features else (i, 0), tile)
+    return {"checked": checked, "bad": bad, "pending": pending}
 
 
 def add(a: Any, b: Any) -> Any:
