@@ -118,6 +118,11 @@ def _window(
             if padding == "CIRCULAR" and total > n:
                 raise InputError(f"window {tuple(size)} wraps more than once around {spatial}",
                                  field=name, layer=where)
+            if total - total // 2 > n:  # taps that only ever see padding
+                raise InputError(f"window {tuple(size)} with SAME padding reaches more than "
+                                 f"the input's size past its edge {spatial}: at most "
+                                 f"{3 * n - (out - 1) * s} along an axis of {n}",
+                                 field=name, layer=where)
             pads.append((total // 2, total - total // 2))
             outs.append(out)
     return Window(tuple(size), st, tuple(pads), tuple(outs), padding == "CIRCULAR")

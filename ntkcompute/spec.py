@@ -21,7 +21,15 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import InputError
 
@@ -34,7 +42,8 @@ ELEMENTWISE_FNS = (
 
 
 class _Layer(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no layer parameter may be inf or NaN (JSON's Infinity/NaN parse as floats)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _std(v: float | None) -> float | None:
@@ -322,13 +331,80 @@ NONLINEAR = (Relu, LeakyRelu, ABRelu, Abs, Erf, Gelu, Sin, Cos, Rbf, Exp, Gaussi
 FAN_IN = (FanInSum, FanInProd, FanInConcat)
 
 
+#: Deepest nesting of serial / parallel / repeat: validation and serialisation recurse once
+#: per level, and no network needs more.
+MAX_NESTING = 32
+#: Most layers a spec may expand to (each ``repeat`` multiplies its layer's count): planning
+#: costs ~0.1 ms a layer, so this bounds it below a second. Counted on the raw spec.
+MAX_LAYERS = 4096
+
+
+def _part(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def _nested(layer: Any) -> tuple[list[tuple[str, Any]], int]:
+    """The layers directly inside a serial / parallel / repeat (with their paths relative to
+    it) and the repeat count; ``([], 1)`` for any other layer."""
+    kind = _part(layer, "type")
+    if kind == "serial" and isinstance(_part(layer, "layers"), list):
+        return [(f".layers[{i}]", x) for i, x in enumerate(_part(layer, "layers"))], 1
+    if kind == "parallel" and isinstance(_part(layer, "branches"), list):
+        return [(f".branches[{b}][{i}]", x) for b, br in enumerate(_part(layer, "branches"))
+                if isinstance(br, list) for i, x in enumerate(br)], 1
+    if kind == "repeat":
+        n = _part(layer, "n")
+        return [(".layer", _part(layer, "layer"))], n if isinstance(n, int) and n > 0 else 1
+    return [], 1
+
+
+def spec_size(layers: list) -> tuple[int, int]:
+    """``(planned layers, nesting depth)`` of a spec's (raw or parsed) layer list, without
+    expanding anything: a ``repeat`` multiplies, containers count 0, every other layer 1.
+
+    Raises:
+        ValueError: past :data:`MAX_NESTING` (naming where) or :data:`MAX_LAYERS`.
+    """
+    stack, deepest = [(f"layers[{i}]", x, 0) for i, x in enumerate(layers)], 0
+    while stack:  # depth first, without recursion: the input may be nested arbitrarily deep
+        path, layer, depth = stack.pop()
+        inner, _ = _nested(layer)
+        if inner:
+            if depth + 1 > MAX_NESTING:
+                raise ValueError(f"{path} nests serial/parallel/repeat more than "
+                                 f"{MAX_NESTING} levels deep")
+            deepest = max(deepest, depth + 1)
+            stack.extend((path + p, x, depth + 1) for p, x in inner)
+
+    def count(layer: Any) -> int:  # recursion bounded by MAX_NESTING now
+        inner, n = _nested(layer)
+        return n * sum(count(x) for _, x in inner) if inner else 1
+
+    total = sum(count(x) for x in layers)
+    if total > MAX_LAYERS:
+        raise ValueError(f"expands to {total} layers (repeat multiplies), more than the "
+                         f"limit of {MAX_LAYERS}")
+    return total, deepest
+
+
 class Architecture(BaseModel):
-    """A serial network: ``layers`` applied in order, one parameterization for all."""
+    """A serial network: ``layers`` applied in order, one parameterization for all.
+
+    At most :data:`MAX_LAYERS` layers once repeats are expanded, nested at most
+    :data:`MAX_NESTING` deep (checked before the layers are validated)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     layers: list[Layer] = Field(min_length=1)
     parameterization: Literal["ntk", "standard"] = "ntk"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        layers = _part(data, "layers")
+        if isinstance(layers, list):
+            spec_size(layers)
+        return data
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=False)

@@ -67,4 +67,6 @@ def check_get(get: Any) -> tuple[str, ...]:
     bad = [g for g in get if g not in ("ntk", "nngp")]
     if not get or bad:
         raise InputError(f"must name 'ntk' and/or 'nngp', got {list(get)}", field="get")
+    if len(set(get)) != len(get):
+        raise InputError(f"names a kernel twice: {list(get)}", field="get")
     return get

@@ -1,7 +1,11 @@
 """``ntk`` subcommands of the service and its client.
 
     ntk serve [--scheduler ADDRESS] [--store URL] [--db URL] [--host H] [--port P]
-    ntk keys create [--name NAME] [--db URL]
+              [--tls-ca-file ca.pem --tls-cert client.pem --tls-key client-key.pem]
+    ntk keys create [--name NAME] [--expires DURATION|DATE] [--db URL]
+    ntk keys list [--json] [--db URL]
+    ntk keys revoke ID [--db URL]
+    ntk keys rotate ID [--db URL]
     ntk submit --arch arch.json --train x.npy [--train-labels y.npy]
                [--test x_test.npy] [--test-labels y_test.npy] [--kernels ntk,nngp]
                [--dtype float32] [--wait]
@@ -44,22 +48,72 @@ def _npy(path: str | None, field: str) -> np.ndarray | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from workers.cluster import check_address, security_from
+
     from .config import Settings
     from .server import serve
 
     settings = Settings.from_env(store=args.store, db=args.db, scheduler=args.scheduler,
-                                 workers=args.workers)
+                                 workers=args.workers, tls_ca_file=args.tls_ca_file,
+                                 tls_cert=args.tls_cert, tls_key=args.tls_key)
+    # bad TLS flags or a tls:// scheduler without them: exit 2 now, not at cluster start
+    security = security_from(settings.tls_ca_file, settings.tls_cert, settings.tls_key,
+                             env=False)
+    if settings.scheduler:
+        check_address(settings.scheduler, security)
     serve(settings, args.host, args.port, args.log_level)
     return 0
 
 
+def _when(t: float | None) -> str:
+    """Epoch seconds as a short UTC time for the keys table; "-" for None."""
+    from datetime import datetime, timezone
+
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def _keys(args: argparse.Namespace) -> int:
+    """``ntk keys create|list|revoke|rotate``: straight on the database, no service needed."""
+    import sys
+    import time
+
     from .config import Settings
     from .db import Database
-    from .keys import create_key
+    from .keys import create_key, list_keys, parse_expires, revoke, rotate
 
     db = Database(Settings.from_env(db=args.db).db)
-    print(create_key(db, args.name))
+    cmd = args.keys_command
+    if cmd == "create":
+        expires = parse_expires(args.expires) if args.expires else None
+        print(create_key(db, args.name, expires=expires))
+    elif cmd == "list":
+        rows = list_keys(db)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        head = ("ID", "NAME", "SOURCE", "STATUS", "CREATED", "EXPIRES", "REVOKED", "ROTATED")
+        table = [head] + [(r["id"], r["name"], r["source"], r["status"], _when(r["created"]),
+                           _when(r["expires"]), _when(r["revoked"]), _when(r["rotated"]))
+                          for r in rows]
+        widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+        for row in table:
+            print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    elif cmd == "revoke":
+        if not revoke(db, args.id):
+            raise InputError(f"no API key with id {args.id!r}", field="id")
+        print(f"revoked {args.id}")
+    elif cmd == "rotate":
+        token = rotate(db, args.id)
+        row = next(r for r in list_keys(db) if r["id"] == args.id)
+        if row["source"] == "env":
+            print(f"ntk keys rotate: {args.id} comes from NTK_API_KEYS: put the new token there "
+                  "too, or the next service start restores the listed secret", file=sys.stderr)
+        if row["expires"] is not None and row["expires"] <= time.time():
+            print(f"ntk keys rotate: {args.id} expired at {_when(row['expires'])}; the new "
+                  "token is refused as well", file=sys.stderr)
+        print(token)
     return 0
 
 
@@ -122,14 +176,32 @@ def register(sub: Any) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--log-level", default="info")
+    from workers.cli import add_tls_arguments
+
+    add_tls_arguments(s)  # the client certificate the service presents to the scheduler
     s.set_defaults(func=_serve)
 
-    k = sub.add_parser("keys", help="manage API keys")
+    k = sub.add_parser("keys", help="manage API keys (directly in the service's database)")
     ks = k.add_subparsers(dest="keys_command", required=True)
     kc = ks.add_parser("create", help="make an API key and print it (shown once)")
-    kc.add_argument("--name", default="")
-    kc.add_argument("--db", default=None, help="SQLAlchemy URL (default $NTK_DB_URL)")
-    kc.set_defaults(func=_keys)
+    kc.add_argument("--name", default="", help="a label for the key (shown by `keys list`)")
+    kc.add_argument("--expires", default=None, metavar="DURATION|DATE",
+                    help="when the key stops working: a duration from now (45s, 90m, 12h, "
+                    "30d, 2w) or an ISO-8601 date/datetime (UTC unless it has an offset); "
+                    "default never")
+    kl = ks.add_parser("list", help="show every key: id, name, source, status and times "
+                       "(never a secret)")
+    kl.add_argument("--json", action="store_true",
+                    help="a JSON list (times as epoch seconds) instead of a table")
+    kr = ks.add_parser("revoke", help="revoke a key for good; the service refuses it at once")
+    kr.add_argument("id", help="the key id (the part between ntk_ and the next _)")
+    ko = ks.add_parser("rotate", help="give a key a new secret and print the new token; the "
+                       "old one stops working at once")
+    ko.add_argument("id", help="the key id (the part between ntk_ and the next _)")
+    for p in (kc, kl, kr, ko):
+        p.add_argument("--db", default=None, metavar="URL",
+                       help="SQLAlchemy URL (default $NTK_DB_URL)")
+        p.set_defaults(func=_keys)
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=os.environ.get("NTK_URL", "http://127.0.0.1:8000"))

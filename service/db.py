@@ -5,13 +5,26 @@ Array data never enters the database: rows hold ids, shapes, status and the stor
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String, create_engine, event, inspect, text
+from sqlalchemy import (
+    JSON,
+    Float,
+    Integer,
+    String,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -103,14 +116,16 @@ class Solve(Base):
 
 
 class Database:
-    """Engine + session factory; tables are created on first use."""
+    """Engine + session factory; tables are created on first use. A SQLite file and its
+    directory are private to the service's user (0600 / 0700)."""
 
     def __init__(self, url: str) -> None:
         kw: dict[str, Any] = {}
+        path = None
         if url.startswith("sqlite"):
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.engine: Engine = create_engine(url, **kw)
         if url.startswith("sqlite"):
@@ -118,6 +133,29 @@ class Database:
         Base.metadata.create_all(self.engine)
         self._add_missing_columns()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._admit = threading.Lock()
+        if path and path != ":memory:":
+            for f in (path, f"{path}-wal", f"{path}-shm"):
+                if os.path.exists(f):
+                    os.chmod(f, 0o600)
+
+    def admit(self, owner: str, limit: int, apply: Callable[[Session], None]) -> int | None:
+        """Run ``apply`` (which adds a job or solve of ``owner``, or requeues one) only if
+        the key has fewer than ``limit`` queued or running kernel jobs and solves; returns
+        the count found when it has not (``apply`` not run), else None.
+
+        The count and ``apply`` are one transaction that first locks the key's row (``SELECT
+        ... FOR UPDATE`` on PostgreSQL); SQLite has one writer at a time and this process
+        admits one request at a time, so concurrent submits cannot both see room for one.
+        """
+        with self._admit, self.session() as s:
+            s.execute(select(ApiKey.id).where(ApiKey.id == owner).with_for_update())
+            n = sum(s.scalar(select(func.count()).select_from(m).where(
+                m.owner == owner, m.status.in_(ACTIVE))) or 0 for m in (Job, Solve))
+            if n >= limit:
+                return n
+            apply(s)
+        return None
 
     def _add_missing_columns(self) -> None:
         """Bring a database made by an older version up to date: columns added since are

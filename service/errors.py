@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 from ntkcompute.errors import InputError
+
+#: Server locations never shown to a client: root -> what is shown instead (set by the app).
+PRIVATE: dict[str, str] = {}
+#: Any other absolute filesystem path of two or more parts (the API's own /v1/... excepted).
+_PATH = re.compile(r"file://\S+|(?<![\w.~/:>-])/(?!v1/)(?:[\w.@+~-]+/)+[\w.@+~-]*")
+
+
+def redact(text: str) -> str:
+    """``text`` without server paths: the store, staging and database locations become
+    ``<store>`` etc., and any other absolute path ``<path>``."""
+    for root in sorted(PRIVATE, key=len, reverse=True):
+        text = text.replace(root, PRIVATE[root])
+    return _PATH.sub("<path>", text)
 
 
 class ApiError(Exception):

@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from ntkcompute.errors import InputError
 from workers import GramJob, compute_features, compute_gram, solve_features
 from workers import solve as run_solve
 from workers.cluster import get_client
-from workers.store import open_group, read_dataset, write_array
+from workers.store import CorruptChunk, open_group, read, read_dataset, remove_group, write_array
 
 from .config import Settings
 from .db import ACTIVE, Database, Dataset, Job, Solve
@@ -30,6 +31,9 @@ from .db import ACTIVE, Database, Dataset, Job, Solve
 log = logging.getLogger("ntkcompute.service")
 
 POLL_SECONDS = 0.5
+#: How long a cancelled job's parts are kept for a purge to wait on their running tasks
+#: (tiles are sized to take seconds).
+STOPPING_SECONDS = 600.0
 
 
 def _ping(dask_scheduler: Any = None) -> int:
@@ -42,6 +46,9 @@ class Runner:
         self.client: Any = None
         self._cluster: Any = None
         self._active: dict[str, tuple[float, dict[str, GramJob]]] = {}
+        self._starting: dict[str, Future] = {}  # start threads in flight, by job
+        # cancelled or failed jobs' parts, for a purge to wait on: (when, parts)
+        self._stopping: dict[str, tuple[float, list[GramJob]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._starts = ThreadPoolExecutor(2, thread_name_prefix="ntk-start")
@@ -51,8 +58,12 @@ class Runner:
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Join (or start) the Dask cluster, then resume every unfinished job."""
-        self.client, self._cluster = get_client(scheduler=self.settings.scheduler,
-                                                n_workers=self.settings.workers)
+        from workers.cluster import security_from
+
+        st = self.settings
+        self.client, self._cluster = get_client(
+            scheduler=st.scheduler, n_workers=st.workers,
+            security=security_from(st.tls_ca_file, st.tls_cert, st.tls_key, env=False))
         self._monitor.start()
         with self.db.session() as s:
             jobs = [j.id for j in s.query(Job).filter(Job.status.in_(ACTIVE))]
@@ -82,10 +93,13 @@ class Runner:
         return {"scheduler": f"ok ({n} workers)"}
 
     # kernel jobs -----------------------------------------------------------------------
-    def submit_kernel(self, jid: str) -> None:
-        self._starts.submit(self._start_kernel, jid)
+    def submit_kernel(self, jid: str, verify: bool = False) -> None:
+        """Start (or resume) a job in the background; ``verify``: check every stored chunk
+        first and recompute exactly the damaged ones (an explicit resume)."""
+        with self._lock:
+            self._starting[jid] = self._starts.submit(self._start_kernel, jid, verify)
 
-    def _start_kernel(self, jid: str) -> None:
+    def _start_kernel(self, jid: str, verify: bool) -> None:
         try:
             with self.db.session() as s:
                 job = s.get(Job, jid)
@@ -96,26 +110,34 @@ class Runner:
                 if train is None or (job.test and test is None):
                     raise InputError("a dataset of this job was deleted", field="train")
             common = dict(arch=job.arch, tile=job.tile, client=self.client,
-                          get=tuple(job.kernels), dtype=job.dtype)
+                          get=tuple(job.kernels), dtype=job.dtype, verify=verify)
+            parts: dict[str, GramJob] = {}
             if job.method == "features":  # one feature map for train and test rows
                 feats = dict(m=job.m, seed=job.seed, **common)
-                parts = {part: compute_features(x=ds.url, store=f"{job.url}/{part}", **feats)
-                         for part, ds in (("train", train), ("test", test)) if ds is not None}
+                for part, ds in (("train", train), ("test", test)):
+                    if ds is not None:
+                        parts[part] = compute_features(x=ds.url, store=f"{job.url}/{part}",
+                                                       **feats)
             else:
                 common["memory"] = self.settings.task_memory
-                parts = {"train": compute_gram(x1=train.url, store=f"{job.url}/train",
-                                               **common)}
+                parts["train"] = compute_gram(x1=train.url, store=f"{job.url}/train", **common)
                 if test is not None:
                     parts["test"] = compute_gram(x1=test.url, x2=train.url,
                                                  store=f"{job.url}/test", **common)
         except Exception as e:
+            for p in locals().get("parts", {}).values():
+                p.cancel()
             self._fail_kernel(jid, e)
             return
+        finally:
+            with self._lock:
+                self._starting.pop(jid, None)
         with self._lock, self.db.session() as s:
             job = s.get(Job, jid)
-            if job.status not in ACTIVE:  # cancelled while starting
+            if job is None or job.status not in ACTIVE:  # cancelled or purged while starting
                 for p in parts.values():
                     p.cancel()
+                self._stopping[jid] = (time.time(), list(parts.values()))
                 return
             job.status, job.started, job.finished = "running", time.time(), None
             job.error, job.runs = None, job.runs + 1
@@ -125,24 +147,53 @@ class Runner:
             self._active[jid] = (time.time(), parts)
 
     def _fail_kernel(self, jid: str, e: BaseException) -> None:
-        if not isinstance(e, InputError):
+        if not isinstance(e, (InputError, CorruptChunk)):
             log.error("kernel job %s failed to start:\n%s", jid, traceback.format_exc())
         self.db.update(Job, jid, status="failed", error=f"{type(e).__name__}: {e}",
                        finished=time.time())
 
     def cancel_kernel(self, jid: str) -> None:
+        """Mark the job cancelled and cancel its tasks; finished tiles stay. A task already
+        running on a worker runs to its end (see :meth:`purge_kernel`)."""
         with self._lock:
+            self.db.update(Job, jid, status="cancelled", finished=time.time(),
+                           eta_seconds=None)
             entry = self._active.pop(jid, None)
             if entry is not None:
                 for p in entry[1].values():
                     p.cancel()
-            self.db.update(Job, jid, status="cancelled", finished=time.time(),
-                           eta_seconds=None)
+                self._stopping[jid] = (time.time(), list(entry[1].values()))
+
+    def purge_kernel(self, jid: str, url: str, timeout: float = 60.0) -> bool:
+        """Cancel the job, wait until its start and every task of it have ended (a cancelled
+        task that already runs would write its tile after the delete), then delete its
+        arrays. False, with nothing deleted, if tasks are still running after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        self.cancel_kernel(jid)
+        with self._lock:
+            start = self._starting.get(jid)
+        if start is not None:
+            wait_futures([start], timeout=max(0.0, deadline - time.monotonic()))
+            if not start.done():
+                return False
+        with self._lock:
+            parts = self._stopping.get(jid, (0.0, []))[1]
+        for p in parts:
+            if not p.stop(max(0.0, deadline - time.monotonic())):
+                return False
+        with self._lock:
+            self._stopping.pop(jid, None)
+        remove_group(url)
+        return True
 
     def _watch(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
             with self._lock:
                 items = list(self._active.items())
+                for jid in [j for j, (t, _) in self._stopping.items()
+                            if time.time() - t > STOPPING_SECONDS]:
+                    del self._stopping[jid]
             for jid, (t0, parts) in items:
                 try:
                     self._update(jid, t0, parts)
@@ -161,6 +212,8 @@ class Runner:
             errors = [f"{n}: {p.error}" for n, p in parts.items() if p.error]
             for p in parts.values():
                 p.cancel()
+            with self._lock:
+                self._stopping[jid] = (time.time(), list(parts.values()))
             values.update(status="failed", error="; ".join(errors), finished=time.time(),
                           eta_seconds=None)
         elif all(v == "succeeded" for v in statuses.values()):
@@ -233,11 +286,11 @@ class Runner:
         g = open_group(url, mode="w")
         coefs = np.concatenate([r.coefficients if r.coefficients.ndim == 3
                                 else r.coefficients[None] for r in results])
-        write_array(g, "coefficients", coefs, 1)
+        write_array(g, "coefficients", coefs, 1, computed=True)
         if results[0].predictions is not None:
             preds = np.concatenate([r.predictions if r.predictions.ndim == 3
                                     else r.predictions[None] for r in results])
-            write_array(g, "predictions", preds, 1)
+            write_array(g, "predictions", preds, 1, computed=True)
         per = []
         for r in results:
             sweep = r.metrics.get("per_lambda")
@@ -259,10 +312,11 @@ def _mean_diag(job: Job, kind: str) -> float:
     if job.method == "features":  # ⟨Φ(x), Φ(x)⟩, streamed by row chunks
         z = g[kind]
         step = z.chunks[0]
-        total = sum(float(np.sum(np.asarray(z[r:r + step], dtype=np.float64) ** 2))
+        total = sum(float(np.sum(np.asarray(read(z, slice(r, r + step)),
+                                         dtype=np.float64) ** 2))
                     for r in range(0, z.shape[0], step))
         return total / z.shape[0]
-    return float(np.mean(g[f"self/x1/diag_{kind}"][...], dtype=np.float64))
+    return float(np.mean(read(g[f"self/x1/diag_{kind}"]), dtype=np.float64))
 
 
 def _labels(given: list | None, ds: Dataset | None, field: str, required: bool = True
@@ -274,4 +328,4 @@ def _labels(given: list | None, ds: Dataset | None, field: str, required: bool =
         if required:
             raise InputError("not given, and the train dataset has no y", field=field)
         return None
-    return np.asarray(y[...])
+    return np.asarray(read(y))

@@ -92,8 +92,8 @@ class SolveRequest(_Body):
         "dataset's y")
     test_labels: Labels | None = Field(
         None, description="labels of the test rows; default: the test dataset's y")
-    lambdas: list[NonNegative] = Field([0.0], min_length=1, max_length=100,
-                                 description="ridge λ values (absolute), each >= 0")
+    lambdas: list[NonNegative] = Field([0.0], min_length=1, description=(
+        "ridge λ values (absolute), each >= 0; at most NTK_MAX_LAMBDAS"))
     relative: bool = Field(False, description="λ values are multiples of mean(diag K) "
                            "(scale-free, as in Arora et al. 2019) instead of absolute")
     solver: Literal["cg", "direct"] = "cg"
@@ -122,10 +122,32 @@ class Health(BaseModel):
     checks: dict[str, str] = {}
 
 
+class VerifyOut(BaseModel):
+    """Every stored chunk of a kernel job read back through its checksum."""
+
+    ok: bool = Field(description="no damaged chunk, and no lost marker in a finished job")
+    status: Status
+    parts: dict[str, dict] = Field(description=(
+        "part (train, test) -> {ok, chunks_checked, bad: [{array, chunk, tile, problem}], "
+        "pending: [tiles not marked done], seconds}"))
+
+
 class Limits(BaseModel):
-    """The service's configured limits (exceeding one is a 413, 422 or 429)."""
+    """The service's configured limits (exceeding one is a 408, 413, 422 or 429), each
+    checked before the work it bounds."""
 
     max_upload_bytes: int
     max_n: int
     max_block_bytes: int
     max_jobs_per_key: int
+    max_dataset_bytes: int
+    max_features: int
+    max_compression_ratio: float
+    max_json_bytes: int
+    body_timeout: float
+    max_classes: int
+    max_lambdas: int
+    max_solve_bytes: int
+    max_layers: int = Field(description="layers an architecture may expand to (repeat "
+                            "multiplies)")
+    max_nesting: int = Field(description="serial/parallel/repeat nesting depth")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import uvicorn
 
@@ -12,7 +13,11 @@ from .config import Settings
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM; unfinished jobs resume at the next start."""
+    """Serve until SIGINT/SIGTERM; unfinished jobs resume at the next start.
+
+    Everything the service and its embedded workers create (the SQLite file, the store's
+    directories and chunks, staged uploads) is private to its user: umask 077."""
+    os.umask(0o077)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,

@@ -9,8 +9,17 @@
 
 Cluster roles (what the containers of docker-compose.yml and deploy/k8s run)::
 
-    ntk scheduler [--port 8786] [--dashboard-port 8787]
-    ntk worker [--scheduler tcp://host:8786] [--nprocs N] [--memory-limit 4GiB]
+    ntk certs --out DIR [--days 825] [--roles scheduler,worker,client] [--force]
+              [--k8s-secrets FILE] [--namespace NS]
+    ntk scheduler [--host 0.0.0.0] [--port 8786] [--dashboard-port 8787] [--insecure]
+                  [--tls-ca-file ca.pem --tls-cert scheduler.pem --tls-key scheduler-key.pem]
+    ntk worker [--scheduler tls://host:8786] [--nprocs N] [--memory-limit 4GiB]
+               [--tls-ca-file ca.pem --tls-cert worker.pem --tls-key worker-key.pem]
+
+Dask comms are mutual TLS: every process presents a certificate from the cluster's CA
+(``ntk certs``). The ``--tls-*`` flags default to ``$NTK_TLS_CA_FILE``, ``$NTK_TLS_CERT`` and
+``$NTK_TLS_KEY``; ``ntk gram``/``ntk solve`` read those variables to join a ``tls://``
+scheduler. ``ntk scheduler`` refuses plain TCP except on loopback or with ``--insecure``.
 
 The service and its client add ``ntk serve``, ``ntk keys create``, ``ntk submit``,
 ``ntk status`` and ``ntk fetch`` (see :mod:`service.cli`).
@@ -22,6 +31,7 @@ The service and its client add ``ntk serve``, ``ntk keys create``, ``ntk submit`
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import signal
@@ -50,6 +60,7 @@ def _gram(args: argparse.Namespace) -> int:
 
     from workers import GramJobError, compute_gram
 
+    _check_scheduler_tls(args.scheduler)
     try:
         arch = json.loads(Path(args.arch).read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -92,6 +103,7 @@ def _gram(args: argparse.Namespace) -> int:
 def _solve(args: argparse.Namespace) -> int:
     from workers import solve
 
+    _check_scheduler_tls(args.scheduler)
     labels = np.asarray(_load(args.labels, "labels"))
     test_labels = np.asarray(_load(args.test_labels, "test_labels")) if args.test_labels \
         else None
@@ -110,39 +122,102 @@ def _solve(args: argparse.Namespace) -> int:
     return 0 if res.converged else 1
 
 
+def add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """``--tls-ca-file``, ``--tls-cert``, ``--tls-key`` (defaults: ``$NTK_TLS_*``)."""
+    p.add_argument("--tls-ca-file", default=None,
+                   help="CA certificate of the cluster, PEM (default $NTK_TLS_CA_FILE)")
+    p.add_argument("--tls-cert", default=None,
+                   help="this process's certificate, PEM (default $NTK_TLS_CERT)")
+    p.add_argument("--tls-key", default=None,
+                   help="this process's private key, PEM (default $NTK_TLS_KEY)")
+
+
+def _tls(args: argparse.Namespace) -> Any:
+    from .cluster import tls_files
+
+    return tls_files(args.tls_ca_file, args.tls_cert, args.tls_key)
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.partition("://")[2] if "://" in host else host
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_scheduler_tls(scheduler: str | None) -> None:
+    """Fail fast (exit 2) on a ``tls://`` address without the ``NTK_TLS_*`` files."""
+    from .cluster import SCHEDULER_ENV, check_address, security_from
+
+    address = scheduler or os.environ.get(SCHEDULER_ENV)
+    if address:
+        check_address(address, security_from())
+
+
+# Dask reads this at import: with it, a TLS process also refuses to connect out in plain.
+_REQUIRE_ENCRYPTION = {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+
+
 def _scheduler(args: argparse.Namespace) -> int:
-    """Exec a Dask scheduler (the cluster's pinned ``distributed``)."""
+    """Exec a Dask scheduler (the cluster's pinned ``distributed``): mutual TLS with the
+    ``--tls-*`` files; plain TCP only on loopback or with ``--insecure``."""
+    tls = _tls(args)
     cmd = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", args.host,
            "--port", str(args.port), "--dashboard-address", f":{args.dashboard_port}"]
-    os.execv(sys.executable, cmd)
+    env = dict(os.environ)
+    if tls is not None:
+        cmd += ["--protocol", "tls", "--tls-ca-file", tls.ca_file, "--tls-cert", tls.cert,
+                "--tls-key", tls.key]
+        env.update(_REQUIRE_ENCRYPTION)
+    elif not (args.insecure or _is_loopback(args.host)):
+        raise InputError(
+            f"refusing to listen on {args.host} without TLS: anyone who reaches the port "
+            "could run code on the workers. Pass --tls-ca-file, --tls-cert and --tls-key "
+            "(or set NTK_TLS_CA_FILE, NTK_TLS_CERT, NTK_TLS_KEY; make them with `ntk certs`), "
+            "or --insecure", field="tls")
+    else:
+        print(f"ntk scheduler: WARNING: plain TCP without authentication on {args.host}: "
+              "whoever reaches the port can run code on the workers", file=sys.stderr)
+    os.execve(sys.executable, cmd, env)
     return 0  # not reached
 
 
 def _worker(args: argparse.Namespace) -> int:
     """Dask worker processes with one thread each (the kernels are NumPy-bound: a process
     per core scales them, bench/gram.py). With GPUs, one process per visible GPU, each
-    pinned to its device through CUDA_VISIBLE_DEVICES (what dask-cuda does, without it)."""
+    pinned to its device through CUDA_VISIBLE_DEVICES (what dask-cuda does, without it).
+    With the ``--tls-*`` files the workers and their nannies listen and connect with TLS."""
     from ntkcompute import backend
 
-    from .cluster import SCHEDULER_ENV
+    from .cluster import SCHEDULER_ENV, check_address, make_security
 
     address = args.scheduler or os.environ.get(SCHEDULER_ENV)
     if not address:
         raise InputError(f"no scheduler: pass --scheduler or set {SCHEDULER_ENV}",
                          field="scheduler")
+    tls = _tls(args)
+    address = check_address(address, make_security(*tls) if tls else None)
     base = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
             "--memory-limit", args.memory_limit, "--no-dashboard"]
+    env = dict(os.environ)
+    if tls is not None:
+        base += ["--tls-ca-file", tls.ca_file, "--tls-cert", tls.cert, "--tls-key", tls.key]
+        env.update(_REQUIRE_ENCRYPTION)
     if args.name:
         base += ["--name", args.name]
     gpus = backend.gpu_count() if os.environ.get("NTKCOMPUTE_DEVICE", "auto") != "cpu" else 0
     if gpus <= 1:
         procs = args.nprocs or (1 if gpus else (os.cpu_count() or 1))
-        os.execv(sys.executable, [*base, "--nworkers", str(procs)])
+        os.execve(sys.executable, [*base, "--nworkers", str(procs)], env)
     import subprocess
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus))))
     children = [subprocess.Popen([*base, "--nworkers", "1"],
-                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": dev})
+                                 env={**env, "CUDA_VISIBLE_DEVICES": dev})
                 for dev in visible.split(",")[:gpus]]
 
     def stop(signum: int, _frame: Any) -> None:
@@ -152,6 +227,26 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     return max(c.wait() for c in children)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    """A new cluster CA and one certificate per role (see :mod:`workers.certs`)."""
+    from .certs import check_namespace, parse_roles, write_bundle, write_k8s_secrets
+
+    roles = parse_roles(args.roles)
+    if args.namespace is not None and not args.k8s_secrets:
+        raise InputError("--namespace needs --k8s-secrets", field="namespace")
+    check_namespace(args.namespace)
+    if args.k8s_secrets and Path(args.k8s_secrets).exists() and not args.force:
+        raise InputError(f"refusing to overwrite {args.k8s_secrets} (pass --force)",
+                         field="k8s_secrets")
+    paths = write_bundle(args.out, roles, args.days, force=args.force)
+    out: dict[str, Any] = {"out": args.out, "files": {k: str(v) for k, v in paths.items()}}
+    if args.k8s_secrets:
+        write_k8s_secrets(args.k8s_secrets, args.out, roles, args.namespace, force=True)
+        out["k8s_secrets"] = args.k8s_secrets
+    print(json.dumps(out))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--host", default="0.0.0.0")
     sc.add_argument("--port", type=int, default=8786)
     sc.add_argument("--dashboard-port", type=int, default=8787)
+    add_tls_arguments(sc)
+    sc.add_argument("--insecure", action="store_true",
+                    help="allow plain TCP on a non-loopback host (no authentication)")
     sc.set_defaults(func=_scheduler)
     w = sub.add_parser("worker", help="run Dask worker processes (one per core, or per GPU)")
     w.add_argument("--scheduler", default=None, help="default $NTK_SCHEDULER_ADDRESS")
@@ -201,7 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default: one per core; one per GPU with GPUs)")
     w.add_argument("--memory-limit", default="auto", help="per process, e.g. 4GiB")
     w.add_argument("--name", default=None, help="worker name prefix")
+    add_tls_arguments(w)
     w.set_defaults(func=_worker)
+    ce = sub.add_parser("certs", help="make a cluster CA and TLS certificates per role")
+    ce.add_argument("--out", required=True, help="directory for the PEM files (made 0700)")
+    ce.add_argument("--days", type=int, default=825, help="validity of every certificate")
+    ce.add_argument("--roles", default="scheduler,worker,client",
+                    help="comma separated; 'client' is for the API service and CLI users")
+    ce.add_argument("--force", action="store_true", help="overwrite existing files")
+    ce.add_argument("--k8s-secrets", default=None,
+                    help="also write a YAML stream of Secrets ntk-tls-<role> to this file")
+    ce.add_argument("--namespace", default=None, help="metadata.namespace of the Secrets")
+    ce.set_defaults(func=_certs)
     from service.cli import register
 
     register(sub)

@@ -151,7 +151,7 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
 
     from ntkcompute.cg import cg
 
-    from .solve import SolveResult, _metrics, targets_from
+    from .solve import SolveResult, _metrics, check_finite_result, targets_from
 
     t0 = time.perf_counter()
     g = open_group(job, mode="r", options=options)
@@ -223,4 +223,4 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
         if len(preds) > 1:
             res.metrics["per_lambda"] = [_metrics(p, test_labels, classes) for p in preds]
     res.seconds = time.perf_counter() - t0
-    return res
+    return check_finite_result(res)

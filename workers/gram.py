@@ -42,6 +42,7 @@ from .store import (
     job_meta,
     open_group,
     read,
+    selection,
     set_meta,
     sha256,
 )
@@ -160,6 +161,21 @@ class GramJob:
         self._cancelled = True
         self._client.cancel(self._futures)
 
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Cancel, then wait until no worker holds any task of this job (a cancelled task
+        already running finishes, and writes its chunks, before the worker drops it): after
+        True, nothing of this run writes to the store any more."""
+        self.cancel()
+        keys = [f.key for f in self._futures]
+        deadline = time.monotonic() + timeout
+        while True:
+            held = self._client.run(tasks.known_keys, keys)
+            if not any(held.values()):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
     def wait(self, timeout: float | None = None) -> GramJob:
         """Block until every tile is done; raise :class:`GramJobError` if one failed."""
         if not self._done.wait(timeout):
@@ -238,16 +254,18 @@ def _marker(g: zarr.Group, path: str, shape: tuple[int, ...], checksum: bool = T
                         overwrite=True)
 
 
-def read_marks(marks: zarr.Array) -> np.ndarray:
-    """A marker array as booleans; a marker chunk that fails its checksum reads as not done
-    (the tile is recomputed rather than trusted)."""
+def read_marks(marks: zarr.Array, sel: Any = None) -> np.ndarray:
+    """``marks[sel]`` of a marker array as booleans; a marker chunk that fails its
+    checksum reads as not done (the tile is recomputed rather than trusted)."""
     try:
-        return read(marks, missing_ok=True).astype(bool)
+        return read(marks, sel, missing_ok=True).astype(bool)
     except CorruptChunk:
-        out = np.zeros(marks.shape, dtype=bool)
-        for coords in chunks_of(marks):
+        sl = selection(marks, sel)
+        out = np.zeros(tuple(s.stop - s.start for s in sl), dtype=bool)
+        for coords in chunks_of(marks, sl):
             if check_chunk(marks, coords, missing_ok=True) is None:
-                out[coords] = bool(marks[coords])
+                out[tuple(k - s.start for k, s in zip(coords, sl, strict=True))] = \
+                    bool(marks[coords])
         return out
 
 

@@ -46,6 +46,11 @@ class SolveResult:
     analyses: dict[str, Any] = field(default_factory=dict)
 
 
+#: Largest |target| a solve accepts: residual norms and squared errors square it, and past
+#: ~1e154 those overflow float64 (the solve would "converge" to NaN).
+LABEL_BOUND = 1e100
+
+
 def targets_from(labels: np.ndarray, n: int) -> tuple[np.ndarray, int | None]:
     """Integer class labels -> one-hot 0.9 / -0.1 (Arora et al.); float targets as given."""
     y = np.asarray(labels)
@@ -59,7 +64,22 @@ def targets_from(labels: np.ndarray, n: int) -> tuple[np.ndarray, int | None]:
     t = y.astype(np.float64)
     if not np.isfinite(t).all():
         raise InputError("contains NaN or infinite values", field="labels")
+    if t.size and np.abs(t).max() > LABEL_BOUND:
+        raise InputError(f"targets must be within ±{LABEL_BOUND:g}; rescale them",
+                         field="labels")
     return (t[:, None] if t.ndim == 1 else t), None
+
+
+def check_finite_result(res: SolveResult) -> SolveResult:
+    """Raise ``FloatingPointError`` unless every coefficient and prediction is finite: a
+    diverged or overflowed solve fails, it is never reported with NaN numbers."""
+    for name in ("coefficients", "predictions"):
+        a = getattr(res, name)
+        if a is not None and not np.isfinite(a).all():
+            raise FloatingPointError(
+                f"{name}: {int((~np.isfinite(a)).sum())} non-finite values (the system "
+                "overflowed or diverged; check the labels' scale and λ)")
+    return res
 
 
 def _predict(cross_url: str, name: str, coef: np.ndarray, options: dict | None) -> np.ndarray:
@@ -181,6 +201,7 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         if len(preds) > 1:
             res.metrics["per_lambda"] = [_metrics(p, test_labels, classes) for p in preds]
     res.seconds = time.perf_counter() - t0
+    check_finite_result(res)
     if save:
         sg = g.require_group(f"solves/{save}")
         for key, val in (("coefficients", res.coefficients), ("predictions", res.predictions)):

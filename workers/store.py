@@ -117,7 +117,7 @@ def _present(arr: zarr.Array, coords: tuple[int, ...]) -> bool:
     return sync((arr.store_path / arr.metadata.encode_chunk_key(tuple(coords))).exists())
 
 
-def _slices(arr: zarr.Array, sel: Any) -> tuple[slice, ...]:
+def selection(arr: zarr.Array, sel: Any) -> tuple[slice, ...]:
     """A selection of ``arr`` (None, a slice or a tuple of slices/ints) as one in-bounds
     slice per axis."""
     if sel is None or sel is Ellipsis:
@@ -140,7 +140,7 @@ def _slices(arr: zarr.Array, sel: Any) -> tuple[slice, ...]:
 def chunks_of(arr: zarr.Array, sel: Any = None) -> Iterator[tuple[int, ...]]:
     """Coordinates of every chunk that the selection touches."""
     ranges = [range(s.start // c, math.ceil(s.stop / c)) if s.stop > s.start else range(0)
-              for s, c in zip(_slices(arr, sel), arr.chunks, strict=True)]
+              for s, c in zip(selection(arr, sel), arr.chunks, strict=True)]
     return itertools.product(*ranges)
 
 
@@ -179,7 +179,7 @@ def read(arr: zarr.Array, sel: Any = None, *, missing_ok: bool = False) -> np.nd
     array; elsewhere, a chunk key that does not exist). ``sel``: None, a slice, or a tuple
     of unit-step slices / ints. ``missing_ok``: absent chunks read as the fill value
     (markers)."""
-    sl = _slices(arr, sel)
+    sl = selection(arr, sel)
     try:
         out = arr[sl]
     except Exception:

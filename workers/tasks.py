@@ -236,6 +236,13 @@ def verify_task(url: str, i: int, options: dict | None = None) -> dict:
     return {"checked": checked, "bad": bad, "pending": pending}
 
 
+def known_keys(keys: list[str], dask_worker: Any = None) -> list[str]:
+    """Of ``keys``, those this worker still holds in any state: a cancelled task that was
+    already executing stays until it ends (run through ``Client.run``)."""
+    tasks = dask_worker.state.tasks
+    return [k for k in keys if k in tasks]
+
+
 def add(a: Any, b: Any) -> Any:
     """Sum of two partial results: arrays, or tuples of arrays element by element."""
     if isinstance(a, tuple):
