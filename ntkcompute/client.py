@@ -139,8 +139,16 @@ class KernelJob(_Job):
         return self
 
     def resume(self) -> KernelJob:
+        """Continue a failed or cancelled job, or repair a finished one: the service first
+        verifies every stored chunk, then computes exactly the tiles not done or damaged."""
         self.info = self._c._json("POST", f"{self._path}/{self.id}/resume")
         return self
+
+    def verify(self) -> dict:
+        """Every stored chunk read back through its checksum on the workers: ``{"ok",
+        "status", "parts": {"train": {"ok", "bad": [{array, chunk, tile, problem}],
+        "pending", ...}, "test": ...}}``."""
+        return self._c._json("POST", f"{self._path}/{self.id}/verify")
 
     def block(self, kind: str = "ntk", rows: tuple[int, int] | None = None,
               cols: tuple[int, int] | None = None, part: str = "train") -> np.ndarray:

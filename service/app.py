@@ -140,7 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_r: Request, e: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(e.detail), "field": None}, e.status_code,
+        # FastAPI's one 400 is a body it could not parse (e.g. JSON nested past the parser)
+        field = "body" if e.status_code == 400 else None
+        detail = f"body: {e.detail}" if field else str(e.detail)
+        return JSONResponse({"detail": detail, "field": field}, e.status_code,
                             headers=getattr(e, "headers", None))
 
     @app.exception_handler(Exception)

@@ -12,6 +12,7 @@
     ntk status ID                      (a kernel job k-... or a solve s-...)
     ntk fetch ID --out K.npy [--kind ntk] [--part train|test] [--rows a:b] [--cols c:d]
     ntk fetch SOLVE_ID --out P.npy [--what predictions|coefficients]
+    ntk verify KERNEL_JOB_ID | STORE   (exit 1 if a chunk is damaged; resume repairs it)
 
 Client commands read the service from ``--url``/``$NTK_URL`` and the key from
 ``--api-key``/``$NTK_API_KEY``.
@@ -141,6 +142,24 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if info["status"] not in ("failed", "cancelled") else 1
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """A job's every stored chunk read back through its checksum: through the service for a
+    kernel job id (``k-...``), else on the Dask cluster for a store URL of ``ntk gram``."""
+    if args.target.startswith("k-"):
+        with _client(args) as c:
+            report = c.job(args.target).verify()
+    else:
+        from workers import verify_job
+
+        try:
+            report = verify_job(args.target, scheduler=args.scheduler).to_dict()
+        except (FileNotFoundError, KeyError) as e:
+            raise InputError(f"no ntkcompute job at {args.target} ({e})",
+                             field="target") from None
+    print(json.dumps(report, indent=1))
+    return 0 if report["ok"] else 1
+
+
 def _span(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -225,6 +244,15 @@ def register(sub: Any) -> None:
     client_args(st)
     st.add_argument("id")
     st.set_defaults(func=_status)
+
+    v = sub.add_parser("verify", help="check every stored chunk of a job against its "
+                       "checksum; exit 1 if any is damaged")
+    client_args(v)
+    v.add_argument("target", help="a kernel job id (k-..., through the service) or the "
+                   "store URL of an `ntk gram` job")
+    v.add_argument("--scheduler", default=None, help="Dask scheduler for a store URL "
+                   "(default $NTK_SCHEDULER_ADDRESS, else an embedded cluster)")
+    v.set_defaults(func=_verify)
 
     f = sub.add_parser("fetch", help="download a kernel (block) or a solve's arrays as .npy")
     client_args(f)

@@ -108,10 +108,6 @@ def clean_stale(staging: Path, max_age: float = 6 * 3600) -> int:
     return len(old)
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "body", f"upload exceeds the limit of {limit} bytes")
-
-
 # .npy headers ------------------------------------------------------------------------------
 
 def parse_header(buf: bytes | bytearray, name: str, *,
@@ -255,26 +251,22 @@ def _load_npy(path: Path, name: str, limits: Settings) -> tuple[np.ndarray, NpyH
 # staging -----------------------------------------------------------------------------------
 
 async def stage(request: Request, staging: Path, limits: Settings) -> Staged:
-    """Stream the request body into ``staging``; raise 413 past ``limits.max_upload_bytes``.
+    """Stream the request body into ``staging`` (its size and stalls are bounded by
+    :class:`service.bodies.BodyLimits` before this reads a byte).
 
     A raw ``.npy`` body is checked as soon as its header has arrived (:func:`check_header`,
     and its data length against Content-Length when given): 422 before the rest is read.
     """
-    limit = limits.max_upload_bytes
     length = request.headers.get("content-length")
     declared = int(length) if length is not None and length.isdigit() else None
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
     st = Staged(staging / f"up-{uuid.uuid4().hex}")
     st.dir.mkdir(parents=True)
-    # one byte count for both body kinds: the limit holds without Content-Length too
-    counted = Request(request.scope, _counting_receive(request, limit))
     try:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
-            await _stage_multipart(counted, st)
+            await _stage_multipart(request, st)
         else:
-            await _stage_body(counted, st, limits, declared)
+            await _stage_body(request, st, limits, declared)
         return st
     except BaseException:
         st.cleanup()
@@ -341,20 +333,6 @@ async def _stage_multipart(request: Request, st: Staged) -> None:
             raise ApiError(422, "x", "missing: a 'y' part needs an 'x' part")
     finally:
         await form.close()
-
-
-def _counting_receive(request: Request, limit: int) -> Any:
-    seen = 0
-
-    async def receive() -> dict:
-        nonlocal seen
-        message = await request.receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise _too_large(limit)
-        return message
-
-    return receive
 
 
 # .npz --------------------------------------------------------------------------------------

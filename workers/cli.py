@@ -1,7 +1,9 @@
 """The ``ntk`` command line.
 
     ntk gram --arch arch.json --x1 train.npy [--x2 test.npy] --out STORE [--tile T]
-             [--scheduler tcp://host:8786] [--dtype float32] [--memory BYTES] [--get ntk]
+             [--scheduler tls://host:8786] [--dtype float32] [--memory BYTES] [--get ntk]
+             [--verify]
+    ntk verify STORE | KERNEL_JOB_ID   (every chunk read back through its checksum)
     ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--solver cg|direct]
               [--precond nystrom|jacobi|none] [--rank R] [--tol T]
               [--cross CROSS_STORE --test-labels y_test.npy]
@@ -67,7 +69,8 @@ def _gram(args: argparse.Namespace) -> int:
         raise InputError(f"cannot read the architecture JSON: {e}", field="arch") from None
     job = compute_gram(arch, _load(args.x1, "x1"), _load(args.x2, "x2") if args.x2 else None,
                        store=args.out, tile=args.tile, scheduler=args.scheduler,
-                       get=tuple(args.get.split(",")), dtype=args.dtype, memory=args.memory)
+                       get=tuple(args.get.split(",")), dtype=args.dtype, memory=args.memory,
+                       verify=args.verify)
     # Ctrl-C / SIGTERM only set a flag: a KeyboardInterrupt raised inside a Dask call can be
     # swallowed there, and the job would then run on to the end.
     interrupted = threading.Event()
@@ -190,8 +193,11 @@ def _worker(args: argparse.Namespace) -> int:
     """Dask worker processes with one thread each (the kernels are NumPy-bound: a process
     per core scales them, bench/gram.py). With GPUs, one process per visible GPU, each
     pinned to its device through CUDA_VISIBLE_DEVICES (what dask-cuda does, without it).
-    With the ``--tls-*`` files the workers and their nannies listen and connect with TLS."""
+    With the ``--tls-*`` files the workers and their nannies listen and connect with TLS.
+    What they write to a local store is private to their user (umask 077)."""
     from ntkcompute import backend
+
+    os.umask(0o077)
 
     from .cluster import SCHEDULER_ENV, check_address, make_security
 
@@ -264,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=None, choices=["float32", "float64"])
     g.add_argument("--memory", type=int, default=1 << 30, help="bytes per task")
     g.add_argument("--get", default="ntk,nngp", help="ntk,nngp (comma separated)")
+    g.add_argument("--verify", action="store_true",
+                   help="before resuming, read back every stored chunk through its checksum "
+                   "and recompute exactly the damaged tiles (see `ntk verify`)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_gram)
     s = sub.add_parser("solve", help="kernel regression on a stored kernel")

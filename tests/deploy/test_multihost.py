@@ -3,9 +3,11 @@ the environment variables docker-compose.yml gives its containers, sharing only 
 
 Each host is a Linux network namespace with its own address on a bridge when the machine
 allows it (root and `ip netns`), else a process group on loopback. The store is an
-S3-compatible server (moto) on the bridge, standing in for compose's MinIO. A kernel job and a
-solve run through the REST API; one worker host is killed (every process in it) mid-job, and
-the job still completes with the same kernel.
+S3-compatible server (moto) on the bridge, standing in for compose's MinIO. Dask comms are
+mutual TLS as in compose: a bundle from ``ntk certs`` in tmp_path, each host given its role's
+files under the compose file's NTK_TLS_* names, and a client without the cluster's certificates
+is refused. A kernel job and a solve run through the REST API; one worker host is killed (every
+process in it) mid-job, and the job still completes with the same kernel.
 """
 
 from __future__ import annotations
@@ -19,16 +21,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
+from distributed import Client as DaskClient
+from distributed import Security
 
 import ntkcompute as nc
 from ntkcompute import architectures as A
 from ntkcompute.client import Client
 from ntkcompute.datasets import digits
 from ntkcompute.regression import one_hot, solve_direct
+from workers.certs import write_bundle
+from workers.cluster import TLS_ENV, make_security
 
 from .test_manifests import compose_config
 
@@ -144,12 +152,34 @@ def _wait_http(url: str, timeout: float, ok=lambda r: r.status_code == 200) -> h
     raise TimeoutError(url)
 
 
-def _compose_env(service: str, values: dict[str, str]) -> dict[str, str]:
-    """The service's NTK_* environment from docker-compose.yml, with this test's values."""
-    env = compose_config()["services"][service]["environment"]
+def _compose_env(cfg: dict[str, Any], service: str, values: dict[str, str]) -> dict[str, str]:
+    """The service's NTK_* environment from docker-compose.yml (``cfg``), with this test's
+    values: every variable compose sets must have one."""
+    env = cfg["services"][service]["environment"]
     names = {k for k in env if k.startswith(("NTK_", "NTKCOMPUTE_"))}
     assert names <= set(values), names - set(values)
     return {k: values[k] for k in names}
+
+
+def _tls_env(cfg: dict[str, Any], service: str, certs: Path) -> dict[str, str]:
+    """The service's NTK_TLS_* from compose, each /run/secrets path mapped to the bundle file
+    that compose mounts there (``deploy/certs/<name>`` -> ``certs/<name>``)."""
+    svc = cfg["services"][service]
+    mounted = {}
+    for m in svc["secrets"]:
+        target = m.get("target", m["source"])
+        mounted[target if target.startswith("/") else f"/run/secrets/{target}"] = \
+            certs / Path(cfg["secrets"][m["source"]]["file"]).name
+    return {v: str(mounted[svc["environment"][v]]) for v in TLS_ENV.values()}
+
+
+def _refused(address: str, security: Security | None) -> float:
+    """Seconds until a Dask client presenting ``security`` (None: no certificate) fails to
+    connect to ``address``; the test fails if it connects."""
+    t0 = time.monotonic()
+    with pytest.raises(OSError):  # CommClosedError, SSLError and TimeoutError all are
+        DaskClient(address, security=security, timeout=3).close()
+    return time.monotonic() - t0
 
 
 @pytest.fixture
@@ -167,7 +197,8 @@ def test_scheduler_workers_api_as_hosts_survive_a_dead_worker(hosts, tmp_path):
           tmp_path / "store.log")
     endpoint = f"http://{h.gateway}:{store_port}"
     _wait_http(f"{endpoint}/moto-api/", 30)
-    compose_api = compose_config()["services"]["api"]["environment"]
+    cfg = compose_config()
+    compose_api = cfg["services"]["api"]["environment"]
     bucket = compose_api["NTK_STORE"].removeprefix("s3://").split("/")[0]
     opts = json.loads(compose_api["NTK_STORAGE_OPTIONS"])
     opts["client_kwargs"]["endpoint_url"] = endpoint  # minio:9000 -> this store
@@ -177,29 +208,52 @@ def test_scheduler_workers_api_as_hosts_survive_a_dead_worker(hosts, tmp_path):
                  aws_secret_access_key=opts["secret"],
                  region_name="us-east-1").create_bucket(Bucket=bucket)
 
-    sched_port = 8786 if h.netns else _free_port()
+    # mutual TLS: the cluster's bundle as `ntk certs --out deploy/certs` makes it
+    certs = tmp_path / "certs"
+    write_bundle(certs)
+    sched_url = urlsplit(compose_api["NTK_SCHEDULER_ADDRESS"])  # tls://scheduler:8786
+    assert sched_url.scheme == "tls", sched_url
+    sched_port = sched_url.port if h.netns else _free_port()
     api_port = 8000 if h.netns else _free_port()
     token = f"ntk_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
     values = {
         "NTK_STORE": compose_api["NTK_STORE"],
         "NTK_STORAGE_OPTIONS": json.dumps(opts),
-        "NTK_SCHEDULER_ADDRESS": f"tcp://{h.addr['sched']}:{sched_port}",
+        "NTK_SCHEDULER_ADDRESS": f"tls://{h.addr['sched']}:{sched_port}",
         "NTK_DB_URL": f"sqlite:///{tmp_path / 'api' / 'ntk.db'}",  # compose: PostgreSQL
         "NTK_API_KEYS": token,
         "NTK_MAX_JOBS_PER_KEY": "8",
         "NTKCOMPUTE_DEVICE": "cpu",
     }
+    env = {s: _compose_env(cfg, s, {**values, **_tls_env(cfg, s, certs)})
+           for s in ("scheduler", "worker", "api")}
     ntk = [PY, "-m", "workers.cli"]
     h.run("sched", [*ntk, "scheduler", "--host", h.addr["sched"], "--port", str(sched_port),
-                    "--dashboard-port", str(_free_port())], {}, tmp_path / "sched.log")
+                    "--dashboard-port", str(_free_port())], env["scheduler"],
+          tmp_path / "sched.log")
     for w in ("w1", "w2"):
-        h.run(w, [*ntk, "worker", "--nprocs", "1", "--name", w],
-              _compose_env("worker", values), tmp_path / f"{w}.log")
+        h.run(w, [*ntk, "worker", "--nprocs", "1", "--name", w], env["worker"],
+              tmp_path / f"{w}.log")
     h.run("api", [*ntk, "serve", "--host", h.addr["api"], "--port", str(api_port)],
-          _compose_env("api", values), tmp_path / "api.log")
+          env["api"], tmp_path / "api.log")
     url = f"http://{h.addr['api']}:{api_port}"
     ready = _wait_http(f"{url}/readyz", 90, lambda r: "ok (2 workers)" in r.text)
     assert ready.json()["checks"]["store"] == "ok"
+
+    # the cluster is closed: from this process (on the hosts' network), a client without a
+    # certificate of the cluster's CA is refused, in plain TCP or presenting a stranger's
+    # certificate; with the api's client certificate it connects, and every listener is TLS
+    address = values["NTK_SCHEDULER_ADDRESS"]
+    stranger = write_bundle(tmp_path / "stranger", roles=["client"])
+    refused = [_refused(address.replace("tls://", "tcp://"), None),
+               _refused(address, make_security(certs / "ca.pem", stranger["client"],
+                                               stranger["client-key"]))]
+    assert max(refused) < 15, refused
+    with DaskClient(address, timeout=30, security=make_security(*(
+            env["api"][v] for v in TLS_ENV.values()))) as dc:
+        listeners = [a for addr, wk in dc.scheduler_info()["workers"].items()
+                     for a in (addr, wk["nanny"])]
+    assert len(listeners) == 4 and all(a.startswith("tls://") for a in listeners), listeners
 
     x, y = digits()
     xtr, ytr, xte, yte = x[:384], y[:384], x[384:512], y[384:512]
@@ -232,4 +286,5 @@ def test_scheduler_workers_api_as_hosts_survive_a_dead_worker(hosts, tmp_path):
     assert fs.exists(f"{bucket}/store/kernels/{job.id}/train/ntk/zarr.json")
     print(f"hosts: {'network namespaces' if h.netns else 'loopback'}; w1 killed at "
           f"{before['tiles_done']}/{before['tiles_total']} tiles after {t1 - t0:.1f}s; the "
-          f"rest took {t2 - t1:.1f}s on w2")
+          f"rest took {t2 - t1:.1f}s on w2; uncertified clients refused in "
+          f"{', '.join(f'{t:.1f}s' for t in refused)}")

@@ -195,31 +195,6 @@ def test_raw_npy_refused_before_the_rest_of_the_body(service, header, reason):
     assert not list(_staging(service).iterdir())
 
 
-def _rss(pid: int) -> dict[str, int]:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return {k: int(v.split()[0]) << 10 for k, v in (line.split(":", 1) for line in lines)
-            if k in ("VmRSS", "VmHWM")}
-
-
-def test_hostile_uploads_use_little_memory(service, bodies):
-    """Peak RSS of the server while it refuses each payload: at most 100 MB above its RSS
-    before (the peak is reset through /proc/<pid>/clear_refs)."""
-    pid = service.proc.pid
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        pytest.skip("cannot reset the peak RSS here")
-    growth = {}
-    for name in sorted(P.ALL):
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-        before = _rss(pid)["VmRSS"]
-        r, _ = _post(service, content=bodies[name])
-        assert r.status_code == P.EXPECTED[name][0], r.text
-        growth[name] = _rss(pid)["VmHWM"] - before
-    worst = max(growth, key=growth.__getitem__)
-    assert growth[worst] < 100 << 20, (worst, growth[worst])
-
-
 # valid compressed uploads still work ------------------------------------------------------
 
 def _npz(compression: int, **arrays: np.ndarray) -> bytes:
