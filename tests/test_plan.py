@@ -97,3 +97,19 @@ def test_requirements_follow_the_layers():
     p = make_plan(nc.parse_arch(mixed), shape)
     assert [lp.in_full for lp in p.layers] == [True, True, True, False, False, False]
     assert p.layers[2].out_spatial == (4, 4) and not p.layers[2].out_full
+
+
+def test_same_windows_past_the_input_are_refused(rng):
+    """SAME pads at most the input's size past each edge: 2n+1 taps at stride 1 on n = 4."""
+    x = rng.standard_normal((2, 4, 4, 1))
+
+    def arch(f, s=1):
+        return {"layers": [{"type": "conv", "filter_shape": [f, f], "strides": [s, s],
+                            "padding": "SAME"}, {"type": "relu"}, {"type": "flatten"},
+                           {"type": "dense"}]}
+
+    assert np.isfinite(nc.kernel(arch(9), x)["ntk"]).all()
+    assert np.isfinite(nc.kernel(arch(10, 2), x)["ntk"]).all()
+    for f, s in ((10, 1), (11, 2), (20, 1)):
+        e = _err(arch(f, s), x)
+        assert (e.layer, e.field) == (0, "filter_shape") and "SAME" in e.reason

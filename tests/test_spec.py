@@ -145,3 +145,63 @@ def test_nested_spec_errors_name_the_path(layers, where, field):
     with pytest.raises(nc.InputError) as e:
         parse_arch({"layers": layers})
     assert (e.value.layer, e.value.field) == (where, field), str(e.value)
+
+
+def _repeat(n: int, layer: dict) -> dict:
+    return {"type": "repeat", "n": n, "layer": layer}
+
+
+@pytest.mark.parametrize("layers", [
+    [{"type": "dense"}, {"type": "relu"}, {"type": "dense"}],
+    [_repeat(3, {"type": "serial", "layers": [{"type": "dense"}, {"type": "relu"}]}),
+     {"type": "dense"}],
+    [{"type": "dense"}, {"type": "fan_out", "num": 2},
+     {"type": "parallel", "branches": [[_repeat(2, {"type": "serial", "layers": [
+         {"type": "dense"}, {"type": "relu"}]}), {"type": "dense"}], [{"type": "dense"}]]},
+     {"type": "fan_in_sum"}, {"type": "relu"}, {"type": "dense"}],
+])
+def test_spec_size_counts_the_planned_layers_without_planning(layers):
+    from ntkcompute.plan import make_plan
+    from ntkcompute.spec import spec_size
+
+    n, _ = spec_size(layers)
+    assert n == len(make_plan(parse_arch({"layers": layers}), (4, 6)).layers)
+
+
+def test_explosions_and_deep_nesting_are_refused_before_validation():
+    import time
+
+    from ntkcompute.spec import MAX_LAYERS, MAX_NESTING
+
+    boom = _repeat(100, _repeat(100, _repeat(100, {"type": "serial", "layers": [
+        {"type": "dense"}, {"type": "relu"}]})))
+    t0 = time.perf_counter()
+    with pytest.raises(nc.InputError, match="2000000 layers") as e:
+        parse_arch({"layers": [boom]})
+    assert e.value.field == "arch" and time.perf_counter() - t0 < 0.05
+    deep: dict = {"type": "dense"}
+    for _ in range(5000):  # past any recursion limit: the walk must not recurse
+        deep = {"type": "serial", "layers": [deep]}
+    with pytest.raises(nc.InputError, match=f"more than {MAX_NESTING} levels"):
+        parse_arch({"layers": [deep]})
+    ok: dict = {"type": "dense"}
+    for _ in range(MAX_NESTING):
+        ok = {"type": "serial", "layers": [ok]}
+    assert len(parse_arch({"layers": [ok]}).to_json()) > 0  # the deepest allowed serialises
+    fits = [_repeat(MAX_LAYERS // 2, {"type": "serial", "layers": [
+        {"type": "dense"}, {"type": "relu"}]})]
+    with pytest.raises(nc.InputError):  # repeat's own n <= 1000 still holds
+        parse_arch({"layers": fits})
+    wide = [{"type": "dense"}] * (MAX_LAYERS + 1)
+    with pytest.raises(nc.InputError, match=f"limit of {MAX_LAYERS}"):
+        parse_arch({"layers": wide})
+
+
+@pytest.mark.parametrize("layer", [
+    {"type": "erf", "a": float("inf")}, {"type": "sin", "b": float("nan")},
+    {"type": "ab_relu", "a": float("-inf"), "b": 1.0}, {"type": "cos", "c": float("inf")},
+])
+def test_no_layer_parameter_is_infinite(layer):
+    with pytest.raises(nc.InputError) as e:
+        parse_arch({"layers": [{"type": "dense"}, layer, {"type": "dense"}]})
+    assert e.value.layer == 1

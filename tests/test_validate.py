@@ -48,6 +48,9 @@ def test_bad_get_and_dtype(rng):
     with pytest.raises(nc.InputError) as e:
         nc.kernel(fc_net(1), x, get=("ntk", "cka"))
     assert e.value.field == "get"
+    with pytest.raises(nc.InputError, match="twice") as e:
+        nc.kernel(fc_net(1), x, get=("ntk", "ntk"))
+    assert e.value.field == "get"
     with pytest.raises(nc.InputError) as e:
         nc.kernel(fc_net(1), x, dtype="float16")
     assert e.value.field == "dtype"

@@ -113,6 +113,12 @@ def _nan_filled(arr: zarr.Array) -> bool:
     return arr.dtype.kind == "f" and bool(np.isnan(arr.fill_value))
 
 
+def _has_nan(a: np.ndarray) -> bool:
+    # NaN propagates through a max-reduction: one vectorised pass, ~2x cheaper than
+    # isfinite().all() or a sum here (computed arrays never hold an inf)
+    return a.size > 0 and bool(np.isnan(a.max()))
+
+
 def _present(arr: zarr.Array, coords: tuple[int, ...]) -> bool:
     return sync((arr.store_path / arr.metadata.encode_chunk_key(tuple(coords))).exists())
 
@@ -162,7 +168,7 @@ def check_chunk(arr: zarr.Array, coords: tuple[int, ...], missing_ok: bool = Fal
     if missing_ok:
         return None
     if _nan_filled(arr):
-        return None if np.isfinite(block).all() else "missing (never written, or deleted)"
+        return "missing (never written, or deleted)" if _has_nan(block) else None
     return None if _present(arr, coords) else "missing (never written, or deleted)"
 
 
@@ -188,9 +194,7 @@ def read(arr: zarr.Array, sel: Any = None, *, missing_ok: bool = False) -> np.nd
     if missing_ok or out.size == 0:
         return out
     if _nan_filled(arr):
-        # one reduction is ~2x cheaper than isfinite().all(); an overflowing sum of finite
-        # values falls through to the exact check
-        if not np.isfinite(np.add.reduce(out, axis=None)) and not np.isfinite(out).all():
+        if _has_nan(out):
             _raise_first_bad(arr, sl, missing_ok)
     else:
         for coords in chunks_of(arr, sl):

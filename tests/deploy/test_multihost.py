@@ -249,6 +249,12 @@ def test_scheduler_workers_api_as_hosts_survive_a_dead_worker(hosts, tmp_path):
                _refused(address, make_security(certs / "ca.pem", stranger["client"],
                                                stranger["client-key"]))]
     assert max(refused) < 15, refused
+    # ... by the scheduler itself (not a client-side error): it logs both failed handshakes
+    t0 = time.monotonic()
+    while (n := (tmp_path / "sched.log").read_text().count("TLS handshake failed")) < 2 \
+            and time.monotonic() - t0 < 10:
+        time.sleep(0.2)
+    assert n >= 2, (tmp_path / "sched.log").read_text()[-2000:]
     with DaskClient(address, timeout=30, security=make_security(*(
             env["api"][v] for v in TLS_ENV.values()))) as dc:
         listeners = [a for addr, wk in dc.scheduler_info()["workers"].items()

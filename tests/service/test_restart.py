@@ -1,5 +1,6 @@
-"""Kill the service process (SIGKILL) mid-job: a new process resumes the job from the store's
-tile markers, recomputes no finished tile, and produces the same kernel."""
+"""Kill the service process (SIGKILL) mid-job on a mutual-TLS cluster with checksummed
+tiles: a new process resumes the job from the store's tile markers, recomputes no finished
+tile, and produces the same kernel, every chunk of which verifies."""
 
 from __future__ import annotations
 
@@ -9,17 +10,30 @@ import time
 
 import numpy as np
 import zarr
+from distributed import Client as DaskClient
 
 import ntkcompute as nc
 from ntkcompute import architectures as A
 from ntkcompute.client import Client
+from workers.certs import write_bundle
+from workers.cluster import make_security
 
-from .conftest import Service, free_port, make_key
+from .conftest import NTK, Service, free_port, make_key
 
 
 def _dask(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_" + args[0],
                              *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _ntk(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([*NTK, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _tls(certs, role: str) -> list[str]:
+    return ["--tls-ca-file", str(certs / "ca.pem"), "--tls-cert", str(certs / f"{role}.pem"),
+            "--tls-key", str(certs / f"{role}-key.pem")]
 
 
 def _done_tiles(url: str) -> int:
@@ -29,15 +43,23 @@ def _done_tiles(url: str) -> int:
 
 
 def test_service_killed_mid_job_resumes_without_recomputing(tmp_path):
+    certs = tmp_path / "certs"
+    write_bundle(certs)
     port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = [_dask("scheduler", "--host", "127.0.0.1", "--port", str(port),
-                   "--dashboard-address", ":0")]
+    address = f"tls://127.0.0.1:{port}"
+    procs = [_ntk("scheduler", "--host", "127.0.0.1", "--port", str(port),
+                  "--dashboard-port", "0", *_tls(certs, "scheduler"))]
     try:
-        time.sleep(2)
-        procs += [_dask("worker", address, "--nthreads", "1", "--nworkers", "1",
-                        "--no-dashboard") for _ in range(2)]
-        svc = Service(tmp_path, scheduler=address).start()
+        time.sleep(3)
+        procs += [_ntk("worker", "--scheduler", address, "--nprocs", "1",
+                       *_tls(certs, "worker")) for _ in range(2)]
+        sec = make_security(certs / "ca.pem", certs / "client.pem", certs / "client-key.pem")
+        with DaskClient(address, security=sec, timeout=60) as dc:
+            dc.wait_for_workers(2, timeout=60)
+        env = {"NTK_TLS_CA_FILE": str(certs / "ca.pem"),
+               "NTK_TLS_CERT": str(certs / "client.pem"),
+               "NTK_TLS_KEY": str(certs / "client-key.pem")}
+        svc = Service(tmp_path, env=env, scheduler=address).start()
         key = make_key(svc.db)
         x = np.random.default_rng(7).standard_normal((490, 8, 8, 1))
         arch = A.cntk(4)
@@ -67,6 +89,7 @@ def test_service_killed_mid_job_resumes_without_recomputing(tmp_path):
             meta = zarr.open_group(url, mode="r").attrs["ntkcompute"]
             assert meta["status"] == "succeeded"
             K = job.to_numpy("ntk")
+            assert job.verify()["ok"]  # every chunk, written by two processes, checks out
         ref = nc.kernel(arch, x, get="ntk")["ntk"]
         np.testing.assert_allclose(K, ref, rtol=1e-12, atol=0)
         svc.stop()

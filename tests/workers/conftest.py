@@ -1,13 +1,14 @@
 import pytest
-from distributed import Client, LocalCluster
+
+from workers.cluster import get_client
 
 
 @pytest.fixture(scope="module")
 def client():
-    """A real scheduler and two worker processes (with nannies), shared by a test module."""
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
-    c = Client(cluster)
+    """A real scheduler and two worker processes (with nannies), shared by a test module:
+    the embedded cluster, mutual TLS with certificates that exist only in memory."""
+    c, cluster = get_client(n_workers=2)
+    assert c.scheduler.address.startswith("tls://")
     yield c
     c.close()
     cluster.close()

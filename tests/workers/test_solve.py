@@ -11,6 +11,7 @@ import workers
 from ntkcompute import architectures as A
 from ntkcompute.datasets import digits
 from ntkcompute.regression import one_hot, solve_direct
+from workers.solve import check_finite_result
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,27 @@ def test_direct_sweep_and_bad_input(client, digits_jobs):
     with pytest.raises(nc.InputError) as e:
         workers.solve(train, ytr, 1e-3, solver="lu")
     assert e.value.field == "solver"
+
+
+def test_label_scale_is_exact_or_refused(client, digits_jobs):
+    """Targets of 1e30 solve exactly (linear in y); past LABEL_BOUND they are refused, and a
+    non-finite result is an error, never a "succeeded" solve of NaNs."""
+    train, cross, ytr, _ = digits_jobs
+    y = one_hot(ytr, 10)
+    base = workers.solve(train, y, 1e-3, solver="direct", cross=cross, save=None)
+    big = workers.solve(train, y * 1e30, 1e-3, solver="direct", cross=cross, save=None)
+    np.testing.assert_allclose(big.predictions, base.predictions * 1e30, rtol=1e-9)
+    cg = workers.solve(train, y, 1e-3, cross=cross, save=None, client=client)
+    cg_big = workers.solve(train, y * 1e30, 1e-3, cross=cross, save=None, client=client)
+    assert cg_big.converged and cg_big.iterations == cg.iterations  # CG is scale-free
+    ref = cg.predictions * 1e30
+    np.testing.assert_allclose(cg_big.predictions, ref, rtol=0, atol=1e-9 * np.abs(ref).max())
+    with pytest.raises(nc.InputError, match="within") as e:
+        workers.solve(train, y * 1e308, 1e-3, solver="direct", save=None)
+    assert e.value.field == "labels"
+    bad = workers.SolveResult(np.full((4, 1), np.nan), [1e-3], "direct")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        check_finite_result(bad)
 
 
 def test_out_of_core_when_worker_memory_is_below_the_kernel(tmp_path):
