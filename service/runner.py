@@ -101,6 +101,13 @@ class Runner:
 
     def _start_kernel(self, jid: str, verify: bool) -> None:
         try:
+            self._start_parts(jid, verify)
+        finally:  # after the parts are registered (a purge waits for this, then for them)
+            with self._lock:
+                self._starting.pop(jid, None)
+
+    def _start_parts(self, jid: str, verify: bool) -> None:
+        try:
             with self.db.session() as s:
                 job = s.get(Job, jid)
                 if job is None or job.status not in ACTIVE:
@@ -125,13 +132,13 @@ class Runner:
                     parts["test"] = compute_gram(x1=test.url, x2=train.url,
                                                  store=f"{job.url}/test", **common)
         except Exception as e:
-            for p in locals().get("parts", {}).values():
-                p.cancel()
+            with self._lock:
+                started = list(locals().get("parts", {}).values())
+                for p in started:  # the train part started, the test part failed
+                    p.cancel()
+                self._stopping[jid] = (time.time(), started)
             self._fail_kernel(jid, e)
             return
-        finally:
-            with self._lock:
-                self._starting.pop(jid, None)
         with self._lock, self.db.session() as s:
             job = s.get(Job, jid)
             if job is None or job.status not in ACTIVE:  # cancelled or purged while starting
