@@ -6,7 +6,20 @@ resume on start), ``db`` (SQLAlchemy tables), ``keys`` (hashed API keys), ``conf
 (``NTK_*`` settings), ``server`` (uvicorn), ``cli`` (``ntk serve/keys/submit/status/fetch``).
 """
 
-from .app import create_app
-from .config import Settings
+from typing import Any
 
 __all__ = ["Settings", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use: `ntk keys` and the other CLI commands need neither FastAPI
+    # nor Dask, and start in a fraction of the time
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    if name == "Settings":
+        from .config import Settings
+
+        return Settings
+    raise AttributeError(f"module 'service' has no attribute {name!r}")

@@ -129,3 +129,29 @@ def test_unchecked_store_still_finds_missing_chunks(client, tmp_path, data):
     chunk_file(store, "ntk", 1, 2).unlink()
     with pytest.raises(CorruptChunk, match="missing"):
         read(g["ntk"])
+
+
+def test_cli_verify_and_gram_verify(tmp_path, data):
+    """`ntk verify STORE` exits 1 naming the damage; `ntk gram --verify` repairs it."""
+    import json
+    import subprocess
+    import sys
+
+    x, _ = data
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "arch.json").write_text(json.dumps(A.fc(2)))
+    store = str(tmp_path / "cli")
+    ntk = [sys.executable, "-m", "workers.cli"]
+    gram = [*ntk, "gram", "--arch", str(tmp_path / "arch.json"), "--x1",
+            str(tmp_path / "x.npy"), "--out", store, "--tile", "20", "--quiet"]
+    subprocess.run(gram, check=True, capture_output=True)
+    original = zarr.open_group(store, mode="r")["ntk"][...]
+    flip_bit(chunk_file(store, "ntk", 1, 2))
+    r = subprocess.run([*ntk, "verify", store], capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    report = json.loads(r.stdout)
+    assert [(b["array"], b["chunk"]) for b in report["bad"]] == [("ntk", [1, 2])]
+    r = subprocess.run([*gram, "--verify"], capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["computed"] == 1
+    assert np.array_equal(zarr.open_group(store, mode="r")["ntk"][...], original)
+    assert subprocess.run([*ntk, "verify", store], capture_output=True).returncode == 0
