@@ -173,7 +173,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(429, "max_jobs_per_key", f"this key has {n} queued or running "
                            f"jobs, the limit is {settings.max_jobs_per_key}; wait or cancel one")
 
-
     # health ----------------------------------------------------------------------------
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:
@@ -193,7 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/limits", response_model=Limits, tags=["health"], responses=ERRORS)
     def limits(key: Owner) -> Limits:
-        """Upload bytes (413), rows per dataset and block bytes (422), active jobs (429)."""
+        """Every limit the service checks before the work it bounds (408, 413, 422, 429)."""
         return Limits(**settings.model_dump(include=set(Limits.model_fields)),
                       max_layers=specs.MAX_LAYERS, max_nesting=specs.MAX_NESTING)
 
@@ -513,7 +512,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if req.analyses.times and (req.solver != "direct" or not job.test):
             raise ApiError(422, "analyses.times", "gradient-flow times need solver 'direct' "
                            "and a kernel job with a test set")
-        _check_complete(job)
         sid = f"s-{uuid.uuid4().hex[:16]}"
         row = Solve(id=sid, owner=key, kernel=job.id, url=_join(job.url, "solves", sid),
                     params=req.model_dump(mode="json"), status="queued", created=time.time())
@@ -522,14 +520,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner.submit_solve(sid)
         response.headers["Location"] = f"/v1/solves/{sid}"
         return out
-
-    def _check_complete(job: Job) -> None:
-        """409 naming the first tile of the kernel whose ``done`` marker is missing or
-        damaged: a solve reads only a kernel whose every tile is accounted for (and every
-        chunk it reads is then verified by its checksum)."""
-        for part in ("train", "test") if job.test else ("train",):
-            marks = open_group(_join(job.url, part), mode="r")["done"]
-            _check_marks(job, part, read_marks(marks), (slice(0, None),) * marks.ndim)
 
     def _coef_rows(job: Job, kind: str) -> int:
         """Rows of one λ's coefficients: n, or a features job's feature count D."""

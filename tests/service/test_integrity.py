@@ -80,11 +80,9 @@ def test_damage_is_named_listed_and_repaired(service, fresh):
         assert "ntk chunk [0, 1]" in str(e.value) and root not in str(e.value)
 
     _chunk(service, jid, "train", "done", 3, 3).unlink()  # a lost marker
-    r = httpx.post(f"{service.url}/v1/solves", json={"kernel": jid}, headers=h)
-    assert r.status_code == 409 and r.json()["field"] == "tile", r.text
-    assert "train tile [3, 3] of done" in r.json()["detail"]
     r = block(kind="ntk", rows="150:200", cols="150:200")
-    assert r.status_code == 409 and "marker lost" in r.json()["detail"]
+    assert r.status_code == 409 and r.json()["field"] == "tile", r.text
+    assert "train tile [3, 3] of done is damaged: marker lost" in r.json()["detail"]
 
     rep = httpx.post(f"{base}/verify", headers=h, timeout=120)
     assert rep.status_code == 200, rep.text
