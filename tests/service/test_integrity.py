@@ -5,7 +5,6 @@ verify, and repaired by resume to a bit-identical kernel; plus the store's hygie
 from __future__ import annotations
 
 import io
-import os
 import stat
 import time
 from pathlib import Path
@@ -17,20 +16,13 @@ import pytest
 from ntkcompute import architectures as A
 from ntkcompute.client import Client, JobFailed
 from ntkcompute.datasets import digits
+from tests.damage import flip_bit, truncate
 
 from .test_api import headers
 
 
 def _chunk(service, job: str, part: str, array: str, *coords: int) -> Path:
     return Path(service.store, "kernels", job, part, array, "c", *map(str, coords))
-
-
-def _flip(path: Path, at: int = 7) -> None:
-    with path.open("r+b") as f:
-        f.seek(at)
-        b = f.read(1)[0]
-        f.seek(at)
-        f.write(bytes([b ^ 0x01]))
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +45,8 @@ def test_damage_is_named_listed_and_repaired(service, fresh):
     root = str(service.root)
 
     _chunk(service, jid, "train", "ntk", 0, 1).unlink()
-    path = _chunk(service, jid, "train", "nngp", 2, 2)
-    os.truncate(path, path.stat().st_size - 9)
-    _flip(_chunk(service, jid, "test", "ntk", 1, 3))
+    truncate(_chunk(service, jid, "train", "nngp", 2, 2), lose=9)
+    flip_bit(_chunk(service, jid, "test", "ntk", 1, 3))
 
     def block(**params) -> httpx.Response:
         return httpx.get(f"{base}/blocks", params=params, headers=h, timeout=30)

@@ -3,7 +3,6 @@ resume that recomputes exactly the damaged tiles (real Zarr on disk, real Dask w
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +11,12 @@ import zarr
 
 import workers
 from ntkcompute import architectures as A
+from tests.damage import flip_bit, truncate
 from workers.store import CorruptChunk, read
 
 
 def chunk_file(store: str, array: str, *coords: int) -> Path:
     return Path(store, array, "c", *map(str, coords))
-
-
-def flip_bit(path: Path, at: int = 5) -> None:
-    with path.open("r+b") as f:
-        f.seek(at)
-        b = f.read(1)[0]
-        f.seek(at)
-        f.write(bytes([b ^ 0x10]))
-
-
-def truncate(path: Path) -> None:
-    os.truncate(path, path.stat().st_size // 2)
 
 
 @pytest.fixture(scope="module")
