@@ -231,6 +231,7 @@ def test_attack_suite(target):
                 code, body = r.status_code, r.json()
             statuses.append(code)
             results[name] = (code, round(seconds, 3), round(growth / MB, 1))
+            assert str(svc.root) not in json.dumps(body), (name, body)  # no server path
             assert 400 <= code < 500, (name, code, body)
             if status is not None:
                 assert (code, body.get("field")) == (status, field), (name, body)

@@ -27,3 +27,18 @@ def test_old_database_gets_new_columns(tmp_path):
                   dtype="float64", tile=1, method="features", m=8))
     with db.session() as s:
         assert s.get(Job, "k-2").method == "features"
+
+
+def test_redact_hides_server_paths_but_not_api_routes(tmp_path):
+    from service.config import Settings
+    from service.errors import PRIVATE, redact
+
+    st = Settings(store=str(tmp_path / "store"), db=f"sqlite:///{tmp_path / 'db' / 'ntk.db'}")
+    PRIVATE.update(st.private_paths())
+    text = (f"FileNotFoundError: {tmp_path}/store/kernels/k-1/train; "
+            f"file://{tmp_path}/store/x; /home/someone/ntk.py; {tmp_path}/db/ntk.db; "
+            "POST /v1/kernels/k-1/resume; W_std/√|F|; rows 40:60")
+    out = redact(text)
+    assert str(tmp_path) not in out and "/home/someone" not in out
+    assert "<store>/kernels/k-1/train" in out and "<db>" in out
+    assert "POST /v1/kernels/k-1/resume" in out and "W_std/√|F|" in out and "40:60" in out
