@@ -263,7 +263,7 @@ def test_scheduler_workers_api_as_hosts_survive_a_dead_worker(hosts, tmp_path):
 
     x, y = digits()
     xtr, ytr, xte, yte = x[:384], y[:384], x[384:512], y[384:512]
-    arch = A.cntk(3)
+    arch = A.cntk(2)
     with Client(url, token) as c:
         train, test = c.upload(xtr, ytr), c.upload(xte, yte)
         job = c.kernel(train, arch, test=test, tile=64)
