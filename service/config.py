@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from workers.cluster import TLS_ENV
+
 #: field -> environment variable.
 ENV = {
     "store": "NTK_STORE",
@@ -32,9 +34,7 @@ ENV = {
     "max_classes": "NTK_MAX_CLASSES",
     "max_lambdas": "NTK_MAX_LAMBDAS",
     "max_solve_bytes": "NTK_MAX_SOLVE_BYTES",
-    "tls_ca_file": "NTK_TLS_CA_FILE",
-    "tls_cert": "NTK_TLS_CERT",
-    "tls_key": "NTK_TLS_KEY",
+    **TLS_ENV,  # NTK_TLS_CA_FILE, NTK_TLS_CERT, NTK_TLS_KEY: the workers' own names
 }
 
 
