@@ -42,7 +42,7 @@ from .bodies import BodyLimits
 from .config import Settings
 from .db import ACTIVE, Database, Dataset, Job, Solve
 from .errors import PRIVATE, ApiError, not_found, redact
-from .keys import describe, ensure_keys, verify
+from .keys import check, ensure_keys
 from .runner import Runner
 from .schemas import (
     DatasetOut,
@@ -68,9 +68,9 @@ def owner(request: Request,
     """The id of the request's API key; 401 without a valid one."""
     if cred is None:
         raise ApiError(401, "Authorization", "missing bearer API key")
-    kid = verify(request.app.state.db, cred.credentials)
+    kid, why = check(request.app.state.db, cred.credentials)  # one lookup, one hash
     if kid is None:
-        log.info("401: %s key", describe(request.app.state.db, cred.credentials))
+        log.info("401: %s key", why)
         raise ApiError(401, "Authorization", "unknown, revoked or expired API key")
     return kid
 

@@ -53,7 +53,7 @@ def _status(row: ApiKey, now: float) -> str:
     return "active"
 
 
-def _check(db: Database, token: str) -> tuple[str | None, str]:
+def check(db: Database, token: str) -> tuple[str | None, str]:
     """(key id or None, reason). A hash is computed and compared in constant time on every
     path, so an unknown id and a wrong secret take the same time (up to the DB lookup)."""
     parts = _split(token)
@@ -74,14 +74,14 @@ def _check(db: Database, token: str) -> tuple[str | None, str]:
 
 def verify(db: Database, token: str) -> str | None:
     """The key id a token belongs to, or None (unknown id, wrong secret, revoked, expired)."""
-    return _check(db, token)[0]
+    return check(db, token)[0]
 
 
 def describe(db: Database, token: str) -> str:
     """Why a token is (not) accepted, for logs only: ``"ok"``, ``"malformed"``, ``"unknown"``,
     ``"wrong secret"``, ``"revoked"`` or ``"expired"``. Never send it to the client: it tells
     which ids exist."""
-    return _check(db, token)[1]
+    return check(db, token)[1]
 
 
 def parse_expires(text: str, now: float | None = None) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 from ntkcompute.errors import InputError
 from workers import GramJob, compute_features, compute_gram, solve_features
 from workers import solve as run_solve
-from workers.cluster import get_client
+from workers.cluster import get_client, security_from
 from workers.store import CorruptChunk, open_group, read, read_dataset, remove_group, write_array
 
 from .config import Settings
@@ -58,8 +58,6 @@ class Runner:
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Join (or start) the Dask cluster, then resume every unfinished job."""
-        from workers.cluster import security_from
-
         st = self.settings
         self.client, self._cluster = get_client(
             scheduler=st.scheduler, n_workers=st.workers,

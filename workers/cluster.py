@@ -20,7 +20,7 @@ from ntkcompute.errors import InputError
 #: Scheduler address to join instead of starting a LocalCluster (e.g. tls://10.0.0.5:8786).
 SCHEDULER_ENV = "NTK_SCHEDULER_ADDRESS"
 
-#: TLS file -> environment variable (the same names as service.config.ENV).
+#: TLS file -> environment variable (service.config.ENV takes these names from here).
 TLS_ENV = {"tls_ca_file": "NTK_TLS_CA_FILE", "tls_cert": "NTK_TLS_CERT",
            "tls_key": "NTK_TLS_KEY"}
 _FLAGS = {"tls_ca_file": "--tls-ca-file", "tls_cert": "--tls-cert", "tls_key": "--tls-key"}
