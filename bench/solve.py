@@ -65,7 +65,8 @@ def accuracy(n_train: int, n_test: int, only: str | None = None) -> None:
             k_tr = nc.kernel(arch, a)
             k_te = nc.kernel(arch, b, a)
             sec = time.perf_counter() - t
-            accs = [float(np.mean(kernel_ridge(k_tr[k], one_hot(ytr, 10), k_te[k], reg=1e-4)
+            accs = [float(np.mean(kernel_ridge(k_tr[k], one_hot(ytr, 10), k_te[k], lam=1e-4,
+                                               relative=True)
                                   .argmax(1) == yte)) for k in ("ntk", "nngp")]
             print(f"{data:10s} {name:14s} {n_train:6d} {n_test:5d} {accs[0]:8.4f} "
                   f"{accs[1]:9.4f} {sec:9.1f}", flush=True)

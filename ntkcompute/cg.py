@@ -9,6 +9,15 @@ stops the recursively updated residual drifting away from ``B - A X`` in long so
 Preconditioners: ``None``, :class:`Jacobi` and :class:`Nystrom` (rank-r pivoted Cholesky of
 K, applied through the Woodbury identity: Harbrecht et al. 2012; Gardner et al. 2018,
 GPyTorch; Meanti et al. 2020, Falkon).
+
+Every solver here checks that it is solving a positive definite system and stops at the
+first sign it is not, raising :class:`~ntkcompute.errors.NotPositiveDefinite` with the
+evidence, the likely cause and the remedy (never a silent run to ``maxiter``, never a
+library error): CG tests the curvature ``pᵀAp`` of every direction (for SPD ``A`` it is at
+least ``λmin(A)·‖p‖²``; a value below zero beyond rounding is a direction of negative
+curvature, and its Rayleigh quotient bounds ``λmin`` from above), the residual's finiteness
+and growth; the preconditioners test the diagonal and the pivoted Cholesky's Schur
+complement (Haynsworth inertia: a negative Schur diagonal means K has a negative eigenvalue).
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg as sla
+
+from .errors import NotPositiveDefinite
 
 Matvec = Callable[[np.ndarray], np.ndarray]  # (n, k) -> (n, k): K @ V (without λ)
 
@@ -30,24 +41,53 @@ class CGResult:
     residuals: list[float] = field(default_factory=list)  # max relative residual per iteration
 
 
+#: Curvature ``pᵀAp / ‖p‖²`` counts as negative below ``-CURVATURE_ROUNDING · n^½ · ε ·
+#: qmax`` (qmax: the largest curvature seen, a lower bound on ‖A‖): the rounding of a
+#: float64 product with n terms is ~n^½ ε ‖A‖ (Higham 2002, §3.1, probabilistic bound).
+CURVATURE_ROUNDING = 64.0
+#: A residual this many times its smallest value so far (and above its start) is divergence:
+#: CG's residual may oscillate on an SPD system, by at most ~2 sqrt(κ) (κ ≤ 1e12 here).
+RESIDUAL_GROWTH = 1e7
+
+
+def _check_diagonal(diag: np.ndarray, lam: float) -> np.ndarray:
+    """The kernel diagonal as float64, refused when non-finite or with ``K_ii + λ ≤ 0``
+    (a kernel's diagonal is a variance: never negative)."""
+    d = np.asarray(diag, dtype=np.float64)
+    if not np.isfinite(d).all():
+        raise NotPositiveDefinite(f"the diagonal has {int((~np.isfinite(d)).sum())} "
+                                  "non-finite values", lam=lam, finite=False)
+    if d.size and (d + lam).min() <= 0:
+        i = int(np.argmin(d))
+        raise NotPositiveDefinite(f"diagonal entry {i} is {d[i]:.3g}", lam=lam,
+                                  min_eigenvalue=float(d[i]),
+                                  scale=float(np.mean(np.abs(d))) or None)
+    return d
+
+
 class Jacobi:
     """``diag(K) + λ`` as preconditioner."""
 
     def __init__(self, diag: np.ndarray, lam: float) -> None:
-        self.inv = 1.0 / (np.asarray(diag, dtype=np.float64) + lam)
+        self.inv = 1.0 / (_check_diagonal(diag, lam) + lam)
 
     def __call__(self, r: np.ndarray) -> np.ndarray:
         return self.inv[:, None] * r
 
 
 def pivoted_cholesky(diag: np.ndarray, column: Callable[[int], np.ndarray], rank: int,
-                     tol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+                     tol: float = 1e-12, lam: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Greedy pivoted Cholesky: ``L`` (n, r) with ``K ≈ L Lᵀ`` from ``rank`` columns of K.
 
     ``column(j)`` returns column j of K (n,). Stops early when the largest remaining
     diagonal falls below ``tol`` times the largest initial one. Returns ``(L, pivots)``.
+
+    Raises :class:`NotPositiveDefinite` on a non-finite diagonal or column, or when a
+    diagonal of the Schur complement ``K - L Lᵀ`` falls below ``-(λ + √tol · max diag)``:
+    then K has an eigenvalue below ``-λ`` beyond rounding (Haynsworth inertia additivity
+    and Cauchy interlacing), so ``K + λI`` is not positive definite.
     """
-    d = np.array(diag, dtype=np.float64)
+    d = _check_diagonal(diag, lam).copy()
     n = d.shape[0]
     rank = min(rank, n)
     L = np.zeros((n, rank))
@@ -59,10 +99,20 @@ def pivoted_cholesky(diag: np.ndarray, column: Callable[[int], np.ndarray], rank
             L = L[:, :m]
             break
         pivots.append(j)
-        col = np.asarray(column(j), dtype=np.float64) - L[:, :m] @ L[j, :m]
+        raw = np.asarray(column(j), dtype=np.float64)
+        if not np.isfinite(raw).all():
+            raise NotPositiveDefinite(f"column {j} has {int((~np.isfinite(raw)).sum())} "
+                                      "non-finite values", lam=lam, finite=False)
+        col = raw - L[:, :m] @ L[j, :m]
         L[:, m] = col / np.sqrt(d[j])
         d -= L[:, m] ** 2
         d[j] = 0.0
+        low = int(np.argmin(d))
+        if d[low] < -(lam + np.sqrt(tol) * scale):
+            raise NotPositiveDefinite(
+                f"pivoted Cholesky's Schur complement has diagonal {d[low]:.3g} at row {low} "
+                f"after {m + 1} pivots", lam=lam, min_eigenvalue=float(d[low]),
+                scale=float(np.mean(diag)))
     return L, np.array(pivots, dtype=int)
 
 
@@ -73,6 +123,9 @@ class Nystrom:
     def __init__(self, L: np.ndarray, lam: float) -> None:
         if lam <= 0:
             raise ValueError("the Nystrom preconditioner needs λ > 0")
+        if not np.isfinite(L).all():
+            raise NotPositiveDefinite("the Nyström factor has non-finite values", lam=lam,
+                                      finite=False)
         self.L = L
         self.lam = lam
         self.factor = sla.cho_factor(lam * np.eye(L.shape[1]) + L.T @ L, lower=True)
@@ -84,7 +137,8 @@ class Nystrom:
 def cg(matvec: Matvec, B: np.ndarray, lam: float, *, tol: float = 1e-8, maxiter: int = 1000,
        precond: Callable[[np.ndarray], np.ndarray] | None = None, x0: np.ndarray | None = None,
        true_residual_every: int = 50,
-       callback: Callable[[int, float], None] | None = None) -> CGResult:
+       callback: Callable[[int, float], None] | None = None,
+       scale: float | None = None) -> CGResult:
     """Solve ``(K + λI) X = B`` column by column, sharing each ``K @ V``.
 
     Args:
@@ -97,9 +151,15 @@ def cg(matvec: Matvec, B: np.ndarray, lam: float, *, tol: float = 1e-8, maxiter:
         x0: warm start (n, k).
         true_residual_every: recompute ``R = B - A X`` this often.
         callback: ``callback(iteration, max_relative_residual)``.
+        scale: mean(diag K), if known: the error message then gives λ relative to it.
 
     Returns:
         :class:`CGResult` with ``x`` of B's shape.
+
+    Raises:
+        NotPositiveDefinite: at the iteration where a search direction has negative
+            curvature beyond rounding, a product or residual is non-finite, or the residual
+            grows ``RESIDUAL_GROWTH``-fold (CG on an indefinite system diverges).
     """
     B = np.asarray(B, dtype=np.float64)
     vector = B.ndim == 1
@@ -117,11 +177,27 @@ def cg(matvec: Matvec, B: np.ndarray, lam: float, *, tol: float = 1e-8, maxiter:
     P = Z.copy()
     rz = np.einsum("ij,ij->j", R, Z)
     res = [float((np.linalg.norm(R, axis=0) / bnorm).max())]
+    n = B2.shape[0]
+    rounding = CURVATURE_ROUNDING * np.sqrt(n) * np.finfo(np.float64).eps
+    qmax = 0.0
     it = 0
     while res[-1] > tol and it < maxiter:
         it += 1
         AP = A(P)
+        if not np.isfinite(AP).all():
+            raise NotPositiveDefinite(f"K·p is not finite at iteration {it}", lam=lam,
+                                      iteration=it, finite=False)
         pap = np.einsum("ij,ij->j", P, AP)
+        pp = np.einsum("ij,ij->j", P, P)
+        q = pap / np.where(pp > 0, pp, 1.0)  # Rayleigh quotients of the directions
+        qmax = max(qmax, float(q.max(initial=0.0)))
+        bad = (pp > 0) & (q < -rounding * qmax)
+        if bad.any():
+            qmin = float(q[bad].min())
+            raise NotPositiveDefinite(
+                f"CG found a direction of negative curvature, pᵀ(K + λI)p = {qmin:.3g}·‖p‖², "
+                f"at iteration {it}", lam=lam, min_eigenvalue=qmin - lam, iteration=it,
+                scale=scale)
         active = pap > 0
         alpha = np.where(active, rz / np.where(active, pap, 1.0), 0.0)
         X += alpha * P
@@ -131,6 +207,13 @@ def cg(matvec: Matvec, B: np.ndarray, lam: float, *, tol: float = 1e-8, maxiter:
             R -= alpha * AP
         rel = np.linalg.norm(R, axis=0) / bnorm
         res.append(float(rel.max()))
+        if not np.isfinite(res[-1]):
+            raise NotPositiveDefinite(f"the residual is not finite at iteration {it}",
+                                      lam=lam, iteration=it, finite=False)
+        if res[-1] > max(RESIDUAL_GROWTH * min(res), res[0]):
+            raise NotPositiveDefinite(
+                f"the residual grew to {res[-1]:.3g} (from at best {min(res):.3g}) at "
+                f"iteration {it}: CG diverges", lam=lam, iteration=it, scale=scale)
         if callback:
             callback(it, res[-1])
         if res[-1] <= tol:

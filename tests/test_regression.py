@@ -1,6 +1,7 @@
 """Direct solves, λ sweeps, gradient-flow predictions, the bound and the spectrum."""
 
 import numpy as np
+import pytest
 
 from ntkcompute.regression import (
     Eigen,
@@ -72,4 +73,9 @@ def test_learning_curves_decay_at_eigenvalue_rates(rng):
 def test_kernel_ridge_predicts(rng):
     K = _psd(rng, 25) + np.eye(25)
     Y = rng.standard_normal((25, 2))
-    np.testing.assert_allclose(kernel_ridge(K, Y, K, reg=1e-12), Y, atol=1e-6)
+    np.testing.assert_allclose(kernel_ridge(K, Y, K, lam=1e-12, relative=True), Y, atol=1e-6)
+    for legacy in ({"reg": 1e-3}, {}):  # the old relative reg= fails loudly, never silently
+        with pytest.raises(TypeError, match="relative=True"):
+            kernel_ridge(K, Y, K, **legacy)
+    with pytest.raises(TypeError, match=r"lam=0\.001, relative=True"):
+        kernel_ridge(K, Y, K, 1e-3)
