@@ -281,16 +281,20 @@ class Client:
               kind: str = "ntk", tol: float = 1e-8, maxiter: int = 1000,
               preconditioner: str = "nystrom", rank: int = 100,
               times: list[float] | None = None, lr: float = 1.0, bound: bool = False,
-              spectrum: int = 0) -> SolveJob:
+              spectrum: int = 0, min_eigenvalue: bool = False) -> SolveJob:
         """Kernel regression on a finished kernel job; labels default to the datasets' y.
-        ``relative=True`` reads ``lambdas`` as multiples of mean(diag K)."""
+        λ is absolute unless ``relative=True`` (multiples of mean(diag K)), as in every
+        solver. ``min_eigenvalue``: report λmin(K) (Lanczos with cg, exact with direct).
+        A system ``K + λI`` that is not positive definite makes the solve fail, its error
+        naming the cause and the remedy."""
         lams = [float(v) for v in (lambdas if isinstance(lambdas, (list, tuple))
                                    else [lambdas])]
         body = {"kernel": _id(kernel), "lambdas": lams, "relative": relative,
                 "solver": solver, "kind": kind,
                 "tol": tol, "maxiter": maxiter, "preconditioner": preconditioner,
                 "rank": rank, "labels": _listify(labels), "test_labels": _listify(test_labels),
-                "analyses": {"times": times, "lr": lr, "bound": bound, "spectrum": spectrum}}
+                "analyses": {"times": times, "lr": lr, "bound": bound, "spectrum": spectrum,
+                             "min_eigenvalue": min_eigenvalue}}
         return SolveJob(self, self._json("POST", "/v1/solves", json=body))
 
     def get_solve(self, solve_id: str) -> SolveJob:

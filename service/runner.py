@@ -264,16 +264,18 @@ class Runner:
                   rank=min(p["rank"], job.n_train), cross=f"{job.url}/test" if job.test else None,
                   test_labels=test_labels, client=self.client, save=None, lr=an.get("lr", 1.0))
         lams = list(p["lambdas"])
-        if p.get("relative"):  # mean diag K: stored self-covariances, or |features|²
-            lams = [v * _mean_diag(job, p["kind"]) for v in lams]
+        relative = bool(p.get("relative"))
         if job.method == "features":
             return [solve_features(f"{job.url}/train", labels, lams if len(lams) > 1
                                    else lams[0], name=p["kind"],
                                    test=f"{job.url}/test" if job.test else None,
                                    test_labels=test_labels, tol=p["tol"],
-                                   maxiter=p["maxiter"], client=self.client)]
+                                   maxiter=p["maxiter"], client=self.client,
+                                   relative=relative)]
+        kw["relative"] = relative
         analysis = dict(times=an.get("times"), bound=an.get("bound", False),
-                        spectrum_k=an.get("spectrum", 0))
+                        spectrum_k=an.get("spectrum", 0),
+                        min_eig=an.get("min_eigenvalue", False))
         if p["solver"] == "direct":  # one eigendecomposition serves every λ
             return [run_solve(f"{job.url}/train", labels, lams if len(lams) > 1 else lams[0],
                               **kw, **analysis)]
@@ -304,24 +306,14 @@ class Runner:
                 per.append({"lambda": lam, "solver": r.solver, "iterations": r.iterations,
                             "converged": r.converged, "seconds": r.seconds, **m})
         metrics: dict[str, Any] = {"per_lambda": per}
+        if "definiteness" in results[0].analyses:  # eigenvalues clamped or negative
+            metrics["definiteness"] = results[0].analyses["definiteness"]
         scored = [m for m in per if "accuracy" in m] or [m for m in per if "mse" in m]
         if scored:
             key = "accuracy" if "accuracy" in scored[0] else "mse"
             pick = max if key == "accuracy" else min
             metrics["best"] = pick(scored, key=lambda m: m[key])
         return metrics, results[0].analyses
-
-
-def _mean_diag(job: Job, kind: str) -> float:
-    g = open_group(f"{job.url}/train", mode="r")
-    if job.method == "features":  # ⟨Φ(x), Φ(x)⟩, streamed by row chunks
-        z = g[kind]
-        step = z.chunks[0]
-        total = sum(float(np.sum(np.asarray(read(z, slice(r, r + step)),
-                                         dtype=np.float64) ** 2))
-                    for r in range(0, z.shape[0], step))
-        return total / z.shape[0]
-    return float(np.mean(read(g[f"self/x1/diag_{kind}"]), dtype=np.float64))
 
 
 def _labels(given: list | None, ds: Dataset | None, field: str, required: bool = True

@@ -83,6 +83,8 @@ class Analyses(_Body):
     lr: float = Field(1.0, gt=0, allow_inf_nan=False)
     bound: bool = Field(False, description="Arora et al.'s sqrt(2 y'K^-1 y / n)")
     spectrum: int = Field(0, ge=0, le=1000, description="top-k eigenvalues of K")
+    min_eigenvalue: bool = Field(False, description=(
+        "λmin(K): exact (direct solver) or a Lanczos estimate over the stored kernel (cg)"))
 
 
 class SolveRequest(_Body):
@@ -93,7 +95,7 @@ class SolveRequest(_Body):
     test_labels: Labels | None = Field(
         None, description="labels of the test rows; default: the test dataset's y")
     lambdas: list[NonNegative] = Field([0.0], min_length=1, description=(
-        "ridge λ values (absolute), each >= 0; at most NTK_MAX_LAMBDAS"))
+        "ridge λ values, each >= 0, absolute unless relative; at most NTK_MAX_LAMBDAS"))
     relative: bool = Field(False, description="λ values are multiples of mean(diag K) "
                            "(scale-free, as in Arora et al. 2019) instead of absolute")
     solver: Literal["cg", "direct"] = "cg"

@@ -4,7 +4,7 @@
              [--scheduler tls://host:8786] [--dtype float32] [--memory BYTES] [--get ntk]
              [--verify]
     ntk verify STORE | KERNEL_JOB_ID   (every chunk read back through its checksum)
-    ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--solver cg|direct]
+    ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--relative] [--solver cg|direct]
               [--precond nystrom|jacobi|none] [--rank R] [--tol T]
               [--cross CROSS_STORE --test-labels y_test.npy]
               [--times 0,1,10] [--bound] [--spectrum K]
@@ -117,7 +117,8 @@ def _solve(args: argparse.Namespace) -> int:
                 rank=args.rank, cross=args.cross, test_labels=test_labels,
                 scheduler=args.scheduler, save=args.save,
                 times=[float(t) for t in args.times.split(",")] if args.times else None,
-                bound=args.bound, spectrum_k=args.spectrum)
+                bound=args.bound, spectrum_k=args.spectrum, relative=args.relative,
+                min_eig=args.min_eigenvalue)
     print(json.dumps({"solver": res.solver, "lambda": res.lams, "iterations": res.iterations,
                       "converged": res.converged, "seconds": round(res.seconds, 3),
                       "metrics": res.metrics, "analyses": res.analyses,
@@ -279,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kernel", required=True, help="URL of the train kernel job (ntk gram)")
     s.add_argument("--labels", required=True, help=".npy: (n,) int classes or float targets")
     s.add_argument("--lambda", dest="lam", required=True,
-                   help="ridge λ (absolute); a comma list sweeps λ (direct)")
+                   help="ridge λ (absolute unless --relative); a comma list sweeps λ (direct)")
+    s.add_argument("--relative", action="store_true",
+                   help="λ values are multiples of mean(diag K)")
     s.add_argument("--solver", choices=["cg", "direct"], default="cg")
     s.add_argument("--name", choices=["ntk", "nngp"], default="ntk")
     s.add_argument("--tol", type=float, default=1e-8)
@@ -293,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--times", help="gradient-flow times t, comma separated (direct)")
     s.add_argument("--bound", action="store_true", help="report sqrt(2 y' K^-1 y / n)")
     s.add_argument("--spectrum", type=int, default=0, help="top-k eigenvalues of K")
+    s.add_argument("--min-eigenvalue", action="store_true",
+                   help="report λmin(K) (exact with direct, a Lanczos estimate with cg)")
     s.set_defaults(func=_solve)
     sc = sub.add_parser("scheduler", help="run a Dask scheduler for ntkcompute workers")
     sc.add_argument("--host", default="0.0.0.0")

@@ -129,12 +129,24 @@ def _tree_sum(cl: Client, parts: list, add: Any) -> Any:
     return parts[0].result()
 
 
+def mean_square_norm(z: Any) -> float:
+    """mean_i ‖Φ(x_i)‖² of a stored (n, D) features array, streamed by row chunks: the
+    mean diagonal of the kernel the features approximate."""
+    step = z.chunks[0]
+    total = sum(float(np.sum(np.asarray(read(z, slice(r, r + step)), dtype=np.float64) ** 2))
+                for r in range(0, z.shape[0], step))
+    return total / z.shape[0]
+
+
 def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str = "ntk",
                    test: str | None = None, test_labels: Any = None,
                    method: str = "auto", tol: float = 1e-8, maxiter: int = 1000,
                    client: Client | None = None, scheduler: str | None = None,
-                   options: dict | None = None) -> Any:
+                   options: dict | None = None, relative: bool = False) -> Any:
     """Ridge regression on stored features: ``(ZᵀZ + λI) w = ZᵀY``.
+
+    λ is absolute unless ``relative`` (then a multiple of mean(diag K) = mean ‖Φ(x)‖², the
+    convention of every solver: :func:`ntkcompute.regression.absolute_lambdas`).
 
     ``method="normal"``: ``ZᵀZ`` (D × D) and ``ZᵀY`` are accumulated tile by tile on the
     workers and summed in a tree, one pass over Z; the system is solved by Cholesky (one λ)
@@ -147,9 +159,8 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
     Returns:
         a :class:`workers.SolveResult` with ``coefficients`` w (D, c), or (L, D, c).
     """
-    from scipy.linalg import cho_factor, cho_solve
-
     from ntkcompute.cg import cg
+    from ntkcompute.regression import Eigen, absolute_lambdas, solve_direct
 
     from .solve import SolveResult, _metrics, check_finite_result, targets_from
 
@@ -162,9 +173,7 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
         raise InputError(f"no '{name}' features in {job}", field="name")
     n, tile = meta["n1"], meta["tile"]
     Y, classes = targets_from(labels, n)
-    lams = [float(v) for v in (lam if isinstance(lam, (list, tuple)) else [lam])]
-    if any(not np.isfinite(v) or v < 0 for v in lams):
-        raise InputError(f"must be finite and >= 0, got {lams}", field="lambda")
+    lams = absolute_lambdas(lam, False)  # a bad λ fails before any work
     dim = g[name].shape[1]
     if method == "auto":
         method = "normal" if dim * dim * 8 <= NORMAL_BYTES else "cg"
@@ -179,7 +188,9 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
             A, B = _tree_sum(cl, [cl.submit(tasks.normal_part, job, name, i, yf,
                                             options=options, pure=False) for i in tiles],
                              tasks.add)
+            lams = absolute_lambdas(lam, relative, float(np.trace(A)) / n)
         else:
+            lams = absolute_lambdas(lam, relative, mean_square_norm(g[name]))
             B = _tree_sum(cl, [cl.submit(tasks.normal_rhs, job, name, i, yf,
                                          options=options, pure=False) for i in tiles],
                           tasks.add)
@@ -206,12 +217,9 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
     if method == "cg":
         coef = coefs[0] if len(lams) == 1 else np.stack(coefs)
     elif len(lams) == 1:
-        A[np.diag_indices_from(A)] += lams[0]
-        coef = cho_solve(cho_factor(A), B)
+        coef = solve_direct(A, B, lams[0])
     else:
-        s, U = np.linalg.eigh(A)
-        UB = U.T @ B
-        coef = np.stack([U @ (UB / (s + v)[:, None]) for v in lams])
+        coef = np.stack(Eigen.of(A).sweep(B, lams))
     res = SolveResult(coef, lams, f"features-{method}", iterations, converged)
     if test is not None:
         zt = open_group(test, mode="r", options=options)[name]

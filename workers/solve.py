@@ -20,9 +20,11 @@ from ntkcompute.cg import Jacobi, Nystrom, cg, pivoted_cholesky
 from ntkcompute.errors import InputError
 from ntkcompute.regression import (
     Eigen,
+    absolute_lambdas,
     gd_predictions,
     generalization_bound,
     learning_curves,
+    min_eigenvalue,
     one_hot,
     solve_direct,
 )
@@ -110,12 +112,15 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
           test_labels: np.ndarray | None = None, client: Client | None = None,
           scheduler: str | None = None, save: str | None = "default",
           options: dict | None = None, times: list[float] | None = None, lr: float = 1.0,
-          bound: bool = False, spectrum_k: int = 0) -> SolveResult:
+          bound: bool = False, spectrum_k: int = 0, relative: bool = False,
+          min_eig: bool = False) -> SolveResult:
     """Fit ``(K + λI) α = Y`` on the stored train kernel at ``kernel`` (a job URL).
 
     Args:
         labels: (n,) integer classes (one-hot 0.9/-0.1 targets) or (n,)/(n, c) real targets.
-        lam: ridge λ (absolute), or a list of λ for a direct sweep.
+        lam: ridge λ, or a list of λ for a direct sweep; absolute unless ``relative``.
+        relative: λ values are multiples of mean(diag K) (the convention of every solver
+            entry point: :func:`ntkcompute.regression.absolute_lambdas`).
         solver: "cg" (distributed, out of core) or "direct" (in memory, float64).
         name: which stored kernel, "ntk" or "nngp".
         tol, maxiter, preconditioner ("nystrom", "jacobi" or None), rank, x0: for CG.
@@ -128,6 +133,12 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             with CG; exact, λ-free, with the direct solver).
         spectrum_k: report the top-k eigenvalues of K (eigh in memory, or Lanczos over the
             distributed operator with CG) and per-direction learning curves at ``times``.
+        min_eig: report λmin(K) (exact with the direct solver, a Lanczos estimate over the
+            distributed operator with CG) under ``analyses["min_eigenvalue"]``.
+
+    Every direct solve that decomposes K also reports in ``analyses["definiteness"]`` how
+    many eigenvalues were rounding noise (clamped to 0) or negative. A system ``K + λI``
+    that is not positive definite raises :class:`ntkcompute.errors.NotPositiveDefinite`.
     """
     t0 = time.perf_counter()
     g = open_group(kernel, mode="r+", options=options)
@@ -135,17 +146,24 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         raise InputError(f"no '{name}' array in {kernel}", field="name")
     n = g[name].shape[0]
     Y, classes = targets_from(labels, n)
-    lams = [float(v) for v in (lam if isinstance(lam, (list, tuple)) else [lam])]
-    if any(not np.isfinite(v) or v < 0 for v in lams):
-        raise InputError(f"must be finite and >= 0, got {lams}", field="lambda")
+    absolute_lambdas(lam, False)  # a bad λ fails before any read
     if solver == "direct":
         K = np.asarray(read(g[name]), dtype=np.float64)
-        eig = Eigen.of(K) if (len(lams) > 1 or times or bound or spectrum_k) else None
-        if len(lams) == 1:
+        lams = absolute_lambdas(lam, relative, float(np.mean(np.diagonal(K))))
+        eig = Eigen.of(K) if (len(lams) > 1 or times or bound or spectrum_k or min_eig) \
+            else None
+        if len(lams) == 1 and eig is None:
             coef = solve_direct(K, Y, lams[0])
         else:
             coef = np.stack(eig.sweep(Y, lams))
+            coef = coef[0] if len(lams) == 1 else coef
         res = SolveResult(coef, lams, solver)
+        if eig is not None:
+            res.analyses["definiteness"] = eig.report()
+        if min_eig:
+            res.analyses["min_eigenvalue"] = {"value": eig.min_eigenvalue, "exact": True,
+                                              "relative": eig.report()[
+                                                  "min_eigenvalue_relative"]}
         if bound:
             res.analyses["bound"] = generalization_bound(eig, Y)
         if spectrum_k:
@@ -160,21 +178,25 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                 {"t": t, **_metrics(f, test_labels, classes)}
                 for t, f in zip(times, gd_predictions(eig, kc, Y, times, lr), strict=True)]
     elif solver == "cg":
-        if len(lams) != 1:
+        if isinstance(lam, (list, tuple)) and len(lam) != 1:
             raise InputError("cg solves one λ at a time", field="lambda")
+        if preconditioner not in ("jacobi", "nystrom", None):
+            raise InputError(f"unknown preconditioner {preconditioner!r}",
+                             field="preconditioner")
         cl, cluster = get_client(client, scheduler)
         try:
             op = DistributedKernel(cl, kernel, name, options=options)
+            diag = op.diagonal()
+            scale = float(np.mean(diag, dtype=np.float64))
+            lams = absolute_lambdas(lam, relative, scale)
             pre = None
             if preconditioner == "jacobi":
-                pre = Jacobi(op.diagonal(), lams[0])
+                pre = Jacobi(diag, lams[0])
             elif preconditioner == "nystrom":
-                L, _ = pivoted_cholesky(op.diagonal(), op.column, rank)
+                L, _ = pivoted_cholesky(diag, op.column, rank, lam=lams[0])
                 pre = Nystrom(L, lams[0]) if lams[0] > 0 else None
-            elif preconditioner is not None:
-                raise InputError(f"unknown preconditioner {preconditioner!r}",
-                                 field="preconditioner")
-            r = cg(op.matvec, Y, lams[0], tol=tol, maxiter=maxiter, precond=pre, x0=x0)
+            r = cg(op.matvec, Y, lams[0], tol=tol, maxiter=maxiter, precond=pre, x0=x0,
+                   scale=scale)
             analyses: dict[str, Any] = {}
             if bound:  # yᵀ (K + λI)⁻¹ y from the solution: the bound at this λ
                 analyses["bound"] = float(np.sqrt(2.0 * np.sum(Y * r.x) / n))
@@ -184,6 +206,8 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                 lin = LinearOperator((n, n), matvec=op.matvec, dtype=np.float64)
                 s, _ = eigsh(lin, k=spectrum_k, which="LA")
                 analyses["eigenvalues"] = sorted(s.tolist(), reverse=True)
+            if min_eig:
+                analyses["min_eigenvalue"] = min_eigenvalue(op.matvec, n, scale=scale)
         finally:
             if cluster is not None:
                 cl.close()
