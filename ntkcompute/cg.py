@@ -82,10 +82,11 @@ def pivoted_cholesky(diag: np.ndarray, column: Callable[[int], np.ndarray], rank
     ``column(j)`` returns column j of K (n,). Stops early when the largest remaining
     diagonal falls below ``tol`` times the largest initial one. Returns ``(L, pivots)``.
 
-    Raises :class:`NotPositiveDefinite` on a non-finite diagonal or column, or when a
-    diagonal of the Schur complement ``K - L Lᵀ`` falls below ``-(λ + √tol · max diag)``:
-    then K has an eigenvalue below ``-λ`` beyond rounding (Haynsworth inertia additivity
-    and Cauchy interlacing), so ``K + λI`` is not positive definite.
+    A diagonal of the Schur complement ``K - L Lᵀ`` below ``-√tol · max diag`` means K has
+    a negative eigenvalue beyond rounding (Haynsworth inertia additivity): with ``λ = 0``
+    that raises; with ``λ > 0`` the factorisation stops there (whether ``K + λI`` is
+    positive definite is then for CG's curvature test to find). Raises
+    :class:`NotPositiveDefinite` also on a non-finite diagonal or column.
     """
     d = _check_diagonal(diag, lam).copy()
     n = d.shape[0]
@@ -108,11 +109,15 @@ def pivoted_cholesky(diag: np.ndarray, column: Callable[[int], np.ndarray], rank
         d -= L[:, m] ** 2
         d[j] = 0.0
         low = int(np.argmin(d))
-        if d[low] < -(lam + np.sqrt(tol) * scale):
-            raise NotPositiveDefinite(
-                f"pivoted Cholesky's Schur complement has diagonal {d[low]:.3g} at row {low} "
-                f"after {m + 1} pivots", lam=lam, min_eigenvalue=float(d[low]),
-                scale=float(np.mean(diag)))
+        if d[low] < -np.sqrt(tol) * scale:  # K is indefinite beyond rounding
+            if lam <= 0:
+                raise NotPositiveDefinite(
+                    f"pivoted Cholesky's Schur complement has diagonal {d[low]:.3g} at row "
+                    f"{low} after {m + 1} pivots, so K has a negative eigenvalue", lam=lam)
+            # K + λI may still be positive definite: keep the exact factor of the (positive
+            # definite) pivot block so far; CG's curvature test decides about K + λI.
+            L = L[:, :m + 1]
+            break
     return L, np.array(pivots, dtype=int)
 
 

@@ -221,8 +221,22 @@ def _relu(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
     # one (n·P, d) x (d, m) product: an N-d @ runs as n·P/rows small ones
     z = psi.reshape(-1, psi.shape[-1]) @ xp.asarray(gauss.T, dtype=psi.dtype)
     scale = 1.0 / math.sqrt(m)
-    xi = sketch(xi.reshape(-1, xi.shape[-1]), (z > 0).astype(psi.dtype) * scale)
-    return (xp.maximum(z, 0) * scale).reshape(*lead, m), xi.reshape(*lead, m)
+    xi2 = xi.reshape(-1, xi.shape[-1])
+    out = sketch(xi2, (z > 0).astype(psi.dtype) * scale)
+    r = xp.maximum(z, 0) * scale
+    if _EXP.get("norm"):
+        p2 = psi.reshape(-1, psi.shape[-1])
+        r = r * _ratio(xp, (p2 * p2).sum(-1) / 2, (r * r).sum(-1))[:, None]
+        out = out * _ratio(xp, (xi2 * xi2).sum(-1) / 2, (out * out).sum(-1))[:, None]
+    return r.reshape(*lead, m), out.reshape(*lead, m)
+
+
+_EXP: dict = {}
+
+
+def _ratio(xp: Any, target: Any, got: Any) -> Any:
+    ok = got > 0
+    return xp.where(ok, xp.sqrt(target / xp.where(ok, got, 1)), 0)
 
 
 def _avg_pool(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:

@@ -152,12 +152,15 @@ class Eigen:
 
     def sweep(self, targets: np.ndarray, lams: list[float], *,
               relative: bool = False) -> list[np.ndarray]:
-        """Coefficients for each λ of a sweep, sharing one decomposition."""
+        """Coefficients for each λ of a sweep, sharing one decomposition; targets (n,) or
+        (n, c), each result of the same shape."""
         lams = self._lams(lams, relative)
         for lam in lams:
             self._check(lam, "the λ sweep")
-        proj = self.U.T @ np.asarray(targets, dtype=np.float64)
-        return [self.U @ (proj / (self.s + lam)[:, None]) for lam in lams]
+        y = np.asarray(targets, dtype=np.float64)
+        proj = self.U.T @ (y[:, None] if y.ndim == 1 else y)
+        out = [self.U @ (proj / (self.s + lam)[:, None]) for lam in lams]
+        return [c[:, 0] for c in out] if y.ndim == 1 else out
 
     def gd_coefficients(self, targets: np.ndarray, t: float, lr: float = 1.0) -> np.ndarray:
         """``K⁻¹ (I - e^{-η K t}) Y``: the coefficients of gradient flow on the MSE at time t

@@ -79,3 +79,54 @@ def test_kernel_ridge_predicts(rng):
             kernel_ridge(K, Y, K, **legacy)
     with pytest.raises(TypeError, match=r"lam=0\.001, relative=True"):
         kernel_ridge(K, Y, K, 1e-3)
+
+
+def test_direct_and_sweep_refuse_an_indefinite_kernel_naming_the_cause():
+    from ntkcompute.errors import NotPositiveDefinite
+    from ntkcompute.regression import Eigen, generalization_bound
+    from tests.indefinite import constructed
+
+    K = constructed(low=-1e-3)
+    Y = np.ones((len(K), 2))
+    md = float(np.mean(np.diag(K)))
+    low = float(np.linalg.eigvalsh(K)[0])
+    with pytest.raises(NotPositiveDefinite, match="Cholesky") as e:
+        solve_direct(K, Y, 1e-4, relative=True)
+    assert e.value.min_eigenvalue == pytest.approx(low, rel=1e-8)
+    assert "-0.001·mean(diag K)" in str(e.value)  # how far λ must go, in the user's units
+    eig = Eigen.of(K)
+    assert eig.negative == 1 and eig.min_eigenvalue == pytest.approx(low, rel=1e-8)
+    with pytest.raises(NotPositiveDefinite, match="λ sweep"):
+        eig.sweep(Y, [1e-2, 1e-4], relative=True)  # the second λ is too small
+    for use in (lambda: generalization_bound(eig, Y), lambda: eig.gd_coefficients(Y, 1.0)):
+        with pytest.raises(NotPositiveDefinite):
+            use()
+    # λ above -λmin: well posed, and the same numbers as Cholesky
+    ok = eig.sweep(Y, [2e-3], relative=True)[0]
+    np.testing.assert_allclose(ok, solve_direct(K, Y, 2e-3 * md), rtol=1e-8)
+
+
+def test_eigen_clamps_only_rounding_and_says_so(rng):
+    from ntkcompute.regression import Eigen
+
+    a = rng.standard_normal((60, 20))
+    K = a @ a.T  # rank 20: 40 eigenvalues are rounding noise around 0
+    eig = Eigen.of(K)
+    raw = np.linalg.eigh(K)[0]  # the same LAPACK driver as Eigen.of
+    assert eig.negative == 0 and eig.clamped == int((raw < 0).sum()) > 0
+    assert eig.clamped_by == pytest.approx(-raw.min())
+    assert (eig.s >= 0).all() and eig.report()["clamped"] == eig.clamped
+    np.testing.assert_allclose(eig.solve(np.ones(60), 1.0), solve_direct(K, np.ones(60), 1.0),
+                               rtol=1e-9)
+
+
+def test_lanczos_min_eigenvalue_matches_eigh():
+    from ntkcompute.regression import min_eigenvalue
+    from tests.indefinite import constructed
+
+    K = constructed(low=-1e-3)
+    md = float(np.mean(np.diag(K)))
+    est = min_eigenvalue(lambda V: K @ V, len(K), scale=md)
+    assert est["converged"] and est["matvecs"] < len(K)
+    assert est["value"] == pytest.approx(np.linalg.eigvalsh(K)[0], rel=1e-4)
+    assert est["relative"] == pytest.approx(-1e-3, rel=1e-3)

@@ -16,9 +16,15 @@ from .. import spec
 from .quadrature import gauss_hermite
 from .state import Array
 
-# 1 - cos(theta) below this many ulps of the product of variances is rounding noise: such
-# pairs (the diagonal, duplicates) get theta = 0 exactly instead of theta ~ sqrt(eps) ~ 1e-8.
-_SNAP_ULPS = 32
+# k11 k22 - k12^2 below this many ulps of k11 k22 is rounding noise: such pairs (the
+# diagonal, duplicates, constant patches) get theta = 0 exactly instead of theta ~ sqrt(eps).
+# The snap also zeroes true angles below sqrt(ulps * eps), and the NTK factor c0 - c1 theta
+# moves by c1 theta there: 32 float32 ulps is theta < 2e-3, an NTK error of up to 3e-4 at those
+# positions (5e-6 on MNIST CNTK-V-8). The passes compute k12 and k11, k22 by the same
+# operations (inputs.py accumulates in float64 so that BLAS and sum() agree), so what remains
+# is ~1 ulp: float32 snaps at 2 ulps (theta < 5e-4), the value that minimised the error on
+# MNIST and CIFAR CNTKs (bench/precision.py). float64 keeps its 32 (theta < 1e-7).
+_SNAP_ULPS = {4: 2, 8: 32}
 
 
 def _angle(xp: ModuleType, k12: Array, k11: Array, k22: Array) -> tuple[Array, Array]:
@@ -28,7 +34,7 @@ def _angle(xp: ModuleType, k12: Array, k11: Array, k22: Array) -> tuple[Array, A
     xp.subtract(prod, r2, out=r2)
     # k11, k22 are the small per-input arrays: checking them is cheap, a mask of prod is not.
     zero = (prod == 0) if not (bool(k11.all()) and bool(k22.all())) else None
-    prod *= _SNAP_ULPS * xp.finfo(k12.dtype).eps
+    prod *= _SNAP_ULPS[k12.dtype.itemsize] * xp.finfo(k12.dtype).eps
     r2[r2 <= prod] = 0
     r = xp.sqrt(r2, out=r2)
     theta = xp.arctan2(r, k12)
