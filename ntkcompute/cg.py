@@ -29,6 +29,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from .errors import NotPositiveDefinite
+from .regression import absolute_lambdas
 
 Matvec = Callable[[np.ndarray], np.ndarray]  # (n, k) -> (n, k): K @ V (without λ)
 
@@ -143,13 +144,13 @@ def cg(matvec: Matvec, B: np.ndarray, lam: float, *, tol: float = 1e-8, maxiter:
        precond: Callable[[np.ndarray], np.ndarray] | None = None, x0: np.ndarray | None = None,
        true_residual_every: int = 50,
        callback: Callable[[int, float], None] | None = None,
-       scale: float | None = None) -> CGResult:
+       scale: float | None = None, relative: bool = False) -> CGResult:
     """Solve ``(K + λI) X = B`` column by column, sharing each ``K @ V``.
 
     Args:
         matvec: ``V (n, k) -> K V``, the kernel's product (λ is added here).
         B: (n,) or (n, k) right-hand sides.
-        lam: ridge λ >= 0.
+        lam: ridge λ >= 0, absolute unless ``relative`` (then a multiple of ``scale``).
         tol: stop when every column's ``||B - A X|| / ||B||`` is below ``tol``.
         maxiter: iteration cap.
         precond: ``R (n, k) -> M⁻¹ R``.
@@ -157,6 +158,8 @@ def cg(matvec: Matvec, B: np.ndarray, lam: float, *, tol: float = 1e-8, maxiter:
         true_residual_every: recompute ``R = B - A X`` this often.
         callback: ``callback(iteration, max_relative_residual)``.
         scale: mean(diag K), if known: the error message then gives λ relative to it.
+        relative: λ is a multiple of ``scale`` (which is then required), the convention of
+            :func:`ntkcompute.regression.absolute_lambdas`.
 
     Returns:
         :class:`CGResult` with ``x`` of B's shape.
@@ -166,6 +169,7 @@ def cg(matvec: Matvec, B: np.ndarray, lam: float, *, tol: float = 1e-8, maxiter:
             curvature beyond rounding, a product or residual is non-finite, or the residual
             grows ``RESIDUAL_GROWTH``-fold (CG on an indefinite system diverges).
     """
+    lam = absolute_lambdas(lam, relative, scale)[0]
     B = np.asarray(B, dtype=np.float64)
     vector = B.ndim == 1
     B2 = B[:, None] if vector else B

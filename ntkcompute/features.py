@@ -154,6 +154,9 @@ class TensorSRHT:
     @classmethod
     def draw(cls, rng: np.random.Generator, d1: int, d2: int, m: int) -> TensorSRHT:
         p1, p2 = _pow2(d1), _pow2(d2)
+        if _EXP.get("perm"):
+            return cls(d1, d2, m, rng.choice([-1.0, 1.0], p1), rng.choice([-1.0, 1.0], p2),
+                       _noreplace(rng, p1, m), _noreplace(rng, p2, m))
         return cls(d1, d2, m, rng.choice([-1.0, 1.0], p1), rng.choice([-1.0, 1.0], p2),
                    rng.integers(0, p1, m), rng.integers(0, p2, m))
 
@@ -232,6 +235,11 @@ def _relu(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
 
 
 _EXP: dict = {}
+
+
+def _noreplace(rng, p, m):
+    reps = -(-m // p)
+    return np.concatenate([rng.permutation(p) for _ in range(reps)])[:m]
 
 
 def _ratio(xp: Any, target: Any, got: Any) -> Any:

@@ -48,12 +48,20 @@ def ab_relu(xp, a: float, b: float, k12, k11, k22, want_dot):
     c0 = (a * a + b * b) / 2
     c1 = (a - b) ** 2 / (2 * math.pi)
     r, theta = _angle(xp, k12, k11, k22)
+    # K' = c1 r + (c0 - c1 θ) k12 = c0 k12 + c1 (r - θ k12), r - θ k12 = s (sin θ - θ cos θ)
+    # ≈ s θ³/3: as θ -> 0 the rounding error of K' is then that of c0 k12 alone (plus
+    # eps·θ·s), the same rounding the self pass makes for c0 k11, instead of eps·k12 from
+    # rounding c0 - c1 θ first. Near-parallel pairs (duplicates, constant patches) so keep
+    # k11 k22 - k12^2 of the next layer free of rounding noise.
+    t = theta * k12
+    nngp = r
+    nngp -= t
+    nngp *= c1
+    xp.multiply(k12, c0, out=t)
+    nngp += t
     dot = theta
     dot *= -c1
     dot += c0
-    nngp = r
-    nngp *= c1
-    nngp += dot * k12
     return nngp, (dot if want_dot else None)
 
 
