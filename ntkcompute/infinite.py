@@ -187,7 +187,7 @@ def kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     """
     arch = parse_arch(arch)
     get = check_get(get)
-    dt = resolve_dtype(dtype, x1)
+    dt = resolve_dtype(dtype, x1, arch)
     x1 = as_input(x1, "x1", dt)
     symmetric = x2 is None
     x2 = x1 if symmetric else as_input(x2, "x2", dt)

@@ -8,6 +8,7 @@ import numpy as np
 
 from .backend import array_module
 from .errors import InputError
+from .spec import float32_verified
 
 
 def check_shape(shape: tuple[int, ...], field: str) -> None:
@@ -38,11 +39,18 @@ def as_input(x: Any, field: str, dtype: Any) -> Any:
     return xp.ascontiguousarray(arr)
 
 
-def resolve_dtype(dtype: Any, x: Any) -> np.dtype:
-    """``dtype`` if given (float32 or float64), else the input's float dtype, else float64."""
+def resolve_dtype(dtype: Any, x: Any, arch: Any = None) -> np.dtype:
+    """``dtype`` if given (float32 or float64), else the input's float dtype, else float64.
+
+    With ``arch`` (an :class:`~ntkcompute.spec.Architecture`), float32 inputs default to
+    float32 only when every layer's float32 kernel is verified accurate
+    (:func:`ntkcompute.spec.float32_verified`); otherwise to float64.
+    """
     if dtype is None:
         kind = getattr(x, "dtype", np.dtype(np.float64))
         dtype = kind if np.dtype(kind) in (np.float32, np.float64) else np.float64
+        if np.dtype(dtype) == np.float32 and arch is not None and not float32_verified(arch):
+            dtype = np.float64
     try:
         dt = np.dtype(dtype)
     except TypeError:

@@ -59,3 +59,21 @@ def test_bad_get_and_dtype(rng):
 def test_error_is_a_value_error_with_location():
     err = nc.InputError("bad", field="W_std", layer=3)
     assert isinstance(err, ValueError) and str(err) == "layers[3].W_std: bad"
+
+
+def test_float32_is_the_default_only_where_it_is_verified_accurate():
+    import ntkcompute as nc
+    from ntkcompute import architectures as A
+    from ntkcompute.spec import float32_verified, parse_arch
+
+    x = np.random.default_rng(0).standard_normal((3, 6, 6, 2)).astype(np.float32)
+    for arch in (A.cntk(2), A.cntk(2, "flatten"), A.resnet(1), A.fc(2, act="erf")):
+        assert float32_verified(parse_arch(arch))
+        assert nc.kernel(arch, x if "conv" in str(arch) else x.reshape(3, -1),
+                         get="nngp")["nngp"].dtype == np.float32
+    norm = {"layers": [{"type": "conv", "filter_shape": [3, 3]},
+                       {"type": "serial", "layers": [{"type": "layer_norm", "axis": [1, 2, 3]}]},
+                       {"type": "relu"}, {"type": "flatten"}, {"type": "dense"}]}
+    assert not float32_verified(parse_arch(norm))  # nested layers count too
+    assert nc.kernel(norm, x, get="nngp")["nngp"].dtype == np.float64
+    assert nc.kernel(norm, x, get="nngp", dtype="float32")["nngp"].dtype == np.float32

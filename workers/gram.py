@@ -296,7 +296,7 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     """
     spec = parse_arch(arch)
     get = check_get(get)
-    dt = resolve_dtype(dtype, x1)
+    dt = resolve_dtype(dtype, x1, spec)
     check_shape(x1.shape, "x1")
     if x2 is not None:
         check_shape(x2.shape, "x2")

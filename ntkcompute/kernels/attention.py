@@ -76,7 +76,7 @@ def global_self_attention(lp: LayerPlan, st: State, xp, ca: Array | None,
     t = None if st.ntk is None else _to_matrix(st.ntk, d, nb)
     if layer.linear_scaling:
         g1 = weights(xp, lp, ca)
-        g2 = g1 if nb == 1 else weights(xp, lp, cb)
+        g2 = g1 if cb is ca else weights(xp, lp, cb)  # the self pass: the same inputs
         g1 = g1[:, None] if nb == 2 else g1  # (n1, 1, P, P) against pairs (n1, n2, P, P)
         g2t = xp.swapaxes(g2, -1, -2)
 

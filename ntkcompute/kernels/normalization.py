@@ -17,8 +17,9 @@ def _normaliser(xp, lp: LayerPlan, v: Array) -> Array:
     """``(n, *spatial)`` variances -> ``v + eps``, averaged over the normalised spatial axes."""
     # v's axes are the input's without the channel: spatial axis a of the input is v's a
     spatial = tuple(a for a in layer_norm_axes(lp.layer.axis, lp.in_spatial) if 0 < a < v.ndim)
-    if spatial:
-        v = xp.broadcast_to(v.mean(axis=spatial, keepdims=True), v.shape)
+    if spatial:  # a mean of P values: accumulated in float64 (see pooling.py)
+        m = v.mean(axis=spatial, keepdims=True, dtype=xp.float64).astype(v.dtype, copy=False)
+        v = xp.broadcast_to(m, v.shape)
     return v + lp.layer.eps
 
 

@@ -3,9 +3,11 @@
 
 The global reductions (GAP over the ``P²`` position pairs, Flatten over the ``P`` diagonal
 positions) accumulate in float64 whatever the dtype. NumPy reduces leading axes by adding
-whole slices one after another, so a float32 sum of N terms errs by ~sqrt(N)·eps typically and
-N·eps at worst (Higham 2002, §4.2): ~1e-5 relative for a 32x32 GAP (N ≈ 1e6), 400x float32's
-eps. In float64 the same sum errs by ~1e-13 before the one rounding to float32.
+whole slices one after another (pairwise summation only runs along a contiguous axis), so a
+float32 sum of N terms errs by ~sqrt(N)·eps typically and N·eps at worst (Higham 2002, §4.2):
+1.3e-5 of the kernel for CNTK-GAP-3 on 14x14 MNIST (N = 196²), 3e-6 for the Flatten of
+CNTK-V-3 on 28x28 (N = 784). In float64 the same sums err by ~1e-13 before the one rounding
+to float32; NumPy and CuPy convert blockwise, without a float64 copy of the state.
 """
 
 from __future__ import annotations

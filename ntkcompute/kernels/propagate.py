@@ -7,8 +7,8 @@ from types import ModuleType
 
 from .. import spec
 from ..plan import LayerPlan, Plan
-from . import activations, attention, branching, linear, normalization, pooling
-from .state import Array, State, expand_var, spatial_diagonal
+from . import activations, attention, branching, inputs, linear, normalization, pooling
+from .state import Array, Refine, State, expand_var, spatial_diagonal
 
 Rule = Callable[[LayerPlan, State, ModuleType], State]
 
@@ -79,10 +79,12 @@ def run(plan: Plan, st: State, xp: ModuleType,
 
     ``stats`` holds, for each layer in ``plan.self_indices`` in order, the self statistics of
     the first and second inputs of the pairs. Without it (the self pass, ``st.nb == 1``) they
-    are read off the states themselves and returned, for the pair passes to reuse.
+    are read off the states themselves and returned, for the pair passes to reuse. Pairs that
+    ``st.refine`` lists (near pairs of a float32 block) are recomputed in float64 at the end.
     """
+    refine = st.refine
     collected: list[Array] = []
-    slots = [st]  # one state per open branch
+    slots = [st.with_(refine=None)]  # one state per open branch
     j = 0
     for lp in plan.layers:
         s, layer = lp.slot, lp.layer
@@ -106,4 +108,34 @@ def run(plan: Plan, st: State, xp: ModuleType,
             slots[s] = _rule(RULES, layer)(lp, slots[s], xp)
         if slots[s].full and not lp.out_full:
             slots[s] = _to_diagonal(slots[s], xp)
+    if refine is not None and stats is not None:
+        return _refined(plan, slots[0], refine, xp), collected
     return slots[0], collected
+
+
+def _self_stats(plan: Plan, x: Array, xp: ModuleType, want_ntk: bool) -> list[Array]:
+    """The self statistics of the rows of ``x``, as ``infinite.self_pass`` collects them."""
+    return run(plan, inputs.self_input(xp, x, plan.input_full, want_ntk), xp)[1]
+
+
+def _refined(plan: Plan, st: State, ref: Refine, xp: ModuleType) -> State:
+    """``st`` (a finished float32 pair block, batch ``(n1, n2)``) with the pairs of ``ref``
+    recomputed in float64 from the inputs: their self statistics (float64 self passes of the
+    inputs involved), then the pairs as a list (batch ``(m,)``), in chunks of at most half the
+    block's pair count so that the float64 work fits in the block's memory."""
+    want_ntk = st.ntk is not None
+    names = ("nngp", "ntk") if want_ntk else ("nngp",)
+    out = {g: getattr(st, g).copy() for g in names}
+    xa, xb = ref.x1.astype(xp.float64), ref.x2.astype(xp.float64)
+    step = max(1, out["nngp"].size // 2)
+    for i in range(0, ref.rows.size, step):
+        r, c = ref.rows[i:i + step], ref.cols[i:i + step]
+        ur, ir = xp.unique(r, return_inverse=True)
+        uc, ic = xp.unique(c, return_inverse=True)
+        va = _self_stats(plan, xa[ur], xp, want_ntk)
+        vb = _self_stats(plan, xb[uc], xp, want_ntk)
+        pairs = inputs.pairs_input(xp, xa[r], xb[c], plan.input_full, want_ntk)
+        res, _ = run(plan, pairs, xp, ([v[ir] for v in va], [v[ic] for v in vb]))
+        for g in names:
+            out[g][r, c] = getattr(res, g)
+    return st.with_(**out)

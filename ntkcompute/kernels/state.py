@@ -8,9 +8,10 @@ layer's pre-activations, in one of three layouts (``B`` = batch axes, always las
 * full spatial: ``(S1, S1', ..., Sd, Sd') + B``: position p of x with every p' of x'
 
 Pair blocks have ``B = (n1, n2)``; the self-covariance pass has ``B = (n,)`` (x paired with
-itself). The same rules serve both. Batch axes come last so that every spatial shift or slice
-moves whole contiguous runs of pairs (3x faster window sums than batch-first, measured on
-8x8 images), and the per-input variances broadcast against them.
+itself), and so has a list of m pairs (x1[k], x2[k]) given both inputs' self statistics
+(``propagate.refine``). The same rules serve all three. Batch axes come last so that every
+spatial shift or slice moves whole contiguous runs of pairs (3x faster window sums than
+batch-first, measured on 8x8 images), and the per-input variances broadcast against them.
 """
 
 from __future__ import annotations
@@ -22,12 +23,28 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 
 
 @dataclass(frozen=True)
+class Refine:
+    """Pairs of a float32 pair block that ``propagate.run`` recomputes in float64.
+
+    ``rows[k]``, ``cols[k]`` index the k-th pair's inputs in ``x1`` ``(n1, *S, C)`` and ``x2``
+    ``(n2, *S, C)``, the block's float32 inputs. Which pairs depends on the pair alone (see
+    ``inputs.near_pairs``), so every tiling of a Gram matrix refines the same entries.
+    """
+
+    rows: Array
+    cols: Array
+    x1: Array
+    x2: Array
+
+
+@dataclass(frozen=True)
 class State:
     nngp: Array
     ntk: Array | None
     nb: int  # number of trailing batch axes: 2 for pair blocks, 1 for the self pass
     spatial: tuple[int, ...]
     full: bool
+    refine: Refine | None = None  # set by inputs.pair_input, consumed by propagate.run
 
     def with_(self, **kw: Any) -> State:
         return replace(self, **kw)
