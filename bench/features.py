@@ -12,6 +12,12 @@ Parts (``--part error,accuracy,scaling``):
   (``../shared/data``) CNTK-GAP-4 features on an embedded 2-worker cluster against the exact
   CNTK-V-4 on the same split, with the exact CNTK-GAP-4's cost measured on a block and
   extrapolated (computing it would take days here);
+* seeds (``--seeds N``): the spread over seeds 0..N-1 at fixed m of the CNTK-GAP-2 Gram
+  error on digits (``--seed-rows`` images, ``--seed-ms``): min, median, max and max/median of
+  the relative Frobenius error ‖ΦΦᵀ − K‖/‖K‖ of the NTK and NNGP features against the exact
+  ``nc.kernel`` Gram, and the CPU time of the feature computation per image; a markdown
+  table. It calls only ``nc.features(arch, x, m, seed=s)``, so the same script measures older
+  code: ``PYTHONPATH=<old checkout> .venv/bin/python bench/features.py --seeds 20``;
 * scaling: wall time against n of the exact path (``workers.compute_gram`` + CG solve) and of
   the feature path (``workers.compute_features`` + ``workers.solve_features``), both on an
   embedded 2-worker cluster with Zarr on local disk, features up to ``--max-n`` synthetic
@@ -20,7 +26,8 @@ Parts (``--part error,accuracy,scaling``):
 Accuracy is reported over a λ sweep (λ = c·mean diag, one eigendecomposition per model), the
 best c and the accuracy at each.
 
-Run: ``.venv/bin/python bench/features.py [--part error,accuracy,cntk,scaling]``.
+Run: ``.venv/bin/python bench/features.py [--part error,accuracy,cntk,scaling]``, or
+``--seeds 20`` for the seed spread alone.
 """
 
 from __future__ import annotations
@@ -229,6 +236,35 @@ def cntk(ms: list[int], acc_ms: list[int], cifar_m: int, n_train: int, n_test: i
             shutil.rmtree(root, ignore_errors=True)
 
 
+def seed_spread(ms: list[int], seeds: int, rows: int) -> None:
+    """Min, median, max and max/median over seeds 0..seeds-1 of the relative Frobenius error
+    of CNTK-GAP-2 NTK and NNGP features at each m, on ``rows`` digits images (float64), with
+    the CPU seconds per image of ``nc.features``: a markdown table."""
+    from ntkcompute.datasets import digits
+
+    x = digits()[0]
+    x = x[np.random.default_rng(0).permutation(len(x))][:rows]  # (rows, 8, 8, 1) in [0, 1]
+    arch = A.cntk(2)
+    ref = nc.kernel(arch, x)
+    print(f"\n[seeds] digits 8x8x1, {rows} images, CNTK-GAP-2 (3x3 SAME conv, W_std=√2, no "
+          f"bias); ‖ΦΦᵀ - K‖_F/‖K‖_F over seeds 0..{seeds - 1}; code: {nc.__file__}")
+    print("| kernel | m | min | median | max | max/median | CPU s/image |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for m in ms:
+        errs: dict[str, list[float]] = {"ntk": [], "nngp": []}
+        cpu = 0.0
+        for s in range(seeds):
+            t = time.process_time()
+            z = nc.features(arch, x, m, seed=s)
+            cpu += time.process_time() - t
+            for k, e in errs.items():
+                e.append(float(np.linalg.norm(z[k] @ z[k].T - ref[k]) / np.linalg.norm(ref[k])))
+        for k, e in errs.items():
+            med = float(np.median(e))
+            print(f"| {k} | {m} | {min(e):.5f} | {med:.5f} | {max(e):.5f} | {max(e) / med:.2f} "
+                  f"| {cpu / (seeds * rows):.3f} |", flush=True)
+
+
 def _worker_rss(client: Client) -> float:
     def hwm() -> int:
         for line in open("/proc/self/status"):
@@ -314,7 +350,14 @@ def main() -> None:
     ap.add_argument("--exact-ns", default="2500,5000,10000,20000")
     ap.add_argument("--feature-ns", default="10000,100000,1000000")
     ap.add_argument("--m", type=int, default=256)
+    ap.add_argument("--seeds", type=int, default=0,
+                    help="the seed-spread part alone, over this many seeds (0: not run)")
+    ap.add_argument("--seed-ms", default="256,1024,4096")
+    ap.add_argument("--seed-rows", type=int, default=24)
     args = ap.parse_args()
+    if args.seeds:
+        seed_spread([int(v) for v in args.seed_ms.split(",")], args.seeds, args.seed_rows)
+        return
     parts = args.part.split(",")
     if "error" in parts:
         error([int(v) for v in args.ms.split(",")])

@@ -50,8 +50,9 @@ import numpy as np
 
 from .backend import array_module
 from .errors import InputError
+from .infinite import bytes_per_pair, self_pass
 from .kernels.spatial import _pad, shifted_sum
-from .plan import LayerPlan, Window, make_plan
+from .plan import LayerPlan, Plan, Window, make_plan
 from .spec import (
     Architecture,
     AvgPool,
@@ -67,6 +68,11 @@ from .validate import as_input, check_get, resolve_dtype
 
 #: Working memory of one FeatureMap call (bytes); rows are processed in chunks that fit it.
 DEFAULT_MEMORY = 512 << 20
+#: ``exact_norms=None`` uses the exact norms when one row's exact self pass (float64) needs at
+#: most this many bytes: always for FC nets and flatten readouts, for GAP up to ~2900 positions.
+EXACT_NORMS_MAX_BYTES = DEFAULT_MEMORY
+#: Floating-point operations per float of the self pass's state, per layer (for row_flops).
+_SELF_FLOPS = 40
 
 
 def _pow2(n: int) -> int:
@@ -92,6 +98,20 @@ def _srht_macs(d: int) -> int:
     big = _pow2(d)
     b = _block(big)
     return d * b + big * -(-d // b)
+
+
+def _coords(rng: np.random.Generator, p: int, m: int) -> np.ndarray:
+    """(m,) coordinates of [0, p) drawn without replacement, in rounds of p when m > p.
+
+    Each is uniform on [0, p), which is all the sketches' unbiasedness asks of them; within a
+    round none repeats, so every Hadamard coordinate is used ⌊m/p⌋ or ⌈m/p⌉ times and m = p
+    keeps all of them (the sketch is then an isometry).
+    """
+    full, rest = divmod(m, p)
+    parts = [rng.permutation(p) for _ in range(full)]
+    if rest:
+        parts.append(rng.choice(p, rest, replace=False))
+    return np.concatenate(parts)
 
 
 def _srht_rows(xp: Any, x: Any, signs: np.ndarray, rows: np.ndarray) -> Any:
@@ -125,12 +145,12 @@ class SRHT:
     d: int
     m: int
     signs: np.ndarray  # (D,) ±1
-    rows: np.ndarray  # (m,) in [0, D)
+    rows: np.ndarray  # (m,) in [0, D), without replacement (:func:`_coords`)
 
     @classmethod
     def draw(cls, rng: np.random.Generator, d: int, m: int) -> SRHT:
         p = _pow2(d)
-        return cls(d, m, rng.choice([-1.0, 1.0], p), rng.integers(0, p, m))
+        return cls(d, m, rng.choice([-1.0, 1.0], p), _coords(rng, p, m))
 
     def __call__(self, a: Any) -> Any:
         """(n, d) -> (n, m)."""
@@ -148,17 +168,14 @@ class TensorSRHT:
     m: int
     signs1: np.ndarray  # (D1,) ±1
     signs2: np.ndarray  # (D2,) ±1
-    rows1: np.ndarray  # (m,) in [0, D1)
-    rows2: np.ndarray  # (m,) in [0, D2)
+    rows1: np.ndarray  # (m,) in [0, D1), without replacement in rounds (:func:`_coords`)
+    rows2: np.ndarray  # (m,) in [0, D2), the same, drawn independently of rows1
 
     @classmethod
     def draw(cls, rng: np.random.Generator, d1: int, d2: int, m: int) -> TensorSRHT:
         p1, p2 = _pow2(d1), _pow2(d2)
-        if _EXP.get("perm"):
-            return cls(d1, d2, m, rng.choice([-1.0, 1.0], p1), rng.choice([-1.0, 1.0], p2),
-                       _noreplace(rng, p1, m), _noreplace(rng, p2, m))
         return cls(d1, d2, m, rng.choice([-1.0, 1.0], p1), rng.choice([-1.0, 1.0], p2),
-                   rng.integers(0, p1, m), rng.integers(0, p2, m))
+                   _coords(rng, p1, m), _coords(rng, p2, m))
 
     def __call__(self, a: Any, b: Any) -> Any:
         """(n, d1), (n, d2) -> (n, m)."""
@@ -224,27 +241,8 @@ def _relu(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
     # one (n·P, d) x (d, m) product: an N-d @ runs as n·P/rows small ones
     z = psi.reshape(-1, psi.shape[-1]) @ xp.asarray(gauss.T, dtype=psi.dtype)
     scale = 1.0 / math.sqrt(m)
-    xi2 = xi.reshape(-1, xi.shape[-1])
-    out = sketch(xi2, (z > 0).astype(psi.dtype) * scale)
-    r = xp.maximum(z, 0) * scale
-    if _EXP.get("norm"):
-        p2 = psi.reshape(-1, psi.shape[-1])
-        r = r * _ratio(xp, (p2 * p2).sum(-1) / 2, (r * r).sum(-1))[:, None]
-        out = out * _ratio(xp, (xi2 * xi2).sum(-1) / 2, (out * out).sum(-1))[:, None]
-    return r.reshape(*lead, m), out.reshape(*lead, m)
-
-
-_EXP: dict = {}
-
-
-def _noreplace(rng, p, m):
-    reps = -(-m // p)
-    return np.concatenate([rng.permutation(p) for _ in range(reps)])[:m]
-
-
-def _ratio(xp: Any, target: Any, got: Any) -> Any:
-    ok = got > 0
-    return xp.where(ok, xp.sqrt(target / xp.where(ok, got, 1)), 0)
+    xi = sketch(xi.reshape(-1, xi.shape[-1]), (z > 0).astype(psi.dtype) * scale)
+    return (xp.maximum(z, 0) * scale).reshape(*lead, m), xi.reshape(*lead, m)
 
 
 def _avg_pool(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
@@ -288,6 +286,13 @@ _RULES: dict[type, Callable[[_Step, Any, Any, Any], tuple[Any, Any]]] = {
 }
 
 
+def _rescale(xp: Any, z: Any, target: Any) -> Any:
+    """Rows of ``z`` (n, D) scaled to squared norms ``target`` (n,); zero rows stay zero."""
+    got = (z * z).sum(axis=1)
+    ok = got > 0
+    return z * xp.sqrt(xp.where(ok, target / xp.where(ok, got, 1), 0))[:, None]
+
+
 @dataclass(frozen=True)
 class FeatureMap:
     """Seeded random features of a ReLU architecture for inputs of shape ``shape`` (one row:
@@ -295,7 +300,9 @@ class FeatureMap:
 
     ``dims`` gives the feature dimension of each kernel: ``{"ntk": D, "nngp": D'}``.
     ``row_bytes`` is the peak working memory per row and byte of dtype, ``row_flops`` the
-    floating-point operations per row (for sizing tiles).
+    floating-point operations per row (for sizing tiles). ``exact_norms``: whether each row's
+    features are rescaled to their exact squared norms Θ(x, x), K(x, x) (module docstring),
+    from the exact self pass of ``plan``.
     """
 
     arch: Architecture
@@ -306,6 +313,8 @@ class FeatureMap:
     dims: dict[str, int] = field(default_factory=dict)
     row_bytes: int = 0
     row_flops: int = 0
+    exact_norms: bool = False
+    plan: Plan | None = field(default=None, repr=False)
 
     def __call__(self, x: Any, get: tuple[str, ...] | str = ("ntk", "nngp"),
                  dtype: Any = None, memory: int = DEFAULT_MEMORY) -> dict[str, Any]:
@@ -321,25 +330,39 @@ class FeatureMap:
                              f"{tuple(x.shape)}", field="x")
         xp = array_module(x)
         per = max(1, memory // (self.row_bytes * dt.itemsize))
-        parts = [self._rows(xp, x[i:i + per]) for i in range(0, x.shape[0], per)]
+        parts = [self._rows(xp, x[i:i + per], get, memory) for i in range(0, x.shape[0], per)]
         return {k: _cat(xp, [p[k] for p in parts], axis=0) for k in get}
 
-    def _rows(self, xp: Any, x: Any) -> dict[str, Any]:
+    def _rows(self, xp: Any, x: Any, get: tuple[str, ...], memory: int) -> dict[str, Any]:
+        """The features ``get`` of the rows x (n, *shape): {kind: (n, dims[kind])}."""
         psi, xi = x / math.sqrt(self.shape[-1]), None
         for st in self.steps:
             psi, xi = _RULES[type(st.lp.layer)](st, psi, xi, xp)
-        return {"nngp": psi, "ntk": xi}
+        out = {"nngp": psi, "ntk": xi}
+        if self.exact_norms and self.plan is not None:
+            exact = self_pass(self.plan, x, want_ntk="ntk" in get, memory=memory)
+            out = {k: _rescale(xp, out[k], getattr(exact, k)) for k in get}
+        return out
 
 
 def feature_map(arch: Architecture | dict | str, d: int | tuple[int, ...], m: int,
-                seed: int = 0) -> FeatureMap:
+                seed: int = 0, exact_norms: bool | None = None) -> FeatureMap:
     """Draw the random features of ``arch`` for inputs of one row's shape ``d``: an int
     (vectors) or ``(*spatial, C)`` (images, NHWC without the batch axis).
 
     Layers: dense, conv, relu, avg_pool, global_avg_pool, flatten, identity, in the NTK
     parameterization (FC ReLU nets, CNTK-GAP, CNTK-V, Myrtle). ``m`` is the number of
-    arc-cosine features per ReLU layer and the sketch dimension: an FC net's NTK features
-    have dimension ``2m + 1`` (``m + 1`` without a bias in the last layer).
+    arc-cosine features per ReLU layer and the sketch dimension. A net that ends in a dense
+    layer after its last ReLU (FC nets; CNTK-GAP, CNTK-V and Myrtle, whose GAP averages and
+    whose flatten projects to m) has NTK features of dimension ``2m + 1`` and NNGP features
+    of dimension ``m + 1`` with a bias in that dense layer, ``2m`` and ``m`` without one
+    (a flatten over at most m values is not projected, and keeps P·m); ``.dims`` has them
+    for any net.
+
+    ``exact_norms``: rescale each row's features to the exact Θ(x, x) and K(x, x) (module
+    docstring): ``True``, ``False`` (the plain estimator, unbiased), or ``None``: when one
+    row's exact self pass needs at most :data:`EXACT_NORMS_MAX_BYTES` (FC nets and flatten
+    readouts always; a GAP or avg_pool net's self pass holds P² values per row).
 
     Raises:
         InputError: an unsupported layer or parameterization, a layer that does not fit the
@@ -387,16 +410,25 @@ def feature_map(arch: Architecture | dict | str, d: int | tuple[int, ...], m: in
         steps.append(_Step(lp, draws))
         row = max(row, 2 * (p_in + p_out) * (dim_psi + dim_xi))
         p_in = p_out
+    if exact_norms is None:
+        exact_norms = bytes_per_pair(plan, 8) <= EXACT_NORMS_MAX_BYTES
+    elif not isinstance(exact_norms, (bool, np.bool_)):
+        raise InputError(f"must be true, false or null, got {exact_norms!r}",
+                         field="exact_norms")
+    if exact_norms:  # the self pass: its working set, and ~_SELF_FLOPS per state value
+        row = max(row, bytes_per_pair(plan, 1))
+        flops += _SELF_FLOPS * plan.max_state_size * len(plan.layers)
     return FeatureMap(spec, shape, m, seed, tuple(steps), {"ntk": dim_xi, "nngp": dim_psi},
-                      row, flops)
+                      row, flops, bool(exact_norms), plan)
 
 
 def features(arch: Architecture | dict | str, x: Any, m: int, seed: int = 0,
-             get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None
-             ) -> dict[str, Any]:
-    """``feature_map(arch, x.shape[1:], m, seed)(x)``: NTK/NNGP random features of x
-    (n, d) or (n, *spatial, C)."""
+             get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None,
+             exact_norms: bool | None = None) -> dict[str, Any]:
+    """``feature_map(arch, x.shape[1:], m, seed, exact_norms)(x)``: NTK/NNGP random features
+    of x (n, d) or (n, *spatial, C): ``{"ntk": (n, D), "nngp": (n, D')}``."""
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) < 2:
         raise InputError(f"must be (n, d) or (n, *spatial, C), got shape {shape}", field="x")
-    return feature_map(arch, tuple(int(s) for s in shape[1:]), m, seed)(x, get, dtype)
+    return feature_map(arch, tuple(int(s) for s in shape[1:]), m, seed,
+                       exact_norms)(x, get, dtype)
