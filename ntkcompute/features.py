@@ -14,10 +14,11 @@ read as an identity between inner products:
 * conv: the same with ``W_std ψ`` replaced by the window's features side by side,
   ``(W_std / sqrt|F|) [ψ_{s p + d}]_{d ∈ F}`` (zeros where padded): their inner product is
   the window average ``(W²/|F|) Σ_d K[s p + d, s q + d]`` of the Conv rule;
-* relu: with one Gaussian matrix G (m × dim ψ), the same at every position (a random conv),
+* relu: with one random matrix G (m × dim ψ), the same at every position (a random conv),
   ``ψ ← relu(Gψ)/sqrt(m)`` (arc-cosine features of order 1, ⟨·,·⟩ → E relu(u) relu(v)) and
   ``φ̇ = step(Gψ)/sqrt(m)`` (order 0, → Σ̇); ``ξ ← TensorSRHT(ξ, φ̇)``, a sketch of ξ ⊗ φ̇
-  whose inner products estimate Θ·Σ̇ without forming the tensor product;
+  whose inner products estimate Θ·Σ̇ without forming the tensor product. G's rows are
+  Gaussian, or rotated cross-polytopes where dim ψ is small (:func:`relu_directions`);
 * avg_pool / global_avg_pool: the average of the features over the window / all positions
   (linear, so exact: ⟨mean ψ, mean ψ'⟩ = mean over (p, q) of K[p, q]);
 * flatten: ``[ψ_p]_p / sqrt(P)`` (⟨·,·⟩ = mean_p K[p, p]), projected to m coordinates by an
@@ -31,7 +32,23 @@ TensorSRHT, the same primitives as the FC map; the error falls like m^-1/2 (test
 TensorSRHT(a, b) = sqrt(D₁D₂/m) · (H S₁ a)[i_k] · (H S₂ b)[j_k], k < m, with S random sign
 diagonals, H the orthonormal Walsh–Hadamard transform of size D (a power of two ≥ the input
 dimension) and (i_k, j_k) uniform random coordinates: E over the signs gives exactly
-⟨a, a'⟩⟨b, b'⟩ (Ahle et al. 2020; Zandieh et al. 2021, Sec. 4).
+⟨a, a'⟩⟨b, b'⟩ for any coordinates (Ahle et al. 2020; Zandieh et al. 2021, Sec. 4). The i_k
+(and the j_k) are drawn without replacement, in rounds of D when m > D, as the SRHT of
+Tropp 2011 restricts to distinct coordinates: a repeated coordinate only adds variance.
+
+Exact norms (``exact_norms``, on by default where affordable). On images the Gram of these
+features is nearly rank one (CNTK-GAP-2 on digits: the top eigenvalue carries all but 1e-5
+of ‖K‖²_F), and every position shares each layer's draws, so the plain estimator's error is
+one random number, the scale of ΦΦᵀ, common to every entry: ‖ΦΦᵀ - K‖_F/‖K‖_F is
+half-normal with heavy tails over seeds (0.007 to 0.59 at m = 256), not an average over
+positions or rows. So each row is rescaled to its exact norms, ⟨Φ(x), Φ(x)⟩ = Θ(x, x) and
+⟨Ψ(x), Ψ(x)⟩ = K(x, x), from the exact kernel's self pass of that row alone
+(:func:`ntkcompute.infinite.self_pass`: O(depth) per FC row, the P × P self-covariance of one
+image for GAP): the features then estimate only the cosines, ΦΦᵀ = sqrt(Θ_ii Θ_jj) ĉos_ij,
+as the arc-cosine kernel factors into norms times a function of the angle (Cho & Saul 2009)
+and as Arora et al. 2019 and the paper's CNTK sketch carry exact per-pixel norms. This ratio
+estimator is consistent with an O(1/m) bias (< 0.1% at m = 32 on digits, at the noise level at
+m = 128); ``exact_norms=False`` keeps the plain, exactly unbiased estimator.
 
 Every random draw comes from ``seed`` alone, before any data is seen, so a row's features do
 not depend on which other rows share its batch or tile.
@@ -66,6 +83,10 @@ from .spec import (
 )
 from .validate import as_input, check_get, resolve_dtype
 
+#: Revision of the estimator: the same (arch, m, seed) gives other features under another
+#: one. 2: exact norms, cross-polytope directions, coordinates without replacement (issue 15).
+#: Stored feature jobs record it, and one written by another revision is not resumed.
+ESTIMATOR_VERSION = 2
 #: Working memory of one FeatureMap call (bytes); rows are processed in chunks that fit it.
 DEFAULT_MEMORY = 512 << 20
 #: ``exact_norms=None`` uses the exact norms when one row's exact self pass (float64) needs at
@@ -73,6 +94,9 @@ DEFAULT_MEMORY = 512 << 20
 EXACT_NORMS_MAX_BYTES = DEFAULT_MEMORY
 #: Floating-point operations per float of the self pass's state, per layer (for row_flops).
 _SELF_FLOPS = 40
+#: A ReLU layer's directions are drawn as rotated cross-polytopes when its input dimension d
+#: is at most this (and 2d <= m): the QR factorisations then cost O(m d²) once per map.
+ORTHO_MAX_DIM = 1024
 
 
 def _pow2(n: int) -> int:
@@ -112,6 +136,30 @@ def _coords(rng: np.random.Generator, p: int, m: int) -> np.ndarray:
     if rest:
         parts.append(rng.choice(p, rest, replace=False))
     return np.concatenate(parts)
+
+
+def relu_directions(rng: np.random.Generator, m: int, d: int) -> np.ndarray:
+    """The (m, d) random directions G of a ReLU layer's arc-cosine features.
+
+    When ``2d <= m`` (and d <= :data:`ORTHO_MAX_DIM`), the rows ±√d·q_i of randomly rotated
+    cross-polytopes: Haar orthonormal frames (q_i) of R^d (QR of a Gaussian matrix, signs
+    fixed so the frame is Haar), each row taken with its negative; otherwise i.i.d. standard
+    normal rows. Every row is marginally √d times a uniform direction and relu, step are
+    positively homogeneous, so E relu(g·a) relu(g·b) and E step(g·a) step(g·b) are those of
+    a Gaussian g (E|g|² = d): the features stay unbiased. A full cross-polytope is a
+    spherical 3-design: Σ_i relu(√d q_i·a)² + relu(-√d q_i·a)² = d|a|² and half of its steps
+    fire, whatever a, so the order-1 norms and order-0 counts of a low-dimensional layer (a
+    conv's first window: |F|·C coordinates) are exact instead of χ²-like.
+    """
+    if 2 * d > m or d > ORTHO_MAX_DIM:
+        return rng.standard_normal((m, d))
+    half = (m + 1) // 2
+    frames = []
+    for _ in range(-(-half // d)):
+        q, r = np.linalg.qr(rng.standard_normal((d, d)))
+        frames.append((q * np.sign(np.diag(r))).T)  # rows: a Haar orthonormal frame
+    rows = np.concatenate(frames)[:half] * math.sqrt(d)
+    return np.concatenate([rows, -rows])[:m]
 
 
 def _srht_rows(xp: Any, x: Any, signs: np.ndarray, rows: np.ndarray) -> Any:
@@ -396,7 +444,7 @@ def feature_map(arch: Architecture | dict | str, d: int | tuple[int, ...], m: in
             dim_psi = fan * dim_psi + (1 if layer.b_std else 0)
             dim_xi = dim_psi + fan * dim_xi
         elif isinstance(layer, Relu):
-            draws = (rng.standard_normal((m, dim_psi)), TensorSRHT.draw(rng, dim_xi, m, m))
+            draws = (relu_directions(rng, m, dim_psi), TensorSRHT.draw(rng, dim_xi, m, m))
             # the sketch's blocks and its gathered rows (m per block)
             # the sketch of ξ (the larger input): its blocks, both products, the sampled rows
             row = max(row, p_in * (3 * dim_xi + 2 * _pow2(dim_xi) + 3 * m))

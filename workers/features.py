@@ -15,7 +15,7 @@ import numpy as np
 from distributed import Client
 
 from ntkcompute.errors import InputError
-from ntkcompute.features import FeatureMap, feature_map
+from ntkcompute.features import ESTIMATOR_VERSION, FeatureMap, feature_map
 from ntkcompute.validate import check_get, check_shape, resolve_dtype
 
 from . import tasks
@@ -85,7 +85,8 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
     g = open_group(store, mode="a", options=opts)
     identity = {"method": "features", "spec": fm.arch.model_dump(mode="json"), "m": m,
                 "seed": seed, "dtype": dt.str, "get": list(get), "x_shape": list(a.shape),
-                "n1": n, "tile": tile, "dims": fm.dims}
+                "n1": n, "tile": tile, "dims": fm.dims, "exact_norms": fm.exact_norms,
+                "estimator": ESTIMATOR_VERSION}
     old = same_job(g, store, identity)
     cl, cluster = get_client(client, scheduler)
     try:
