@@ -24,6 +24,7 @@ from ntkcompute.regression import (
     gd_predictions,
     generalization_bound,
     learning_curves,
+    mean_diagonal,
     min_eigenvalue,
     one_hot,
     solve_direct,
@@ -149,7 +150,7 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
     absolute_lambdas(lam, False)  # a bad λ fails before any read
     if solver == "direct":
         K = np.asarray(read(g[name]), dtype=np.float64)
-        lams = absolute_lambdas(lam, relative, float(np.mean(np.diagonal(K))))
+        lams = absolute_lambdas(lam, relative, mean_diagonal(K))
         eig = Eigen.of(K) if (len(lams) > 1 or times or bound or spectrum_k or min_eig) \
             else None
         if len(lams) == 1 and eig is None:
