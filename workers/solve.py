@@ -162,9 +162,9 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         if eig is not None:
             res.analyses["definiteness"] = eig.report()
         if min_eig:
-            res.analyses["min_eigenvalue"] = {"value": eig.min_eigenvalue, "exact": True,
-                                              "relative": eig.report()[
-                                                  "min_eigenvalue_relative"]}
+            d = res.analyses["definiteness"]
+            res.analyses["min_eigenvalue"] = {"value": d["min_eigenvalue"], "exact": True,
+                                              "relative": d["min_eigenvalue_relative"]}
         if bound:
             res.analyses["bound"] = generalization_bound(eig, Y)
         if spectrum_k:

@@ -10,7 +10,7 @@ vanishes in the limit for the Gaussian pre-activations the plan requires.
 from __future__ import annotations
 
 from ..plan import LayerPlan, layer_norm_axes
-from .state import Array, State, expand_var
+from .state import Array, State, expand_var, reduce64
 
 
 def _normaliser(xp, lp: LayerPlan, v: Array) -> Array:
@@ -18,8 +18,7 @@ def _normaliser(xp, lp: LayerPlan, v: Array) -> Array:
     # v's axes are the input's without the channel: spatial axis a of the input is v's a
     spatial = tuple(a for a in layer_norm_axes(lp.layer.axis, lp.in_spatial) if 0 < a < v.ndim)
     if spatial:  # a mean of P values: accumulated in float64 (see pooling.py)
-        m = v.mean(axis=spatial, keepdims=True, dtype=xp.float64).astype(v.dtype, copy=False)
-        v = xp.broadcast_to(m, v.shape)
+        v = xp.broadcast_to(reduce64(xp, v, "mean", spatial, keepdims=True), v.shape)
     return v + lp.layer.eps
 
 

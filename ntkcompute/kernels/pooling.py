@@ -17,7 +17,7 @@ import math
 from .. import spec
 from ..plan import LayerPlan
 from .spatial import pool_window_sum
-from .state import Array, State, spatial_diagonal
+from .state import State, reduce64, spatial_diagonal
 
 
 def _both(st: State, f) -> dict:
@@ -38,11 +38,6 @@ def avg_pool(lp: LayerPlan, st: State, xp) -> State:
     return st.with_(spatial=lp.out_spatial, **_both(st, f))
 
 
-def _reduce(xp, a: Array, op: str, axes: tuple[int, ...]) -> Array:
-    """``a.sum`` / ``a.mean`` over ``axes``, accumulated in float64, in ``a``'s dtype."""
-    return getattr(a, op)(axis=axes, dtype=xp.float64).astype(a.dtype, copy=False)
-
-
 def global_avg_pool(lp: LayerPlan, st: State, xp) -> State:
     """Mean over all pairs of positions (p, p'); GlobalSumPool: their sum.
 
@@ -50,7 +45,7 @@ def global_avg_pool(lp: LayerPlan, st: State, xp) -> State:
     """
     axes = tuple(range(st.nngp.ndim - st.nb))
     op = "sum" if isinstance(lp.layer, spec.GlobalSumPool) else "mean"
-    return st.with_(spatial=(), full=False, **_both(st, lambda a: _reduce(xp, a, op, axes)))
+    return st.with_(spatial=(), full=False, **_both(st, lambda a: reduce64(xp, a, op, axes)))
 
 
 def flatten(lp: LayerPlan, st: State, xp) -> State:
@@ -63,7 +58,7 @@ def flatten(lp: LayerPlan, st: State, xp) -> State:
     def f(a):
         if st.full:
             a = spatial_diagonal(xp, a, ndim)
-        return _reduce(xp, a, "mean", tuple(range(ndim)))
+        return reduce64(xp, a, "mean", tuple(range(ndim)))
 
     return st.with_(spatial=(), full=False, **_both(st, f))
 

@@ -50,6 +50,14 @@ class State:
         return replace(self, **kw)
 
 
+def reduce64(xp: Any, a: Array, op: str, axes: tuple[int, ...],
+             keepdims: bool = False) -> Array:
+    """``a.sum`` / ``a.mean`` over ``axes`` accumulated in float64, returned in ``a``'s dtype
+    (long float32 reductions: see ``pooling``)."""
+    out = getattr(a, op)(axis=axes, dtype=xp.float64, keepdims=keepdims)
+    return out.astype(a.dtype, copy=False)
+
+
 def spatial_diagonal(xp: Any, a: Array, ndim: int) -> Array:
     """``(S1, S1', ..., Sd, Sd') + B`` -> ``(S1, ..., Sd) + B`` taking p == p' (a view)."""
     for _ in range(ndim):
