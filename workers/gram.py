@@ -107,6 +107,7 @@ class GramJob:
         self.group = group
         self._client, self._cluster = client, cluster
         self._futures = futures
+        self._keys = [f.key for f in futures]
         self.tiles_total = tiles_total
         self.tiles_reused = tiles_reused
         self.tiles_computed = 0
@@ -154,6 +155,7 @@ class GramJob:
         finally:
             set_meta(self.group, status=self.status, error=self.error,
                      finished=time.time())
+            self._futures = []  # every tile has ended: let the workers drop their results
             self._done.set()
 
     def cancel(self) -> None:
@@ -166,15 +168,23 @@ class GramJob:
         already running finishes, and writes its chunks, before the worker drops it): after
         True, nothing of this run writes to the store any more."""
         self.cancel()
-        keys = [f.key for f in self._futures]
+        keys = self._keys
         deadline = time.monotonic() + timeout
-        while True:
-            held = self._client.run(tasks.known_keys, keys)
-            if not any(held.values()):
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
+        clean = 0
+        # ``Client.cancel`` goes out on the batched stream unacknowledged, and the scheduler's
+        # compute and free messages reach a worker on another stream than ``Client.run``: so
+        # first the scheduler must have forgotten every key, then two worker checks 0.2 s
+        # apart must find none held.
+        while clean < 2:
+            held = self._client.run_on_scheduler(tasks.scheduler_keys, keys)
+            if not held:
+                held = any(self._client.run(tasks.known_keys, keys).values())
+            clean = 0 if held else clean + 1
+            if clean < 2:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.2 if clean else 0.1)
+        return True
 
     def wait(self, timeout: float | None = None) -> GramJob:
         """Block until every tile is done; raise :class:`GramJobError` if one failed."""

@@ -243,6 +243,12 @@ def known_keys(keys: list[str], dask_worker: Any = None) -> list[str]:
     return [k for k in keys if k in tasks]
 
 
+def scheduler_keys(keys: list[str], dask_scheduler: Any = None) -> list[str]:
+    """Of ``keys``, those the scheduler still knows (run through ``Client.run_on_scheduler``)."""
+    tasks = dask_scheduler.tasks
+    return [k for k in keys if k in tasks]
+
+
 def add(a: Any, b: Any) -> Any:
     """Sum of two partial results: arrays, or tuples of arrays element by element."""
     if isinstance(a, tuple):
