@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-FINAL = ("succeeded", "failed", "cancelled")
+from .lifecycle import FINAL, Status
 
 
 class ApiError(RuntimeError):
@@ -100,7 +100,7 @@ class _Job:
         return self.refresh()["status"]
 
     def _raise_if_failed(self) -> None:
-        if self.info["status"] in ("failed", "cancelled"):
+        if self.info["status"] in (Status.FAILED, Status.CANCELLED):
             raise JobFailed(f"{self.id} {self.info['status']}: {self.info.get('error')}")
 
 

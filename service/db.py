@@ -28,9 +28,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-#: Job states; the first two are "active" (count against a key's concurrency limit).
-ACTIVE = ("queued", "running")
-FINAL = ("succeeded", "failed", "cancelled")
+from ntkcompute.errors import InputError
+from workers.jobs import ACTIVE, FINAL, JobSpec, Status, advance, can
+
+__all__ = ["ACTIVE", "FINAL", "ApiKey", "Database", "Dataset", "Job", "Solve"]
+
 
 
 class Base(DeclarativeBase):
@@ -85,7 +87,7 @@ class Job(Base):
     kernels: Mapped[list] = mapped_column(JSON)
     dtype: Mapped[str] = mapped_column(String(16))
     tile: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=Status.QUEUED, index=True)
     error: Mapped[str | None] = mapped_column(String(4000), nullable=True)
     tiles_done: Mapped[int] = mapped_column(Integer, default=0)
     tiles_total: Mapped[int] = mapped_column(Integer, default=0)
@@ -107,7 +109,7 @@ class Solve(Base):
     kernel: Mapped[str] = mapped_column(String(40))
     url: Mapped[str] = mapped_column(String(2000))
     params: Mapped[dict] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=Status.QUEUED, index=True)
     error: Mapped[str | None] = mapped_column(String(4000), nullable=True)
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     analyses: Mapped[dict | None] = mapped_column(JSON, nullable=True)
@@ -174,6 +176,36 @@ class Database:
     def session(self) -> Iterator[Session]:
         with self._sessions() as s, s.begin():
             yield s
+
+    def transition(self, model: type[Base], id_: str, event: str, **values: Any) -> bool:
+        """Move a job's or solve's status by ``event`` of the lifecycle table
+        (:data:`workers.jobs.TRANSITIONS`) and set ``values`` in the same transaction; False,
+        with nothing written, if the row is gone or the table does not allow the event from
+        its status (a job cancelled meanwhile does not become succeeded)."""
+        with self.session() as s:
+            row = s.get(model, id_)
+            if row is None or not can(event, row.status):
+                return False
+            row.status = advance(row.status, event)
+            for k, v in values.items():
+                setattr(row, k, v)
+        return True
+
+    def job_spec(self, jid: str, active: bool = False) -> tuple[JobSpec, Job] | None:
+        """A kernel job as the workers run it, with its row; None if it is gone (or, with
+        ``active``, no longer queued or running). InputError if a dataset it reads is gone."""
+        with self.session() as s:
+            job = s.get(Job, jid)
+            if job is None or (active and job.status not in ACTIVE):
+                return None
+            train = s.get(Dataset, job.train)
+            test = s.get(Dataset, job.test) if job.test else None
+            if train is None or (job.test and test is None):
+                raise InputError("a dataset of this job was deleted", field="train")
+            return JobSpec(url=job.url, method=job.method, train=train.url,
+                           test=test.url if test else None, n_train=job.n_train,
+                           arch=job.arch, kernels=tuple(job.kernels), dtype=job.dtype,
+                           tile=job.tile, m=job.m, seed=job.seed), job
 
     def update(self, model: type[Base], id_: str, **values: Any) -> None:
         with self.session() as s:

@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ntkcompute.lifecycle import Status
 from ntkcompute.spec import Architecture
 
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Labels = list[int] | list[Finite] | list[list[Finite]]

@@ -16,6 +16,7 @@ from distributed import Client
 
 from ntkcompute.errors import InputError
 from ntkcompute.features import ESTIMATOR_VERSION, FeatureMap, feature_map
+from ntkcompute.lifecycle import Status
 from ntkcompute.validate import check_get, check_shape, resolve_dtype
 
 from . import tasks
@@ -105,7 +106,7 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
         for i in np.nonzero(marks)[0]:
             if changed[i] or (i,) in damage.tiles:
                 marks[i], done[i] = False, 0
-        set_meta(g, **identity, x1_chunks=sums, status="running", error=None,
+        set_meta(g, **identity, x1_chunks=sums, status=Status.RUNNING, error=None,
                  started=time.time(), tiles_total=t, checksums=checksums)
     except BaseException:
         if cluster is not None:
@@ -168,7 +169,7 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
     t0 = time.perf_counter()
     g = open_group(job, mode="r", options=options)
     meta = job_meta(g)
-    if meta.get("method") != "features" or meta.get("status") != "succeeded":
+    if meta.get("method") != "features" or meta.get("status") != Status.SUCCEEDED:
         raise InputError(f"{job} is not a finished features job", field="job")
     if name not in g:
         raise InputError(f"no '{name}' features in {job}", field="name")

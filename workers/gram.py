@@ -28,6 +28,7 @@ from ntkcompute.infinite import (
     block_size,
     bytes_per_pair,
 )
+from ntkcompute.lifecycle import Status, eta_seconds
 from ntkcompute.plan import Plan, make_plan
 from ntkcompute.spec import Architecture, parse_arch
 from ntkcompute.validate import check_get, check_pair, check_shape, resolve_dtype
@@ -111,7 +112,7 @@ class GramJob:
         self.tiles_total = tiles_total
         self.tiles_reused = tiles_reused
         self.tiles_computed = 0
-        self.status = "running"
+        self.status = Status.RUNNING
         self.error: str | None = None
         self._t0 = time.time()
         self._cancelled = False
@@ -128,9 +129,7 @@ class GramJob:
         """``{"done", "total", "eta_seconds", "status"}``; ETA from this run's tile rate."""
         with self._lock:
             done, computed = self.tiles_done, self.tiles_computed
-        elapsed = time.time() - self._t0
-        left = self.tiles_total - done
-        eta = elapsed / computed * left if computed else None
+        eta = eta_seconds(time.time() - self._t0, computed, self.tiles_total - done)
         return {"done": done, "total": self.tiles_total, "eta_seconds": eta,
                 "status": self.status}
 
@@ -147,11 +146,11 @@ class GramJob:
                 else:
                     with self._lock:
                         self.tiles_computed += 1
-            self.status = ("cancelled" if self._cancelled else
-                           "failed" if self.error else "succeeded")
+            self.status = (Status.CANCELLED if self._cancelled else
+                           Status.FAILED if self.error else Status.SUCCEEDED)
         except Exception as e:
             self.error = self.error or f"{type(e).__name__}: {e}"
-            self.status = "failed"
+            self.status = Status.FAILED
         finally:
             set_meta(self.group, status=self.status, error=self.error,
                      finished=time.time())
@@ -191,7 +190,7 @@ class GramJob:
         if not self._done.wait(timeout):
             raise TimeoutError(f"job {self.url} not finished after {timeout} s")
         self.close()
-        if self.status in ("failed", "cancelled"):
+        if self.status in (Status.FAILED, Status.CANCELLED):
             raise GramJobError(self.error or "cancelled")
         return self
 
@@ -432,7 +431,7 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
             tile_done[i, j] = False
             done[i, j] = 0
     set_meta(g, **identity, x1_chunks=sums1, x2_chunks=sums2, threads=1, memory=memory,
-             version=ntkcompute.__version__, status="running", error=None,
+             version=ntkcompute.__version__, status=Status.RUNNING, error=None,
              started=time.time(), tiles_total=_tile_count(t1, t2, a2 is None),
              checksums=checksum)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from distributed import Client
 
+from ntkcompute.lifecycle import Status
+
 from . import tasks
 from .cluster import get_client
 from .store import job_meta, open_group
@@ -49,7 +51,7 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         """No damaged chunk, and no missing marker in a job that says it finished."""
-        return not self.bad and not (self.status == "succeeded" and self.pending)
+        return not self.bad and not (self.status == Status.SUCCEEDED and self.pending)
 
     def damage(self) -> Damage:
         tiles: set[tuple[int, ...]] = set()

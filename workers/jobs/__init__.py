@@ -1,0 +1,29 @@
+"""Jobs as the service runs them: one lifecycle, two kinds, one store layout.
+
+- :mod:`ntkcompute.lifecycle` (re-exported here): ``Status``, the transition table.
+- :mod:`.kinds`: the job-kind protocol and its two kinds, ``exact`` and ``features``.
+- :mod:`.layout`: where datasets, kernel parts and solves live in the store.
+- :mod:`.solves`, :mod:`.datasets`: a solve's and a dataset's arrays.
+"""
+
+from ntkcompute.lifecycle import (
+    ACTIVE,
+    FINAL,
+    TRANSITIONS,
+    IllegalTransition,
+    Status,
+    advance,
+    can,
+    ended,
+    eta_seconds,
+)
+
+from . import layout, solves
+from .datasets import probe_store, store_dataset
+from .errors import JobConflict, Missing, NotStored, PartDamaged
+from .kinds import KINDS, JobKind, JobSpec, Planned, kind_of, span
+
+__all__ = ["ACTIVE", "FINAL", "KINDS", "TRANSITIONS", "IllegalTransition", "JobConflict",
+           "JobKind", "JobSpec", "Missing", "NotStored", "PartDamaged", "Planned", "Status",
+           "advance", "can", "ended", "eta_seconds", "kind_of", "layout", "probe_store",
+           "solves", "span", "store_dataset"]

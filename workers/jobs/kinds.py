@@ -1,0 +1,289 @@
+"""The two kinds of kernel job behind one protocol: ``exact`` (tiled Gram matrices) and
+``features`` (random features, whose kernel block is ``Φ Φ'ᵀ``).
+
+The service and its runner hold no branch on the method: they look the kind up with
+:func:`kind_of` and call plan (at submit), start (on a worker pool), read_block, coefficient
+rows, check_solve and solve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ntkcompute.errors import InputError
+from ntkcompute.lifecycle import Status
+from ntkcompute.validate import check_get
+
+from ..features import compute_features, plan_features, solve_features
+from ..gram import GramJob, compute_gram, plan_job, read_marks
+from ..solve import SolveResult
+from ..solve import solve as solve_exact
+from ..store import CorruptChunk, open_group, read
+from .errors import JobConflict, NotStored, PartDamaged
+from .layout import part_url, parts_of
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A checked job as it is recorded: the architecture (JSON), kernels, dtype, tile rows."""
+
+    arch: dict[str, Any]
+    kernels: list[str]
+    dtype: str
+    tile: int
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a kernel job runs: its store URL, inputs' dataset URLs and recorded plan."""
+
+    url: str
+    method: str
+    train: str
+    test: str | None
+    n_train: int
+    arch: dict[str, Any]
+    kernels: tuple[str, ...]
+    dtype: str
+    tile: int
+    m: int | None = None
+    seed: int = 0
+
+    @property
+    def kind(self) -> JobKind:
+        return kind_of(self.method)
+
+    @property
+    def parts(self) -> dict[str, str]:
+        return parts_of(self.url, self.test is not None)
+
+
+class JobKind(Protocol):
+    """A kind of kernel job."""
+
+    name: str
+
+    def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
+             dtype: Any, tile: int | None, memory: int, m: int | None = None,
+             seed: int = 0) -> Planned:
+        """Check the job before anything is written (``x1``/``x2`` need shape and dtype);
+        :class:`InputError` naming the field."""
+
+    def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
+              verify: bool) -> None:
+        """Start (or resume) every part into ``parts`` (filled as each starts, so after a
+        failure it holds the parts already running); ``verify``: recompute exactly the
+        damaged chunks."""
+
+    def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
+                   cols: str | None, *, status: str, max_bytes: int) -> np.ndarray:
+        """The kernel block ``K_part[rows, cols]`` (cols index train rows)."""
+
+    def coefficient_rows(self, job: JobSpec, kind: str) -> int:
+        """Rows of one λ's solution: n dual coefficients, or D feature weights."""
+
+    def check_solve(self, analyses: dict[str, Any]) -> None:
+        """:class:`InputError` (field ``analyses``) for analyses this kind cannot make."""
+
+    def solve(self, job: JobSpec, labels: np.ndarray, test_labels: np.ndarray | None,
+              params: dict[str, Any], *, client: Any) -> list[SolveResult]:
+        """Kernel regression for every λ of ``params`` (a stored solve request)."""
+
+
+def span(text: str | None, n: int, field: str) -> slice:
+    """``"a:b"`` (either end may be empty; None or "" is all) as a slice of ``range(n)``."""
+    if text is None or text == "":
+        return slice(0, n)
+    a, sep, b = text.partition(":")
+    try:
+        start = int(a) if a.strip() else 0
+        stop = int(b) if b.strip() else n
+    except ValueError:
+        raise InputError(f"must be 'a:b' with integers, got {text!r}", field=field) from None
+    if not sep or not 0 <= start < stop <= n:
+        raise InputError(f"must be 'a:b' with 0 <= a < b <= {n}, got {text!r}", field=field)
+    return slice(start, stop)
+
+
+def _open(url: str, status: str) -> Any:
+    try:
+        return open_group(url, mode="r")
+    except (FileNotFoundError, KeyError):
+        raise NotStored(status) from None
+
+
+def _arrays(g: Any, status: str, *names: str) -> list[Any]:
+    try:
+        return [g[n] for n in names]
+    except KeyError:
+        raise NotStored(status) from None
+
+
+def _check_bytes(r: slice, c: slice, itemsize: int, max_bytes: int) -> None:
+    nbytes = (r.stop - r.start) * (c.stop - c.start) * itemsize
+    if nbytes > max_bytes:
+        raise InputError(f"block of {nbytes} bytes exceeds the limit of {max_bytes}; ask for "
+                         "fewer rows/cols", field="rows")
+
+
+def _tiles(tile: int, *spans: slice) -> tuple[slice, ...]:
+    return tuple(slice(s.start // tile, math.ceil(s.stop / tile)) for s in spans)
+
+
+def _check_marks(done: Any, tiles: tuple[slice, ...], part: str, status: str) -> None:
+    """Every tile under a block must be marked done; in a finished job one that is not is
+    damage (its marker was lost), else the block is not computed yet."""
+    marks = read_marks(done, tiles)
+    if np.all(marks):
+        return
+    first = tuple(int(a + s.start) for a, s in zip(np.argwhere(~marks)[0], tiles,
+                                                     strict=True))
+    if status == Status.SUCCEEDED:
+        raise PartDamaged(part, CorruptChunk("done", first, "marker lost (the tile may be "
+                                             "gone too)"))
+    raise JobConflict("rows", f"job is {status}; some tiles of this block are not computed "
+                      "yet")
+
+
+def _read(arr: Any, sel: Any, part: str) -> np.ndarray:
+    try:
+        return read(arr, sel)
+    except CorruptChunk as e:
+        raise PartDamaged(part, e) from None
+
+
+def _lambdas(params: dict[str, Any]) -> float | list[float]:
+    lams = list(params["lambdas"])
+    return lams if len(lams) > 1 else lams[0]
+
+
+class Exact:
+    """Tiled Gram matrices: ``<part>/ntk``, ``<part>/nngp`` (n1, n2) with a done marker per
+    tile (:func:`workers.compute_gram`)."""
+
+    name = "exact"
+
+    def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
+             dtype: Any, tile: int | None, memory: int, m: int | None = None,
+             seed: int = 0) -> Planned:
+        jp = plan_job(arch, x1, x2, get=kernels, dtype=dtype, memory=memory, tile=tile)
+        return Planned(jp.spec.model_dump(mode="json"), list(jp.get), jp.dtype.name, jp.tile)
+
+    def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
+              verify: bool) -> None:
+        common = dict(arch=job.arch, tile=job.tile, client=client, get=job.kernels,
+                      dtype=job.dtype, verify=verify, memory=memory)
+        for part, url in job.parts.items():  # test x train: rows of test, columns of train
+            x1, x2 = (job.train, None) if part == "train" else (job.test, job.train)
+            parts[part] = compute_gram(x1=x1, x2=x2, store=url, **common)
+
+    def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
+                   cols: str | None, *, status: str, max_bytes: int) -> np.ndarray:
+        g = _open(part_url(job.url, part), status)
+        arr, done = _arrays(g, status, kind, "done")
+        r, c = span(rows, arr.shape[0], "rows"), span(cols, arr.shape[1], "cols")
+        _check_bytes(r, c, arr.dtype.itemsize, max_bytes)
+        _check_marks(done, _tiles(job.tile, r, c), part, status)
+        return _read(arr, (r, c), part)
+
+    def coefficient_rows(self, job: JobSpec, kind: str) -> int:
+        return job.n_train
+
+    def check_solve(self, analyses: dict[str, Any]) -> None:
+        return None
+
+    def solve(self, job: JobSpec, labels: np.ndarray, test_labels: np.ndarray | None,
+              params: dict[str, Any], *, client: Any) -> list[SolveResult]:
+        p, an = params, params.get("analyses") or {}
+        kw = dict(solver=p["solver"], name=p["kind"], tol=p["tol"], maxiter=p["maxiter"],
+                  preconditioner=None if p["preconditioner"] == "none"
+                  else p["preconditioner"], rank=min(p["rank"], job.n_train),
+                  cross=job.parts.get("test"), test_labels=test_labels, client=client,
+                  save=None, lr=an.get("lr", 1.0), relative=bool(p.get("relative")))
+        analysis = dict(times=an.get("times"), bound=an.get("bound", False),
+                        spectrum_k=an.get("spectrum", 0),
+                        min_eig=an.get("min_eigenvalue", False))
+        train = part_url(job.url, "train")
+        if p["solver"] == "direct":  # one eigendecomposition serves every λ
+            return [solve_exact(train, labels, _lambdas(p), **kw, **analysis)]
+        # CG: one solve per λ, warm-started from the previous λ; analyses once
+        out, x0 = [], None
+        for i, lam in enumerate(p["lambdas"]):
+            r = solve_exact(train, labels, lam, x0=x0, **kw, **(analysis if i == 0 else {}))
+            x0 = r.coefficients
+            out.append(r)
+        return out
+
+
+class Features:
+    """Random features: ``<part>/ntk``, ``<part>/nngp`` (n, D) with a done marker per row
+    tile (:func:`workers.compute_features`); one feature map for train and test rows."""
+
+    name = "features"
+
+    def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
+             dtype: Any, tile: int | None, memory: int, m: int | None = None,
+             seed: int = 0) -> Planned:
+        if m is None:
+            raise InputError("required with method 'features'", field="m")
+        if x2 is not None and tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
+            raise InputError(f"trailing shape {tuple(x2.shape[1:])} does not match the "
+                             f"train set's {tuple(x1.shape[1:])}", field="x2")
+        fm, dt, tile = plan_features(arch, x1, m=m, seed=seed, get=kernels, dtype=dtype,
+                                     tile=tile)
+        return Planned(fm.arch.model_dump(mode="json"), list(check_get(kernels)), dt.name,
+                       tile)
+
+    def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
+              verify: bool) -> None:
+        common = dict(arch=job.arch, tile=job.tile, client=client, get=job.kernels,
+                      dtype=job.dtype, verify=verify, m=job.m, seed=job.seed)
+        for part, url in job.parts.items():
+            x = job.train if part == "train" else job.test
+            parts[part] = compute_features(x=x, store=url, **common)
+
+    def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
+                   cols: str | None, *, status: str, max_bytes: int) -> np.ndarray:
+        """``Φ_part[rows] Φ_train[cols]ᵀ``."""
+        gp = _open(part_url(job.url, part), status)
+        gt = _open(part_url(job.url, "train"), status)
+        (zp,), (zt,) = _arrays(gp, status, kind), _arrays(gt, status, kind)
+        r, c = span(rows, zp.shape[0], "rows"), span(cols, zt.shape[0], "cols")
+        _check_bytes(r, c, zp.dtype.itemsize, max_bytes)
+        for name, g, s in ((part, gp, r), ("train", gt, c)):
+            _check_marks(g["done"], _tiles(job.tile, s), name, status)
+        return _read(zp, r, part) @ _read(zt, c, "train").T
+
+    def coefficient_rows(self, job: JobSpec, kind: str) -> int:
+        meta = open_group(part_url(job.url, "train"), mode="r").attrs.get("ntkcompute", {})
+        return int(meta.get("dims", {}).get(kind, job.n_train))
+
+    def check_solve(self, analyses: dict[str, Any]) -> None:
+        if analyses.get("times") or analyses.get("bound") or analyses.get("spectrum"):
+            raise InputError("not available for a features job (its solve is ridge "
+                             "regression on the features)", field="analyses")
+
+    def solve(self, job: JobSpec, labels: np.ndarray, test_labels: np.ndarray | None,
+              params: dict[str, Any], *, client: Any) -> list[SolveResult]:
+        p = params
+        return [solve_features(part_url(job.url, "train"), labels, _lambdas(p), name=p["kind"],
+                               test=job.parts.get("test"), test_labels=test_labels,
+                               tol=p["tol"], maxiter=p["maxiter"], client=client,
+                               relative=bool(p.get("relative")))]
+
+
+#: method -> job kind
+KINDS: dict[str, JobKind] = {k.name: k for k in (Exact(), Features())}
+
+
+def kind_of(method: str) -> JobKind:
+    """The job kind of a method name (``exact`` or ``features``)."""
+    try:
+        return KINDS[method]
+    except KeyError:
+        raise InputError(f"must be one of {sorted(KINDS)}, got {method!r}",
+                         field="method") from None
