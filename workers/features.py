@@ -91,6 +91,7 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
     old = same_job(g, store, identity)
     cl, cluster = get_client(client, scheduler)
     try:
+        tasks.install(cl)
         damage = verify_job(store, client=cl, options=opts).damage() if verify and old \
             else Damage()
         sums = _store_input(g, "x1", a, dt, tile, checksum=checksums,

@@ -376,6 +376,7 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     old = same_job(g, store, identity)
     cl, cluster = get_client(client, scheduler)
     try:
+        tasks.install(cl)
         damage = verify_job(store, client=cl, options=opts).damage() if verify and old \
             else Damage()
         return _start_gram(g, store, identity, old, plan, a1, a2, cl, cluster, opts,

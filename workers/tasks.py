@@ -5,13 +5,14 @@ same whole chunks with the same values, then the same marker.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+from distributed import WorkerPlugin, get_worker
 
 from ntkcompute import backend
 from ntkcompute.errors import InputError
@@ -23,7 +24,7 @@ from ntkcompute.validate import as_input
 from .store import check_chunk, job_meta, open_group, read
 
 
-def _device() -> Any:
+def _pick_device() -> Any:
     """CuPy on this worker's own GPU when there is one (dask-cuda pins one device per worker
     through CUDA_VISIBLE_DEVICES), else NumPy. ``NTKCOMPUTE_DEVICE=cpu`` forces NumPy."""
     if os.environ.get("NTKCOMPUTE_DEVICE", "auto") != "cpu" and backend.cupy_available():
@@ -34,8 +35,72 @@ def _device() -> Any:
     return np
 
 
-def _plan(meta: dict) -> Plan:
-    return make_plan(parse_arch(meta["spec"]), tuple(meta["x_shape"]))
+class Planner(WorkerPlugin):
+    """Per worker process: the array module, picked once at setup, and each job's plan and
+    feature map, made once from the spec in the store's metadata (not once per tile).
+
+    Installed on every worker by :func:`install`; a task that runs where it is not (in the
+    client's process, or on a worker that joined later) uses a process-wide instance."""
+
+    name = "ntkcompute-planner"
+    idempotent = True  # registering again keeps the workers' instances (and their plans)
+    KEEP = 16  # plans kept: jobs whose tiles interleave on one worker
+
+    def __init__(self) -> None:
+        self.xp: Any = None
+        self._plans: OrderedDict[tuple, Any] = OrderedDict()
+        self.made = 0  # plans and feature maps made (not found kept)
+
+    def setup(self, worker: Any = None) -> None:
+        self.xp = _pick_device()
+
+    def device(self) -> Any:
+        if self.xp is None:
+            self.setup()
+        return self.xp
+
+    def _cached(self, key: tuple, make: Any) -> Any:
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        value = self._plans[key] = make()
+        self.made += 1
+        while len(self._plans) > self.KEEP:
+            self._plans.popitem(last=False)
+        return value
+
+    def plan(self, meta: dict) -> Plan:
+        """The layer plan of a Gram job's spec on its input shape."""
+        spec = json.dumps(meta["spec"], sort_keys=True)
+        shape = tuple(meta["x_shape"])
+        return self._cached(("plan", spec, shape),
+                            lambda: make_plan(parse_arch(meta["spec"]), shape))
+
+    def feature_map(self, meta: dict) -> Any:
+        """The feature map of a features job (drawn from its seed, so the same everywhere)."""
+        from ntkcompute.features import feature_map
+
+        spec = json.dumps(meta["spec"], sort_keys=True)
+        shape, m, seed = tuple(meta["x_shape"][1:]), meta["m"], meta["seed"]
+        return self._cached(("features", spec, shape, m, seed),
+                            lambda: feature_map(meta["spec"], shape, m, seed))
+
+
+_LOCAL = Planner()
+
+
+def planner() -> Planner:
+    """This worker's :class:`Planner` (or the process-wide one off a worker)."""
+    try:
+        return get_worker().plugins.get(Planner.name, _LOCAL)
+    except ValueError:  # not running on a worker
+        return _LOCAL
+
+
+def install(client: Any) -> None:
+    """Make sure every worker of ``client``'s cluster has a :class:`Planner` (one RPC; a
+    worker that already has one keeps it, and its plans)."""
+    client.register_plugin(Planner())
 
 
 def _rows(meta: dict, which: str, i: int) -> slice:
@@ -60,8 +125,8 @@ def self_task(url: str, which: str, i: int, options: dict | None = None) -> dict
     t0 = time.perf_counter()
     g = open_group(url, mode="r+", options=options)
     meta = job_meta(g)
-    xp = _device()
-    plan = _plan(meta)
+    ctx = planner()
+    xp, plan = ctx.device(), ctx.plan(meta)
     x = _load_rows(g, meta, which, i, xp)
     sc = self_pass(plan, x, want_ntk="ntk" in meta["get"],
                    memory=block_budget(xp, meta["memory"], 1))
@@ -103,8 +168,8 @@ def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None)
     t0 = time.perf_counter()
     g = open_group(url, mode="r+", options=options)
     meta = job_meta(g)
-    xp = _device()
-    plan = _plan(meta)
+    ctx = planner()
+    xp, plan = ctx.device(), ctx.plan(meta)
     sym = meta["symmetric"]
     other = "x1" if sym else "x2"
     xa = _load_rows(g, meta, "x1", i, xp)
@@ -127,21 +192,13 @@ def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None)
     return {"seconds": time.perf_counter() - t0, "pairs": (r.stop - r.start) * (c.stop - c.start)}
 
 
-@functools.lru_cache(maxsize=8)
-def _feature_map(spec_json: str, shape: tuple[int, ...], m: int, seed: int) -> Any:
-    from ntkcompute.features import feature_map
-
-    return feature_map(spec_json, shape, m, seed)
-
-
 def feature_task(url: str, i: int, options: dict | None = None) -> dict:
     """Random features of row tile ``i`` of a features job, written, then marked done."""
     t0 = time.perf_counter()
     g = open_group(url, mode="r+", options=options)
     meta = job_meta(g)
-    xp = _device()
-    fm = _feature_map(json.dumps(meta["spec"]), tuple(meta["x_shape"][1:]), meta["m"],
-                      meta["seed"])
+    ctx = planner()
+    xp, fm = ctx.device(), ctx.feature_map(meta)
     x = _load_rows(g, meta, "x1", i, xp)
     out = fm(x, tuple(meta["get"]), meta["dtype"])
     rows = _rows(meta, "x1", i)

@@ -141,3 +141,22 @@ def test_span_and_layout():
     with pytest.raises(InputError) as e:
         kind_of("approximate")
     assert e.value.field == "method"
+
+
+def test_each_worker_plans_a_job_once_not_once_per_tile(tmp_path, client):
+    x = np.random.default_rng(1).standard_normal((24, 5))
+    write_dataset(str(tmp_path / "d"), x)
+    job = JobSpec(url=str(tmp_path / "k"), method="exact", train=str(tmp_path / "d"),
+                  test=None, n_train=24, arch=A.fc(3), kernels=("ntk",), dtype="float64",
+                  tile=4)
+    before = client.run(lambda dask_worker: dask_worker.plugins["ntkcompute-planner"].made
+                        if "ntkcompute-planner" in dask_worker.plugins else 0)
+    parts = {}
+    job.kind.start(job, parts, client=client, memory=1 << 28, verify=False)
+    parts["train"].wait(120)
+    assert parts["train"].tiles_computed == 21  # 6 x 6 tiles, upper triangle
+    made = client.run(lambda dask_worker: dask_worker.plugins["ntkcompute-planner"].made)
+    assert sum(made.values()) - sum(before.values()) <= len(made)  # once per worker
+    np.testing.assert_allclose(parts["train"].to_numpy()["ntk"],
+                               kernel(A.fc(3), x, get="ntk", dtype="float64")["ntk"],
+                               rtol=1e-12)
