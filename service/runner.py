@@ -22,7 +22,7 @@ import numpy as np
 from ntkcompute.errors import InputError
 from workers import GramJob, compute_features, compute_gram, solve_features
 from workers import solve as run_solve
-from workers.cluster import get_client, security_from
+from workers.cluster import get_client, security_from, shutdown
 from workers.store import CorruptChunk, open_group, read, read_dataset, remove_group, write_array
 
 from .config import Settings
@@ -77,10 +77,7 @@ class Runner:
         self._stop.set()
         self._starts.shutdown(wait=False, cancel_futures=True)
         self._solves.shutdown(wait=False, cancel_futures=True)
-        if self.client is not None:
-            self.client.close()
-        if self._cluster is not None:
-            self._cluster.close()
+        shutdown(self.client, self._cluster, own_client=True)
 
     def ready(self) -> dict[str, str]:
         """Scheduler reachable (and how many workers it has)."""

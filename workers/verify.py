@@ -17,7 +17,7 @@ from typing import Any
 from distributed import Client
 
 from . import tasks
-from .cluster import get_client
+from .cluster import get_client, shutdown
 from .store import job_meta, open_group
 
 
@@ -99,9 +99,7 @@ def verify_job(store: str, *, client: Client | None = None, scheduler: str | Non
             report.bad += part["bad"]
             report.pending += part["pending"]
     finally:
-        if cluster is not None:
-            cl.close()
-            cluster.close()
+        shutdown(cl, cluster)
     report.bad.sort(key=lambda b: (b["tile"], b["array"]))
     report.pending.sort()
     report.seconds = time.perf_counter() - t0
