@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m ntkcompute.demo
+	$(BIN)/python -m ntkcli.demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,10 +28,10 @@ from features import LAMS, _accs  # bench/features.py: the λ sweep and its repo
 from features import _kernel_sweep as _sweep
 
 import workers
+from ntkcli.demo import start_service
 from ntkcompute import architectures as A
 from ntkcompute.client import Client as ApiClient
 from ntkcompute.datasets import cifar10, standardize
-from ntkcompute.demo import start_service
 from ntkcompute.regression import one_hot
 
 

@@ -25,6 +25,7 @@ import ntkcompute as nc
 import workers
 from ntkcompute import architectures as A
 from ntkcompute.datasets import digits
+from workers.cluster import shutdown
 
 
 def _peak_rss() -> int:
@@ -50,8 +51,7 @@ def run_dask(arch, x, n_workers: int, memory: int, root: str) -> tuple[float, li
         rss = sorted(client.run(_peak_rss).values())
         return sec, rss, job
     finally:
-        client.close()
-        cluster.close()
+        shutdown(client, cluster)
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ from distributed import Client
 import workers
 from ntkcompute import architectures as A
 from ntkcompute.datasets import digits
-from workers.cluster import get_client
+from workers.cluster import get_client, shutdown
 from workers.store import has_checksums, open_group, read
 
 PATHS = ("unchecked", "checked")
@@ -292,8 +292,7 @@ def main() -> None:
         part_reads(cases, args.read_reps, args.sub)
         part_verify(client, cases, args.verify_reps)
     finally:
-        client.close()
-        cluster.close()
+        shutdown(client, cluster)
         shutil.rmtree(root, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s, load average now "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -29,6 +29,7 @@ import workers
 from ntkcompute import architectures as A
 from ntkcompute.datasets import SHARED
 from ntkcompute.regression import one_hot
+from workers.cluster import shutdown
 
 
 def mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,8 +121,7 @@ def main() -> None:
             finally:
                 shutil.rmtree(root, ignore_errors=True)
     finally:
-        client.close()
-        cluster.close()
+        shutdown(client, cluster)
 
 
 if __name__ == "__main__":

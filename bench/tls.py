@@ -25,7 +25,7 @@ from distributed import Client, LocalCluster
 import workers
 from ntkcompute import architectures as A
 from ntkcompute.datasets import digits
-from workers.cluster import get_client
+from workers.cluster import get_client, shutdown
 
 
 def start(mode: str) -> tuple[Client, LocalCluster, float]:
@@ -94,8 +94,7 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
         for client, cluster, _ in clusters.values():
-            client.close()
-            cluster.close()
+            shutdown(client, cluster)
     print("tls/plain: median TLS seconds / median plain-TCP seconds, same run, same machine")
 
 

@@ -3,7 +3,8 @@
 Modules: ``app`` (routes, auth, error bodies), ``schemas`` (request/response models),
 ``uploads`` (streamed dataset uploads), ``runner`` (kernel jobs and solves on the Dask client,
 resume on start), ``db`` (SQLAlchemy tables), ``keys`` (hashed API keys), ``config``
-(``NTK_*`` settings), ``server`` (uvicorn), ``cli`` (``ntk serve/keys/submit/status/fetch``).
+(``NTK_*`` settings), ``server`` (uvicorn). Its ``ntk serve/keys/submit/status/fetch``
+commands are :mod:`ntkcli.serve`.
 """
 
 from typing import Any

@@ -21,7 +21,7 @@ from typing import Any
 
 from ntkcompute.errors import InputError
 from workers import GramJob
-from workers.cluster import get_client, security_from
+from workers.cluster import get_client, security_from, shutdown
 from workers.jobs import ACTIVE, Status, eta_seconds, solves
 from workers.store import CorruptChunk, remove_group
 
@@ -80,10 +80,7 @@ class Runner:
         self._stop.set()
         self._starts.shutdown(wait=False, cancel_futures=True)
         self._solves.shutdown(wait=False, cancel_futures=True)
-        if self.client is not None:
-            self.client.close()
-        if self._cluster is not None:
-            self._cluster.close()
+        shutdown(self.client, self._cluster, own_client=True)
 
     def ready(self) -> dict[str, str]:
         """Scheduler reachable (and how many workers it has)."""

@@ -120,3 +120,17 @@ def get_client(client: Client | None = None, scheduler: str | None = None,
                            processes=True, memory_limit=memory_limit, dashboard_address=None,
                            host="127.0.0.1", protocol="tls://", security=security)
     return Client(cluster, security=security), cluster
+
+
+def shutdown(client: Client | None, cluster: LocalCluster | None, *,
+             own_client: bool = False) -> None:
+    """Close what :func:`get_client` started: ``client`` and then ``cluster`` when
+    ``cluster`` is not None (an embedded LocalCluster and the client on it).
+
+    With ``cluster`` None the client is the caller's or one on a running scheduler; it is
+    left open unless ``own_client``, and the scheduler and its workers are never touched.
+    """
+    if client is not None and (cluster is not None or own_client):
+        client.close()
+    if cluster is not None:
+        cluster.close()

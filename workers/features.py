@@ -20,7 +20,7 @@ from ntkcompute.lifecycle import Status
 from ntkcompute.validate import check_get, check_shape, resolve_dtype
 
 from . import tasks
-from .cluster import get_client
+from .cluster import get_client, shutdown
 from .gram import (
     GramJob,
     _as_array,
@@ -110,9 +110,7 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
         set_meta(g, **identity, x1_chunks=sums, status=Status.RUNNING, error=None,
                  started=time.time(), tiles_total=t, checksums=checksums)
     except BaseException:
-        if cluster is not None:
-            cl.close()
-            cluster.close()
+        shutdown(cl, cluster)
         raise
     token = f"{abs(hash((store, time.time()))):x}"
     futures = [cl.submit(tasks.feature_task, store, i, options=opts,
@@ -214,9 +212,7 @@ def solve_features(job: str, labels: Any, lam: float | list[float], *, name: str
                 iterations += r.iterations
                 converged = converged and r.converged
     finally:
-        if cluster is not None:
-            cl.close()
-            cluster.close()
+        shutdown(cl, cluster)
     if method == "cg":
         coef = coefs[0] if len(lams) == 1 else np.stack(coefs)
     elif len(lams) == 1:

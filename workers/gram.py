@@ -34,7 +34,7 @@ from ntkcompute.spec import Architecture, parse_arch
 from ntkcompute.validate import check_get, check_pair, check_shape, resolve_dtype
 
 from . import tasks
-from .cluster import get_client
+from .cluster import get_client, shutdown
 from .store import (
     CorruptChunk,
     check_chunk,
@@ -197,8 +197,7 @@ class GramJob:
     def close(self) -> None:
         """Release the embedded LocalCluster, if this job started one."""
         if self._cluster is not None:
-            self._client.close()
-            self._cluster.close()
+            shutdown(self._client, self._cluster)
             self._cluster = None
 
     @property
@@ -382,9 +381,7 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         return _start_gram(g, store, identity, old, plan, a1, a2, cl, cluster, opts,
                            checksums, memory, damage)
     except BaseException:
-        if cluster is not None:
-            cl.close()
-            cluster.close()
+        shutdown(cl, cluster)
         raise
 
 

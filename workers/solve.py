@@ -30,7 +30,7 @@ from ntkcompute.regression import (
     solve_direct,
 )
 
-from .cluster import get_client
+from .cluster import get_client, shutdown
 from .operator import DistributedKernel
 from .store import create_array, open_group, read, set_meta
 
@@ -210,9 +210,7 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             if min_eig:
                 analyses["min_eigenvalue"] = min_eigenvalue(op.matvec, n, scale=scale)
         finally:
-            if cluster is not None:
-                cl.close()
-                cluster.close()
+            shutdown(cl, cluster)
         res = SolveResult(r.x, lams, solver, r.iterations, r.converged, r.residuals,
                           analyses=analyses)
     else:

@@ -19,7 +19,7 @@ from distributed import Client
 from ntkcompute.lifecycle import Status
 
 from . import tasks
-from .cluster import get_client
+from .cluster import get_client, shutdown
 from .store import job_meta, open_group
 
 
@@ -101,9 +101,7 @@ def verify_job(store: str, *, client: Client | None = None, scheduler: str | Non
             report.bad += part["bad"]
             report.pending += part["pending"]
     finally:
-        if cluster is not None:
-            cl.close()
-            cluster.close()
+        shutdown(cl, cluster)
     report.bad.sort(key=lambda b: (b["tile"], b["array"]))
     report.pending.sort()
     report.seconds = time.perf_counter() - t0

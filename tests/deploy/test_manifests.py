@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from packaging.requirements import Requirement
 
+from ntkcli.main import build_parser
 from service.config import ENV
 from workers import certs
-from workers.cli import build_parser
 from workers.cluster import TLS_ENV, check_address, make_security, tls_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def env_vars_the_code_reads() -> set[str]:
     """Every literal name passed to os.environ.get / os.environ[...] / os.getenv in the
     packages, plus the service's Settings table (service.config.ENV)."""
     names = set(ENV.values())
-    for pkg in ("ntkcompute", "workers", "service"):
+    for pkg in ("ntkcompute", "workers", "service", "ntkcli"):
         for f in (ROOT / pkg).rglob("*.py"):
             for node in ast.walk(ast.parse(f.read_text())):
                 if isinstance(node, ast.Call) and ast.unparse(node.func) in (

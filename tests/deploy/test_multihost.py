@@ -227,7 +227,7 @@ def test_scheduler_workers_api_as_hosts_survive_a_dead_worker(hosts, tmp_path):
     }
     env = {s: _compose_env(cfg, s, {**values, **_tls_env(cfg, s, certs)})
            for s in ("scheduler", "worker", "api")}
-    ntk = [PY, "-m", "workers.cli"]
+    ntk = [PY, "-m", "ntkcli"]
     h.run("sched", [*ntk, "scheduler", "--host", h.addr["sched"], "--port", str(sched_port),
                     "--dashboard-port", str(_free_port())], env["scheduler"],
           tmp_path / "sched.log")

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-NTK = [sys.executable, "-m", "workers.cli"]
+NTK = [sys.executable, "-m", "ntkcli"]
 
 
 def free_port() -> int:

@@ -142,7 +142,7 @@ def test_interrupted_driver_resumes(tmp_path):
     arch_path = tmp_path / "arch.json"
     arch_path.write_text(json.dumps(A.cntk(3)))
     url = str(tmp_path / "job")
-    cmd = [sys.executable, "-m", "workers.cli", "gram", "--arch", str(arch_path), "--x1",
+    cmd = [sys.executable, "-m", "ntkcli", "gram", "--arch", str(arch_path), "--x1",
            str(tmp_path / "x.npy"), "--out", url, "--tile", "8", "--quiet"]  # 325 tiles: a wide
     # window to interrupt in, even on a loaded machine
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

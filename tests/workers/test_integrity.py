@@ -129,7 +129,7 @@ def test_cli_verify_and_gram_verify(tmp_path, data):
     np.save(tmp_path / "x.npy", x)
     (tmp_path / "arch.json").write_text(json.dumps(A.fc(2)))
     store = str(tmp_path / "cli")
-    ntk = [sys.executable, "-m", "workers.cli"]
+    ntk = [sys.executable, "-m", "ntkcli"]
     gram = [*ntk, "gram", "--arch", str(tmp_path / "arch.json"), "--x1",
             str(tmp_path / "x.npy"), "--out", store, "--tile", "20", "--quiet"]
     subprocess.run(gram, check=True, capture_output=True)

@@ -126,7 +126,7 @@ def test_cli_gram_then_solve(tmp_path):
     np.save(tmp_path / "ytr.npy", y[:150])
     np.save(tmp_path / "yte.npy", y[150:250])
     (tmp_path / "arch.json").write_text(json.dumps(A.cntk(2, "flatten")))
-    run = [sys.executable, "-m", "workers.cli"]
+    run = [sys.executable, "-m", "ntkcli"]
     for extra, out in (([], "train"), (["--x2", str(tmp_path / "xtr.npy")], "cross")):
         x1 = tmp_path / ("xtr.npy" if out == "train" else "xte.npy")
         p = subprocess.run([*run, "gram", "--arch", str(tmp_path / "arch.json"), "--x1",

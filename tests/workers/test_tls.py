@@ -29,7 +29,7 @@ from ntkcompute.errors import InputError
 from workers.certs import write_bundle
 from workers.cluster import TLS_ENV, get_client, make_security
 
-NTK = [sys.executable, "-m", "workers.cli"]
+NTK = [sys.executable, "-m", "ntkcli"]
 ROLES = ("scheduler", "worker", "client")
 
 

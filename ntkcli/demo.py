@@ -51,11 +51,11 @@ def start_service(root: Path, workers: int) -> tuple[subprocess.Popen, str, str]
     db = f"sqlite:///{root / 'ntk.db'}"
     env = {**os.environ, "NTK_STORE": str(root / "store"), "NTK_DB_URL": db,
            "NTK_WORKERS": str(workers)}
-    key = subprocess.run([sys.executable, "-m", "workers.cli", "keys", "create", "--name",
+    key = subprocess.run([sys.executable, "-m", "ntkcli", "keys", "create", "--name",
                           "demo"], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
     port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "ntkcli", "serve", "--port", str(port),
                              "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):

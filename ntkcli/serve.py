@@ -1,4 +1,4 @@
-"""``ntk`` subcommands of the service and its client.
+"""The ``ntk`` commands of the service and its client (``service``, ``ntkcompute.client``).
 
     ntk serve [--scheduler ADDRESS] [--store URL] [--db URL] [--host H] [--port P]
               [--tls-ca-file ca.pem --tls-cert client.pem --tls-key client-key.pem]
@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ntkcompute.errors import InputError
+
+from .inputs import load_array, read_arch
+from .local import add_tls_arguments
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -39,20 +41,10 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(args.url, args.api_key)
 
 
-def _npy(path: str | None, field: str) -> np.ndarray | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"no such file: {path}", field=field)
-    return np.load(p, mmap_mode="r") if p.suffix == ".npy" else np.load(p)["x"]
-
-
 def _serve(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from service.server import serve
     from workers.cluster import check_address, security_from
-
-    from .config import Settings
-    from .server import serve
 
     settings = Settings.from_env(store=args.store, db=args.db, scheduler=args.scheduler,
                                  workers=args.workers, tls_ca_file=args.tls_ca_file,
@@ -80,9 +72,9 @@ def _keys(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from .config import Settings
-    from .db import Database
-    from .keys import create_key, list_keys, parse_expires, revoke, rotate
+    from service.config import Settings
+    from service.db import Database
+    from service.keys import create_key, list_keys, parse_expires, revoke, rotate
 
     db = Database(Settings.from_env(db=args.db).db)
     cmd = args.keys_command
@@ -119,13 +111,12 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    try:
-        arch = json.loads(Path(args.arch).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read the architecture JSON: {e}", field="arch") from None
+    arch = read_arch(args.arch)
     with _client(args) as c:
-        train = c.upload(_npy(args.train, "train"), _npy(args.train_labels, "train_labels"))
-        test = c.upload(_npy(args.test, "test"), _npy(args.test_labels, "test_labels")) \
+        train = c.upload(load_array(args.train, "train"),
+                         load_array(args.train_labels, "train_labels"))
+        test = c.upload(load_array(args.test, "test"), load_array(args.test_labels,
+                                                                   "test_labels")) \
             if args.test else None
         job = c.kernel(train, arch, test=test, kernels=tuple(args.kernels.split(",")),
                        dtype=args.dtype, tile=args.tile)
@@ -195,8 +186,6 @@ def register(sub: Any) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--log-level", default="info")
-    from workers.cli import add_tls_arguments
-
     add_tls_arguments(s)  # the client certificate the service presents to the scheduler
     s.set_defaults(func=_serve)
 

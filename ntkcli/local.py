@@ -1,4 +1,4 @@
-"""The ``ntk`` command line.
+"""The ``ntk`` commands that run on the Dask side: jobs, certificates and cluster roles.
 
     ntk gram --arch arch.json --x1 train.npy [--x2 test.npy] --out STORE [--tile T]
              [--scheduler tls://host:8786] [--dtype float32] [--memory BYTES] [--get ntk]
@@ -24,7 +24,7 @@ Dask comms are mutual TLS: every process presents a certificate from the cluster
 scheduler. ``ntk scheduler`` refuses plain TCP except on loopback or with ``--insecure``.
 
 The service and its client add ``ntk serve``, ``ntk keys create``, ``ntk submit``,
-``ntk status`` and ``ntk fetch`` (see :mod:`service.cli`).
+``ntk status`` and ``ntk fetch`` (see :mod:`ntkcli.serve`).
 
 ``--x1``/``--x2`` take ``.npy`` files, ``.npz`` files (array ``x``) or dataset URLs written by
 ``workers.write_dataset``. Rerunning the same command resumes the job.
@@ -47,14 +47,7 @@ import numpy as np
 
 from ntkcompute.errors import InputError
 
-
-def _load(arg: str, field: str) -> Any:
-    p = Path(arg)
-    if p.suffix in (".npy", ".npz"):
-        if not p.exists():
-            raise InputError(f"no such file: {arg}", field=field)
-        return np.load(p, mmap_mode="r") if p.suffix == ".npy" else np.load(p)["x"]
-    return arg  # a dataset URL
+from .inputs import load_array, read_arch
 
 
 def _gram(args: argparse.Namespace) -> int:
@@ -63,11 +56,9 @@ def _gram(args: argparse.Namespace) -> int:
     from workers import GramJobError, compute_gram
 
     _check_scheduler_tls(args.scheduler)
-    try:
-        arch = json.loads(Path(args.arch).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read the architecture JSON: {e}", field="arch") from None
-    job = compute_gram(arch, _load(args.x1, "x1"), _load(args.x2, "x2") if args.x2 else None,
+    arch = read_arch(args.arch)
+    job = compute_gram(arch, load_array(args.x1, "x1", urls=True),
+                       load_array(args.x2, "x2", urls=True) if args.x2 else None,
                        store=args.out, tile=args.tile, scheduler=args.scheduler,
                        get=tuple(args.get.split(",")), dtype=args.dtype, memory=args.memory,
                        verify=args.verify)
@@ -107,9 +98,9 @@ def _solve(args: argparse.Namespace) -> int:
     from workers import solve
 
     _check_scheduler_tls(args.scheduler)
-    labels = np.asarray(_load(args.labels, "labels"))
-    test_labels = np.asarray(_load(args.test_labels, "test_labels")) if args.test_labels \
-        else None
+    labels = np.asarray(load_array(args.labels, "labels", urls=True))
+    test_labels = np.asarray(load_array(args.test_labels, "test_labels", urls=True)) \
+        if args.test_labels else None
     lams = [float(v) for v in args.lam.split(",")]
     res = solve(args.kernel, labels, lams if len(lams) > 1 else lams[0], solver=args.solver,
                 name=args.name, tol=args.tol, maxiter=args.maxiter,
@@ -137,7 +128,7 @@ def add_tls_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _tls(args: argparse.Namespace) -> Any:
-    from .cluster import tls_files
+    from workers.cluster import tls_files
 
     return tls_files(args.tls_ca_file, args.tls_cert, args.tls_key)
 
@@ -155,7 +146,7 @@ def _is_loopback(host: str) -> bool:
 
 def _check_scheduler_tls(scheduler: str | None) -> None:
     """Fail fast (exit 2) on a ``tls://`` address without the ``NTK_TLS_*`` files."""
-    from .cluster import SCHEDULER_ENV, check_address, security_from
+    from workers.cluster import SCHEDULER_ENV, check_address, security_from
 
     address = scheduler or os.environ.get(SCHEDULER_ENV)
     if address:
@@ -200,7 +191,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     os.umask(0o077)
 
-    from .cluster import SCHEDULER_ENV, check_address, make_security
+    from workers.cluster import SCHEDULER_ENV, check_address, make_security
 
     address = args.scheduler or os.environ.get(SCHEDULER_ENV)
     if not address:
@@ -238,7 +229,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _certs(args: argparse.Namespace) -> int:
     """A new cluster CA and one certificate per role (see :mod:`workers.certs`)."""
-    from .certs import check_namespace, parse_roles, write_bundle, write_k8s_secrets
+    from workers.certs import check_namespace, parse_roles, write_bundle, write_k8s_secrets
 
     roles = parse_roles(args.roles)
     if args.namespace is not None and not args.k8s_secrets:
@@ -256,10 +247,9 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``ntk`` parser with every subcommand (the service's included)."""
-    ap = argparse.ArgumentParser(prog="ntk", description="ntkcompute command line")
-    sub = ap.add_subparsers(dest="command", required=True)
+def register(sub: Any) -> None:
+    """Add ``gram``, ``solve``, ``scheduler``, ``worker`` and ``certs`` to the ``ntk``
+    parser's subparsers."""
     g = sub.add_parser("gram", help="compute a Gram matrix on a Dask cluster into Zarr")
     g.add_argument("--arch", required=True, help="architecture spec (JSON file)")
     g.add_argument("--x1", required=True, help=".npy, .npz (array x) or dataset URL")
@@ -325,25 +315,3 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write a YAML stream of Secrets ntk-tls-<role> to this file")
     ce.add_argument("--namespace", default=None, help="metadata.namespace of the Secrets")
     ce.set_defaults(func=_certs)
-    from service.cli import register
-
-    register(sub)
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from ntkcompute.client import ApiError, JobFailed
-
-    try:
-        return args.func(args)
-    except InputError as e:
-        print(f"ntk {args.command}: {e}", file=sys.stderr)
-        return 2
-    except (ApiError, JobFailed) as e:
-        print(f"ntk {args.command}: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m ntkcli ...`` is ``ntk ...``."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""What the ``ntk`` commands read from files: input arrays and architecture specs.
+
+Errors are :class:`~ntkcompute.errors.InputError` naming the flag's field, which
+:func:`ntkcli.main.main` prints as ``ntk COMMAND: FIELD: message`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntkcompute.errors import InputError
+
+#: File suffixes :func:`load_array` reads; with ``urls=True`` any other name is a dataset URL.
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def load_array(path: str | None, field: str, *, urls: bool = False) -> Any:
+    """The array stored at ``path``: a ``.npy`` file memory-mapped read-only, else the array
+    ``x`` of an ``.npz`` file; None for None.
+
+    With ``urls``, a name that ends in neither suffix is returned as it is: a dataset URL
+    (``workers.write_dataset``) for the Dask side to open. A file that does not exist is an
+    :class:`InputError` on ``field``.
+    """
+    if path is None:
+        return None
+    p = Path(path)
+    if urls and p.suffix not in ARRAY_SUFFIXES:
+        return path
+    if not p.exists():
+        raise InputError(f"no such file: {path}", field=field)
+    return np.load(p, mmap_mode="r") if p.suffix == ".npy" else np.load(p)["x"]
+
+
+def read_arch(path: str, field: str = "arch") -> Any:
+    """The architecture spec in the JSON file at ``path``, parsed (validation is
+    :func:`ntkcompute.parse_arch`'s, where the spec is used); a file that cannot be read or
+    is not JSON is an :class:`InputError` on ``field``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read the architecture JSON: {e}", field=field) from None
