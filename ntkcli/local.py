@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ntkcompute.errors import InputError
+from ntkcompute.lifecycle import Status
 
 from .inputs import load_array, read_arch
 
@@ -74,7 +75,7 @@ def _gram(args: argparse.Namespace) -> int:
             p = job.progress()
             bar.update(p["done"] - shown)
             shown = p["done"]
-            if p["status"] != "running":
+            if p["status"] != Status.RUNNING:
                 break
             time.sleep(0.2)
     if interrupted.is_set():

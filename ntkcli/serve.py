@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ntkcompute.errors import InputError
+from ntkcompute.lifecycle import Status
 
 from .inputs import load_array, read_arch
 from .local import add_tls_arguments
@@ -130,7 +131,7 @@ def _status(args: argparse.Namespace) -> int:
     with _client(args) as c:
         info = (c.get_solve(args.id) if args.id.startswith("s-") else c.job(args.id)).info
     print(json.dumps(info, indent=1))
-    return 0 if info["status"] not in ("failed", "cancelled") else 1
+    return 0 if info["status"] not in (Status.FAILED, Status.CANCELLED) else 1
 
 
 def _verify(args: argparse.Namespace) -> int:

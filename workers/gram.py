@@ -136,7 +136,7 @@ class GramJob:
     def _watch(self) -> None:
         try:
             for fut in as_completed([f for f in self._futures if f.key.startswith("tile")]):
-                if fut.status == "cancelled":
+                if fut.status == "cancelled":  # the Dask future's own state
                     continue
                 if fut.status == "error":
                     with self._lock:

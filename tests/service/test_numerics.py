@@ -16,6 +16,7 @@ from ntkcompute.client import Client, JobFailed
 from ntkcompute.datasets import digits
 from ntkcompute.regression import Eigen, kernel_ridge, one_hot, solve_direct
 from workers import solve as workers_solve
+from workers.cluster import get_client, shutdown
 from workers.store import open_group, read
 
 from .conftest import NTK
@@ -41,11 +42,26 @@ def _job(client, rows):
         timeout=300, progress=False)
 
 
+@pytest.fixture(scope="module")
+def shared_job(client, rows):
+    """One stored kernel that both λ conventions solve (neither test changes it)."""
+    return _job(client, rows)
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A local Dask cluster for the in-process ``workers.solve`` calls (one, not one per
+    call)."""
+    c, cluster = get_client(n_workers=1)
+    yield c
+    shutdown(c, cluster)
+
+
 @pytest.mark.parametrize("relative", [False, True])
 def test_every_solver_entry_point_takes_lambda_the_same_way(service, client, rows, tmp_path,
-                                                           relative):
+                                                           relative, shared_job, dask_client):
     x, y = rows
-    job = _job(client, rows)
+    job = shared_job
     url = f"{service.store}/kernels/{job.id}/train"
     K = np.asarray(read(open_group(url, mode="r")["ntk"]), dtype=np.float64)
     np.testing.assert_allclose(K, nc.kernel(ARCH, x, get="ntk")["ntk"], rtol=1e-12)
@@ -60,21 +76,22 @@ def test_every_solver_entry_point_takes_lambda_the_same_way(service, client, row
         "kernel_ridge": kernel_ridge(K, Y, np.eye(len(K)), lam=lam, relative=relative),
         "cg": cg(lambda V: K @ V, Y, lam, tol=1e-12, scale=md, relative=relative).x,
         "workers direct": workers_solve(url, y, lam, solver="direct", save=None,
-                                        relative=relative).coefficients,
+                                        relative=relative, client=dask_client).coefficients,
         "workers cg": workers_solve(url, y, lam, solver="cg", tol=1e-12, save=None,
-                                    relative=relative).coefficients,
+                                    relative=relative, client=dask_client).coefficients,
     }
     for solver in ("direct", "cg"):
         got[f"REST {solver}"] = client.solve(job, lam, relative=relative, solver=solver,
                                              tol=1e-12).wait(timeout=120).coefficients(0)
     np.save(tmp_path / "y.npy", y)
     cli = subprocess.run([*NTK, "solve", "--kernel", url, "--labels", str(tmp_path / "y.npy"),
-                          "--lambda", repr(lam), "--solver", "direct", "--save", "cli",
+                          "--lambda", repr(lam), "--solver", "direct", "--save", f"cli-{relative}",
                           *(["--relative"] if relative else [])],
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["lambda"] == [pytest.approx(1e-3 * md, rel=1e-12)]
-    got["CLI direct"] = np.asarray(read(open_group(url, mode="r")["solves/cli/coefficients"]))
+    saved = open_group(url, mode="r")[f"solves/cli-{relative}/coefficients"]
+    got["CLI direct"] = np.asarray(read(saved))
     for name, coef in got.items():
         err = np.abs(coef - ref).max() / np.abs(ref).max()
         assert err < 1e-8, (name, err)
