@@ -21,9 +21,18 @@ from ntkcompute.lifecycle import (
 from . import layout, solves
 from .datasets import probe_store, store_dataset
 from .errors import JobConflict, Missing, NotStored, PartDamaged
-from .kinds import KINDS, JobKind, JobSpec, Planned, kind_of, span
+from .kinds import (
+    KINDS,
+    JobKind,
+    JobSpec,
+    Planned,
+    Shape,
+    kind_of,
+    span,
+    verify_parts,
+)
 
 __all__ = ["ACTIVE", "FINAL", "KINDS", "TRANSITIONS", "IllegalTransition", "JobConflict",
-           "JobKind", "JobSpec", "Missing", "NotStored", "PartDamaged", "Planned", "Status",
-           "advance", "can", "ended", "eta_seconds", "kind_of", "layout", "probe_store",
-           "solves", "span", "store_dataset"]
+           "JobKind", "JobSpec", "Missing", "NotStored", "PartDamaged", "Planned", "Shape",
+           "Status", "advance", "can", "ended", "eta_seconds", "kind_of", "layout",
+           "probe_store", "solves", "span", "store_dataset", "verify_parts"]

@@ -23,8 +23,17 @@ from ..gram import GramJob, compute_gram, plan_job, read_marks
 from ..solve import SolveResult
 from ..solve import solve as solve_exact
 from ..store import CorruptChunk, open_group, read
+from ..verify import verify_job
 from .errors import JobConflict, NotStored, PartDamaged
 from .layout import part_url, parts_of
+
+
+@dataclass(frozen=True)
+class Shape:
+    """An input as planning sees it: its shape and dtype (a dataset's record), no data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,19 @@ def _read(arr: Any, sel: Any, part: str) -> np.ndarray:
         return read(arr, sel)
     except CorruptChunk as e:
         raise PartDamaged(part, e) from None
+
+
+def verify_parts(job: JobSpec, status: str, *, client: Any) -> dict[str, dict[str, Any]]:
+    """Read back every stored chunk of every part through its checksum (on the workers):
+    part -> :meth:`workers.VerifyReport.to_dict`. :class:`NotStored` before the first write.
+    The same for both kinds: the store's metadata says what each part holds."""
+    out = {}
+    for part, url in job.parts.items():
+        try:
+            out[part] = verify_job(url, client=client).to_dict()
+        except (FileNotFoundError, KeyError):
+            raise NotStored(status) from None
+    return out
 
 
 def _lambdas(params: dict[str, Any]) -> float | list[float]:
