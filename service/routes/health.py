@@ -1,4 +1,4 @@
-"""The routes that are no resource: ``/healthz`` (the process is up), ``/readyz`` (it can
+"""The routes outside the resources: ``/healthz`` (the process is up), ``/readyz`` (it can
 work: the Dask scheduler answers, the store is writable) and ``/v1/limits``."""
 
 from __future__ import annotations
