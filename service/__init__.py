@@ -1,6 +1,8 @@
 """REST front end of ntkcompute: FastAPI over ``workers`` and ``ntkcompute``.
 
-Modules: ``app`` (routes, auth, error bodies), ``schemas`` (request/response models),
+Modules: ``app`` (the app factory: state, middleware, error bodies, lifespan), ``routes``
+(the REST routes, an ``APIRouter`` per resource), ``deps`` (the routes' dependencies: the
+caller's API key, the DB, the runner, the settings), ``schemas`` (request/response models),
 ``uploads`` (streamed dataset uploads), ``runner`` (kernel jobs and solves on the Dask client,
 resume on start), ``db`` (SQLAlchemy tables), ``keys`` (hashed API keys), ``config``
 (``NTK_*`` settings), ``server`` (uvicorn). Its ``ntk serve/keys/submit/status/fetch``
