@@ -26,13 +26,12 @@ from .gram import (
     _as_array,
     _marker,
     _store_input,
+    begin_job,
     changed_chunks,
     read_marks,
-    same_job,
 )
 from .store import create_array, job_meta, open_group, read, set_meta
 from .store import storage_options as resolve_options
-from .verify import Damage, verify_job
 
 #: Rows per task by default: ~64 MiB of features per tile, and no more than ~2·10¹¹
 #: floating-point operations (seconds of one core; conv nets cost far more per row).
@@ -83,17 +82,12 @@ def compute_features(arch: Any, x: Any, *, store: str, m: int, seed: int = 0,
     get = check_get(get)
     n = int(a.shape[0])
     opts = resolve_options(storage_options)
-    g = open_group(store, mode="a", options=opts)
     identity = {"method": "features", "spec": fm.arch.model_dump(mode="json"), "m": m,
                 "seed": seed, "dtype": dt.str, "get": list(get), "x_shape": list(a.shape),
                 "n1": n, "tile": tile, "dims": fm.dims, "exact_norms": fm.exact_norms,
                 "estimator": ESTIMATOR_VERSION}
-    old = same_job(g, store, identity)
-    cl, cluster = get_client(client, scheduler)
+    g, old, cl, cluster, damage = begin_job(store, identity, opts, client, scheduler, verify)
     try:
-        tasks.install(cl)
-        damage = verify_job(store, client=cl, options=opts).damage() if verify and old \
-            else Damage()
         sums = _store_input(g, "x1", a, dt, tile, checksum=checksums,
                             force=damage.inputs.get("x1", frozenset()))
         t = len(sums)

@@ -368,21 +368,36 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     spec, get, dt, plan, block, tile = jp.spec, jp.get, jp.dtype, jp.plan, jp.block, jp.tile
     n1, n2 = jp.n1, jp.n2
     opts = resolve_options(storage_options)
-    g = open_group(store, mode="a", options=opts)
     identity = {"spec": spec.model_dump(mode="json"), "dtype": dt.str, "get": list(get),
                 "x_shape": list(a1.shape), "n1": n1, "n2": n2, "symmetric": a2 is None,
                 "tile": tile, "block": block}
+    g, old, cl, cluster, damage = begin_job(store, identity, opts, client, scheduler, verify)
+    try:
+        return _start_gram(g, store, identity, old, plan, a1, a2, cl, cluster, opts,
+                           checksums, memory, damage)
+    except BaseException:
+        shutdown(cl, cluster)
+        raise
+
+
+def begin_job(store: str, identity: dict[str, Any], opts: dict | None, client: Client | None,
+              scheduler: str | None, verify: bool
+              ) -> tuple[zarr.Group, dict[str, Any], Client, Any, Damage]:
+    """Open (or create) a job's group and check that it holds this job (``identity``), join
+    the cluster (every worker with a :class:`workers.tasks.Planner`) and, with ``verify``,
+    find what of an earlier run is damaged: ``(group, old metadata, client, cluster we
+    own, damage)``."""
+    g = open_group(store, mode="a", options=opts)
     old = same_job(g, store, identity)
     cl, cluster = get_client(client, scheduler)
     try:
         tasks.install(cl)
         damage = verify_job(store, client=cl, options=opts).damage() if verify and old \
             else Damage()
-        return _start_gram(g, store, identity, old, plan, a1, a2, cl, cluster, opts,
-                           checksums, memory, damage)
     except BaseException:
         shutdown(cl, cluster)
         raise
+    return g, old, cl, cluster, damage
 
 
 def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[str, Any],

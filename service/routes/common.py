@@ -1,12 +1,13 @@
 """What the route modules share: the error responses they document, ownership (a row is
 its key's or answered 404), the per-key job limit, the list/get pair every resource has,
-and the small request and response helpers (``a:b`` spans, ``.npy`` bodies, store URLs).
+the small response helpers (``.npy`` bodies), and the store's answers as HTTP errors.
 
 No ``from __future__ import annotations`` here: :func:`add_list_get` builds its routes'
 signatures at run time, and FastAPI reads them as objects."""
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -14,6 +15,8 @@ import numpy as np
 from fastapi import APIRouter, Path, Response
 from sqlalchemy.orm import Session
 
+from ntkcompute.errors import InputError
+from workers.jobs import JobConflict, Missing, PartDamaged
 from workers.store import CorruptChunk
 
 from ..config import Settings
@@ -87,26 +90,6 @@ def admit(db: Database, settings: Settings, key: str,
                        f"jobs, the limit is {settings.max_jobs_per_key}; wait or cancel one")
 
 
-def join(base: str, *parts: str) -> str:
-    """A store URL below ``base`` (a path or an fsspec URL)."""
-    return "/".join([base.rstrip("/"), *parts])
-
-
-def span(text: str | None, n: int, field: str) -> slice:
-    """``"a:b"`` (either end may be left out) as a slice of ``range(n)``; 422 otherwise."""
-    if text is None or text == "":
-        return slice(0, n)
-    a, sep, b = text.partition(":")
-    try:
-        start = int(a) if a.strip() else 0
-        stop = int(b) if b.strip() else n
-    except ValueError:
-        raise ApiError(422, field, f"must be 'a:b' with integers, got {text!r}") from None
-    if not sep or not 0 <= start < stop <= n:
-        raise ApiError(422, field, f"must be 'a:b' with 0 <= a < b <= {n}, got {text!r}")
-    return slice(start, stop)
-
-
 def npy(a: np.ndarray) -> Response:
     """``a`` as an ``.npy`` body."""
     buf = io.BytesIO()
@@ -132,3 +115,21 @@ def damaged(e: CorruptChunk, part: str | None = None, job: str | None = None) ->
 def redacted(text: str | None) -> str | None:
     """A stored error as answered: no server path (see :func:`service.errors.redact`)."""
     return None if text is None else redact(text)
+
+
+@contextmanager
+def store_errors(job: str | None = None, rename: dict[str, str] | None = None
+                 ) -> Iterator[None]:
+    """What a job's store answers instead of numbers, as HTTP: a bad request 422 (fields
+    through ``rename``), not yet 409, absent 404, a damaged chunk 409 naming it (and, for
+    kernel job ``job``, how to find and repair the rest)."""
+    try:
+        yield
+    except InputError as e:
+        raise ApiError.from_input(e, rename=rename) from None
+    except JobConflict as e:
+        raise ApiError(409, e.field, str(e)) from None
+    except Missing as e:
+        raise ApiError(404, e.field, str(e)) from None
+    except PartDamaged as e:
+        raise damaged(e.error, e.part, job) from None

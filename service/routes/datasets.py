@@ -8,7 +8,8 @@ import uuid
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from workers.store import remove_group, write_dataset
+from workers.jobs import store_dataset
+from workers.store import remove_group
 
 from .. import uploads
 from ..config import Settings
@@ -16,7 +17,7 @@ from ..db import ACTIVE, Database, Dataset, Job
 from ..deps import DB, Owner, SettingsDep
 from ..errors import ApiError
 from ..schemas import DatasetOut
-from .common import ERRORS, Resource, add_list_get, join
+from .common import ERRORS, Resource, add_list_get
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS)
 
@@ -71,18 +72,14 @@ def delete_dataset(dataset_id: str, key: Owner, db: DB) -> Response:
     return Response(status_code=204)
 
 
-# store layout (to move to workers/jobs/) ----------------------------------------------
 def _store_dataset(st: uploads.Staged, key: str, db: Database,
                    settings: Settings) -> DatasetOut:
-    """Check the staged upload, write it to ``<store>/datasets/<id>`` and record it."""
+    """Check the staged upload, write it to the store and record it."""
     arrs = uploads.arrays(st, settings)
     x, y = arrs["x"], arrs.get("y")
     uploads.check_arrays(x, y, settings)
     did = f"d-{uuid.uuid4().hex[:16]}"
-    url = join(settings.store, "datasets", did)
-    rows = max(1, min(x.shape[0], (16 << 20) // max(1, x[:1].nbytes)))
-    g = write_dataset(url, x, y, rows=rows)
-    meta = g.attrs["ntkcompute"]
+    url, meta = store_dataset(settings.store, did, x, y)
     row = Dataset(id=did, owner=key, url=url, n=int(x.shape[0]), x_shape=list(x.shape),
                   x_dtype=x.dtype.name, y_shape=None if y is None else list(y.shape),
                   sha256=st.sha256, x_sha256=meta["x_sha256"])

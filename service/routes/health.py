@@ -11,12 +11,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ntkcompute import spec as specs
-from workers.store import open_group
+from workers.jobs import probe_store
 
 from ..deps import Owner, RunnerDep, SettingsDep
 from ..errors import redact
 from ..schemas import Health, Limits
-from .common import ERRORS, join
+from .common import ERRORS
 
 #: Seconds between two writes that probe the store for ``/readyz``.
 STORE_PROBE_SECONDS = 30.0
@@ -25,7 +25,7 @@ router = APIRouter(tags=["health"])
 
 
 class StoreProbe:
-    """Whether the store is writable, by a write to ``<store>/_readyz`` at most every
+    """Whether the store is writable, by a write to its probe group at most every
     :data:`STORE_PROBE_SECONDS` (the last answer in between). One per app, on
     ``app.state.store_probe``."""
 
@@ -36,8 +36,7 @@ class StoreProbe:
         if time.monotonic() - self.t < STORE_PROBE_SECONDS:
             return self.result
         try:
-            g = open_group(join(store, "_readyz"), mode="w")
-            g.attrs["t"] = time.time()
+            probe_store(store)
             result = "ok"
         except Exception as e:
             result = redact(f"not writable: {type(e).__name__}: {e}")

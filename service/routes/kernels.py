@@ -4,7 +4,6 @@ a stored kernel as ``.npy``. A job belongs to the key that submitted it."""
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from typing import Annotated, Any
@@ -12,29 +11,31 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Query, Response
 
-from ntkcompute.errors import InputError
-from ntkcompute.spec import Architecture
-from ntkcompute.validate import check_get
-from workers import verify_job
-from workers.features import plan_features
-from workers.gram import plan_job, read_marks
-from workers.store import CorruptChunk, open_group, read, read_dataset
+from workers.jobs import (
+    ACTIVE,
+    JobSpec,
+    Shape,
+    Status,
+    advance,
+    can,
+    kind_of,
+    layout,
+    verify_parts,
+)
 
-from ..db import ACTIVE, Job, Solve
+from ..db import Database, Dataset, Job, Solve
 from ..deps import DB, Owner, RunnerDep, SettingsDep
-from ..errors import ApiError
+from ..errors import ApiError, not_found
 from ..schemas import KernelOut, KernelRequest, VerifyOut
 from .common import (
     ERRORS,
     Resource,
     add_list_get,
     admit,
-    damaged,
-    join,
     npy,
     npy_doc,
     redacted,
-    span,
+    store_errors,
 )
 from .datasets import DATASETS
 
@@ -67,15 +68,17 @@ def submit_kernel(req: KernelRequest, response: Response, key: Owner, db: DB,
     ``GET /v1/kernels/{id}``. 422 when the architecture does not fit the data."""
     train = DATASETS.get(db, req.train, key)
     test = DATASETS.get(db, req.test, key) if req.test else None
-    xtr = read_dataset(train.url)[0]
-    xte = read_dataset(test.url)[0] if test else None
-    spec, get, dt, tile = _plan(req, xtr, xte, settings.task_memory)
+    with store_errors(rename=_JOB_FIELDS):  # planned on the datasets' shapes: no data read
+        planned = kind_of(req.method).plan(
+            req.arch, _shape(train), _shape(test) if test else None,
+            kernels=tuple(req.kernels), dtype=req.dtype, tile=req.tile,
+            memory=settings.task_memory, m=req.m, seed=req.seed)
     jid = f"k-{uuid.uuid4().hex[:16]}"
     row = Job(id=jid, owner=key, train=train.id, test=test.id if test else None,
               n_train=train.n, n_test=test.n if test else None,
-              url=join(settings.store, "kernels", jid),
-              arch=spec.model_dump(mode="json"), kernels=list(get), dtype=dt.name,
-              tile=tile, status="queued", method=req.method, m=req.m, seed=req.seed,
+              url=layout.kernel_url(settings.store, jid), arch=planned.arch,
+              kernels=planned.kernels, dtype=planned.dtype, tile=planned.tile,
+              status=Status.QUEUED, method=req.method, m=req.m, seed=req.seed,
               tiles_done=0, tiles_total=0, tiles_reused=0, runs=0, created=time.time())
     out = kernel_out(row)
     out.model_dump_json()  # the answer can be produced before the job exists
@@ -112,7 +115,7 @@ def cancel_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep,
             s.query(Solve).filter(Solve.kernel == row.id).delete()
             s.delete(s.get(Job, row.id))
         return Response(status_code=204)
-    if row.status in ACTIVE:
+    if can("cancel", row.status):
         runner.cancel_kernel(row.id)
     return kernel_out(KERNELS.get(db, kernel_id, key))
 
@@ -127,9 +130,9 @@ def resume_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep,
 
     def requeue(s: Any) -> None:
         job = s.get(Job, row.id)
-        if job.status in ACTIVE:
+        if not can("resume", job.status):
             raise ApiError(409, "kernel_id", f"job is {job.status}; it is already running")
-        job.status, job.error, job.finished = "queued", None, None
+        job.status, job.error, job.finished = advance(job.status, "resume"), None, None
 
     admit(db, settings, key, requeue)
     runner.submit_kernel(row.id, verify=True)
@@ -142,7 +145,8 @@ def verify_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep) -> Veri
     lists each missing, truncated or altered tile (and lost ``done`` markers).
     ``POST .../resume`` recomputes exactly those."""
     row = KERNELS.get(db, kernel_id, key)
-    parts = _verify_parts(row, runner.client)
+    with store_errors(row.id):
+        parts = verify_parts(job_spec(db, row), row.status, client=runner.client)
     return VerifyOut(ok=all(p["ok"] for p in parts.values()), status=row.status,
                      parts=parts)
 
@@ -164,110 +168,22 @@ def get_block(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
         raise ApiError(422, "kind", f"this job computed {row.kernels}, not {kind!r}")
     if part == "test" and not row.test:
         raise ApiError(422, "part", "this job has no test set")
-    block = _feature_block if row.method == "features" else _exact_block
-    return npy(block(row, kind, part, rows, cols, settings.max_block_bytes))
+    job = job_spec(db, row)
+    with store_errors(row.id):
+        return npy(job.kind.read_block(job, kind, part, rows, cols, status=row.status,
+                                       max_bytes=settings.max_block_bytes))
 
 
-# math and store layout (to move to workers/jobs/) -------------------------------------
-def _plan(req: KernelRequest, xtr: Any, xte: Any | None, task_memory: int
-          ) -> tuple[Architecture, tuple[str, ...], np.dtype, int]:
-    """``(spec, kernels, dtype, tile)`` of a job: planned by ``plan_features`` or
-    ``plan_job`` on the inputs; 422 when the architecture does not fit them."""
-    try:
-        if req.method == "features":
-            if req.m is None:
-                raise ApiError(422, "m", "required with method 'features'")
-            if xte is not None and tuple(xte.shape[1:]) != tuple(xtr.shape[1:]):
-                raise InputError(f"trailing shape {tuple(xte.shape[1:])} does not match "
-                                 f"the train set's {tuple(xtr.shape[1:])}", field="x2")
-            fm, dt, tile = plan_features(req.arch, xtr, m=req.m, seed=req.seed,
-                                         get=tuple(req.kernels), dtype=req.dtype,
-                                         tile=req.tile)
-            spec, get = fm.arch, check_get(tuple(req.kernels))
-        else:
-            jp = plan_job(req.arch, xtr, xte, get=tuple(req.kernels), dtype=req.dtype,
-                          memory=task_memory, tile=req.tile)
-            spec, get, dt, tile = jp.spec, jp.get, jp.dtype, jp.tile
-    except InputError as e:
-        raise ApiError.from_input(e, rename=_JOB_FIELDS) from None
-    return spec, get, dt, tile
+def _shape(ds: Dataset) -> Shape:
+    return Shape(tuple(ds.x_shape), np.dtype(ds.x_dtype))
 
 
-def _verify_parts(row: Job, client: Any) -> dict[str, dict[str, Any]]:
-    """Each stored part's verification report (``<job>/train``, ``<job>/test``)."""
-    parts = {}
-    for part in ("train", "test") if row.test else ("train",):
-        try:
-            rep = verify_job(join(row.url, part), client=client)
-        except (FileNotFoundError, KeyError):
-            raise ApiError(409, "kernel_id", f"job is {row.status}; nothing stored yet"
-                           ) from None
-        parts[part] = rep.to_dict()
-    return parts
 
 
-def _exact_block(row: Job, kind: str, part: str, rows: str | None, cols: str | None,
-                 max_bytes: int) -> np.ndarray:
-    """The block ``K_part[rows, cols]`` of an exact job, read from its stored tiles."""
-    try:
-        g = open_group(join(row.url, part), mode="r")
-        arr, done = g[kind], g["done"]
-    except (FileNotFoundError, KeyError):
-        raise ApiError(409, "kernel_id", f"job is {row.status}; nothing stored yet"
-                       ) from None
-    r = span(rows, arr.shape[0], "rows")
-    c = span(cols, arr.shape[1], "cols")
-    _check_block_size(r, c, arr.dtype.itemsize, max_bytes)
-    t = row.tile
-    tiles = (slice(r.start // t, math.ceil(r.stop / t)),
-             slice(c.start // t, math.ceil(c.stop / t)))
-    _check_marks(row, part, read_marks(done, tiles), tiles)
-    return _read_part(row, part, arr, (r, c))
-
-
-def _feature_block(row: Job, kind: str, part: str, rows: str | None, cols: str | None,
-                   max_bytes: int) -> np.ndarray:
-    """The kernel block of a features job: ``Φ_part[rows] Φ_train[cols]ᵀ``."""
-    try:
-        gp = open_group(join(row.url, part), mode="r")
-        gt = open_group(join(row.url, "train"), mode="r")
-        zp, zt = gp[kind], gt[kind]
-    except (FileNotFoundError, KeyError):
-        raise ApiError(409, "kernel_id", f"job is {row.status}; nothing stored yet"
-                       ) from None
-    r, c = span(rows, zp.shape[0], "rows"), span(cols, zt.shape[0], "cols")
-    _check_block_size(r, c, zp.dtype.itemsize, max_bytes)
-    t = row.tile
-    for name, g, sp in ((part, gp, r), ("train", gt, c)):
-        tiles = (slice(sp.start // t, math.ceil(sp.stop / t)),)
-        _check_marks(row, name, read_marks(g["done"], tiles), tiles)
-    return _read_part(row, part, zp, r) @ _read_part(row, "train", zt, c).T
-
-
-def _check_block_size(r: slice, c: slice, itemsize: int, max_bytes: int) -> None:
-    nbytes = (r.stop - r.start) * (c.stop - c.start) * itemsize
-    if nbytes > max_bytes:
-        raise ApiError(422, "rows", f"block of {nbytes} bytes exceeds the limit of "
-                       f"{max_bytes}; ask for fewer rows/cols")
-
-
-def _check_marks(row: Job, part: str, marks: np.ndarray, tiles: tuple[slice, ...]
-                 ) -> None:
-    """409 unless every tile under a block is marked done; in a finished job a tile
-    that is not is named as damage (its marker was lost)."""
-    if np.all(marks):
-        return
-    first = tuple(int(a + s.start) for a, s in zip(np.argwhere(~marks)[0], tiles,
-                                                     strict=True))
-    if row.status == "succeeded":
-        raise damaged(CorruptChunk("done", first, "marker lost (the tile may be gone "
-                                   "too)"), part, row.id)
-    raise ApiError(409, "rows", f"job is {row.status}; some tiles of this block are "
-                   "not computed yet")
-
-
-def _read_part(row: Job, part: str, arr: Any, sel: Any) -> np.ndarray:
-    try:
-        return read(arr, sel)
-    except CorruptChunk as e:
-        raise damaged(e, part, row.id) from None
+def job_spec(db: Database, row: Job) -> JobSpec:
+    """The job as its kind reads it (a dataset deleted since answers 422)."""
+    with store_errors():
+        found = db.job_spec(row.id)
+    if found is None:
+        raise not_found("kernel job", row.id)
+    return found[0]

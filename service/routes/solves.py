@@ -3,7 +3,6 @@ coefficients and test predictions as ``.npy``. A solve belongs to the key that a
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from typing import Annotated
@@ -11,26 +10,16 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query, Response
 
+from workers.jobs import Status, layout, solves
 from workers.solve import LABEL_BOUND
-from workers.store import CorruptChunk, open_group, read, read_dataset
 
 from ..config import Settings
 from ..db import Database, Dataset, Job, Solve
 from ..deps import DB, Owner, RunnerDep, SettingsDep
 from ..errors import ApiError
 from ..schemas import SolveOut, SolveRequest
-from .common import (
-    ERRORS,
-    Resource,
-    add_list_get,
-    admit,
-    join,
-    npy,
-    npy_doc,
-    redacted,
-    span,
-)
-from .kernels import KERNELS
+from .common import ERRORS, Resource, add_list_get, admit, npy, npy_doc, redacted, store_errors
+from .kernels import KERNELS, job_spec
 
 router = APIRouter(prefix="/v1/solves", tags=["solves"], responses=ERRORS)
 
@@ -59,7 +48,7 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
     """Kernel regression on a finished kernel job: one CG (or direct) solve per λ,
     predictions and metrics on its test set, optional analyses."""
     job = KERNELS.get(db, req.kernel, key)
-    if job.status != "succeeded":
+    if job.status != Status.SUCCEEDED:
         raise ApiError(409, "kernel", f"kernel job is {job.status}, not succeeded")
     if req.kind not in job.kernels:
         raise ApiError(422, "kind", f"this job computed {job.kernels}, not {req.kind!r}")
@@ -75,7 +64,8 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
                       required=False)
     elif req.test_labels is not None:
         raise ApiError(422, "test_labels", "the kernel job has no test set")
-    rows = _coef_rows(job, req.kind) + (job.n_test or 0)
+    spec = job_spec(db, job)
+    rows = spec.kind.coefficient_rows(spec, req.kind) + (job.n_test or 0)
     stored = len(req.lambdas) * rows * outputs * 8
     if stored > settings.max_solve_bytes:
         raise ApiError(422, "labels", f"the solve would store {stored} bytes (λ count "
@@ -86,18 +76,17 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
     if curves > MAX_CURVE_VALUES:
         raise ApiError(422, "analyses.times", f"times x spectrum = {curves} learning-curve "
                        f"values, more than {MAX_CURVE_VALUES}")
-    if job.method == "features" and (req.analyses.times or req.analyses.bound
-                                     or req.analyses.spectrum):
-        raise ApiError(422, "analyses", "not available for a features job (its solve is "
-                       "ridge regression on the features)")
+    with store_errors():
+        spec.kind.check_solve(req.analyses.model_dump())
     if req.analyses.spectrum >= job.n_train:
         raise ApiError(422, "analyses.spectrum", f"must be < n = {job.n_train}")
     if req.analyses.times and (req.solver != "direct" or not job.test):
         raise ApiError(422, "analyses.times", "gradient-flow times need solver 'direct' "
                        "and a kernel job with a test set")
     sid = f"s-{uuid.uuid4().hex[:16]}"
-    row = Solve(id=sid, owner=key, kernel=job.id, url=join(job.url, "solves", sid),
-                params=req.model_dump(mode="json"), status="queued", created=time.time())
+    row = Solve(id=sid, owner=key, kernel=job.id, url=layout.solve_url(job.url, sid),
+                params=req.model_dump(mode="json"), status=Status.QUEUED,
+                created=time.time())
     out = solve_out(row)
     admit(db, settings, key, lambda s: s.add(row))
     runner.submit_solve(sid)
@@ -125,44 +114,14 @@ def predictions(solve_id: str, key: Owner, db: DB, settings: SettingsDep,
 def _answer_array(db: Database, settings: Settings, solve_id: str, key: str, name: str,
                   lam: int | None, rows: str | None) -> Response:
     """The stored array ``name`` of the key's solve ``solve_id`` as ``.npy``."""
-    return npy(_solve_array(SOLVES.get(db, solve_id, key), name, lam, rows, settings))
-
-
-# math and store layout (to move to workers/jobs/) -------------------------------------
-def _coef_rows(job: Job, kind: str) -> int:
-    """Rows of one λ's coefficients: n, or a features job's feature count D."""
-    if job.method != "features":
-        return job.n_train
-    meta = open_group(join(job.url, "train"), mode="r").attrs.get("ntkcompute", {})
-    return int(meta.get("dims", {}).get(kind, job.n_train))
-
-
-def _solve_array(row: Solve, name: str, lam: int | None, rows: str | None,
-                 settings: Settings) -> np.ndarray:
-    """The stored array ``name`` of a solve: every λ (or the one at ``lam``), ``rows``."""
-    if row.status != "succeeded":
+    row = SOLVES.get(db, solve_id, key)
+    if row.status != Status.SUCCEEDED:
         raise ApiError(409, "solve_id", f"solve is {row.status}")
-    g = open_group(row.url, mode="r")
-    if name not in g:
-        raise ApiError(404, name, "this solve has no test set, so no predictions")
-    arr = g[name]
-    if lam is not None and lam >= arr.shape[0]:
-        raise ApiError(422, "lambda_index", f"must be < {arr.shape[0]} (the λ count)")
-    lams = slice(0, arr.shape[0]) if lam is None else slice(lam, lam + 1)
-    r = span(rows, arr.shape[1], "rows")
-    nbytes = (lams.stop - lams.start) * (r.stop - r.start) * math.prod(arr.shape[2:]) * 8
-    if nbytes > settings.max_block_bytes:
-        raise ApiError(422, "lambda_index" if lam is None else "rows", f"{nbytes} bytes "
-                       f"exceed the limit of {settings.max_block_bytes}; ask for one λ "
-                       "(lambda_index) or fewer rows at a time")
-    try:
-        a = read(arr, (lams, r))
-    except CorruptChunk as e:
-        raise ApiError(409, "solve_id", f"{name} chunk {list(e.chunk)} is damaged: "
-                       f"{e.problem}; run the solve again") from None
-    return a if lam is None else a[0]
+    with store_errors():
+        return npy(solves.read_array(row.url, name, lam, rows, settings.max_block_bytes))
 
 
+# bounds checked before the work ---------------------------------------------------------
 def _check_labels(given: list | None, ds: Dataset | None, field: str, job: Job,
                   max_classes: int, required: bool) -> int:
     """422 unless the labels (given, else the dataset's y) fit the kernel's rows, name at
@@ -176,7 +135,7 @@ def _check_labels(given: list | None, ds: Dataset | None, field: str, job: Job,
             return 0
         if len(ds.y_shape) == 2:
             return int(ds.y_shape[1])
-        y = read(read_dataset(ds.url)[1])
+        y = solves.labels_of(None, ds.url, field)
     else:
         try:
             y = np.asarray(given)
