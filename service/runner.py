@@ -22,7 +22,7 @@ from typing import Any
 from ntkcompute.errors import InputError
 from workers import GramJob
 from workers.cluster import get_client, security_from, shutdown
-from workers.jobs import ACTIVE, Status, eta_seconds, solves
+from workers.jobs import ACTIVE, progress, solves
 from workers.store import CorruptChunk, remove_group
 
 from .config import Settings
@@ -114,10 +114,8 @@ class Runner:
             job.kind.start(job, parts, client=self.client, memory=self.settings.task_memory,
                            verify=verify)
         except Exception as e:
-            with self._lock:
-                for p in parts.values():  # the train part started, the test part failed
-                    p.cancel()
-                self._stopping[jid] = (time.time(), list(parts.values()))
+            with self._lock:  # the train part may have started before the test part failed
+                self._cancel_parts(jid, parts)
             self._fail_kernel(jid, e)
             return
         with self._lock:
@@ -127,9 +125,7 @@ class Runner:
                 tiles_reused=sum(p.tiles_reused for p in parts.values()),
                 tiles_done=sum(p.tiles_reused for p in parts.values()))
             if not started:  # cancelled or purged while starting
-                for p in parts.values():
-                    p.cancel()
-                self._stopping[jid] = (time.time(), list(parts.values()))
+                self._cancel_parts(jid, parts)
                 return
             self._active[jid] = (time.time(), parts)
 
@@ -146,9 +142,13 @@ class Runner:
             self.db.transition(Job, jid, "cancel", finished=time.time(), eta_seconds=None)
             entry = self._active.pop(jid, None)
             if entry is not None:
-                for p in entry[1].values():
-                    p.cancel()
-                self._stopping[jid] = (time.time(), list(entry[1].values()))
+                self._cancel_parts(jid, entry[1])
+
+    def _cancel_parts(self, jid: str, parts: dict[str, GramJob]) -> None:
+        """Cancel a job's parts and keep them for a purge to wait on (the lock held)."""
+        for p in parts.values():
+            p.cancel()
+        self._stopping[jid] = (time.time(), list(parts.values()))
 
     def purge_kernel(self, jid: str, url: str, timeout: float = 60.0) -> bool:
         """Cancel the job, wait until its start and every task of it have ended (a cancelled
@@ -187,33 +187,22 @@ class Runner:
                     log.exception("monitoring job %s", jid)
 
     def _update(self, jid: str, t0: float, parts: dict[str, GramJob]) -> None:
-        done = sum(p.tiles_done for p in parts.values())
-        computed = sum(p.tiles_computed for p in parts.values())
-        total = sum(p.tiles_total for p in parts.values())
-        values: dict[str, Any] = {"tiles_done": done,
-                                  "eta_seconds": eta_seconds(time.time() - t0, computed,
-                                                             total - done)}
-        statuses = {name: p.status for name, p in parts.items()}
-        event = None
-        if Status.FAILED in statuses.values():
-            event = "fail"
-            errors = [f"{n}: {p.error}" for n, p in parts.items() if p.error]
-            for p in parts.values():
-                p.cancel()
+        pr = progress(parts, t0)
+        values: dict[str, Any] = {"tiles_done": pr.tiles_done, "eta_seconds": pr.eta_seconds}
+        if pr.event == "fail":
             with self._lock:
-                self._stopping[jid] = (time.time(), list(parts.values()))
-            values.update(error="; ".join(errors), finished=time.time(), eta_seconds=None)
-        elif all(v == Status.SUCCEEDED for v in statuses.values()):
-            event = "succeed"
-            values.update(finished=time.time(), eta_seconds=0.0)
+                self._cancel_parts(jid, parts)
+            values["error"] = pr.error
+        if pr.event is not None:
+            values["finished"] = time.time()
         with self._lock:
             if jid not in self._active:  # cancelled meanwhile
                 return
-            if event is None:
+            if pr.event is None:
                 self.db.update(Job, jid, **values)
                 return
             del self._active[jid]
-            self.db.transition(Job, jid, event, **values)
+            self.db.transition(Job, jid, pr.event, **values)
 
     # solves ----------------------------------------------------------------------------
     def submit_solve(self, sid: str) -> None:

@@ -262,7 +262,7 @@ def test_scheduler_workers_api_as_hosts_survive_a_dead_worker(hosts, tmp_path):
     assert len(listeners) == 4 and all(a.startswith("tls://") for a in listeners), listeners
 
     x, y = digits()
-    xtr, ytr, xte, yte = x[:384], y[:384], x[384:512], y[384:512]
+    xtr, ytr, xte, yte = x[:256], y[:256], x[256:384], y[256:384]  # 10 + 8 tiles of 64
     arch = A.cntk(2)
     with Client(url, token) as c:
         train, test = c.upload(xtr, ytr), c.upload(xte, yte)

@@ -42,3 +42,21 @@ def test_redact_hides_server_paths_but_not_api_routes(tmp_path):
     assert str(tmp_path) not in out and "/home/someone" not in out
     assert "<store>/kernels/k-1/train" in out and "<db>" in out
     assert "POST /v1/kernels/k-1/resume" in out and "W_std/√|F|" in out and "40:60" in out
+
+
+def test_statuses_move_only_as_the_lifecycle_table_allows(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'ntk.db'}")
+    with db.session() as s:
+        s.add(Job(id="k-1", owner="o", train="d", n_train=1, url="u", arch={}, kernels=[],
+                  dtype="float64", tile=1))
+    assert db.transition(Job, "k-1", "start", runs=1)
+    assert db.transition(Job, "k-1", "cancel", error=None)
+    assert not db.transition(Job, "k-1", "succeed", tiles_done=9)  # cancelled meanwhile
+    with db.session() as s:
+        job = s.get(Job, "k-1")
+        assert (job.status, job.runs, job.tiles_done) == ("cancelled", 1, 0)
+    assert db.transition(Job, "k-1", "resume") and db.transition(Job, "k-1", "start")
+    assert db.transition(Job, "k-1", "requeue")  # a restart under a running job
+    assert not db.transition(Job, "k-missing", "start")
+    with db.session() as s:
+        assert s.get(Job, "k-1").status == "queued"

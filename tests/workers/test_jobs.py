@@ -1,6 +1,7 @@
 """The two job kinds behind one protocol, on a real cluster and a real store: what they
 start, the blocks they serve, what they refuse, and a solve's arrays."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from workers.jobs import (
     Status,
     kind_of,
     layout,
+    progress,
     solves,
     span,
 )
@@ -43,11 +45,17 @@ def _job(tmp_path, method, xtr, xte, **kw):
 
 def _run(job, client):
     parts = {}
+    t0 = time.time()
     job.kind.start(job, parts, client=client, memory=1 << 28, verify=False)
     assert set(parts) == {"train", "test"}
+    assert progress(parts, t0).event is None or all(p.tiles_done == p.tiles_total
+                                                     for p in parts.values())
     for p in parts.values():
         p.wait(120)
         assert p.status == Status.SUCCEEDED
+    pr = progress(parts, t0)
+    assert (pr.event, pr.eta_seconds) == ("succeed", 0.0)
+    assert pr.tiles_done == sum(p.tiles_total for p in parts.values())
     return parts
 
 
