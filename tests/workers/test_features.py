@@ -94,7 +94,7 @@ def test_solve_features_equals_in_process_ridge(client, tmp_path):
 def test_solve_features_by_cg_never_forms_the_normal_matrix(client, tmp_path):
     x = np.random.default_rng(5).standard_normal((150, 6))
     y = (x[:, 0] > 0).astype(int)
-    job = workers.compute_features(A.fc(2), x, store=str(tmp_path / "z"), m=64, tile=40,
+    job = workers.compute_features(A.fc(2), x, store=str(tmp_path / "z"), m=16, tile=40,
                                    client=client).wait()
     lams = [1e-2, 1e-1]
     ref = workers.solve_features(job.url, y, lams, method="normal", client=client)
