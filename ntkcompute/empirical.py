@@ -61,8 +61,9 @@ def readout_default(arch: Architecture) -> Architecture:
 
 
 def init_params(plan: Plan, seed: int, dtype: Any) -> list[tuple[np.ndarray | None, ...]]:
-    """Trainable parameters of each weighted layer in plan order, standard normal (NTK
-    parameterization) or scaled by ``W_std / sqrt(fan_in)`` and ``b_std`` (standard).
+    """Parameters of each layer that has some (its rule's ``has_params``) in plan order: the
+    trainable ones, standard normal (NTK parameterization) or scaled by ``W_std / sqrt(fan_in)``
+    and ``b_std`` (standard), or what else its rule's ``init`` draws (a seed).
 
     Dense/Conv: ``(W, b)``, ``W`` of shape ``(fan_in, out)`` with ``fan_in = |F| * C_in`` for a
     Conv. Attention: ``(W_query, W_key, W_value, W_out, b)``, the first three

@@ -64,6 +64,7 @@ class Plan:
     parameterization: str
     self_indices: tuple[int, ...] = field(default=())  # layers with a self statistic
     max_slots: int = 1  # most branch values alive at once
+    pair_identity: bool = False  # a layer needs to know which pairs are one input twice
 
     @property
     def max_state_size(self) -> int:
@@ -199,4 +200,5 @@ def make_plan(arch: Architecture, input_shape: tuple[int, ...],
                 input_full=need[0] and bool(spatial),
                 parameterization=arch.parameterization,
                 self_indices=tuple(lp.index for lp in plans if lp.self_stat),
-                max_slots=w.max_slots)
+                max_slots=w.max_slots,
+                pair_identity=any(rule_of(lp.layer).pair_identity for lp in plans))

@@ -98,7 +98,8 @@ def _refined(plan: Plan, st: State, ref: Refine, xp: ModuleType) -> State:
         uc, ic = xp.unique(c, return_inverse=True)
         va = _self_stats(plan, xa[ur], xp, want_ntk)
         vb = _self_stats(plan, xb[uc], xp, want_ntk)
-        pairs = inputs.pairs_input(xp, xa[r], xb[c], plan.input_full, want_ntk)
+        pairs = inputs.pairs_input(xp, xa[r], xb[c], plan.input_full, want_ntk,
+                                   plan.pair_identity)
         res, _ = run(plan, pairs, xp, ([v[ir] for v in va], [v[ic] for v in vb]))
         for g in names:
             out[g][r, c] = getattr(res, g)

@@ -181,6 +181,8 @@ class LayerRule:
       (flatten); ``"any"``: whatever the layers after it need.
     * ``gaussian_input``: its rule needs Gaussian pre-activations, and the per-input variances
       at each position (self statistic ``"var"``): nonlinearities, layer_norm.
+    * ``pair_identity``: its rule needs to know which pairs are one input twice
+      (``State.same``; without it every pair block has ``same=False``).
 
     What it does to the branch value: ``weighted`` (weights of its own: the output is Gaussian
     and independent of other branches), ``nonlinear`` (neither). ``structure`` is ``"leaf"``
@@ -191,6 +193,7 @@ class LayerRule:
     spec: ClassVar[type[BaseModel]]
     covariance: ClassVar[Literal["full", "diagonal", "any"]] = "any"
     gaussian_input: ClassVar[bool] = False
+    pair_identity: ClassVar[bool] = False
     weighted: ClassVar[bool] = False
     nonlinear: ClassVar[bool] = False
     #: its float32 kernels were measured within 1e-6 of float64 (see spec.FLOAT32_VERIFIED)
