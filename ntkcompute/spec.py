@@ -63,6 +63,7 @@ from .layers.linear import Conv, Dense
 from .layers.normalization import LayerNorm
 from .layers.pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, Identity, SumPool
 from .layers.registry import OptionalStd, Padding, Std, _Layer, _positive_ints, layer_index
+from .layers.registry import part as _part
 
 __all__ = [
     "ELEMENTWISE_FNS", "FAN_IN", "FLOAT32_VERIFIED", "LAYER_CLASSES", "MAX_LAYERS",
@@ -113,23 +114,11 @@ def float32_verified(arch: Architecture) -> bool:
     return True
 
 
-def _part(obj: Any, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
-
-
 def _nested(layer: Any) -> tuple[list[tuple[str, Any]], int]:
     """The layers directly inside a serial / parallel / repeat (with their paths relative to
-    it) and the repeat count; ``([], 1)`` for any other layer."""
-    kind = _part(layer, "type")
-    if kind == "serial" and isinstance(_part(layer, "layers"), list):
-        return [(f".layers[{i}]", x) for i, x in enumerate(_part(layer, "layers"))], 1
-    if kind == "parallel" and isinstance(_part(layer, "branches"), list):
-        return [(f".branches[{b}][{i}]", x) for b, br in enumerate(_part(layer, "branches"))
-                if isinstance(br, list) for i, x in enumerate(br)], 1
-    if kind == "repeat":
-        n = _part(layer, "n")
-        return [(".layer", _part(layer, "layer"))], n if isinstance(n, int) and n > 0 else 1
-    return [], 1
+    it) and the repeat count; ``([], 1)`` for any other layer (raw or parsed)."""
+    rule = _layers.rule_of_tag(_part(layer, "type"))
+    return rule.nested(layer) if rule is not None else ([], 1)
 
 
 def spec_size(layers: list) -> tuple[int, int]:

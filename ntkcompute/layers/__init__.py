@@ -7,6 +7,15 @@ Importing this package registers every family, in the order of the known layer t
 from . import linear, pooling, activations, normalization, attention, branching  # noqa: F401
 from . import dropout  # noqa: F401
 # isort: on
-from .registry import LayerRule, register, registered, rule_of, rule_of_class, rules
+from .registry import (
+    LayerRule,
+    register,
+    registered,
+    rule_of,
+    rule_of_class,
+    rule_of_tag,
+    rules,
+)
 
-__all__ = ["LayerRule", "register", "registered", "rule_of", "rule_of_class", "rules"]
+__all__ = ["LayerRule", "register", "registered", "rule_of", "rule_of_class", "rule_of_tag",
+           "rules"]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from .registry import LayerRule, _Layer, register
+from .registry import LayerRule, _Layer, part, register
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -104,6 +104,13 @@ class FanOutRule(LayerRule):
 class ParallelRule(LayerRule):
     structure = "container"
     float32_verified = True
+
+    def nested(self, layer: Any) -> tuple[list[tuple[str, Any]], int]:
+        branches = part(layer, "branches")
+        if not isinstance(branches, list):
+            return [], 1
+        return [(f".branches[{b}][{i}]", x) for b, br in enumerate(branches)
+                if isinstance(br, list) for i, x in enumerate(br)], 1
 
     def walk(self, walker: Any, layer: Any, path: str, slot: int, arity: int) -> int:
         k = len(layer.branches)
@@ -253,6 +260,12 @@ class SerialRule(LayerRule):
     structure = "container"
     float32_verified = True
 
+    def nested(self, layer: Any) -> tuple[list[tuple[str, Any]], int]:
+        layers = part(layer, "layers")
+        if not isinstance(layers, list):
+            return [], 1
+        return [(f".layers[{i}]", x) for i, x in enumerate(layers)], 1
+
     def walk(self, walker: Any, layer: Any, path: str, slot: int, arity: int) -> int:
         return walker.seq(layer.layers, f"{path}.layers", slot, arity)
 
@@ -261,6 +274,10 @@ class SerialRule(LayerRule):
 class RepeatRule(LayerRule):
     structure = "container"
     float32_verified = True
+
+    def nested(self, layer: Any) -> tuple[list[tuple[str, Any]], int]:
+        n = part(layer, "n")
+        return [(".layer", part(layer, "layer"))], n if isinstance(n, int) and n > 0 else 1
 
     def walk(self, walker: Any, layer: Any, path: str, slot: int, arity: int) -> int:
         for _ in range(layer.n):

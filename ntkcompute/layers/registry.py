@@ -65,6 +65,11 @@ def _positive_ints(v: list[int] | None, name: str) -> list[int] | None:
     return v
 
 
+def part(obj: Any, key: str) -> Any:
+    """Field ``key`` of a layer, parsed or still raw JSON (a dict); ``None`` if absent."""
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
 def layer_index(path: str) -> int | str:
     """``"layers[3]"`` -> 3 (a top-level layer); a nested path stays a string."""
     m = re.fullmatch(r"layers\[(\d+)\]", path)
@@ -205,6 +210,13 @@ class LayerRule:
     #: the last such layer (the readout) and unset
     readout_width: ClassVar[str | None] = None
 
+    # --- spec ---
+    def nested(self, layer: Any) -> tuple[list[tuple[str, Any]], int]:
+        """The layers directly inside this one (with their paths relative to it) and how many
+        times they run; ``([], 1)`` but for containers. ``layer`` may be raw JSON (a dict,
+        not yet validated: see ``spec.spec_size``)."""
+        return [], 1
+
     # --- plan ---
     def walk(self, walker: Any, layer: Any, path: str, slot: int, arity: int) -> int:
         """Shape inference of ``layer`` on slots ``slot ..`` (``arity`` of them); returns the
@@ -267,6 +279,7 @@ class LayerRule:
 
 
 _RULES: dict[type, LayerRule] = {}
+_BY_TAG: dict[str, LayerRule] = {}
 R = TypeVar("R", bound=type[LayerRule])
 
 
@@ -278,7 +291,7 @@ def register(spec_cls: type[BaseModel]) -> Callable[[R], R]:
         if spec_cls in _RULES:
             raise ValueError(f"{spec_cls.__name__} is registered twice")
         rule_cls.spec = spec_cls
-        _RULES[spec_cls] = rule_cls()
+        _RULES[spec_cls] = _BY_TAG[spec_cls.model_fields["type"].default] = rule_cls()
         return rule_cls
 
     return deco
@@ -296,6 +309,11 @@ def registered() -> tuple[type[BaseModel], ...]:
 
 def rules() -> tuple[LayerRule, ...]:
     return tuple(_RULES.values())
+
+
+def rule_of_tag(tag: Any) -> LayerRule | None:
+    """The rule of the layer type tagged ``tag`` (``None`` for anything else)."""
+    return _BY_TAG.get(tag) if isinstance(tag, str) else None
 
 
 def rule_of_class(spec_cls: type[BaseModel]) -> LayerRule:
