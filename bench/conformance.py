@@ -90,6 +90,12 @@ def catalogue():
             {"type": "parallel", "branches": [[D], [{"type": "identity"}]]},
             {"type": "fan_in_prod"}, D]}, v1, v2),
         ("resnet-gap 1 block", A.resnet(1, "global_avg_pool", b_std=0.1), i1, i2),
+        ("fc dropout", {"layers": [D, {"type": "relu"}, {"type": "dropout", "rate": 0.6}, D,
+                                   {"type": "erf"}, {"type": "dropout", "rate": 0.8}, D]},
+         v1, v2),
+        ("cnn dropout gap", {"layers": [
+            C, {"type": "relu"}, {"type": "dropout", "rate": 0.7}, C, {"type": "relu"},
+            {"type": "dropout", "rate": 0.5}, {"type": "global_avg_pool"}, D]}, i1, i2),
         ("cnn layer_norm sum pools", {"layers": [
             C, {"type": "layer_norm", "axis": [1, 2, 3]}, {"type": "relu"},
             {"type": "sum_pool", "window_shape": [2, 2], "padding": "SAME"}, C,

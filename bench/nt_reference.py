@@ -77,6 +77,8 @@ def _layer(L: dict, p: str):
             L.get("n_heads", 1), L.get("linear_scaling", True), L.get("W_key_std", 1.0),
             L.get("W_value_std", 1.0), L.get("W_query_std", 1.0), L.get("W_out_std", 1.0),
             L.get("b_std"), L.get("attention_mechanism", "SOFTMAX"))
+    if t == "dropout":
+        return stax.Dropout(L["rate"], L.get("mode", "train"))
     if t == "fan_out":
         return stax.FanOut(L["num"])
     if t == "fan_in_concat":

@@ -6,8 +6,8 @@
 regression costs O(n·D²) and the data never meet pairwise. Every spatial position p carries
 its own features, ψ_p for the NNGP (⟨ψ_p, ψ'_q⟩ ≈ K[p, q]) and ξ_p for the NTK
 (⟨ξ_p, ξ'_q⟩ ≈ Θ[p, q]), so the full spatial covariance that pooling needs is there without
-ever pairing positions. One rule per layer, each the kernel rule of :mod:`ntkcompute.kernels`
-read as an identity between inner products:
+ever pairing positions. One rule per layer (its ``feature`` in :mod:`ntkcompute.layers`), each
+the layer's kernel rule read as an identity between inner products:
 
 * inputs: ``ψ_p = x_p / sqrt(C)`` (K₀ = ⟨x_p, x'_q⟩ / C), no ξ yet (Θ₀ = 0);
 * dense: ``ψ ← [W_std ψ ; b_std]`` (K' = W² K + b²), ``ξ ← [W_std ξ ; ψ']`` (Θ' = W² Θ + K');
@@ -56,10 +56,7 @@ not depend on which other rows share its batch or tile.
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,20 +65,28 @@ import numpy as np
 from .backend import array_module
 from .errors import InputError
 from .infinite import bytes_per_pair, self_pass
-from .kernels.spatial import _pad, shifted_sum
-from .plan import LayerPlan, Plan, Window, make_plan
-from .spec import (
-    Architecture,
-    AvgPool,
-    Conv,
-    Dense,
-    Flatten,
-    GlobalAvgPool,
-    Identity,
-    Relu,
-    parse_arch,
+from .kernels.sketch import (
+    ORTHO_MAX_DIM,
+    SRHT,
+    TensorSRHT,
+    _block,
+    _coords,
+    _pow2,
+    _srht_macs,
+    _srht_rows,
+    cat,
+    hadamard,
+    relu_directions,
 )
+from .layers import registered, rule_of, rule_of_class
+from .layers.registry import FeatureDims
+from .plan import LayerPlan, Plan, make_plan
+from .spec import Architecture, parse_arch
 from .validate import as_input, check_get, resolve_dtype
+
+__all__ = ["DEFAULT_MEMORY", "ESTIMATOR_VERSION", "EXACT_NORMS_MAX_BYTES", "ORTHO_MAX_DIM",
+           "SRHT", "FeatureMap", "TensorSRHT", "_block", "_coords", "_pow2", "_srht_macs",
+           "_srht_rows", "feature_map", "features", "hadamard", "relu_directions"]
 
 #: Revision of the estimator: the same (arch, m, seed) gives other features under another
 #: one. 2: exact norms, cross-polytope directions, coordinates without replacement (issue 15).
@@ -94,244 +99,14 @@ DEFAULT_MEMORY = 512 << 20
 EXACT_NORMS_MAX_BYTES = DEFAULT_MEMORY
 #: Floating-point operations per float of the self pass's state, per layer (for row_flops).
 _SELF_FLOPS = 40
-#: A ReLU layer's directions are drawn as rotated cross-polytopes when its input dimension d
-#: is at most this (and 2d <= m): the QR factorisations then cost O(m d²) once per map.
-ORTHO_MAX_DIM = 1024
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-@functools.lru_cache(maxsize=32)
-def hadamard(b: int) -> np.ndarray:
-    """The orthonormal Sylvester–Hadamard matrix of size b (a power of two), symmetric."""
-    h = np.ones((1, 1))
-    while h.shape[0] < b:
-        h = np.block([[h, h], [h, -h]])
-    return h / math.sqrt(b)
-
-
-def _block(big: int) -> int:
-    """The block size b = 2^⌈log2(big)/2⌉ that :func:`_srht_rows` splits H_big into."""
-    return 1 << (big.bit_length() // 2)
-
-
-def _srht_macs(d: int) -> int:
-    """Multiply-adds of :func:`_srht_rows` per row of dimension d."""
-    big = _pow2(d)
-    b = _block(big)
-    return d * b + big * -(-d // b)
-
-
-def _coords(rng: np.random.Generator, p: int, m: int) -> np.ndarray:
-    """(m,) coordinates of [0, p) drawn without replacement, in rounds of p when m > p.
-
-    Each is uniform on [0, p), which is all the sketches' unbiasedness asks of them; within a
-    round none repeats, so every Hadamard coordinate is used ⌊m/p⌋ or ⌈m/p⌉ times and m = p
-    keeps all of them (the sketch is then an isometry).
-    """
-    full, rest = divmod(m, p)
-    parts = [rng.permutation(p) for _ in range(full)]
-    if rest:
-        parts.append(rng.choice(p, rest, replace=False))
-    return np.concatenate(parts)
-
-
-def relu_directions(rng: np.random.Generator, m: int, d: int) -> np.ndarray:
-    """The (m, d) random directions G of a ReLU layer's arc-cosine features.
-
-    When ``2d <= m`` (and d <= :data:`ORTHO_MAX_DIM`), the rows ±√d·q_i of randomly rotated
-    cross-polytopes: Haar orthonormal frames (q_i) of R^d (QR of a Gaussian matrix, signs
-    fixed so the frame is Haar), each row taken with its negative; otherwise i.i.d. standard
-    normal rows. Every row is marginally √d times a uniform direction and relu, step are
-    positively homogeneous, so E relu(g·a) relu(g·b) and E step(g·a) step(g·b) are those of
-    a Gaussian g (E|g|² = d): the features stay unbiased. A full cross-polytope is a
-    spherical 3-design: Σ_i relu(√d q_i·a)² + relu(-√d q_i·a)² = d|a|² and half of its steps
-    fire, whatever a, so the order-1 norms and order-0 counts of a low-dimensional layer (a
-    conv's first window: |F|·C coordinates) are exact instead of χ²-like.
-    """
-    if 2 * d > m or d > ORTHO_MAX_DIM:
-        return rng.standard_normal((m, d))
-    half = (m + 1) // 2
-    frames = []
-    for _ in range(-(-half // d)):
-        q, r = np.linalg.qr(rng.standard_normal((d, d)))
-        frames.append((q * np.sign(np.diag(r))).T)  # rows: a Haar orthonormal frame
-    rows = np.concatenate(frames)[:half] * math.sqrt(d)
-    return np.concatenate([rows, -rows])[:m]
-
-
-def _srht_rows(xp: Any, x: Any, signs: np.ndarray, rows: np.ndarray) -> Any:
-    """``(H S x)[:, rows]`` for the rows of x (n, d): S = diag(signs) and H the orthonormal
-    Walsh–Hadamard transform of size D = len(signs), x zero-padded to D.
-
-    H_D = H_a ⊗ H_b with b = 2^⌈log2(D)/2⌉, so ``(H x)[i_a b + i_b] = Σ_j H_a[i_a, j]
-    (X H_b)[j, i_b]`` for X = x as (a, b): two BLAS products, the first over only the blocks
-    x fills (the zero padding is never touched), O(d·b + D·d/b) per row instead of the
-    butterflies' log2(D) passes over memory.
-    """
-    n, d = x.shape
-    big = signs.shape[0]
-    b = _block(big)
-    a = big // b
-    used = -(-d // b)  # blocks of b coordinates that x reaches
-    hb = xp.asarray(hadamard(b), dtype=x.dtype)
-    ha = xp.asarray(hadamard(a)[:, :used].T, dtype=x.dtype)  # (used, a)
-    xs = xp.zeros((n, used * b), dtype=x.dtype)
-    xs[:, :d] = x * xp.asarray(signs[:d], dtype=x.dtype)
-    y = (xs.reshape(n * used, b) @ hb).reshape(n, used, b).transpose(0, 2, 1)  # (n, b, used)
-    y = (y.reshape(n * b, used) @ ha).reshape(n, b * a)  # (H x)[i_a b + i_b] at i_b a + i_a
-    rows = np.asarray(rows)
-    return y[:, xp.asarray((rows % b) * a + rows // b)]
-
-
-@dataclass(frozen=True)
-class SRHT:
-    """A subsampled randomized Hadamard transform R^d → R^m; E⟨Sa, Sb⟩ = ⟨a, b⟩."""
-
-    d: int
-    m: int
-    signs: np.ndarray  # (D,) ±1
-    rows: np.ndarray  # (m,) in [0, D), without replacement (:func:`_coords`)
-
-    @classmethod
-    def draw(cls, rng: np.random.Generator, d: int, m: int) -> SRHT:
-        p = _pow2(d)
-        return cls(d, m, rng.choice([-1.0, 1.0], p), _coords(rng, p, m))
-
-    def __call__(self, a: Any) -> Any:
-        """(n, d) -> (n, m)."""
-        xp = array_module(a)
-        return _srht_rows(xp, a, self.signs, self.rows) * math.sqrt(self.signs.shape[0] / self.m)
-
-
-@dataclass(frozen=True)
-class TensorSRHT:
-    """A sketch of a ⊗ b (a ∈ R^d1, b ∈ R^d2) into R^m; inner products preserved in
-    expectation."""
-
-    d1: int
-    d2: int
-    m: int
-    signs1: np.ndarray  # (D1,) ±1
-    signs2: np.ndarray  # (D2,) ±1
-    rows1: np.ndarray  # (m,) in [0, D1), without replacement in rounds (:func:`_coords`)
-    rows2: np.ndarray  # (m,) in [0, D2), the same, drawn independently of rows1
-
-    @classmethod
-    def draw(cls, rng: np.random.Generator, d1: int, d2: int, m: int) -> TensorSRHT:
-        p1, p2 = _pow2(d1), _pow2(d2)
-        return cls(d1, d2, m, rng.choice([-1.0, 1.0], p1), rng.choice([-1.0, 1.0], p2),
-                   _coords(rng, p1, m), _coords(rng, p2, m))
-
-    def __call__(self, a: Any, b: Any) -> Any:
-        """(n, d1), (n, d2) -> (n, m)."""
-        xp = array_module(a)
-        scale = math.sqrt(self.signs1.shape[0] * self.signs2.shape[0] / self.m)
-        return (_srht_rows(xp, a, self.signs1, self.rows1)
-                * _srht_rows(xp, b, self.signs2, self.rows2) * scale)
-
-
-# --- one rule per layer: (step, ψ, ξ, xp) -> (ψ', ξ'), arrays (n, *spatial, dim) ----------------
-
-
-def _cat(xp: Any, parts: list[Any], axis: int = -1) -> Any:
-    return xp.concatenate(parts, axis=axis) if len(parts) > 1 else parts[0]
-
-
-def _with_bias(xp: Any, a: Any, b_std: float | None) -> Any:
-    if not b_std:
-        return a
-    return _cat(xp, [a, xp.full((*a.shape[:-1], 1), b_std, dtype=a.dtype)])
-
-
-def _affine(xp: Any, psi: Any, xi: Any, linear: Callable[[Any], Any], layer: Any
-            ) -> tuple[Any, Any]:
-    psi = _with_bias(xp, linear(psi), layer.b_std)
-    return psi, (psi if xi is None else _cat(xp, [linear(xi), psi]))
-
-
-def _patches(xp: Any, a: Any, win: Window) -> Any:
-    """(n, *S, D) -> (n, *out, |F| D): each output position's window, side by side."""
-    for k, (lo, hi) in enumerate(win.pad):
-        if lo or hi:
-            a = _pad(xp, a, (k + 1,), (lo, hi), win.circular)
-    parts = []
-    for offs in itertools.product(*(range(f) for f in win.size)):
-        idx = [slice(d, d + s * (o - 1) + 1, s)
-               for d, s, o in zip(offs, win.strides, win.out, strict=True)]
-        parts.append(a[(slice(None), *idx)])
-    return _cat(xp, parts)
 
 
 @dataclass(frozen=True)
 class _Step:
+    """One layer of a feature map: its plan row and its random draws."""
+
     lp: LayerPlan
     draws: tuple[Any, ...] = ()
-
-
-def _dense(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
-    w = st.lp.layer.W_std
-    return _affine(xp, psi, xi, lambda a: w * a, st.lp.layer)
-
-
-def _conv(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
-    win = st.lp.window
-    scale = st.lp.layer.W_std / math.sqrt(math.prod(win.size))
-    return _affine(xp, psi, xi, lambda a: scale * _patches(xp, a, win), st.lp.layer)
-
-
-def _relu(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
-    gauss, sketch = st.draws
-    m = gauss.shape[0]
-    lead = psi.shape[:-1]
-    # one (n·P, d) x (d, m) product: an N-d @ runs as n·P/rows small ones
-    z = psi.reshape(-1, psi.shape[-1]) @ xp.asarray(gauss.T, dtype=psi.dtype)
-    scale = 1.0 / math.sqrt(m)
-    xi = sketch(xi.reshape(-1, xi.shape[-1]), (z > 0).astype(psi.dtype) * scale)
-    return (xp.maximum(z, 0) * scale).reshape(*lead, m), xi.reshape(*lead, m)
-
-
-def _avg_pool(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
-    win = st.lp.window
-    scale = 1.0 / math.prod(win.size)
-
-    def pool(a: Any) -> Any:
-        for k in range(len(win.size)):
-            a = shifted_sum(xp, a, (k + 1,), win.size[k], win.strides[k], win.pad[k],
-                            win.out[k], win.circular)
-        return a * scale
-
-    return pool(psi), None if xi is None else pool(xi)
-
-
-def _global_avg_pool(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
-    axes = tuple(range(1, psi.ndim - 1))
-    return psi.mean(axis=axes), None if xi is None else xi.mean(axis=axes)
-
-
-def _flatten(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
-    if psi.ndim == 2:
-        return psi, xi
-    out = []
-    for a, proj in zip((psi, xi), st.draws, strict=True):
-        if a is None:
-            out.append(a)
-            continue
-        a = a.reshape(a.shape[0], -1) / math.sqrt(math.prod(a.shape[1:-1]))
-        out.append(a if proj is None else proj(a))
-    return out[0], out[1]
-
-
-def _identity(st: _Step, psi: Any, xi: Any, xp: Any) -> tuple[Any, Any]:
-    return psi, xi
-
-
-_RULES: dict[type, Callable[[_Step, Any, Any, Any], tuple[Any, Any]]] = {
-    Dense: _dense, Conv: _conv, Relu: _relu, AvgPool: _avg_pool,
-    GlobalAvgPool: _global_avg_pool, Flatten: _flatten, Identity: _identity,
-}
 
 
 def _rescale(xp: Any, z: Any, target: Any) -> Any:
@@ -379,13 +154,13 @@ class FeatureMap:
         xp = array_module(x)
         per = max(1, memory // (self.row_bytes * dt.itemsize))
         parts = [self._rows(xp, x[i:i + per], get, memory) for i in range(0, x.shape[0], per)]
-        return {k: _cat(xp, [p[k] for p in parts], axis=0) for k in get}
+        return {k: cat(xp, [p[k] for p in parts], axis=0) for k in get}
 
     def _rows(self, xp: Any, x: Any, get: tuple[str, ...], memory: int) -> dict[str, Any]:
         """The features ``get`` of the rows x (n, *shape): {kind: (n, dims[kind])}."""
         psi, xi = x / math.sqrt(self.shape[-1]), None
         for st in self.steps:
-            psi, xi = _RULES[type(st.lp.layer)](st, psi, xi, xp)
+            psi, xi = rule_of(st.lp.layer).feature(st.lp, st.draws, psi, xi, xp)
         out = {"nngp": psi, "ntk": xi}
         if self.exact_norms and self.plan is not None:
             exact = self_pass(self.plan, x, want_ntk="ntk" in get, memory=memory)
@@ -426,38 +201,25 @@ def feature_map(arch: Architecture | dict | str, d: int | tuple[int, ...], m: in
             raise InputError(f"must be a positive integer, got {v!r}", field=field_name)
     shape = tuple(int(s) for s in shape)
     for i, layer in enumerate(spec.layers):
-        if type(layer) not in _RULES:
-            raise InputError(f"random features cover dense, conv, relu, avg_pool, "
-                             f"global_avg_pool, flatten and identity layers; use the exact "
-                             f"kernel for {layer.type!r}", field="type", layer=i)
+        if not rule_of(layer).has_features:
+            covered = [c.model_fields["type"].default for c in registered()
+                       if rule_of_class(c).has_features]
+            raise InputError(f"random features cover {', '.join(covered[:-1])} and "
+                             f"{covered[-1]} layers; use the exact kernel for {layer.type!r}",
+                             field="type", layer=i)
     plan = make_plan(spec, (1, *shape))
     rng = np.random.default_rng(seed)
     steps = []
-    dim_psi, dim_xi = shape[-1], 0
     p_in = math.prod(shape[:-1])
-    row, flops = p_in * dim_psi, 0
+    dims = FeatureDims(psi=shape[-1], xi=0, p_in=p_in, row=p_in * shape[-1], flops=0)
     for lp in plan.layers:
-        layer, draws = lp.layer, ()
+        dims.p_in = p_in
+        draws = rule_of(lp.layer).feature_draws(lp, rng, m, dims)
         p_out = math.prod(lp.out_spatial)
-        if isinstance(layer, (Dense, Conv)):
-            fan = math.prod(lp.window.size) if isinstance(layer, Conv) else 1
-            dim_psi = fan * dim_psi + (1 if layer.b_std else 0)
-            dim_xi = dim_psi + fan * dim_xi
-        elif isinstance(layer, Relu):
-            draws = (relu_directions(rng, m, dim_psi), TensorSRHT.draw(rng, dim_xi, m, m))
-            # the sketch's blocks and its gathered rows (m per block)
-            # the sketch of ξ (the larger input): its blocks, both products, the sampled rows
-            row = max(row, p_in * (3 * dim_xi + 2 * _pow2(dim_xi) + 3 * m))
-            flops += 2 * p_in * (m * dim_psi + _srht_macs(dim_xi) + _srht_macs(m))
-            dim_psi, dim_xi = m, m
-        elif isinstance(layer, Flatten) and lp.in_spatial:
-            draws = tuple(SRHT.draw(rng, p_in * dd, m) if p_in * dd > m else None
-                          for dd in (dim_psi, dim_xi))
-            row = max(row, p_in * 3 * (dim_psi + dim_xi))
-            dim_psi, dim_xi = (min(m, p_in * dd) for dd in (dim_psi, dim_xi))
         steps.append(_Step(lp, draws))
-        row = max(row, 2 * (p_in + p_out) * (dim_psi + dim_xi))
+        dims.row = max(dims.row, 2 * (p_in + p_out) * (dims.psi + dims.xi))
         p_in = p_out
+    row, flops, dim_psi, dim_xi = dims.row, dims.flops, dims.psi, dims.xi
     if exact_norms is None:
         exact_norms = bytes_per_pair(plan, 8) <= EXACT_NORMS_MAX_BYTES
     elif not isinstance(exact_norms, (bool, np.bool_)):

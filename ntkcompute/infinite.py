@@ -86,7 +86,7 @@ def pair_block(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *,
                want_ntk: bool = True) -> tuple[Any, Any]:
     """``(nngp, ntk)``, each ``(len(x1), len(x2))``, for rows x1, x2 and their self-covs."""
     xp = array_module(x1)
-    st = inputs.pair_input(xp, x1, x2, plan.input_full, want_ntk)
+    st = inputs.pair_input(xp, x1, x2, plan.input_full, want_ntk, plan.pair_identity)
     st, _ = propagate.run(plan, st, xp, (s1.variances, s2.variances))
     return st.nngp, st.ntk
 

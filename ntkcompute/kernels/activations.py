@@ -2,6 +2,7 @@
 ``(u, v) ~ N(0, [[k11, k12], [k12, k22]])``, with closed forms as in stax (Cho & Saul 2009 for
 the ReLU family; Williams 1997 for erf; Tsuchida et al. 2021, arXiv 2002.08517, for GELU).
 
+The layers (spec, dispatch, finite-width φ) are in :mod:`ntkcompute.layers.activations`.
 Every function takes the cross-covariance ``k12`` and the per-position variances ``k11``,
 ``k22`` (broadcastable to ``k12``) and returns ``(K', dot)``; ``dot`` is ``None`` when the NTK is
 not wanted.
@@ -11,11 +12,10 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
-from .. import spec
-from .quadrature import gauss_hermite
 from .state import Array
 
 #: ``k11 k22 - k12^2`` at or below this many ulps of ``k11 k22`` is taken as rounding noise and
@@ -157,34 +157,13 @@ def sign(xp, k12, k11, k22, want_dot):
     return nngp, (xp.zeros_like(nngp) if want_dot else None)
 
 
-def apply(xp: ModuleType, layer, k12: Array, k11: Array, k22: Array,
+def apply(xp: ModuleType, layer: Any, k12: Array, k11: Array, k22: Array,
           want_dot: bool) -> tuple[Array, Array | None]:
-    """Dispatch on the layer spec."""
-    if isinstance(layer, spec.Relu):
-        return ab_relu(xp, 0.0, 1.0, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.LeakyRelu):
-        return ab_relu(xp, layer.alpha, 1.0, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.ABRelu):
-        return ab_relu(xp, layer.a, layer.b, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.Abs):
-        return ab_relu(xp, -1.0, 1.0, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.Erf):
-        return erf(xp, layer.a, layer.b, layer.c, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.Gelu):
-        return gelu(xp, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.Sin):
-        return sin(xp, layer.a, layer.b, layer.c, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.Cos):  # cos(t) = sin(t + π/2)
-        return sin(xp, layer.a, layer.b, layer.c + math.pi / 2, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.Rbf):
-        return sin(xp, math.sqrt(2), math.sqrt(2 * layer.gamma), math.pi / 4, k12, k11, k22,
-                   want_dot)
-    if isinstance(layer, spec.Exp):
-        return exp(xp, layer.a, layer.b, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.Gaussian):
-        return gaussian(xp, layer.a, layer.b, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.Sign):
-        return sign(xp, k12, k11, k22, want_dot)
-    if isinstance(layer, spec.Elementwise):
-        return gauss_hermite(xp, layer.fn, layer.deg, k12, k11, k22, want_dot)
-    raise TypeError(f"not a nonlinearity: {layer!r}")
+    """``(K', dot)`` of a nonlinearity spec (its registered rule's :meth:`dual`)."""
+    from ..layers import rule_of
+    from ..layers.activations import Activation
+
+    rule = rule_of(layer)
+    if not isinstance(rule, Activation):
+        raise TypeError(f"not a nonlinearity: {layer!r}")
+    return rule.dual(xp, layer, k12, k11, k22, want_dot)

@@ -23,9 +23,12 @@ Positions are flattened to ``P``; states enter and leave in the full layout.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from ..plan import LayerPlan
 from .state import Array, State
+
+if TYPE_CHECKING:
+    from ..plan import LayerPlan
 
 
 def _to_matrix(a: Array, d: int, nb: int) -> Array:

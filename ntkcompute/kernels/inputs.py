@@ -7,7 +7,8 @@ covariances agree (x with itself, duplicates). The angle of the arc-cosine rules
 ``k11 k22 - k12^2`` and so on that agreement (see ``activations._angle``).
 
 float32 pair blocks also mark near pairs (``near_pairs``) for ``propagate.run`` to recompute
-in float64.
+in float64. Where a layer needs it (``LayerRule.pair_identity``), the pair states also say
+which pairs are one input twice (``State.same``, from ``same_pairs``).
 """
 
 from __future__ import annotations
@@ -63,8 +64,35 @@ def near_pairs(xp: ModuleType, x1: Array, x2: Array, g: Array) -> Refine | None:
     return Refine(rows[differ], cols[differ], x1, x2)
 
 
-def pair_input(xp: ModuleType, x1: Array, x2: Array, full: bool, want_ntk: bool) -> State:
-    """State for all pairs of rows of ``x1`` (n1, *S, C) and ``x2`` (n2, *S, C)."""
+def same_pairs(xp: ModuleType, x1: Array, x2: Array) -> Array | bool:
+    """``(n1, n2)`` bool: whether ``x1[i]`` and ``x2[j]`` are the same input (equal bit for
+    bit), or ``False`` when no pair is. Candidates have equal float64 sums and sums of squares;
+    they are compared n1 pairs at a time (twice x1's memory)."""
+    n1, n2 = x1.shape[0], x2.shape[0]
+    a = x1.reshape(n1, -1)
+    b = x2.reshape(n2, -1)
+
+    def key(v: Array) -> tuple[Array, Array]:
+        v = _f64(xp, v)
+        return v.sum(axis=1), xp.einsum("ij,ij->i", v, v)
+
+    (sa, qa), (sb, qb) = key(a), key(b)
+    rows, cols = xp.nonzero((sa[:, None] == sb[None, :]) & (qa[:, None] == qb[None, :]))
+    if rows.size == 0:
+        return False
+    equal = xp.concatenate([(a[rows[i:i + n1]] == b[cols[i:i + n1]]).all(axis=1)
+                            for i in range(0, rows.size, n1)])
+    if not bool(equal.any()):
+        return False
+    same = xp.zeros((n1, n2), dtype=bool)
+    same[rows[equal], cols[equal]] = True
+    return same
+
+
+def pair_input(xp: ModuleType, x1: Array, x2: Array, full: bool, want_ntk: bool,
+               identity: bool = False) -> State:
+    """State for all pairs of rows of ``x1`` (n1, *S, C) and ``x2`` (n2, *S, C); with
+    ``identity``, its ``same`` marks the pairs of equal rows."""
     n1, n2, c = x1.shape[0], x2.shape[0], x1.shape[-1]
     spatial = tuple(x1.shape[1:-1])
     d = len(spatial)
@@ -89,12 +117,15 @@ def pair_input(xp: ModuleType, x1: Array, x2: Array, full: bool, want_ntk: bool)
             refine = replace(refine, x1=x1, x2=x2)
     k = _finish(xp, k, c, dtype)
     return State(nngp=k, ntk=xp.zeros_like(k) if want_ntk else None, nb=2, spatial=spatial,
-                 full=full and d > 0, refine=refine)
+                 full=full and d > 0, refine=refine,
+                 same=same_pairs(xp, x1, x2) if identity else False)
 
 
-def pairs_input(xp: ModuleType, xa: Array, xb: Array, full: bool, want_ntk: bool) -> State:
+def pairs_input(xp: ModuleType, xa: Array, xb: Array, full: bool, want_ntk: bool,
+                identity: bool = False) -> State:
     """State for the m pairs ``(xa[k], xb[k])``, both ``(m, *S, C)``: batch shape ``(m,)``.
-    With ``xb is xa`` the self pass."""
+    With ``xb is xa`` the self pass (``same`` is True); else, with ``identity``, ``same``
+    marks the pairs of equal rows."""
     m, c = xa.shape[0], xa.shape[-1]
     spatial = tuple(xa.shape[1:-1])
     d = len(spatial)
@@ -110,8 +141,11 @@ def pairs_input(xp: ModuleType, xa: Array, xb: Array, full: bool, want_ntk: bool
     else:
         k = xp.moveaxis((a * b).sum(axis=-1), 0, -1)
     k = _finish(xp, k, c, dtype)
+    same: Array | bool = xb is xa
+    if identity and not same:
+        same = (xa.reshape(m, -1) == xb.reshape(m, -1)).all(axis=1)
     return State(nngp=k, ntk=xp.zeros_like(k) if want_ntk else None, nb=1, spatial=spatial,
-                 full=full and d > 0)
+                 full=full and d > 0, same=same)
 
 
 def self_input(xp: ModuleType, x: Array, full: bool, want_ntk: bool) -> State:

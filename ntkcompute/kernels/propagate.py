@@ -1,53 +1,17 @@
-"""Compose the per-layer rules along a plan: the one loop every kernel computation runs."""
+"""Compose the per-layer rules along a plan: the one loop every kernel computation runs.
+
+Each layer's rule is its registered :class:`ntkcompute.layers.LayerRule` (``kernel``, or
+``merge`` for a fan_in)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 
-from .. import spec
+from ..layers import rule_of
 from ..plan import LayerPlan, Plan
-from . import activations, attention, branching, inputs, linear, normalization, pooling
-from .state import Array, Refine, State, expand_var, spatial_diagonal
-
-Rule = Callable[[LayerPlan, State, ModuleType], State]
-
-#: layer type -> kernel rule for the weighted and weight-free linear layers
-RULES: dict[type, Rule] = {
-    spec.Dense: linear.dense,
-    spec.Conv: linear.conv,
-    spec.AvgPool: pooling.avg_pool,
-    spec.GlobalAvgPool: pooling.global_avg_pool,
-    spec.GlobalSumPool: pooling.global_avg_pool,  # SumPool is an AvgPool
-    spec.Flatten: pooling.flatten,
-    spec.Identity: pooling.identity,
-    spec.GlobalSelfAttention: lambda lp, st, xp: attention.global_self_attention(
-        lp, st, xp, None, None),  # square-root scaling: no self statistic
-}
-
-
-def _nonlinear(lp: LayerPlan, st: State, xp: ModuleType, va: Array, vb: Array) -> State:
-    k11 = expand_var(xp, va, st.nb, 0, st.full)
-    k22 = expand_var(xp, vb, st.nb, 1, st.full)
-    nngp, dot = activations.apply(xp, lp.layer, st.nngp, k11, k22, st.ntk is not None)
-    ntk = None
-    if st.ntk is not None:
-        ntk = st.ntk
-        ntk *= dot
-    return st.with_(nngp=nngp, ntk=ntk)
-
-
-#: layer type -> rule that also takes the self statistics of the pairs' two inputs
-SELF_RULES: dict[type, Callable[..., State]] = {
-    **{cls: _nonlinear for cls in spec.NONLINEAR},
-    spec.LayerNorm: normalization.layer_norm,
-    spec.GlobalSelfAttention: attention.global_self_attention,
-}
-
-
-def _rule(table: dict[type, Callable[..., State]], layer: object) -> Callable[..., State]:
-    """The rule of the layer's type, or of its nearest base (``abrelu`` is an ``ab_relu``)."""
-    return next(table[c] for c in type(layer).__mro__ if c in table)
+from . import inputs
+from .state import Array, Refine, State, spatial_diagonal
 
 
 def self_statistic(lp: LayerPlan, st: State, xp: ModuleType) -> Array:
@@ -87,25 +51,25 @@ def run(plan: Plan, st: State, xp: ModuleType,
     slots = [st.with_(refine=None)]  # one state per open branch
     j = 0
     for lp in plan.layers:
-        s, layer = lp.slot, lp.layer
-        if isinstance(layer, spec.FanOut):
+        s, rule = lp.slot, rule_of(lp.layer)
+        if rule.structure == "fan_out":
             slots[s:s + 1] = [slots[s]] + [_copy(slots[s]) for _ in range(lp.arity - 1)]
             continue
-        if isinstance(layer, spec.FAN_IN):
+        if rule.structure == "fan_in":
             ins = slots[s:s + lp.arity]
             if not lp.out_full:
                 ins = [_to_diagonal(x, xp) if x.full else x for x in ins]
-            slots[s:s + lp.arity] = [branching.fan_in(lp, ins, xp)]
+            slots[s:s + lp.arity] = [rule.merge(lp, ins, xp)]
         elif lp.self_stat:
             if stats is None:
                 v = self_statistic(lp, slots[s], xp)
                 collected.append(v)
-                slots[s] = _rule(SELF_RULES, layer)(lp, slots[s], xp, v, v)
+                slots[s] = rule.kernel(lp, slots[s], xp, v, v)
             else:
-                slots[s] = _rule(SELF_RULES, layer)(lp, slots[s], xp, stats[0][j], stats[1][j])
+                slots[s] = rule.kernel(lp, slots[s], xp, stats[0][j], stats[1][j])
             j += 1
         else:
-            slots[s] = _rule(RULES, layer)(lp, slots[s], xp)
+            slots[s] = rule.kernel(lp, slots[s], xp)
         if slots[s].full and not lp.out_full:
             slots[s] = _to_diagonal(slots[s], xp)
     if refine is not None and stats is not None:
@@ -134,7 +98,8 @@ def _refined(plan: Plan, st: State, ref: Refine, xp: ModuleType) -> State:
         uc, ic = xp.unique(c, return_inverse=True)
         va = _self_stats(plan, xa[ur], xp, want_ntk)
         vb = _self_stats(plan, xb[uc], xp, want_ntk)
-        pairs = inputs.pairs_input(xp, xa[r], xb[c], plan.input_full, want_ntk)
+        pairs = inputs.pairs_input(xp, xa[r], xb[c], plan.input_full, want_ntk,
+                                   plan.pair_identity)
         res, _ = run(plan, pairs, xp, ([v[ir] for v in va], [v[ic] for v in vb]))
         for g in names:
             out[g][r, c] = getattr(res, g)

@@ -7,9 +7,12 @@ by ``k2`` along the next (separable: ``k1 + k2`` slice-adds, not ``k1 * k2``).
 from __future__ import annotations
 
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from ..plan import Window
 from .state import Array
+
+if TYPE_CHECKING:
+    from ..layers.registry import Window
 
 
 def _index(ndim: int, axes: tuple[int, ...], sl: slice) -> tuple[slice, ...]:

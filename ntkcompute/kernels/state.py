@@ -45,6 +45,9 @@ class State:
     spatial: tuple[int, ...]
     full: bool
     refine: Refine | None = None  # set by inputs.pair_input, consumed by propagate.run
+    # which pairs are one input twice: True (the self pass: all), False (none, or not asked
+    # for: no layer of the plan needs it), or a bool array of the batch shape
+    same: Array | bool = False
 
     def with_(self, **kw: Any) -> State:
         return replace(self, **kw)
