@@ -163,7 +163,8 @@ def test_json_round_trip_and_validation():
     again = nc.parse_arch(arch.to_json())
     assert again == arch and again.to_json() == arch.to_json()
     assert '"type":"dropout","rate":0.25,"mode":"train"' in arch.to_json()
-    for bad, field in (({"rate": 0}, "rate"), ({"rate": 1.5}, "rate"), ({}, "rate"),
+    for bad, field in (({"rate": 0}, "rate"), ({"rate": 1e-300}, "rate"),
+                       ({"rate": 1.5}, "rate"), ({}, "rate"),
                        ({"rate": 0.5, "mode": "eval"}, "mode"),
                        ({"rate": 0.5, "p": 1}, "p")):
         with pytest.raises(nc.InputError) as e:

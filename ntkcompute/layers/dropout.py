@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .registry import LayerRule, Leaf, _Layer, register
 
@@ -47,6 +47,14 @@ class Dropout(_Layer):
     type: Literal["dropout"] = "dropout"
     rate: float = Field(gt=0, le=1, allow_inf_nan=False)
     mode: Literal["train", "test"] = "train"
+
+    @field_validator("rate")
+    @classmethod
+    def _bounded(cls, v: float) -> float:
+        # 1/rate scales variances as W_std² does: bounded like W_std (<= 1e100)
+        if v < 1e-100:
+            raise ValueError(f"must be >= 1e-100 (1/rate scales the variances), got {v}")
+        return v
 
 
 def _scale_same(xp: ModuleType, a: Array, st: State, factor: Any) -> None:
