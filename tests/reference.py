@@ -171,3 +171,21 @@ def gram(layers, x1, x2=None):
         for j in range(len(x2)):
             nngp[i, j], ntk[i, j] = pair_kernel(layers, x1[i], x2[j])
     return nngp, ntk
+
+
+def finite_difference_ntk(forward, plan, params, x, h=1e-6):
+    """The empirical NTK ``J Jᵀ / K`` (n, n) of a finite net from central differences of
+    ``forward(plan, params, x)[0]`` (n, K) in every weight: what the analytic backward pass
+    must reproduce."""
+    cols = []
+    for arr in [a for p in params for a in p if isinstance(a, np.ndarray)]:
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + h
+            up = forward(plan, params, x)[0]
+            arr[idx] = old - h
+            dn = forward(plan, params, x)[0]
+            arr[idx] = old
+            cols.append((up - dn) / (2 * h))  # (n, K)
+    J = np.stack(cols, axis=-1)  # (n, K, #params)
+    return np.einsum("ikp,jkp->ij", J, J) / J.shape[1]

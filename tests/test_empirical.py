@@ -5,6 +5,7 @@ import pytest
 
 import ntkcompute as nc
 from tests.conftest import conv_net, fc_net
+from tests.reference import finite_difference_ntk
 
 
 def mean_rel_err(arch, x, widths, seeds, inf=None, arch_for=None):
@@ -161,19 +162,6 @@ def test_empirical_ntk_equals_finite_difference_jacobians(rng, arch, shape):
     spec = readout_default(nc.parse_arch(arch))
     plan = make_plan(spec, x.shape, width=3)
     params = init_params(plan, 7, np.float64)
-    flat = [a for wb in params for a in wb if a is not None]
-    cols = []
-    h = 1e-6
-    for arr in flat:
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + h
-            up = forward(plan, params, x)[0]
-            arr[idx] = old - h
-            dn = forward(plan, params, x)[0]
-            arr[idx] = old
-            cols.append((up - dn) / (2 * h))  # (n, K)
-    J = np.stack(cols, axis=-1)  # (n, K, #params)
-    ntk_fd = np.einsum("ikp,jkp->ij", J, J) / J.shape[1]
+    ntk_fd = finite_difference_ntk(forward, plan, params, x)
     ntk = nc.empirical_kernel(arch, x, width=3, seed=7)["ntk"]
     np.testing.assert_allclose(ntk, ntk_fd, rtol=1e-7, atol=1e-9)
