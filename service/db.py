@@ -28,7 +28,6 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from ntkcompute.errors import InputError
 from workers.jobs import ACTIVE, FINAL, JobSpec, Status, advance, can
 
 __all__ = ["ACTIVE", "FINAL", "ApiKey", "Database", "Dataset", "Job", "Solve"]
@@ -193,17 +192,16 @@ class Database:
 
     def job_spec(self, jid: str, active: bool = False) -> tuple[JobSpec, Job] | None:
         """A kernel job as the workers run it, with its row; None if it is gone (or, with
-        ``active``, no longer queued or running). InputError if a dataset it reads is gone."""
+        ``active``, no longer queued or running). A deleted dataset's URL is None."""
         with self.session() as s:
             job = s.get(Job, jid)
             if job is None or (active and job.status not in ACTIVE):
                 return None
             train = s.get(Dataset, job.train)
             test = s.get(Dataset, job.test) if job.test else None
-            if train is None or (job.test and test is None):
-                raise InputError("a dataset of this job was deleted", field="train")
-            return JobSpec(url=job.url, method=job.method, train=train.url,
-                           test=test.url if test else None, n_train=job.n_train,
+            return JobSpec(url=job.url, method=job.method, train=train and train.url,
+                           test=test and test.url, has_test=bool(job.test),
+                           n_train=job.n_train,
                            arch=job.arch, kernels=tuple(job.kernels), dtype=job.dtype,
                            tile=job.tile, m=job.m, seed=job.seed), job
 

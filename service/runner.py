@@ -218,7 +218,7 @@ class Runner:
             job, _ = self.db.job_spec(row.kernel)
             labels = solves.labels_of(p.get("labels"), job.train, "labels")
             test_labels = solves.labels_of(p.get("test_labels"), job.test, "test_labels",
-                                           required=False) if job.test else None
+                                           required=False) if job.has_test else None
             results = job.kind.solve(job, labels, test_labels, p, client=self.client)
             metrics, analyses = solves.save(url, results)
             self.db.transition(Solve, sid, "succeed", metrics=metrics, analyses=analyses,

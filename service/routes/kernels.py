@@ -181,9 +181,8 @@ def _shape(ds: Dataset) -> Shape:
 
 
 def job_spec(db: Database, row: Job) -> JobSpec:
-    """The job as its kind reads it (a dataset deleted since answers 422)."""
-    with store_errors():
-        found = db.job_spec(row.id)
+    """The job as its kind reads it."""
+    found = db.job_spec(row.id)
     if found is None:
         raise not_found("kernel job", row.id)
     return found[0]

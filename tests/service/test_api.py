@@ -14,7 +14,7 @@ import pytest
 import ntkcompute as nc
 from ntkcompute import architectures as A
 from ntkcompute.cg import Nystrom, cg, pivoted_cholesky
-from ntkcompute.client import ApiError, Client
+from ntkcompute.client import ApiError, Client, JobFailed
 from ntkcompute.datasets import digits
 from ntkcompute.regression import one_hot, solve_direct
 
@@ -381,3 +381,24 @@ def test_features_job_blocks_and_solve(service, client_a, data):
     r = httpx.post(f"{service.url}/v1/solves", json={"kernel": job.id,
                                                      "analyses": {"bound": True}}, headers=h)
     assert r.status_code == 422 and r.json()["field"] == "analyses"
+
+
+def test_a_finished_job_outlives_its_datasets(service, client_a, data):
+    """A job keeps its own copy of its inputs: with both datasets deleted its blocks are
+    served and a solve with its labels given runs; only a rerun needs them, and fails naming
+    why."""
+    xtr, ytr, xte, yte = data
+    n, m = 60, 20
+    xtr, xte = xtr[:n].reshape(n, -1), xte[:m].reshape(m, -1)
+    train, test = client_a.upload(xtr), client_a.upload(xte)
+    job = client_a.kernel(train, A.fc(2), test=test, kernels=("ntk",)).wait(
+        timeout=120, progress=False)
+    before = job.block("ntk", None, (0, n), "test")
+    client_a.delete_dataset(train)
+    client_a.delete_dataset(test)
+    np.testing.assert_array_equal(job.block("ntk", None, (0, n), "test"), before)
+    sol = client_a.solve(job, 1e-3, labels=ytr[:n].tolist(), test_labels=yte[:m].tolist(),
+                         solver="direct").wait(timeout=120)
+    assert sol.predictions(0).shape == (m, 10)
+    with pytest.raises(JobFailed, match="a dataset of this job was deleted"):
+        job.resume().wait(timeout=120, progress=False)

@@ -1,6 +1,7 @@
 """The two job kinds behind one protocol, on a real cluster and a real store: what they
 start, the blocks they serve, what they refuse, and a solve's arrays."""
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def _job(tmp_path, method, xtr, xte, **kw):
     planned = kind_of(method).plan(A.fc(2), xtr, xte, kernels=("ntk", "nngp"), dtype=None,
                                    tile=5, memory=1 << 28, **kw)
     return JobSpec(url=layout.kernel_url(str(tmp_path / "store"), f"k-{method}"),
-                   method=method, train=train, test=test, n_train=len(xtr),
+                   method=method, train=train, test=test, has_test=True, n_train=len(xtr),
                    arch=planned.arch, kernels=tuple(planned.kernels), dtype=planned.dtype,
                    tile=planned.tile, m=kw.get("m"), seed=kw.get("seed", 0))
 
@@ -79,6 +80,16 @@ def test_exact_kind_serves_the_kernel_and_names_what_it_cannot(tmp_path, client,
         job.kind.read_block(job, "ntk", "train", "0:6", "0:10", status="succeeded",
                             max_bytes=100)
     assert job.kind.coefficient_rows(job, "ntk") == 12
+    # its datasets deleted, the job still serves its kernel (it keeps its own inputs); only a
+    # start needs them
+    gone = dataclasses.replace(job, test=None)
+    np.testing.assert_array_equal(
+        gone.kind.read_block(gone, "ntk", "test", None, None, status="succeeded",
+                             max_bytes=1 << 20),
+        job.kind.read_block(job, "ntk", "test", None, None, status="succeeded",
+                            max_bytes=1 << 20))
+    with pytest.raises(InputError, match="a dataset of this job was deleted"):
+        gone.kind.start(gone, {}, client=client, memory=1 << 28, verify=False)
     # a lost done marker: in a finished job it is damage, in a running one "not yet"
     (Path(layout.part_url(job.url, "train")) / "done" / "c" / "1" / "2").unlink()
     with pytest.raises(PartDamaged) as e:
@@ -155,8 +166,8 @@ def test_each_worker_plans_a_job_once_not_once_per_tile(tmp_path, client):
     x = np.random.default_rng(1).standard_normal((24, 5))
     write_dataset(str(tmp_path / "d"), x)
     job = JobSpec(url=str(tmp_path / "k"), method="exact", train=str(tmp_path / "d"),
-                  test=None, n_train=24, arch=A.fc(3), kernels=("ntk",), dtype="float64",
-                  tile=4)
+                  test=None, has_test=False, n_train=24, arch=A.fc(3), kernels=("ntk",),
+                  dtype="float64", tile=4)
     before = client.run(lambda dask_worker: dask_worker.plugins["ntkcompute-planner"].made
                         if "ntkcompute-planner" in dask_worker.plugins else 0)
     parts = {}

@@ -48,12 +48,15 @@ class Planned:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What a kernel job runs: its store URL, inputs' dataset URLs and recorded plan."""
+    """What a kernel job runs: its store URL, its inputs' dataset URLs (None once a dataset
+    is deleted: a job keeps its own copy of its inputs, so only a start needs them) and its
+    recorded plan."""
 
     url: str
     method: str
-    train: str
+    train: str | None
     test: str | None
+    has_test: bool
     n_train: int
     arch: dict[str, Any]
     kernels: tuple[str, ...]
@@ -68,7 +71,13 @@ class JobSpec:
 
     @property
     def parts(self) -> dict[str, str]:
-        return parts_of(self.url, self.test is not None)
+        return parts_of(self.url, self.has_test)
+
+    def inputs(self) -> tuple[str, str | None]:
+        """The datasets a start reads: ``(train URL, test URL or None)``."""
+        if self.train is None or (self.has_test and self.test is None):
+            raise InputError("a dataset of this job was deleted", field="train")
+        return self.train, self.test
 
 
 class JobKind(Protocol):
@@ -200,7 +209,8 @@ class Exact:
         common = dict(arch=job.arch, tile=job.tile, client=client, get=job.kernels,
                       dtype=job.dtype, verify=verify, memory=memory)
         for part, url in job.parts.items():  # test x train: rows of test, columns of train
-            x1, x2 = (job.train, None) if part == "train" else (job.test, job.train)
+            train, test = job.inputs()
+            x1, x2 = (train, None) if part == "train" else (test, train)
             parts[part] = compute_gram(x1=x1, x2=x2, store=url, **common)
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
@@ -265,7 +275,8 @@ class Features:
         common = dict(arch=job.arch, tile=job.tile, client=client, get=job.kernels,
                       dtype=job.dtype, verify=verify, m=job.m, seed=job.seed)
         for part, url in job.parts.items():
-            x = job.train if part == "train" else job.test
+            train, test = job.inputs()
+            x = train if part == "train" else test
             parts[part] = compute_features(x=x, store=url, **common)
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
