@@ -215,7 +215,10 @@ class Runner:
             with self.db.session() as s:
                 row = s.get(Solve, sid)
                 p, url = row.params, row.url
-            job, _ = self.db.job_spec(row.kernel)
+            found = self.db.job_spec(row.kernel)
+            if found is None:
+                raise InputError("its kernel job was deleted", field="kernel")
+            job = found[0]
             labels = solves.labels_of(p.get("labels"), job.train, "labels")
             test_labels = solves.labels_of(p.get("test_labels"), job.test, "test_labels",
                                            required=False) if job.has_test else None
