@@ -30,8 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from workers.jobs import ACTIVE, FINAL, JobSpec, Status, advance, can
 
-__all__ = ["ACTIVE", "FINAL", "ApiKey", "Database", "Dataset", "Job", "Solve"]
-
+__all__ = ["ACTIVE", "FINAL", "ApiKey", "Database", "Dataset", "Job", "Solve", "spec_of"]
 
 
 class Base(DeclarativeBase):
@@ -199,11 +198,7 @@ class Database:
                 return None
             train = s.get(Dataset, job.train)
             test = s.get(Dataset, job.test) if job.test else None
-            return JobSpec(url=job.url, method=job.method, train=train and train.url,
-                           test=test and test.url, has_test=bool(job.test),
-                           n_train=job.n_train,
-                           arch=job.arch, kernels=tuple(job.kernels), dtype=job.dtype,
-                           tile=job.tile, m=job.m, seed=job.seed), job
+            return spec_of(job, train, test), job
 
     def update(self, model: type[Base], id_: str, **values: Any) -> None:
         with self.session() as s:
@@ -211,6 +206,16 @@ class Database:
             if row is not None:
                 for k, v in values.items():
                     setattr(row, k, v)
+
+
+def spec_of(job: Job, train: Dataset | None = None, test: Dataset | None = None) -> JobSpec:
+    """The kernel job ``job`` as its kind reads it. The inputs' URLs come from the dataset
+    rows given (None where not given or deleted): only a start and a solve's stored labels
+    need them, reads of the stored kernel do not."""
+    return JobSpec(url=job.url, method=job.method, train=train and train.url,
+                   test=test and test.url, has_test=bool(job.test), n_train=job.n_train,
+                   arch=job.arch, kernels=tuple(job.kernels), dtype=job.dtype, tile=job.tile,
+                   m=job.m, seed=job.seed)
 
 
 def _sqlite_pragmas(conn: Any, _record: Any) -> None:

@@ -118,12 +118,12 @@ class Runner:
                 self._cancel_parts(jid, parts)
             self._fail_kernel(jid, e)
             return
+        reused = sum(p.tiles_reused for p in parts.values())
         with self._lock:
             started = self.db.transition(
                 Job, jid, "start", started=time.time(), finished=None, error=None,
                 runs=row.runs + 1, tiles_total=sum(p.tiles_total for p in parts.values()),
-                tiles_reused=sum(p.tiles_reused for p in parts.values()),
-                tiles_done=sum(p.tiles_reused for p in parts.values()))
+                tiles_reused=reused, tiles_done=reused)
             if not started:  # cancelled or purged while starting
                 self._cancel_parts(jid, parts)
                 return

@@ -39,8 +39,8 @@ class Planner(WorkerPlugin):
     """Per worker process: the array module, picked once at setup, and each job's plan and
     feature map, made once from the spec in the store's metadata (not once per tile).
 
-    Installed on every worker by :func:`install`; a task that runs where it is not (in the
-    client's process, or on a worker that joined later) uses a process-wide instance."""
+    Installed on every worker by :func:`install` (the scheduler gives it to workers that
+    join later too); a task that runs off a worker uses a process-wide instance."""
 
     name = "ntkcompute-planner"
     idempotent = True  # registering again keeps the workers' instances (and their plans)

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Query, Response
 
 from workers.jobs import (
     ACTIVE,
-    JobSpec,
     Shape,
     Status,
     advance,
@@ -23,9 +22,9 @@ from workers.jobs import (
     verify_parts,
 )
 
-from ..db import Database, Dataset, Job, Solve
+from ..db import Dataset, Job, Solve, spec_of
 from ..deps import DB, Owner, RunnerDep, SettingsDep
-from ..errors import ApiError, not_found
+from ..errors import ApiError
 from ..schemas import KernelOut, KernelRequest, VerifyOut
 from .common import (
     ERRORS,
@@ -146,7 +145,7 @@ def verify_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep) -> Veri
     ``POST .../resume`` recomputes exactly those."""
     row = KERNELS.get(db, kernel_id, key)
     with store_errors(row.id):
-        parts = verify_parts(job_spec(db, row), row.status, client=runner.client)
+        parts = verify_parts(spec_of(row), row.status, client=runner.client)
     return VerifyOut(ok=all(p["ok"] for p in parts.values()), status=row.status,
                      parts=parts)
 
@@ -168,7 +167,7 @@ def get_block(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
         raise ApiError(422, "kind", f"this job computed {row.kernels}, not {kind!r}")
     if part == "test" and not row.test:
         raise ApiError(422, "part", "this job has no test set")
-    job = job_spec(db, row)
+    job = spec_of(row)
     with store_errors(row.id):
         return npy(job.kind.read_block(job, kind, part, rows, cols, status=row.status,
                                        max_bytes=settings.max_block_bytes))
@@ -176,13 +175,3 @@ def get_block(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
 
 def _shape(ds: Dataset) -> Shape:
     return Shape(tuple(ds.x_shape), np.dtype(ds.x_dtype))
-
-
-
-
-def job_spec(db: Database, row: Job) -> JobSpec:
-    """The job as its kind reads it."""
-    found = db.job_spec(row.id)
-    if found is None:
-        raise not_found("kernel job", row.id)
-    return found[0]

@@ -14,12 +14,12 @@ from workers.jobs import Status, layout, solves
 from workers.solve import LABEL_BOUND
 
 from ..config import Settings
-from ..db import Database, Dataset, Job, Solve
+from ..db import Database, Dataset, Job, Solve, spec_of
 from ..deps import DB, Owner, RunnerDep, SettingsDep
 from ..errors import ApiError
 from ..schemas import SolveOut, SolveRequest
 from .common import ERRORS, Resource, add_list_get, admit, npy, npy_doc, redacted, store_errors
-from .kernels import KERNELS, job_spec
+from .kernels import KERNELS
 
 router = APIRouter(prefix="/v1/solves", tags=["solves"], responses=ERRORS)
 
@@ -64,7 +64,7 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
                       required=False)
     elif req.test_labels is not None:
         raise ApiError(422, "test_labels", "the kernel job has no test set")
-    spec = job_spec(db, job)
+    spec = spec_of(job, train, test)
     rows = spec.kind.coefficient_rows(spec, req.kind) + (job.n_test or 0)
     stored = len(req.lambdas) * rows * outputs * 8
     if stored > settings.max_solve_bytes:

@@ -48,8 +48,8 @@ class Planned:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What a kernel job runs: its store URL, its inputs' dataset URLs (None once a dataset
-    is deleted: a job keeps its own copy of its inputs, so only a start needs them) and its
+    """What a kernel job runs: its store URL, its inputs' dataset URLs (None where unknown or
+    deleted: a job keeps its own copy of its inputs, so only a start needs them) and its
     recorded plan."""
 
     url: str
