@@ -50,7 +50,12 @@ def run(plan: Plan, st: State, xp: ModuleType,
     collected: list[Array] = []
     slots = [st.with_(refine=None)]  # one state per open branch
     j = 0
-    for lp in plan.layers:
+    layers = plan.layers
+    skip = False
+    for at, lp in enumerate(layers):
+        if skip:  # the nonlinearity the layer before absorbed
+            skip = False
+            continue
         s, rule = lp.slot, rule_of(lp.layer)
         if rule.structure == "fan_out":
             slots[s:s + 1] = [slots[s]] + [_copy(slots[s]) for _ in range(lp.arity - 1)]
@@ -69,12 +74,33 @@ def run(plan: Plan, st: State, xp: ModuleType,
                 slots[s] = rule.kernel(lp, slots[s], xp, stats[0][j], stats[1][j])
             j += 1
         else:
-            slots[s] = rule.kernel(lp, slots[s], xp)
+            nxt = _absorbable(layers, at, stats is not None)
+            out = None
+            if nxt is not None:
+                out = rule.kernel_then(lp, slots[s], xp, nxt, stats[0][j], stats[1][j])
+            if out is None:
+                slots[s] = rule.kernel(lp, slots[s], xp)
+            else:
+                slots[s], lp, skip = out, nxt, True
+                j += 1
         if slots[s].full and not lp.out_full:
             slots[s] = _to_diagonal(slots[s], xp)
     if refine is not None and stats is not None:
         return _refined(plan, slots[0], refine, xp), collected
     return slots[0], collected
+
+
+def _absorbable(layers: Sequence[LayerPlan], at: int, pair_pass: bool) -> LayerPlan | None:
+    """The layer after ``layers[at]`` if ``layers[at]``'s rule may fuse it into its own pass
+    (``kernel_then``): a pair pass (its self statistics are known beforehand), a rule that
+    has ``kernel_then``, and a nonlinearity on the same branch right after it."""
+    if not pair_pass or at + 1 >= len(layers):
+        return None
+    lp, nxt = layers[at], layers[at + 1]
+    if not hasattr(rule_of(lp.layer), "kernel_then") or nxt.slot != lp.slot or \
+            nxt.self_stat != "var" or not rule_of(nxt.layer).nonlinear:
+        return None
+    return nxt
 
 
 def _self_stats(plan: Plan, x: Array, xp: ModuleType, want_ntk: bool) -> list[Array]:

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ..kernels import activations as dual
+from ..kernels import fused
 from ..kernels.quadrature import FUNCTIONS, gauss_hermite
 from ..kernels.sketch import TensorSRHT, _pow2, _srht_macs, relu_directions
 from ..kernels.state import expand_var
@@ -178,11 +179,31 @@ def _ab(a: float, b: float) -> tuple[Fn, Fn]:
             lambda z: np.where(z > 0, b, a).astype(z.dtype))
 
 
+def fused_relu(layer: Any, dtype: Any) -> tuple[float, float, float] | None:
+    """``(snap, c0, c1)`` of ``fused._ab`` for a ReLU-family layer (``ab_relu``'s constants),
+    None for any other layer."""
+    from . import rule_of
+
+    rule = rule_of(layer)
+    if not isinstance(rule, _ABFamily):
+        return None
+    a, b = rule.slopes(layer)
+    dt = np.dtype(dtype)
+    return (dual._SNAP_ULPS[dt] * float(np.finfo(dt).eps), (a * a + b * b) / 2,
+            (a - b) ** 2 / (2 * math.pi))
+
+
 class _ABFamily(Activation):
     """``a min(x, 0) + b max(x, 0)``: arc-cosine closed form (Cho & Saul 2009)."""
 
     def slopes(self, layer: Any) -> tuple[float, float]:
         return layer.a, layer.b
+
+    def kernel(self, lp: LayerPlan, st: State, xp: ModuleType, va: Array | None = None,
+               vb: Array | None = None) -> State:
+        how = fused_relu(lp.layer, st.nngp.dtype) if fused.enabled(xp) else None
+        out = None if how is None else fused.activation(st, *how, va, vb)
+        return out if out is not None else super().kernel(lp, st, xp, va, vb)
 
     def dual(self, xp: ModuleType, layer: Any, k12: Array, k11: Array, k22: Array,
              want_dot: bool) -> tuple[Array, Array | None]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
+from ..kernels import fused
 from ..kernels.sketch import patches, with_bias
 from ..kernels.spatial import conv_window_sum
 from .finite import gather, scatter, window_index
@@ -102,6 +103,18 @@ def _affine_kernel(lp: LayerPlan, st: State, window_sum: Callable[[Array], Array
     return st.with_(nngp=nngp, ntk=None if st.ntk is None else s_t, spatial=lp.out_spatial)
 
 
+def _coefficients(lp: LayerPlan, size: int) -> tuple[float, ...]:
+    """``_affine_kernel``'s map as ``fused.affine``'s ``(ck, cb, ct, cn, cs, c1)``."""
+    layer = lp.layer
+    w2 = layer.W_std**2
+    b2 = layer.b_std**2 if layer.b_std is not None else 0.0
+    if lp.parameterization == "standard":
+        fan_in = lp.in_channels * size
+        return (w2 / size, b2, w2 / size, 0.0, fan_in / size,
+                1.0 if layer.b_std is not None else 0.0)
+    return w2 / size, b2, w2 / size, 1.0, 0.0, 0.0
+
+
 def _affine_features(xp: ModuleType, psi: Any, xi: Any, linear: Callable[[Any], Any],
                      layer: Any) -> tuple[Any, Any]:
     psi = with_bias(xp, linear(psi), layer.b_std)
@@ -118,6 +131,26 @@ class _AffineRule(LayerRule):
     def _fan(self, lp: LayerPlan) -> int:
         """``|F|``: 1 for Dense."""
         return 1
+
+    def kernel_then(self, lp: LayerPlan, st: State, xp: ModuleType, act: LayerPlan,
+                    va: Array, vb: Array) -> State | None:
+        """This layer and the nonlinearity ``act`` after it in one compiled pass
+        (``fused.affine``), or None where that path does not serve ``st``."""
+        from .activations import fused_relu
+
+        how = fused_relu(act.layer, st.nngp.dtype) if fused.enabled(xp) else None
+        if how is None:
+            return None
+        return fused.affine(st, lp.window, lp.out_spatial,
+                            _coefficients(lp, self._fan(lp)), (*how, va, vb))
+
+    def kernel(self, lp: LayerPlan, st: State, xp: ModuleType, va: Array | None = None,
+               vb: Array | None = None) -> State:
+        if fused.enabled(xp):
+            out = fused.affine(st, lp.window, lp.out_spatial, _coefficients(lp, self._fan(lp)))
+            if out is not None:
+                return out
+        return self.numpy_kernel(lp, st, xp)
 
     def init(self, lp: LayerPlan, rng: Any, dtype: Any, parameterization: str
              ) -> tuple | None:
@@ -179,8 +212,7 @@ class DenseRule(_AffineRule):
     def out_channels(self, layer: Any, channels: int | None, width: int | None) -> int | None:
         return layer.out_dim or width
 
-    def kernel(self, lp: LayerPlan, st: State, xp: ModuleType, va: Array | None = None,
-               vb: Array | None = None) -> State:
+    def numpy_kernel(self, lp: LayerPlan, st: State, xp: ModuleType) -> State:
         return _affine_kernel(lp, st, lambda a: a.copy(), 1)
 
     def feature(self, lp: LayerPlan, draws: tuple[Any, ...], psi: Any, xi: Any, xp: ModuleType
@@ -205,8 +237,7 @@ class ConvRule(_AffineRule):
     def _fan(self, lp: LayerPlan) -> int:
         return math.prod(lp.window.size)
 
-    def kernel(self, lp: LayerPlan, st: State, xp: ModuleType, va: Array | None = None,
-               vb: Array | None = None) -> State:
+    def numpy_kernel(self, lp: LayerPlan, st: State, xp: ModuleType) -> State:
         win = lp.window
         return _affine_kernel(lp, st, lambda a: conv_window_sum(xp, a, st.full, win),
                               math.prod(win.size))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import field_validator
 
+from ..kernels import fused
 from ..kernels.sketch import SRHT
 from ..kernels.spatial import pool_window_sum, shifted_sum
 from ..kernels.state import reduce64, spatial_diagonal
@@ -109,6 +110,10 @@ class AvgPoolRule(LayerRule):
         scale = 1.0 if self.summed else 1.0 / math.prod(lp.window.size) ** 2
 
         def f(a: Array) -> Array:
+            if fused.enabled(xp):
+                out = fused.pool(a, lp.window, st.nb, scale)
+                if out is not None:
+                    return out
             out = pool_window_sum(xp, a, lp.window)
             if scale != 1.0:
                 out *= scale

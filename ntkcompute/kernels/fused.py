@@ -1,0 +1,632 @@
+"""Compiled one-pass layer kernels for the CPU (numba): the fast path of the layer rules.
+
+The NumPy rules (``spatial``, ``activations``, the layer families) stay the reference and the
+fallback. A fused kernel does, in one pass over a block's state and without temporaries, what
+a rule does in a chain of NumPy passes:
+
+* :func:`affine` — Dense or a stride-1 zero-padded Conv (window sum of K and Θ, the affine
+  map of both parameterizations), optionally followed by a ReLU-family nonlinearity on the
+  window's result (``act``): the conv + ReLU step of a CNTK in one pass;
+* :func:`activation` — a ReLU-family nonlinearity in place;
+* :func:`pool` — average / sum pooling of a full-layout state.
+
+Every sum is accumulated in float64 whatever the state's dtype (float32 states lose nothing
+to long window sums), and every value is computed from the same operations in the same order
+whatever the block's batch shape, so the self pass and the pair pass agree bit for bit on the
+diagonal (the float32 det = 0 argument of ``activations._SNAP_ULPS``). A value that a later
+rule reads back as a self statistic is rounded to the state's dtype first, as the NumPy path
+stores it.
+
+Layouts (see ``state``): the batch axes are flattened to one axis ``B`` of size ``nb1 * nb2``
+(pair blocks) or ``m`` (the self pass, pair lists); vectors are the diagonal layout with one
+position. Two spatial dimensions at most (one is the first of length 1).
+
+``NTK_FUSED=0`` turns the compiled path off (as does a missing numba); :func:`enabled` is the
+switch the rules read, :func:`use` sets it for a block of code (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+try:  # numba is a dependency, but a broken LLVM must not take the NumPy path down with it
+    import numba
+except Exception:  # pragma: no cover - exercised only where numba is missing
+    numba = None
+
+_on = numba is not None and os.environ.get("NTK_FUSED", "1") != "0"
+
+
+def enabled(xp: Any) -> bool:
+    """True when the compiled kernels serve arrays of module ``xp`` (NumPy only)."""
+    return _on and xp is np
+
+
+@contextmanager
+def use(flag: bool) -> Iterator[None]:
+    """Run the enclosed code with the compiled path on (``True``) or off; not thread-safe."""
+    global _on
+    old = _on
+    _on = bool(flag) and numba is not None
+    try:
+        yield
+    finally:
+        _on = old
+
+
+def _jit(fn: Any) -> Any:
+    if numba is None:  # pragma: no cover
+        return fn
+    # error_model="numpy": a division by zero gives inf / nan, no Python exception path, so
+    # the loops vectorize; boundscheck off (the default); no fastmath: IEEE order is kept.
+    return numba.njit(nogil=True, cache=True, error_model="numpy")(fn)
+
+
+def _inline(fn: Any) -> Any:
+    if numba is None:  # pragma: no cover
+        return fn
+    return numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")(fn)
+
+
+# --- θ = atan2(r, k) for r >= 0, vectorizable -------------------------------------------------
+# NumPy's arctan2 is a SIMD library call (2.2-3.5 ns per float64 here); numba's is libm's
+# scalar one (31 ns). This is Cephes' atan (Moshier 1989: rational P(x²)/Q(x²) on
+# |x| <= 0.66, and π/4 + atan((t - 1)/(t + 1)) above) after folding the octant, written with
+# selects only: 2.6 ns per element, max error 4.4e-16 absolute against np.arctan2.
+_P = (-8.750608600031904122785e-1, -1.615753718733365076637e1, -7.500855792314704667340e1,
+      -1.228866684490136173410e2, -6.485021904942025371773e1)
+_Q = (2.485846490142306297962e1, 1.650270098316988542046e2, 4.328810604912902668951e2,
+      4.853903996359136964868e2, 1.945506571482613964425e2)
+_MOREBITS = 6.123233995736765886130e-17  # π/2 - fl(π/2)
+P0, P1, P2, P3, P4 = _P
+Q0, Q1, Q2, Q3, Q4 = _Q
+PIO4 = math.pi / 4 + 0.5 * _MOREBITS
+PIO2 = math.pi / 2 + _MOREBITS
+PI = math.pi + 2 * _MOREBITS
+
+
+@_inline
+def _atan2(r: float, k: float) -> float:
+    a = abs(k)
+    swap = r > a
+    num = min(r, a)
+    den = max(r, a)
+    den = den if den > 0 else 1.0  # atan2(0, 0) = 0
+    c = 1.0 if num > 0.66 * den else 0.0
+    x = (num - c * den) / (den + c * num)  # t = num/den, or (t - 1)/(t + 1) when t > 0.66
+    z = x * x
+    p = (((P0 * z + P1) * z + P2) * z + P3) * z + P4
+    q = ((((z + Q0) * z + Q1) * z + Q2) * z + Q3) * z + Q4
+    y = x + x * z * p / q + c * PIO4
+    y = (PIO2 - y) if swap else y
+    return (PI - y) if k < 0 else y
+
+
+@_inline
+def _ab(k12: float, k11: float, k22: float, snap: float, c0: float, c1: float
+        ) -> tuple[float, float]:
+    """``(K', dot)`` of ``a min(x, 0) + b max(x, 0)``: ``activations.ab_relu`` for one entry
+    (``c0 = (a² + b²)/2``, ``c1 = (a - b)²/2π``; ``snap``: its ulps times ε)."""
+    x = np.float64(k12)
+    prod = np.float64(k11) * np.float64(k22)  # float64: exact for float32 inputs, det = 0 stays 0
+    r2 = prod - x * x
+    r2 = 0.0 if r2 <= prod * snap else r2  # snap = 0: max(r2, 0)
+    r = math.sqrt(r2)
+    theta = _atan2(r, x) if prod != 0 else 0.5 * math.pi
+    dot = c0 - c1 * theta
+    return c1 * r + dot * x, dot
+
+
+# float32 states: Cephes' atanf (degree-4 polynomial on |x| <= tan(π/8), π/4 + atan((t - 1)/
+# (t + 1)) above): 1.2 ns per element, max error 2.6e-7 absolute; in the NTK that is an error
+# of c1 · 2.6e-7 against c0 (4e-8 relative for ReLU), far inside float32's 1e-5 budget.
+_F = np.float32
+_AF = tuple(_F(v) for v in (8.05374449538e-2, 1.38776856032e-1, 1.99777106478e-1,
+                            3.33329491539e-1))
+AF0, AF1, AF2, AF3 = _AF
+TAN_PI8 = _F(0.41421356237309503)
+PIO4F, PIO2F, PIF = _F(math.pi / 4), _F(math.pi / 2), _F(math.pi)
+ZEROF, ONEF = _F(0.0), _F(1.0)
+
+
+@_inline
+def _atan2f(r, k):
+    """``atan2(r, k)`` for float32 ``r >= 0``, ``k``, in float32 arithmetic."""
+    a = abs(k)
+    swap = r > a
+    num = min(r, a)
+    den = max(r, a)
+    den = den if den > ZEROF else ONEF
+    big = num > TAN_PI8 * den
+    x = (num - den) / (den + num) if big else num / den
+    z = x * x
+    y = (((AF0 * z - AF1) * z + AF2) * z - AF3) * z * x + x
+    y = y + PIO4F if big else y
+    y = (PIO2F - y) if swap else y
+    return (PIF - y) if k < ZEROF else y
+
+
+@_inline
+def _abp(k12, k11, k22, snap, c0, c1, lowp):
+    """``_ab``; with ``lowp`` (float32 states) the square root and the angle in float32."""
+    if not lowp:
+        return _ab(k12, k11, k22, snap, c0, c1)
+    x = np.float64(k12)
+    prod = np.float64(k11) * np.float64(k22)
+    r2 = prod - x * x
+    r2 = 0.0 if r2 <= prod * snap else r2
+    r = np.float32(math.sqrt(np.float32(r2)))
+    theta = np.float64(_atan2f(r, np.float32(x))) if prod != 0 else 0.5 * math.pi
+    dot = c0 - c1 * theta
+    return c1 * np.float64(r) + dot * x, dot
+
+
+# --- affine (Dense, stride-1 Conv), optionally followed by a ReLU-family nonlinearity ----------
+# Written for LLVM's vectorizer: long branch-free innermost loops over contiguous memory. On
+# the full layout the Conv rule shifts p and p' together, so along the (S2, S2') axis pair a
+# tap d2 is one constant offset, (d2 - lo2)(W2 + 1) nb, into the flattened slab once that slab
+# is zero-padded to W2 = O2 + k2 - 1 along both axes: every (i1, j1) slab of the input is padded
+# once into a small ring buffer (``_window_slab``) and each output slab (o1, q1) is then k1
+# passes of k2 taps each over
+# ~W2² nb contiguous values; a 3x3 window is one pass of 9 loads. Per-row runs of 32 with
+# edge checks cost 9 ns per value for 9 taps here, padding the whole array first 7 ns.
+
+@_inline
+def _taps(acc, src, n, step, k2):
+    """``acc[f] += sum_{d < k2} src[f + d step]`` for ``f < n``, three taps per pass. (Every
+    loop here indexes views with its own counter: an index LLVM cannot prove >= 0 gets a
+    negative-index wrap-around select per load, 5x slower.)"""
+    ac = acc[:n]
+    d = 0
+    while d < k2:
+        g = min(3, k2 - d)
+        x0 = src[d * step:d * step + n]
+        if g == 3:
+            x1 = src[(d + 1) * step:(d + 1) * step + n]
+            x2 = src[(d + 2) * step:(d + 2) * step + n]
+            for f in range(n):
+                ac[f] += x0[f] + x1[f] + x2[f]
+        elif g == 2:
+            x1 = src[(d + 1) * step:(d + 1) * step + n]
+            for f in range(n):
+                ac[f] += x0[f] + x1[f]
+        else:
+            for f in range(n):
+                ac[f] += x0[f]
+        d += g
+
+
+@_inline
+def _finish(acck, acct, k11, k22, outk, outt, n, ck, cb, ct, cn, cs, c1, act, want_t, rnd,
+            snap, a0, a1):
+    """``outk[e], outt[e]`` from the window sums ``acck``, ``acct`` for ``e < n``: the affine
+    map, then (``act``) the nonlinearity with variances ``k11[e]``, ``k22[e]``."""
+    if act and want_t:
+        for e in range(n):
+            sk = acck[e]
+            k = ck * sk + cb
+            t = ct * acct[e] + cn * k + cs * sk + c1
+            kr = np.float64(np.float32(k)) if rnd else k  # as the self pass stored it
+            kk, dot = _abp(kr, k11[e], k22[e], snap, a0, a1, rnd)
+            outk[e] = kk
+            outt[e] = t * dot
+    elif act:
+        for e in range(n):
+            k = ck * acck[e] + cb
+            kr = np.float64(np.float32(k)) if rnd else k
+            kk, dot = _abp(kr, k11[e], k22[e], snap, a0, a1, rnd)
+            outk[e] = kk
+    elif want_t:
+        for e in range(n):
+            sk = acck[e]
+            k = ck * sk + cb
+            outk[e] = k
+            outt[e] = ct * acct[e] + cn * k + cs * sk + c1
+    else:
+        for e in range(n):
+            outk[e] = ck * acck[e] + cb
+
+
+@_jit
+def _variance_runs(va, vb, n1, n2, pairlist, o1n, o2n):
+    """For a full layout, the variances each run entry ``e = (q2, b1, b2)`` needs:
+    ``k11[o1, o2, e] = va[b1, o1, o2]``, ``k22[q1, e] = vb[b1 or b2, q1, q2]``."""
+    run = o2n * n1 * n2
+    k11 = np.empty((o1n, o2n, run))
+    k22 = np.empty((o1n, run))
+    for o1 in range(o1n):
+        for o2 in range(o2n):
+            for q2 in range(o2n):
+                for b1 in range(n1):
+                    for b2 in range(n2):
+                        e = (q2 * n1 + b1) * n2 + b2
+                        k11[o1, o2, e] = va[b1, o1, o2]
+                        k22[o1, e] = vb[b1 if pairlist else b2, o1, q2]
+    return k11, k22
+
+
+@_inline
+def _taps9(acc, r0, r1, r2, n, step):
+    """``acc[f] = sum_{d1, d2 < 3} r_{d1}[f + d2 step]``: the 3x3 window in one pass."""
+    a0, a1, a2 = r0[:n], r0[step:step + n], r0[2 * step:2 * step + n]
+    b0, b1, b2 = r1[:n], r1[step:step + n], r1[2 * step:2 * step + n]
+    c0, c1, c2 = r2[:n], r2[step:step + n], r2[2 * step:2 * step + n]
+    ac = acc[:n]
+    for f in range(n):
+        ac[f] = (a0[f] + a1[f] + a2[f]) + (b0[f] + b1[f] + b2[f]) + (c0[f] + c1[f] + c2[f])
+
+
+@_inline
+def _load_slab(ring, slot, a, i1, j1, row, lo2, nb):
+    """Slab ``a[i1, j1]`` ``(S2, S2 nb)`` into ``ring[slot]``'s interior (its border stays 0)."""
+    s2 = a.shape[2]
+    m = s2 * nb
+    for i2 in range(s2):
+        base = (i2 + lo2) * row + lo2 * nb
+        dst = ring[slot, base:base + m]
+        src = a[i1, j1, i2]
+        for e in range(m):
+            dst[e] = src[e]
+
+
+@_inline
+def _window_slab(acc, ring, have, a, o1, q1, k1, k2, lo1, lo2, row, nb, n):
+    """``acc`` = the window sum of output slab (o1, q1) in padded-width rows. Input slabs come
+    through ``ring`` (padded copies, slot ``i1 % k1``; ``have`` says which ``i1`` each slot
+    holds): walking a diagonal o1 - q1 = const, each input slab is copied once."""
+    s1 = a.shape[0]
+    step = row + nb
+    full = True
+    for d1 in range(k1):
+        i1 = o1 + d1 - lo1
+        j1 = q1 + d1 - lo1
+        if 0 <= i1 < s1 and 0 <= j1 < s1:
+            slot = i1 % k1
+            if have[slot] != i1:
+                _load_slab(ring, slot, a, i1, j1, row, lo2, nb)
+                have[slot] = i1
+        else:
+            full = False
+    if full and k1 == 3 and k2 == 3:
+        _taps9(acc, ring[(o1 - lo1) % 3], ring[(o1 - lo1 + 1) % 3], ring[(o1 - lo1 + 2) % 3],
+               n, step)
+        return
+    acc[:n] = 0.0
+    for d1 in range(k1):
+        i1 = o1 + d1 - lo1
+        j1 = q1 + d1 - lo1
+        if 0 <= i1 < s1 and 0 <= j1 < s1:
+            _taps(acc, ring[i1 % k1], n, step, k2)
+
+
+@_jit
+def _affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c1,
+                 act, va, vb, pairlist, snap, a0, a1, rnd):
+    """Full layout: ``a*`` ``(S1, S1, S2, S2 * nb)``, ``o*`` ``(O1, O1, O2, O2 * nb)`` with
+    ``nb = n1 * n2`` (a pair list: ``n2 = 1``); ``at``/``ot`` of size 0 when the NTK is not
+    wanted; ``va`` ``(n1, O1, O2)``, ``vb`` ``(n2 or n1, O1, O2)`` the nonlinearity's self
+    statistics (when ``act``)."""
+    o1n, o2n = ok.shape[0], ok.shape[2]
+    nb = n1 * n2
+    want_t = at.size > 0
+    w2 = o2n + k2 - 1
+    row = w2 * nb
+    n = o2n * row  # output slab in padded-width rows; columns past O2 are never read
+    size = (w2 + 1) * row  # one row of slack: the last taps read past the last full row
+    # window sums in the state's dtype: nine terms lose nothing float32 cares about
+    # (the long sums, pooling and GAP, accumulate in float64)
+    ringk = np.zeros((k1, size), ak.dtype)
+    ringt = np.zeros((k1, size) if want_t else (1, 1), ak.dtype)
+    havek = np.empty(k1, np.int64)
+    havet = np.empty(k1, np.int64)
+    acck = np.empty(n, ak.dtype)
+    acct = np.empty(n, ak.dtype)
+    if act:
+        k11, k22 = _variance_runs(va, vb, n1, n2, pairlist, o1n, o2n)
+    else:
+        k11, k22 = np.empty((1, 1, 0)), np.empty((1, 0))
+    for delta in range(1 - o1n, o1n):  # diagonals q1 - o1 = delta
+        havek[:] = -1
+        havet[:] = -1
+        for o1 in range(max(0, -delta), min(o1n, o1n - delta)):
+            q1 = o1 + delta
+            _window_slab(acck, ringk, havek, ak, o1, q1, k1, k2, lo1, lo2, row, nb, n)
+            if want_t:
+                _window_slab(acct, ringt, havet, at, o1, q1, k1, k2, lo1, lo2, row, nb, n)
+            for o2 in range(o2n):
+                f = o2 * row
+                _finish(acck[f:], acct[f:], k11[o1 if act else 0, o2 if act else 0],
+                        k22[q1 if act else 0], ok[o1, q1, o2],
+                        ot[o1, q1, o2] if want_t else ok[o1, q1, o2], o2n * nb,
+                        ck, cb, ct, cn, cs, c1, act, want_t, rnd, snap, a0, a1)
+
+
+@_jit
+def _transposed(v, o1n, o2n):
+    """``(n, O1, O2)`` -> contiguous ``(O1, O2, n)``: a position's variances side by side."""
+    n = v.shape[0]
+    out = np.empty((o1n, o2n, n), v.dtype)
+    for i in range(n):
+        for o1 in range(o1n):
+            for o2 in range(o2n):
+                out[o1, o2, i] = v[i, o1, o2]
+    return out
+
+
+@_jit
+def _affine_diag(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c1,
+                 act, va, vb, pairlist, snap, a0, a1, rnd):
+    """Diagonal layout: ``a*`` ``(S1, S2, nb)``, ``o*`` ``(O1, O2, nb)``; as ``_affine_full``.
+    Vectors are one position and a 1x1 window: the input is read in place, no sums."""
+    s1, s2 = ak.shape[0], ak.shape[1]
+    o1n, o2n = ok.shape[0], ok.shape[1]
+    nb = n1 * n2
+    want_t = at.size > 0
+    acck = np.empty(nb, ak.dtype)
+    acct = np.empty(nb, ak.dtype)
+    one = np.empty(n2, va.dtype)  # a row's first-input variance, repeated
+    vat = _transposed(va, o1n, o2n) if act else va
+    vbt = _transposed(vb, o1n, o2n) if act else vb
+    single = k1 == 1 and k2 == 1 and lo1 == 0 and lo2 == 0
+    for o1 in range(o1n):
+        for o2 in range(o2n):
+            if single:
+                sk = ak[o1, o2]
+                st = at[o1, o2] if want_t else sk
+            else:
+                acck[:] = 0.0
+                acct[:] = 0.0
+                for d1 in range(k1):
+                    i1 = o1 + d1 - lo1
+                    if i1 < 0 or i1 >= s1:
+                        continue
+                    for d2 in range(k2):
+                        i2 = o2 + d2 - lo2
+                        if i2 < 0 or i2 >= s2:
+                            continue
+                        rk = ak[i1, i2]
+                        for e in range(nb):
+                            acck[e] += rk[e]
+                        if want_t:
+                            rt = at[i1, i2]
+                            for e in range(nb):
+                                acct[e] += rt[e]
+                sk = acck
+                st = acct
+            outk = ok[o1, o2]
+            outt = ot[o1, o2] if want_t else outk
+            if not act:
+                _finish(sk, st, sk, sk, outk, outt, nb, ck, cb, ct, cn, cs, c1, act, want_t, rnd,
+                        snap, a0, a1)
+            elif pairlist:
+                _finish(sk, st, vat[o1, o2], vbt[o1, o2], outk, outt, nb, ck, cb, ct, cn, cs,
+                        c1, act, want_t, rnd, snap, a0, a1)
+            else:
+                for b1 in range(n1):
+                    one[:] = vat[o1, o2, b1]
+                    f = b1 * n2
+                    _finish(sk[f:], st[f:], one, vbt[o1, o2], outk[f:], outt[f:], n2,
+                            ck, cb, ct, cn, cs, c1, act, want_t, rnd, snap, a0, a1)
+
+
+@_inline
+def _act_run(kin, kout, t, k11, k22, n, want_t, snap, a0, a1, lowp):
+    """The nonlinearity over a run: ``kout[e]`` from ``kin[e]``, ``t[e] *= dot``."""
+    if want_t:
+        for e in range(n):
+            kk, dot = _abp(kin[e], k11[e], k22[e], snap, a0, a1, lowp)
+            kout[e] = kk
+            t[e] *= dot
+    else:
+        for e in range(n):
+            kk, dot = _abp(kin[e], k11[e], k22[e], snap, a0, a1, lowp)
+            kout[e] = kk
+
+
+@_jit
+def _act_full(k_, ko, t_, va, vb, n1, n2, pairlist, snap, a0, a1, lowp):
+    """A ReLU-family nonlinearity of a full layout ``(S1, S1, S2, S2 * nb)``: K into ``ko``
+    (``k_`` may be a self statistic's memory), Θ in place."""
+    s1, s2 = k_.shape[0], k_.shape[2]
+    want_t = t_.size > 0
+    k11, k22 = _variance_runs(va, vb, n1, n2, pairlist, s1, s2)
+    for o1 in range(s1):
+        for q1 in range(s1):
+            for o2 in range(s2):
+                kout = ko[o1, q1, o2]
+                _act_run(k_[o1, q1, o2], kout, t_[o1, q1, o2] if want_t else kout,
+                         k11[o1, o2], k22[q1], k_.shape[3], want_t, snap, a0, a1, lowp)
+
+
+@_jit
+def _act_diag(k_, ko, t_, va, vb, n1, n2, pairlist, snap, a0, a1, lowp):
+    """A ReLU-family nonlinearity of a diagonal layout ``(S1, S2, nb)``: as ``_act_full``."""
+    s1, s2 = k_.shape[0], k_.shape[1]
+    want_t = t_.size > 0
+    one = np.empty(n2, va.dtype)
+    vat = _transposed(va, s1, s2)
+    vbt = _transposed(vb, s1, s2)
+    for o1 in range(s1):
+        for o2 in range(s2):
+            kin, kout = k_[o1, o2], ko[o1, o2]
+            t = t_[o1, o2] if want_t else kout
+            if pairlist:
+                _act_run(kin, kout, t, vat[o1, o2], vbt[o1, o2], n1, want_t, snap, a0, a1,
+                         lowp)
+            else:
+                for b1 in range(n1):
+                    one[:] = vat[o1, o2, b1]
+                    f = b1 * n2
+                    _act_run(kin[f:], kout[f:], t[f:], one, vbt[o1, o2], n2, want_t, snap,
+                             a0, a1, lowp)
+
+
+@_jit
+def _pool_full(a, o, k1, k2, s1, s2, lo1, lo2, nb, scale):
+    """Pooling of ``(S1, S1, S2, S2, nb)`` into ``(O1, O1, O2, O2, nb)``: p and p' each over
+    their own window (zero padding), times ``scale``."""
+    n1, n2_ = a.shape[0], a.shape[2]
+    o1n, o2n = o.shape[0], o.shape[2]
+    acc = np.empty(nb)
+    for o1 in range(o1n):
+        for q1 in range(o1n):
+            for o2 in range(o2n):
+                for q2 in range(o2n):
+                    for b in range(nb):
+                        acc[b] = 0.0
+                    for d1 in range(k1):
+                        i1 = s1 * o1 + d1 - lo1
+                        if i1 < 0 or i1 >= n1:
+                            continue
+                        for e1 in range(k1):
+                            j1 = s1 * q1 + e1 - lo1
+                            if j1 < 0 or j1 >= n1:
+                                continue
+                            for d2 in range(k2):
+                                i2 = s2 * o2 + d2 - lo2
+                                if i2 < 0 or i2 >= n2_:
+                                    continue
+                                for e2 in range(k2):
+                                    j2 = s2 * q2 + e2 - lo2
+                                    if j2 < 0 or j2 >= n2_:
+                                        continue
+                                    for b in range(nb):
+                                        acc[b] += a[i1, j1, i2, j2, b]
+                    for b in range(nb):
+                        o[o1, q1, o2, q2, b] = acc[b] * scale
+
+
+# --- entry points the layer rules call ----------------------------------------------------------
+
+def _spatial2(spatial: tuple[int, ...]) -> tuple[int, int] | None:
+    """Spatial shape as two axes (vectors and 1-D get leading 1s); None past 2-D."""
+    if len(spatial) > 2:
+        return None
+    return (1,) * (2 - len(spatial)) + tuple(spatial)  # type: ignore[return-value]
+
+
+def _window2(win: Any) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """``(sizes, strides, pad_lo)`` padded to two axes; None for a window the kernels do
+    not cover (circular, or more than two spatial axes)."""
+    if win is None:
+        return (1, 1), (1, 1), (0, 0)
+    if win.circular or len(win.size) > 2:
+        return None
+    one, zero = (1,) * (2 - len(win.size)), (0,) * (2 - len(win.size))
+    return (one + tuple(win.size), one + tuple(win.strides),  # type: ignore[return-value]
+            zero + tuple(p[0] for p in win.pad))
+
+
+def _nbatch(st: Any) -> tuple[int, int, bool]:
+    """``(n1, n2, pair list?)`` of a state's batch: ``(n1, n2)`` pairs or a list of ``n1``."""
+    shape = st.nngp.shape[st.nngp.ndim - st.nb:]
+    if st.nb == 1:
+        return shape[0], 1, True
+    return shape[0], shape[1], False
+
+
+def _as_var(v: Any, dtype: Any, spatial: tuple[int, int]) -> np.ndarray:
+    """Self statistics ``(n, *spatial)`` as a contiguous ``(n, S1, S2)`` array of ``dtype``."""
+    return np.ascontiguousarray(v, dtype=dtype).reshape(v.shape[0], *spatial)
+
+
+def _view(a: np.ndarray, spatial: tuple[int, int], full: bool, nb: int) -> np.ndarray:
+    s1, s2 = spatial
+    return a.reshape((s1, s1, s2, s2 * nb) if full else (s1, s2, nb))
+
+
+_EMPTY = {np.dtype(np.float32): np.empty(0, np.float32),
+          np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+def _empty4(dt: Any, full: bool) -> np.ndarray:
+    return _EMPTY[np.dtype(dt)].reshape((0, 0, 0, 0) if full else (0, 0, 0))
+
+
+def affine(st: Any, win: Any, out_spatial: tuple[int, ...], coef: tuple[float, ...],
+           act: tuple[float, float, float, Any, Any] | None = None) -> Any | None:
+    """``st`` through an affine layer, and through ``act`` after it; None when not covered.
+
+    ``coef = (ck, cb, ct, cn, cs, c1)``: with window sums ``ΣK``, ``ΣΘ``,
+    ``K' = ck ΣK + cb`` and ``Θ' = ct ΣΘ + cn K' + cs ΣK + c1`` (both parameterizations of
+    ``linear._affine_kernel``). ``act = (snap, c0, c1, va, vb)``: a ReLU-family nonlinearity
+    (``_ab``) with the self statistics ``va`` ``(n1, *out_spatial)``, ``vb`` ``(n2, ...)``.
+    Only stride-1 zero-padded windows, two spatial axes at most, contiguous float arrays.
+    """
+    w = _window2(win)
+    sp_in, sp_out = _spatial2(st.spatial), _spatial2(out_spatial)
+    if w is None or sp_in is None or sp_out is None or w[1] != (1, 1):
+        return None
+    dt = st.nngp.dtype
+    if dt not in _EMPTY or not st.nngp.flags.c_contiguous or (
+            st.ntk is not None and not st.ntk.flags.c_contiguous):
+        return None
+    n1, n2, pairlist = _nbatch(st)
+    nb = n1 * n2
+    full = st.full
+    batch = st.nngp.shape[st.nngp.ndim - st.nb:]
+    out_shape = ((*sum(((s, s) for s in out_spatial), ()), *batch) if full
+                 else (*out_spatial, *batch))
+    ok = np.empty(out_shape, dt)
+    ot = np.empty(out_shape, dt) if st.ntk is not None else None
+    empty = _empty4(dt, full)
+    if act is None:
+        snap, a0, a1, on = 0.0, 0.0, 0.0, False
+        va = vb = np.empty((0, 0, 0), dt)
+    else:
+        snap, a0, a1, va, vb = act
+        va, vb, on = _as_var(va, dt, sp_out), _as_var(vb, dt, sp_out), True
+    ck, cb, ct, cn, cs, c1 = coef
+    fn = _affine_full if full else _affine_diag
+    fn(_view(st.nngp, sp_in, full, nb),
+       empty if st.ntk is None else _view(st.ntk, sp_in, full, nb),
+       _view(ok, sp_out, full, nb), empty if ot is None else _view(ot, sp_out, full, nb),
+       w[0][0], w[0][1], w[2][0], w[2][1], n1, n2, ck, cb, ct, cn, cs, c1,
+       on, va, vb, pairlist, snap, a0, a1, dt == np.float32)
+    return st.with_(nngp=ok, ntk=ot, spatial=tuple(out_spatial))
+
+
+def activation(st: Any, snap: float, c0: float, c1: float, va: Any, vb: Any) -> Any | None:
+    """``st`` through a ReLU-family nonlinearity (``_ab``) with the self statistics ``va``
+    ``(n1, *spatial)``, ``vb`` ``(n2, ...)`` (Θ updated in place, as the NumPy rule does);
+    None when not covered."""
+    sp = _spatial2(st.spatial)
+    dt = st.nngp.dtype
+    if sp is None or dt not in _EMPTY or not st.nngp.flags.c_contiguous or (
+            st.ntk is not None and not st.ntk.flags.c_contiguous):
+        return None
+    n1, n2, pairlist = _nbatch(st)
+    nb = n1 * n2
+    out = np.empty_like(st.nngp)
+    fn = _act_full if st.full else _act_diag
+    fn(_view(st.nngp, sp, st.full, nb), _view(out, sp, st.full, nb),
+       _empty4(dt, st.full) if st.ntk is None else _view(st.ntk, sp, st.full, nb),
+       _as_var(va, dt, sp), _as_var(vb, dt, sp), n1, n2, pairlist, snap, c0, c1,
+       dt == np.float32)
+    return st.with_(nngp=out)
+
+
+def pool(a: np.ndarray, win: Any, nb_axes: int, scale: float) -> np.ndarray | None:
+    """A full-layout array ``(S1, S1', S2, S2') + B`` pooled by ``win`` (p and p' each over
+    their window, zero padding) times ``scale``; None when not covered."""
+    w = _window2(win)
+    if w is None or a.dtype not in _EMPTY or not a.flags.c_contiguous:
+        return None
+    batch = a.shape[a.ndim - nb_axes:]
+    nb = math.prod(batch)
+    sp_in = _spatial2(tuple(a.shape[0:a.ndim - nb_axes:2]))
+    sp_out = _spatial2(tuple(win.out))
+    if sp_in is None or sp_out is None:
+        return None
+    out = np.empty((*sum(((s, s) for s in win.out), ()), *batch), a.dtype)
+    (k1, k2), (s1, s2), (lo1, lo2) = w
+    _pool_full(a.reshape(sp_in[0], sp_in[0], sp_in[1], sp_in[1], nb),
+               out.reshape(sp_out[0], sp_out[0], sp_out[1], sp_out[1], nb),
+               k1, k2, s1, s2, lo1, lo2, nb, scale)
+    return out
