@@ -41,11 +41,30 @@ except Exception:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
 _on = numba is not None and os.environ.get("NTK_FUSED", "1") != "0"
+#: ``NTK_FUSED=cuda``: NumPy arrays too go through the CUDA kernels, which only the CUDA
+#: simulator can run on them (``NUMBA_ENABLE_CUDASIM=1``): the GPU path tested on a CPU.
+_host_on_device = os.environ.get("NTK_FUSED") == "cuda"
 
 
 def enabled(xp: Any) -> bool:
-    """True when the compiled kernels serve arrays of module ``xp`` (NumPy only)."""
-    return _on and xp is np
+    """True when compiled kernels serve arrays of module ``xp``: NumPy (the CPU kernels
+    here) or CuPy (``fused_cuda``, where numba's CUDA target sees a device)."""
+    if not _on:
+        return False
+    if xp is np:
+        return True
+    from . import fused_cuda
+
+    return fused_cuda.available()
+
+
+def _device(a: Any) -> Any:
+    """The array module whose CUDA kernels take ``a``, or None for the CPU kernels."""
+    if isinstance(a, np.ndarray) and not _host_on_device:
+        return None
+    from ..backend import array_module
+
+    return array_module(a)
 
 
 @contextmanager
@@ -559,6 +578,11 @@ def affine(st: Any, win: Any, out_spatial: tuple[int, ...], coef: tuple[float, .
     (``_ab``) with the self statistics ``va`` ``(n1, *out_spatial)``, ``vb`` ``(n2, ...)``.
     Only stride-1 zero-padded windows, two spatial axes at most, contiguous float arrays.
     """
+    xp = _device(st.nngp)
+    if xp is not None:
+        from . import fused_cuda
+
+        return fused_cuda.affine(xp, st, win, out_spatial, coef, act)
     w = _window2(win)
     sp_in, sp_out = _spatial2(st.spatial), _spatial2(out_spatial)
     if w is None or sp_in is None or sp_out is None or w[1] != (1, 1):
@@ -596,6 +620,11 @@ def activation(st: Any, snap: float, c0: float, c1: float, va: Any, vb: Any) -> 
     """``st`` through a ReLU-family nonlinearity (``_ab``) with the self statistics ``va``
     ``(n1, *spatial)``, ``vb`` ``(n2, ...)`` (Θ updated in place, as the NumPy rule does);
     None when not covered."""
+    xp = _device(st.nngp)
+    if xp is not None:
+        from . import fused_cuda
+
+        return fused_cuda.activation(xp, st, snap, c0, c1, va, vb)
     sp = _spatial2(st.spatial)
     dt = st.nngp.dtype
     if sp is None or dt not in _EMPTY or not st.nngp.flags.c_contiguous or (
@@ -615,6 +644,11 @@ def activation(st: Any, snap: float, c0: float, c1: float, va: Any, vb: Any) -> 
 def pool(a: np.ndarray, win: Any, nb_axes: int, scale: float) -> np.ndarray | None:
     """A full-layout array ``(S1, S1', S2, S2') + B`` pooled by ``win`` (p and p' each over
     their window, zero padding) times ``scale``; None when not covered."""
+    xp = _device(a)
+    if xp is not None:
+        from . import fused_cuda
+
+        return fused_cuda.pool(xp, a, win, nb_axes, scale)
     w = _window2(win)
     if w is None or a.dtype not in _EMPTY or not a.flags.c_contiguous:
         return None

@@ -1,0 +1,293 @@
+"""The fused layer kernels for CUDA devices (numba's CUDA target, on CuPy arrays).
+
+The same rules as :mod:`ntkcompute.kernels.fused`, one launch per layer per block and one
+thread per output entry: the thread sums its window of K and Θ, applies the affine map and,
+when asked, the ReLU-family nonlinearity, and writes both outputs. The per-entry math
+(``fused._abp``: the arc-cosine kernel and its angle) is the CPU path's own source, compiled
+for the device by numba; so the CPU kernels and these share one definition of the rule.
+
+Without a GPU these kernels run on NumPy arrays under numba's CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``, set before numba is imported): ``tests/kernels/test_fused_cuda.py``
+runs them there against the CPU path, and ``bench/gpu.sh`` on a real device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import fused
+
+try:
+    from numba import cuda
+except Exception:  # pragma: no cover - numba without its CUDA target
+    cuda = None
+
+THREADS = 256  # threads per block
+
+
+def available() -> bool:
+    """True when numba's CUDA target has a device (or the simulator) to launch on."""
+    if cuda is None:
+        return False
+    try:
+        return bool(cuda.is_available())
+    except Exception:  # pragma: no cover - a broken driver
+        return False
+
+
+def _kernels() -> dict[str, Any]:
+    """Compile (lazily: importing this module must not need a device) the four kernels."""
+    if "affine_full" in _CACHE:
+        return _CACHE
+    abp = fused._abp
+
+    @cuda.jit
+    def affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c1,
+                    act, va, vb, pairlist, snap, a0, a1, rnd):
+        # ak (S1, S1, S2, S2, nb), ok (O1, O1, O2, O2, nb); one thread per entry of ok
+        i = cuda.grid(1)
+        o1n, o2n = ok.shape[0], ok.shape[2]
+        s1, s2 = ak.shape[0], ak.shape[2]
+        nb = n1 * n2
+        if i >= o1n * o1n * o2n * o2n * nb:
+            return
+        b = i % nb
+        r = i // nb
+        q2 = r % o2n
+        r //= o2n
+        o2 = r % o2n
+        r //= o2n
+        q1 = r % o1n
+        o1 = r // o1n
+        want_t = at.shape[0] > 0
+        sk = 0.0
+        st = 0.0
+        for d1 in range(k1):
+            i1 = o1 + d1 - lo1
+            j1 = q1 + d1 - lo1
+            if i1 < 0 or i1 >= s1 or j1 < 0 or j1 >= s1:
+                continue
+            for d2 in range(k2):
+                i2 = o2 + d2 - lo2
+                j2 = q2 + d2 - lo2
+                if i2 < 0 or i2 >= s2 or j2 < 0 or j2 >= s2:
+                    continue
+                sk += ak[i1, j1, i2, j2, b]
+                if want_t:
+                    st += at[i1, j1, i2, j2, b]
+        k = ck * sk + cb
+        t = ct * st + cn * k + cs * sk + c1
+        if act:
+            if rnd:
+                k = np.float64(np.float32(k))
+            b1 = b // n2
+            b2 = b - b1 * n2
+            k, dot = abp(k, va[b1, o1, o2], vb[b1 if pairlist else b2, q1, q2], snap, a0, a1,
+                         rnd)
+            t *= dot
+        ok[o1, q1, o2, q2, b] = k
+        if want_t:
+            ot[o1, q1, o2, q2, b] = t
+
+    @cuda.jit
+    def affine_diag(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c1,
+                    act, va, vb, pairlist, snap, a0, a1, rnd):
+        # ak (S1, S2, nb), ok (O1, O2, nb)
+        i = cuda.grid(1)
+        o1n, o2n = ok.shape[0], ok.shape[1]
+        s1, s2 = ak.shape[0], ak.shape[1]
+        nb = n1 * n2
+        if i >= o1n * o2n * nb:
+            return
+        b = i % nb
+        r = i // nb
+        o2 = r % o2n
+        o1 = r // o2n
+        want_t = at.shape[0] > 0
+        sk = 0.0
+        st = 0.0
+        for d1 in range(k1):
+            i1 = o1 + d1 - lo1
+            if i1 < 0 or i1 >= s1:
+                continue
+            for d2 in range(k2):
+                i2 = o2 + d2 - lo2
+                if i2 < 0 or i2 >= s2:
+                    continue
+                sk += ak[i1, i2, b]
+                if want_t:
+                    st += at[i1, i2, b]
+        k = ck * sk + cb
+        t = ct * st + cn * k + cs * sk + c1
+        if act:
+            if rnd:
+                k = np.float64(np.float32(k))
+            b1 = b // n2
+            b2 = b - b1 * n2
+            k, dot = abp(k, va[b1, o1, o2], vb[b1 if pairlist else b2, o1, o2], snap, a0, a1,
+                         rnd)
+            t *= dot
+        ok[o1, o2, b] = k
+        if want_t:
+            ot[o1, o2, b] = t
+
+    @cuda.jit
+    def activation(k_, ko, t_, va, vb, n1, n2, full, pairlist, snap, a0, a1, lowp):
+        # k_ (P1, P1', P2, P2', nb) full, or (P1, 1, P2, 1, nb) for the diagonal layout
+        i = cuda.grid(1)
+        p1, q1n, p2, q2n = k_.shape[0], k_.shape[1], k_.shape[2], k_.shape[3]
+        nb = n1 * n2
+        if i >= p1 * q1n * p2 * q2n * nb:
+            return
+        b = i % nb
+        r = i // nb
+        q2 = r % q2n
+        r //= q2n
+        o2 = r % p2
+        r //= p2
+        q1 = r % q1n
+        o1 = r // q1n
+        if not full:
+            q1, q2 = o1, o2
+        b1 = b // n2
+        b2 = b - b1 * n2
+        kk, dot = abp(k_[o1, q1 if full else 0, o2, q2 if full else 0, b], va[b1, o1, o2],
+                      vb[b1 if pairlist else b2, q1, q2], snap, a0, a1, lowp)
+        ko[o1, q1 if full else 0, o2, q2 if full else 0, b] = kk
+        if t_.shape[0] > 0:
+            t_[o1, q1 if full else 0, o2, q2 if full else 0, b] *= dot
+
+    @cuda.jit
+    def pool_full(a, o, k1, k2, s1, s2, lo1, lo2, scale):
+        # a (S1, S1, S2, S2, nb) -> o (O1, O1, O2, O2, nb)
+        i = cuda.grid(1)
+        o1n, o2n, nb = o.shape[0], o.shape[2], o.shape[4]
+        n1, n2 = a.shape[0], a.shape[2]
+        if i >= o1n * o1n * o2n * o2n * nb:
+            return
+        b = i % nb
+        r = i // nb
+        q2 = r % o2n
+        r //= o2n
+        o2 = r % o2n
+        r //= o2n
+        q1 = r % o1n
+        o1 = r // o1n
+        acc = 0.0
+        for d1 in range(k1):
+            i1 = s1 * o1 + d1 - lo1
+            for e1 in range(k1):
+                j1 = s1 * q1 + e1 - lo1
+                if i1 < 0 or i1 >= n1 or j1 < 0 or j1 >= n1:
+                    continue
+                for d2 in range(k2):
+                    i2 = s2 * o2 + d2 - lo2
+                    for e2 in range(k2):
+                        j2 = s2 * q2 + e2 - lo2
+                        if i2 < 0 or i2 >= n2 or j2 < 0 or j2 >= n2:
+                            continue
+                        acc += a[i1, j1, i2, j2, b]
+        o[o1, q1, o2, q2, b] = acc * scale
+
+    _CACHE.update(affine_full=affine_full, affine_diag=affine_diag, activation=activation,
+                  pool_full=pool_full)
+    return _CACHE
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _launch(kernel: Any, n: int, *args: Any) -> None:
+    kernel[max(1, math.ceil(n / THREADS)), THREADS](*args)
+
+
+def _empty(xp: Any, dt: Any, ndim: int) -> Any:
+    return xp.empty((0,) * ndim, dt)
+
+
+def affine(xp: Any, st: Any, win: Any, out_spatial: tuple[int, ...], coef: tuple[float, ...],
+           act: tuple[float, float, float, Any, Any] | None = None) -> Any | None:
+    """:func:`fused.affine` on the device: arguments, coverage and results the same."""
+    w = fused._window2(win)
+    sp_in, sp_out = fused._spatial2(st.spatial), fused._spatial2(out_spatial)
+    if w is None or sp_in is None or sp_out is None or w[1] != (1, 1):
+        return None
+    dt = st.nngp.dtype
+    if np.dtype(dt) not in fused._EMPTY:
+        return None
+    n1, n2, pairlist = fused._nbatch(st)
+    nb = n1 * n2
+    full = st.full
+    batch = st.nngp.shape[st.nngp.ndim - st.nb:]
+    out_shape = ((*sum(((s, s) for s in out_spatial), ()), *batch) if full
+                 else (*out_spatial, *batch))
+    ok = xp.empty(out_shape, dt)
+    ot = xp.empty(out_shape, dt) if st.ntk is not None else None
+
+    def view(a: Any, sp: tuple[int, int]) -> Any:
+        return xp.ascontiguousarray(a).reshape((sp[0], sp[0], sp[1], sp[1], nb) if full
+                                               else (sp[0], sp[1], nb))
+
+    nd = 5 if full else 3
+    if act is None:
+        snap, a0, a1, on = 0.0, 0.0, 0.0, False
+        va = vb = _empty(xp, dt, 3)
+    else:
+        snap, a0, a1, va, vb = act
+        va = xp.ascontiguousarray(va, dtype=dt).reshape(va.shape[0], *sp_out)
+        vb = xp.ascontiguousarray(vb, dtype=dt).reshape(vb.shape[0], *sp_out)
+        on = True
+    ck, cb, ct, cn, cs, c1 = coef
+    ks = _kernels()
+    kernel = ks["affine_full"] if full else ks["affine_diag"]
+    _launch(kernel, ok.size, view(st.nngp, sp_in),
+            _empty(xp, dt, nd) if st.ntk is None else view(st.ntk, sp_in),
+            view(ok, sp_out), _empty(xp, dt, nd) if ot is None else view(ot, sp_out),
+            w[0][0], w[0][1], w[2][0], w[2][1], n1, n2, ck, cb, ct, cn, cs, c1,
+            on, va, vb, pairlist, snap, a0, a1, np.dtype(dt) == np.float32)
+    return st.with_(nngp=ok, ntk=ot, spatial=tuple(out_spatial))
+
+
+def activation(xp: Any, st: Any, snap: float, c0: float, c1: float, va: Any, vb: Any
+               ) -> Any | None:
+    """:func:`fused.activation` on the device."""
+    sp = fused._spatial2(st.spatial)
+    dt = st.nngp.dtype
+    if sp is None or np.dtype(dt) not in fused._EMPTY:
+        return None
+    n1, n2, pairlist = fused._nbatch(st)
+    nb = n1 * n2
+    shape = (sp[0], sp[0], sp[1], sp[1], nb) if st.full else (sp[0], 1, sp[1], 1, nb)
+    out = xp.empty_like(st.nngp)
+    t = (_empty(xp, dt, 5) if st.ntk is None
+         else xp.ascontiguousarray(st.ntk).reshape(shape))
+    _launch(_kernels()["activation"], out.size, xp.ascontiguousarray(st.nngp).reshape(shape),
+            out.reshape(shape), t,
+            xp.ascontiguousarray(va, dtype=dt).reshape(va.shape[0], *sp),
+            xp.ascontiguousarray(vb, dtype=dt).reshape(vb.shape[0], *sp),
+            n1, n2, st.full, pairlist, snap, c0, c1, np.dtype(dt) == np.float32)
+    ntk = None if st.ntk is None else t.reshape(st.ntk.shape)
+    return st.with_(nngp=out, ntk=ntk)
+
+
+def pool(xp: Any, a: Any, win: Any, nb_axes: int, scale: float) -> Any | None:
+    """:func:`fused.pool` on the device."""
+    w = fused._window2(win)
+    if w is None or np.dtype(a.dtype) not in fused._EMPTY:
+        return None
+    batch = a.shape[a.ndim - nb_axes:]
+    nb = math.prod(batch)
+    sp_in = fused._spatial2(tuple(a.shape[0:a.ndim - nb_axes:2]))
+    sp_out = fused._spatial2(tuple(win.out))
+    if sp_in is None or sp_out is None:
+        return None
+    out = xp.empty((*sum(((s, s) for s in win.out), ()), *batch), a.dtype)
+    (k1, k2), (s1, s2), (lo1, lo2) = w
+    _launch(_kernels()["pool_full"], out.size,
+            xp.ascontiguousarray(a).reshape(sp_in[0], sp_in[0], sp_in[1], sp_in[1], nb),
+            out.reshape(sp_out[0], sp_out[0], sp_out[1], sp_out[1], nb),
+            k1, k2, s1, s2, lo1, lo2, scale)
+    return out
