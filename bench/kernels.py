@@ -7,9 +7,10 @@ For each configuration and dtype it prints
   (symmetric jobs compute the upper triangle of blocks and mirror it);
 * ``1-pair/s``: the baseline, measured in the same run on a sample of pairs: the same layer
   rules fed one pair at a time on one thread (no blocking, threads or symmetry);
-  ``speedup`` = entries/s / 1-pair/s;
-* ``vs nt``: ratio against neural-tangents' float64 per-pair times on this machine quoted in
-  the project brief (not measured in this run; ``make conformance`` measures nt itself).
+  ``speedup`` = entries/s / 1-pair/s.
+
+Against neural-tangents, and the fused kernels against the NumPy rules, both measured in one
+run: ``bench/speed.py``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ import numpy as np
 import ntkcompute as nc
 from ntkcompute import architectures as A
 from ntkcompute.datasets import cifar10, digits, standardize
-
-# neural-tangents 0.6.5, float64, per pair, this machine (project brief).
-NT_MS_PER_PAIR = {"cntk-gap-4 8x8x1": 1.9, "cntk-gap-4 32x32x3": 660.0, "myrtle-5 32x32x3": 310.0}
 
 
 def configs(quick: bool):
@@ -67,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"cores={os.cpu_count()}  numpy={np.__version__}")
     hdr = (f"{'config':24s} {'dtype':8s} {'n':>5s} {'seconds':>8s} {'entries/s':>11s} "
-           f"{'ms/entry':>9s} {'1-pair/s':>9s} {'speedup':>8s} {'vs nt':>7s}")
+           f"{'ms/entry':>9s} {'1-pair/s':>9s} {'speedup':>8s}")
     print(hdr)
     for name, arch, x in configs(args.quick):
         if args.only and args.only not in name:
@@ -81,10 +79,8 @@ def main() -> None:
             rate = n * n / sec
             samples = max(3, min(200, int(2.0 * rate / 50)))
             base = one_pair_rate(arch, x, dtype, samples)
-            nt = NT_MS_PER_PAIR.get(name)
-            vs_nt = f"{nt / (1e3 / rate):6.1f}x" if nt and dtype == "float64" else "      -"
             print(f"{name:24s} {dtype:8s} {n:5d} {sec:8.2f} {rate:11.0f} {1e3 / rate:9.4f} "
-                  f"{base:9.1f} {rate / base:7.1f}x {vs_nt}", flush=True)
+                  f"{base:9.1f} {rate / base:7.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,11 @@ def to_stax(spec: dict):
 
 
 def main() -> None:
+    """A case without ``x2_i`` is symmetric (``kernel_fn(x1, None)``). Inputs are used in
+    their stored dtype (float32 cases compute in float32). ``cpu_i`` is the process CPU time
+    of the timed call, ``rss`` the process's peak resident set (bytes) after all cases."""
+    import resource
+
     cases = np.load(sys.argv[1])
     res = {}
     i = 0
@@ -106,17 +111,20 @@ def main() -> None:
         spec = json.loads(str(cases[f"arch_{i}"]))
         _, _, kernel_fn = to_stax(spec)
         fn = jax.jit(kernel_fn, static_argnames="get")
-        x1, x2 = jnp.asarray(cases[f"x1_{i}"]), jnp.asarray(cases[f"x2_{i}"])
+        x1 = jnp.asarray(cases[f"x1_{i}"])
+        x2 = jnp.asarray(cases[f"x2_{i}"]) if f"x2_{i}" in cases else None
         k = fn(x1, x2, get=("nngp", "ntk"))
         jax.block_until_ready(k)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         k = fn(x1, x2, get=("nngp", "ntk"))
         jax.block_until_ready(k)
         res[f"sec_{i}"] = time.perf_counter() - t
+        res[f"cpu_{i}"] = time.process_time() - c
         res[f"nngp_{i}"] = np.asarray(k.nngp)
         res[f"ntk_{i}"] = np.asarray(k.ntk)
         print(f"case {i}: {res[f'sec_{i}']:.3f}s", flush=True)
         i += 1
+    res["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     np.savez(sys.argv[2], **res)
 
 

@@ -37,8 +37,10 @@ import numpy as np
 
 try:  # numba is a dependency, but a broken LLVM must not take the NumPy path down with it
     import numba
+    from numba import uint64
 except Exception:  # pragma: no cover - exercised only where numba is missing
     numba = None
+    uint64 = int
 
 _on = numba is not None and os.environ.get("NTK_FUSED", "1") != "0"
 #: ``NTK_FUSED=cuda``: NumPy arrays too go through the CUDA kernels, which only the CUDA
@@ -222,34 +224,41 @@ def _taps(acc, src, n, step, k2):
 
 
 @_inline
-def _finish(acck, acct, k11, k22, outk, outt, n, ck, cb, ct, cn, cs, c1, act, want_t, rnd,
-            snap, a0, a1):
-    """``outk[e], outt[e]`` from the window sums ``acck``, ``acct`` for ``e < n``: the affine
-    map, then (``act``) the nonlinearity with variances ``k11[e]``, ``k22[e]``."""
+def _finish(acck, acct, fa, k11, k22, f1, f2, outk, outt, fo, n, ck, cb, ct, cn, cs, c1, act,
+            want_t, rnd, snap, a0, a1):
+    """``outk[fo + e], outt[fo + e]`` for ``e < n`` from the window sums ``acck[fa + e]``,
+    ``acct[fa + e]``: the affine map, then (``act``) the nonlinearity with variances
+    ``k11[f1 + e]``, ``k22[f2 + e]``. Flat arrays and unsigned offsets: no view per call and
+    no negative-index check per load."""
+    fa, f1, f2, fo = uint64(fa), uint64(f1), uint64(f2), uint64(fo)
     if act and want_t:
-        for e in range(n):
-            sk = acck[e]
+        for e0 in range(n):
+            e = uint64(e0)
+            sk = acck[fa + e]
             k = ck * sk + cb
-            t = ct * acct[e] + cn * k + cs * sk + c1
+            t = ct * acct[fa + e] + cn * k + cs * sk + c1
             kr = np.float64(np.float32(k)) if rnd else k  # as the self pass stored it
-            kk, dot = _abp(kr, k11[e], k22[e], snap, a0, a1, rnd)
-            outk[e] = kk
-            outt[e] = t * dot
+            kk, dot = _abp(kr, k11[f1 + e], k22[f2 + e], snap, a0, a1, rnd)
+            outk[fo + e] = kk
+            outt[fo + e] = t * dot
     elif act:
-        for e in range(n):
-            k = ck * acck[e] + cb
+        for e0 in range(n):
+            e = uint64(e0)
+            k = ck * acck[fa + e] + cb
             kr = np.float64(np.float32(k)) if rnd else k
-            kk, dot = _abp(kr, k11[e], k22[e], snap, a0, a1, rnd)
-            outk[e] = kk
+            kk, dot = _abp(kr, k11[f1 + e], k22[f2 + e], snap, a0, a1, rnd)
+            outk[fo + e] = kk
     elif want_t:
-        for e in range(n):
-            sk = acck[e]
+        for e0 in range(n):
+            e = uint64(e0)
+            sk = acck[fa + e]
             k = ck * sk + cb
-            outk[e] = k
-            outt[e] = ct * acct[e] + cn * k + cs * sk + c1
+            outk[fo + e] = k
+            outt[fo + e] = ct * acct[fa + e] + cn * k + cs * sk + c1
     else:
-        for e in range(n):
-            outk[e] = ck * acck[e] + cb
+        for e0 in range(n):
+            e = uint64(e0)
+            outk[fo + e] = ck * acck[fa + e] + cb
 
 
 @_jit
@@ -286,12 +295,13 @@ def _load_slab(ring, slot, a, i1, j1, row, lo2, nb):
     """Slab ``a[i1, j1]`` ``(S2, S2 nb)`` into ``ring[slot]``'s interior (its border stays 0)."""
     s2 = a.shape[2]
     m = s2 * nb
+    dst = ring[slot]
+    src = a[i1, j1]
     for i2 in range(s2):
-        base = (i2 + lo2) * row + lo2 * nb
-        dst = ring[slot, base:base + m]
-        src = a[i1, j1, i2]
-        for e in range(m):
-            dst[e] = src[e]
+        d0 = uint64((i2 + lo2) * row + lo2 * nb)
+        for e0 in range(m):
+            e = uint64(e0)
+            dst[d0 + e] = src[i2, e]
 
 
 @_inline
@@ -336,6 +346,7 @@ def _affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c
     want_t = at.size > 0
     w2 = o2n + k2 - 1
     row = w2 * nb
+    run = o2n * nb  # one output row (o1, q1, o2): all q2 and pairs
     n = o2n * row  # output slab in padded-width rows; columns past O2 are never read
     size = (w2 + 1) * row  # one row of slack: the last taps read past the last full row
     # window sums in the state's dtype: nine terms lose nothing float32 cares about
@@ -350,6 +361,9 @@ def _affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c
         k11, k22 = _variance_runs(va, vb, n1, n2, pairlist, o1n, o2n)
     else:
         k11, k22 = np.empty((1, 1, 0)), np.empty((1, 0))
+    k11f, k22f = k11.reshape(k11.size), k22.reshape(k22.size)
+    okf = ok.reshape(ok.size)
+    otf = ot.reshape(ot.size) if want_t else okf
     for delta in range(1 - o1n, o1n):  # diagonals q1 - o1 = delta
         havek[:] = -1
         havet[:] = -1
@@ -359,10 +373,9 @@ def _affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c
             if want_t:
                 _window_slab(acct, ringt, havet, at, o1, q1, k1, k2, lo1, lo2, row, nb, n)
             for o2 in range(o2n):
-                f = o2 * row
-                _finish(acck[f:], acct[f:], k11[o1 if act else 0, o2 if act else 0],
-                        k22[q1 if act else 0], ok[o1, q1, o2],
-                        ot[o1, q1, o2] if want_t else ok[o1, q1, o2], o2n * nb,
+                _finish(acck, acct, o2 * row, k11f, k22f,
+                        (o1 * o2n + o2) * run if act else 0, q1 * run if act else 0,
+                        okf, otf, ((o1 * o1n + q1) * o2n + o2) * run, run,
                         ck, cb, ct, cn, cs, c1, act, want_t, rnd, snap, a0, a1)
 
 
@@ -421,31 +434,35 @@ def _affine_diag(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c
             outk = ok[o1, o2]
             outt = ot[o1, o2] if want_t else outk
             if not act:
-                _finish(sk, st, sk, sk, outk, outt, nb, ck, cb, ct, cn, cs, c1, act, want_t, rnd,
-                        snap, a0, a1)
+                _finish(sk, st, 0, sk, sk, 0, 0, outk, outt, 0, nb, ck, cb, ct, cn, cs, c1, act,
+                        want_t, rnd, snap, a0, a1)
             elif pairlist:
-                _finish(sk, st, vat[o1, o2], vbt[o1, o2], outk, outt, nb, ck, cb, ct, cn, cs,
-                        c1, act, want_t, rnd, snap, a0, a1)
+                _finish(sk, st, 0, vat[o1, o2], vbt[o1, o2], 0, 0, outk, outt, 0, nb, ck, cb,
+                        ct, cn, cs, c1, act, want_t, rnd, snap, a0, a1)
             else:
                 for b1 in range(n1):
                     one[:] = vat[o1, o2, b1]
                     f = b1 * n2
-                    _finish(sk[f:], st[f:], one, vbt[o1, o2], outk[f:], outt[f:], n2,
+                    _finish(sk, st, f, one, vbt[o1, o2], 0, 0, outk, outt, f, n2,
                             ck, cb, ct, cn, cs, c1, act, want_t, rnd, snap, a0, a1)
 
 
 @_inline
-def _act_run(kin, kout, t, k11, k22, n, want_t, snap, a0, a1, lowp):
-    """The nonlinearity over a run: ``kout[e]`` from ``kin[e]``, ``t[e] *= dot``."""
+def _act_run(kin, kout, t, fk, k11, k22, f1, f2, n, want_t, snap, a0, a1, lowp):
+    """The nonlinearity over a run of flat arrays: ``kout[fk + e]`` from ``kin[fk + e]``,
+    ``t[fk + e] *= dot``, variances ``k11[f1 + e]``, ``k22[f2 + e]``."""
+    fk, f1, f2 = uint64(fk), uint64(f1), uint64(f2)
     if want_t:
-        for e in range(n):
-            kk, dot = _abp(kin[e], k11[e], k22[e], snap, a0, a1, lowp)
-            kout[e] = kk
-            t[e] *= dot
+        for e0 in range(n):
+            e = uint64(e0)
+            kk, dot = _abp(kin[fk + e], k11[f1 + e], k22[f2 + e], snap, a0, a1, lowp)
+            kout[fk + e] = kk
+            t[fk + e] *= dot
     else:
-        for e in range(n):
-            kk, dot = _abp(kin[e], k11[e], k22[e], snap, a0, a1, lowp)
-            kout[e] = kk
+        for e0 in range(n):
+            e = uint64(e0)
+            kk, dot = _abp(kin[fk + e], k11[f1 + e], k22[f2 + e], snap, a0, a1, lowp)
+            kout[fk + e] = kk
 
 
 @_jit
@@ -455,12 +472,15 @@ def _act_full(k_, ko, t_, va, vb, n1, n2, pairlist, snap, a0, a1, lowp):
     s1, s2 = k_.shape[0], k_.shape[2]
     want_t = t_.size > 0
     k11, k22 = _variance_runs(va, vb, n1, n2, pairlist, s1, s2)
+    run = k_.shape[3]
+    kf, kof = k_.reshape(k_.size), ko.reshape(ko.size)
+    tf = t_.reshape(t_.size) if want_t else kof
+    k11f, k22f = k11.reshape(k11.size), k22.reshape(k22.size)
     for o1 in range(s1):
         for q1 in range(s1):
             for o2 in range(s2):
-                kout = ko[o1, q1, o2]
-                _act_run(k_[o1, q1, o2], kout, t_[o1, q1, o2] if want_t else kout,
-                         k11[o1, o2], k22[q1], k_.shape[3], want_t, snap, a0, a1, lowp)
+                _act_run(kf, kof, tf, ((o1 * s1 + q1) * s2 + o2) * run, k11f, k22f,
+                         (o1 * s2 + o2) * run, q1 * run, run, want_t, snap, a0, a1, lowp)
 
 
 @_jit
@@ -476,13 +496,13 @@ def _act_diag(k_, ko, t_, va, vb, n1, n2, pairlist, snap, a0, a1, lowp):
             kin, kout = k_[o1, o2], ko[o1, o2]
             t = t_[o1, o2] if want_t else kout
             if pairlist:
-                _act_run(kin, kout, t, vat[o1, o2], vbt[o1, o2], n1, want_t, snap, a0, a1,
-                         lowp)
+                _act_run(kin, kout, t, 0, vat[o1, o2], vbt[o1, o2], 0, 0, n1, want_t, snap,
+                         a0, a1, lowp)
             else:
                 for b1 in range(n1):
                     one[:] = vat[o1, o2, b1]
                     f = b1 * n2
-                    _act_run(kin[f:], kout[f:], t[f:], one, vbt[o1, o2], n2, want_t, snap,
+                    _act_run(kin, kout, t, f, one, vbt[o1, o2], 0, 0, n2, want_t, snap,
                              a0, a1, lowp)
 
 
