@@ -99,93 +99,54 @@ def _inline(fn: Any) -> Any:
 # NumPy's arctan2 is a SIMD library call (2.2-3.5 ns per float64 here); numba's is libm's
 # scalar one (31 ns). This is Cephes' atan (Moshier 1989: rational P(x²)/Q(x²) on
 # |x| <= 0.66, and π/4 + atan((t - 1)/(t + 1)) above) after folding the octant, written with
-# selects only: 2.6 ns per element, max error 4.4e-16 absolute against np.arctan2.
+# selects only: 2.6 ns per element, max error 4.4e-16 absolute against np.arctan2 in float64.
+# The per-entry functions take their constants as a tuple ``C`` of the state's dtype, so one
+# source computes in float64 (``C64``) or entirely in float32 (``C32``: 2.4e-7 absolute,
+# the NumPy float32 rules' own arithmetic class) without a conversion.
 _P = (-8.750608600031904122785e-1, -1.615753718733365076637e1, -7.500855792314704667340e1,
       -1.228866684490136173410e2, -6.485021904942025371773e1)
 _Q = (2.485846490142306297962e1, 1.650270098316988542046e2, 4.328810604912902668951e2,
       4.853903996359136964868e2, 1.945506571482613964425e2)
 _MOREBITS = 6.123233995736765886130e-17  # π/2 - fl(π/2)
-P0, P1, P2, P3, P4 = _P
-Q0, Q1, Q2, Q3, Q4 = _Q
-PIO4 = math.pi / 4 + 0.5 * _MOREBITS
-PIO2 = math.pi / 2 + _MOREBITS
-PI = math.pi + 2 * _MOREBITS
+# zero, one, 0.66, π/4, π/2, π, P0..P4, Q0..Q4
+_CONSTANTS = (0.0, 1.0, 0.66, math.pi / 4 + 0.5 * _MOREBITS, math.pi / 2 + _MOREBITS,
+              math.pi + 2 * _MOREBITS, *_P, *_Q)
+C64 = tuple(np.float64(c) for c in _CONSTANTS)
+C32 = tuple(np.float32(c) for c in _CONSTANTS)
 
 
 @_inline
-def _atan2(r: float, k: float) -> float:
+def _atan2(r, k, C):
+    zero, one = C[0], C[1]
     a = abs(k)
     swap = r > a
     num = min(r, a)
     den = max(r, a)
-    den = den if den > 0 else 1.0  # atan2(0, 0) = 0
-    c = 1.0 if num > 0.66 * den else 0.0
+    den = den if den > zero else one  # atan2(0, 0) = 0
+    c = one if num > C[2] * den else zero
     x = (num - c * den) / (den + c * num)  # t = num/den, or (t - 1)/(t + 1) when t > 0.66
     z = x * x
-    p = (((P0 * z + P1) * z + P2) * z + P3) * z + P4
-    q = ((((z + Q0) * z + Q1) * z + Q2) * z + Q3) * z + Q4
-    y = x + x * z * p / q + c * PIO4
-    y = (PIO2 - y) if swap else y
-    return (PI - y) if k < 0 else y
+    p = (((C[6] * z + C[7]) * z + C[8]) * z + C[9]) * z + C[10]
+    q = ((((z + C[11]) * z + C[12]) * z + C[13]) * z + C[14]) * z + C[15]
+    y = x + x * z * p / q + c * C[3]
+    y = (C[4] - y) if swap else y
+    return (C[5] - y) if k < zero else y
 
 
 @_inline
-def _ab(k12: float, k11: float, k22: float, snap: float, c0: float, c1: float
-        ) -> tuple[float, float]:
+def _ab(k12, k11, k22, snap, c0, c1, C):
     """``(K', dot)`` of ``a min(x, 0) + b max(x, 0)``: ``activations.ab_relu`` for one entry
-    (``c0 = (a² + b²)/2``, ``c1 = (a - b)²/2π``; ``snap``: its ulps times ε)."""
-    x = np.float64(k12)
-    prod = np.float64(k11) * np.float64(k22)  # float64: exact for float32 inputs, det = 0 stays 0
-    r2 = prod - x * x
-    r2 = 0.0 if r2 <= prod * snap else r2  # snap = 0: max(r2, 0)
-    r = math.sqrt(r2)
-    theta = _atan2(r, x) if prod != 0 else 0.5 * math.pi
+    (``c0 = (a² + b²)/2``, ``c1 = (a - b)²/2π``; ``snap``: its ulps times ε), in the dtype of
+    its arguments. The diagonal and duplicates give det = 0 exactly: k12, k11, k22 are then
+    the same number, stored by the same operations in both passes."""
+    zero = C[0]
+    prod = k11 * k22
+    r2 = prod - k12 * k12
+    r2 = zero if r2 <= prod * snap else r2  # snap = 0: max(r2, 0)
+    r = np.sqrt(r2)
+    theta = _atan2(r, k12, C) if prod != zero else C[4]
     dot = c0 - c1 * theta
-    return c1 * r + dot * x, dot
-
-
-# float32 states: Cephes' atanf (degree-4 polynomial on |x| <= tan(π/8), π/4 + atan((t - 1)/
-# (t + 1)) above): 1.2 ns per element, max error 2.6e-7 absolute; in the NTK that is an error
-# of c1 · 2.6e-7 against c0 (4e-8 relative for ReLU), far inside float32's 1e-5 budget.
-_F = np.float32
-_AF = tuple(_F(v) for v in (8.05374449538e-2, 1.38776856032e-1, 1.99777106478e-1,
-                            3.33329491539e-1))
-AF0, AF1, AF2, AF3 = _AF
-TAN_PI8 = _F(0.41421356237309503)
-PIO4F, PIO2F, PIF = _F(math.pi / 4), _F(math.pi / 2), _F(math.pi)
-ZEROF, ONEF = _F(0.0), _F(1.0)
-
-
-@_inline
-def _atan2f(r, k):
-    """``atan2(r, k)`` for float32 ``r >= 0``, ``k``, in float32 arithmetic."""
-    a = abs(k)
-    swap = r > a
-    num = min(r, a)
-    den = max(r, a)
-    den = den if den > ZEROF else ONEF
-    big = num > TAN_PI8 * den
-    x = (num - den) / (den + num) if big else num / den
-    z = x * x
-    y = (((AF0 * z - AF1) * z + AF2) * z - AF3) * z * x + x
-    y = y + PIO4F if big else y
-    y = (PIO2F - y) if swap else y
-    return (PIF - y) if k < ZEROF else y
-
-
-@_inline
-def _abp(k12, k11, k22, snap, c0, c1, lowp):
-    """``_ab``; with ``lowp`` (float32 states) the square root and the angle in float32."""
-    if not lowp:
-        return _ab(k12, k11, k22, snap, c0, c1)
-    x = np.float64(k12)
-    prod = np.float64(k11) * np.float64(k22)
-    r2 = prod - x * x
-    r2 = 0.0 if r2 <= prod * snap else r2
-    r = np.float32(math.sqrt(np.float32(r2)))
-    theta = np.float64(_atan2f(r, np.float32(x))) if prod != 0 else 0.5 * math.pi
-    dot = c0 - c1 * theta
-    return c1 * np.float64(r) + dot * x, dot
+    return c1 * r + dot * k12, dot
 
 
 # --- affine (Dense, stride-1 Conv), optionally followed by a ReLU-family nonlinearity ----------
@@ -225,11 +186,11 @@ def _taps(acc, src, n, step, k2):
 
 @_inline
 def _finish(acck, acct, fa, k11, k22, f1, f2, outk, outt, fo, n, ck, cb, ct, cn, cs, c1, act,
-            want_t, rnd, snap, a0, a1):
+            want_t, snap, a0, a1, C):
     """``outk[fo + e], outt[fo + e]`` for ``e < n`` from the window sums ``acck[fa + e]``,
     ``acct[fa + e]``: the affine map, then (``act``) the nonlinearity with variances
-    ``k11[f1 + e]``, ``k22[f2 + e]``. Flat arrays and unsigned offsets: no view per call and
-    no negative-index check per load."""
+    ``k11[f1 + e]``, ``k22[f2 + e]``; coefficients and arithmetic in the state's dtype. Flat
+    arrays and unsigned offsets: no view per call and no negative-index check per load."""
     fa, f1, f2, fo = uint64(fa), uint64(f1), uint64(f2), uint64(fo)
     if act and want_t:
         for e0 in range(n):
@@ -237,16 +198,13 @@ def _finish(acck, acct, fa, k11, k22, f1, f2, outk, outt, fo, n, ck, cb, ct, cn,
             sk = acck[fa + e]
             k = ck * sk + cb
             t = ct * acct[fa + e] + cn * k + cs * sk + c1
-            kr = np.float64(np.float32(k)) if rnd else k  # as the self pass stored it
-            kk, dot = _abp(kr, k11[f1 + e], k22[f2 + e], snap, a0, a1, rnd)
+            kk, dot = _ab(k, k11[f1 + e], k22[f2 + e], snap, a0, a1, C)
             outk[fo + e] = kk
             outt[fo + e] = t * dot
     elif act:
         for e0 in range(n):
             e = uint64(e0)
-            k = ck * acck[fa + e] + cb
-            kr = np.float64(np.float32(k)) if rnd else k
-            kk, dot = _abp(kr, k11[f1 + e], k22[f2 + e], snap, a0, a1, rnd)
+            kk, dot = _ab(ck * acck[fa + e] + cb, k11[f1 + e], k22[f2 + e], snap, a0, a1, C)
             outk[fo + e] = kk
     elif want_t:
         for e0 in range(n):
@@ -266,8 +224,8 @@ def _variance_runs(va, vb, n1, n2, pairlist, o1n, o2n):
     """For a full layout, the variances each run entry ``e = (q2, b1, b2)`` needs:
     ``k11[o1, o2, e] = va[b1, o1, o2]``, ``k22[q1, e] = vb[b1 or b2, q1, q2]``."""
     run = o2n * n1 * n2
-    k11 = np.empty((o1n, o2n, run))
-    k22 = np.empty((o1n, run))
+    k11 = np.empty((o1n, o2n, run), va.dtype)
+    k22 = np.empty((o1n, run), va.dtype)
     for o1 in range(o1n):
         for o2 in range(o2n):
             for q2 in range(o2n):
@@ -336,7 +294,7 @@ def _window_slab(acc, ring, have, a, o1, q1, k1, k2, lo1, lo2, row, nb, n):
 
 @_jit
 def _affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c1,
-                 act, va, vb, pairlist, snap, a0, a1, rnd):
+                 act, va, vb, pairlist, snap, a0, a1, C):
     """Full layout: ``a*`` ``(S1, S1, S2, S2 * nb)``, ``o*`` ``(O1, O1, O2, O2 * nb)`` with
     ``nb = n1 * n2`` (a pair list: ``n2 = 1``); ``at``/``ot`` of size 0 when the NTK is not
     wanted; ``va`` ``(n1, O1, O2)``, ``vb`` ``(n2 or n1, O1, O2)`` the nonlinearity's self
@@ -360,7 +318,7 @@ def _affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c
     if act:
         k11, k22 = _variance_runs(va, vb, n1, n2, pairlist, o1n, o2n)
     else:
-        k11, k22 = np.empty((1, 1, 0)), np.empty((1, 0))
+        k11, k22 = np.empty((1, 1, 0), va.dtype), np.empty((1, 0), va.dtype)
     k11f, k22f = k11.reshape(k11.size), k22.reshape(k22.size)
     okf = ok.reshape(ok.size)
     otf = ot.reshape(ot.size) if want_t else okf
@@ -376,7 +334,7 @@ def _affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c
                 _finish(acck, acct, o2 * row, k11f, k22f,
                         (o1 * o2n + o2) * run if act else 0, q1 * run if act else 0,
                         okf, otf, ((o1 * o1n + q1) * o2n + o2) * run, run,
-                        ck, cb, ct, cn, cs, c1, act, want_t, rnd, snap, a0, a1)
+                        ck, cb, ct, cn, cs, c1, act, want_t, snap, a0, a1, C)
 
 
 @_jit
@@ -391,9 +349,19 @@ def _transposed(v, o1n, o2n):
     return out
 
 
+@_inline
+def _nine(acc, a, i, j, nb):
+    """``acc[b] = sum_{d1, d2 < 3} a[i + d1, j + d2, b]`` (diagonal layout, all in range)."""
+    r0, r1, r2 = a[i, j], a[i, j + 1], a[i, j + 2]
+    r3, r4, r5 = a[i + 1, j], a[i + 1, j + 1], a[i + 1, j + 2]
+    r6, r7, r8 = a[i + 2, j], a[i + 2, j + 1], a[i + 2, j + 2]
+    for b in range(nb):
+        acc[b] = (r0[b] + r1[b] + r2[b]) + (r3[b] + r4[b] + r5[b]) + (r6[b] + r7[b] + r8[b])
+
+
 @_jit
 def _affine_diag(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c1,
-                 act, va, vb, pairlist, snap, a0, a1, rnd):
+                 act, va, vb, pairlist, snap, a0, a1, C):
     """Diagonal layout: ``a*`` ``(S1, S2, nb)``, ``o*`` ``(O1, O2, nb)``; as ``_affine_full``.
     Vectors are one position and a 1x1 window: the input is read in place, no sums."""
     s1, s2 = ak.shape[0], ak.shape[1]
@@ -402,15 +370,24 @@ def _affine_diag(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c
     want_t = at.size > 0
     acck = np.empty(nb, ak.dtype)
     acct = np.empty(nb, ak.dtype)
-    one = np.empty(n2, va.dtype)  # a row's first-input variance, repeated
+    k11 = np.empty(nb, va.dtype)
+    k22 = np.empty(nb, va.dtype)
     vat = _transposed(va, o1n, o2n) if act else va
     vbt = _transposed(vb, o1n, o2n) if act else vb
     single = k1 == 1 and k2 == 1 and lo1 == 0 and lo2 == 0
     for o1 in range(o1n):
         for o2 in range(o2n):
+            inner = k1 == 3 and k2 == 3 and 1 <= o1 + 1 - lo1 < s1 - 1 and \
+                1 <= o2 + 1 - lo2 < s2 - 1
             if single:
                 sk = ak[o1, o2]
                 st = at[o1, o2] if want_t else sk
+            elif inner:  # all nine taps in range: one pass of nine loads per array
+                _nine(acck, ak, o1 - lo1, o2 - lo2, nb)
+                if want_t:
+                    _nine(acct, at, o1 - lo1, o2 - lo2, nb)
+                sk = acck
+                st = acct
             else:
                 acck[:] = 0.0
                 acct[:] = 0.0
@@ -435,38 +412,38 @@ def _affine_diag(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c
             outt = ot[o1, o2] if want_t else outk
             if not act:
                 _finish(sk, st, 0, sk, sk, 0, 0, outk, outt, 0, nb, ck, cb, ct, cn, cs, c1, act,
-                        want_t, rnd, snap, a0, a1)
+                        want_t, snap, a0, a1, C)
             elif pairlist:
                 _finish(sk, st, 0, vat[o1, o2], vbt[o1, o2], 0, 0, outk, outt, 0, nb, ck, cb,
-                        ct, cn, cs, c1, act, want_t, rnd, snap, a0, a1)
-            else:
+                        ct, cn, cs, c1, act, want_t, snap, a0, a1, C)
+            else:  # the variances laid out like the batch: one long loop, not n1 short ones
                 for b1 in range(n1):
-                    one[:] = vat[o1, o2, b1]
-                    f = b1 * n2
-                    _finish(sk, st, f, one, vbt[o1, o2], 0, 0, outk, outt, f, n2,
-                            ck, cb, ct, cn, cs, c1, act, want_t, rnd, snap, a0, a1)
+                    k11[b1 * n2:(b1 + 1) * n2] = vat[o1, o2, b1]
+                    k22[b1 * n2:(b1 + 1) * n2] = vbt[o1, o2]
+                _finish(sk, st, 0, k11, k22, 0, 0, outk, outt, 0, nb, ck, cb, ct, cn, cs, c1,
+                        act, want_t, snap, a0, a1, C)
 
 
 @_inline
-def _act_run(kin, kout, t, fk, k11, k22, f1, f2, n, want_t, snap, a0, a1, lowp):
+def _act_run(kin, kout, t, fk, k11, k22, f1, f2, n, want_t, snap, a0, a1, C):
     """The nonlinearity over a run of flat arrays: ``kout[fk + e]`` from ``kin[fk + e]``,
     ``t[fk + e] *= dot``, variances ``k11[f1 + e]``, ``k22[f2 + e]``."""
     fk, f1, f2 = uint64(fk), uint64(f1), uint64(f2)
     if want_t:
         for e0 in range(n):
             e = uint64(e0)
-            kk, dot = _abp(kin[fk + e], k11[f1 + e], k22[f2 + e], snap, a0, a1, lowp)
+            kk, dot = _ab(kin[fk + e], k11[f1 + e], k22[f2 + e], snap, a0, a1, C)
             kout[fk + e] = kk
             t[fk + e] *= dot
     else:
         for e0 in range(n):
             e = uint64(e0)
-            kk, dot = _abp(kin[fk + e], k11[f1 + e], k22[f2 + e], snap, a0, a1, lowp)
+            kk, dot = _ab(kin[fk + e], k11[f1 + e], k22[f2 + e], snap, a0, a1, C)
             kout[fk + e] = kk
 
 
 @_jit
-def _act_full(k_, ko, t_, va, vb, n1, n2, pairlist, snap, a0, a1, lowp):
+def _act_full(k_, ko, t_, va, vb, n1, n2, pairlist, snap, a0, a1, C):
     """A ReLU-family nonlinearity of a full layout ``(S1, S1, S2, S2 * nb)``: K into ``ko``
     (``k_`` may be a self statistic's memory), Θ in place."""
     s1, s2 = k_.shape[0], k_.shape[2]
@@ -480,15 +457,16 @@ def _act_full(k_, ko, t_, va, vb, n1, n2, pairlist, snap, a0, a1, lowp):
         for q1 in range(s1):
             for o2 in range(s2):
                 _act_run(kf, kof, tf, ((o1 * s1 + q1) * s2 + o2) * run, k11f, k22f,
-                         (o1 * s2 + o2) * run, q1 * run, run, want_t, snap, a0, a1, lowp)
+                         (o1 * s2 + o2) * run, q1 * run, run, want_t, snap, a0, a1, C)
 
 
 @_jit
-def _act_diag(k_, ko, t_, va, vb, n1, n2, pairlist, snap, a0, a1, lowp):
+def _act_diag(k_, ko, t_, va, vb, n1, n2, pairlist, snap, a0, a1, C):
     """A ReLU-family nonlinearity of a diagonal layout ``(S1, S2, nb)``: as ``_act_full``."""
     s1, s2 = k_.shape[0], k_.shape[1]
     want_t = t_.size > 0
-    one = np.empty(n2, va.dtype)
+    k11 = np.empty(n1 * n2, va.dtype)
+    k22 = np.empty(n1 * n2, va.dtype)
     vat = _transposed(va, s1, s2)
     vbt = _transposed(vb, s1, s2)
     for o1 in range(s1):
@@ -497,48 +475,52 @@ def _act_diag(k_, ko, t_, va, vb, n1, n2, pairlist, snap, a0, a1, lowp):
             t = t_[o1, o2] if want_t else kout
             if pairlist:
                 _act_run(kin, kout, t, 0, vat[o1, o2], vbt[o1, o2], 0, 0, n1, want_t, snap,
-                         a0, a1, lowp)
+                         a0, a1, C)
             else:
                 for b1 in range(n1):
-                    one[:] = vat[o1, o2, b1]
-                    f = b1 * n2
-                    _act_run(kin, kout, t, f, one, vbt[o1, o2], 0, 0, n2, want_t, snap,
-                             a0, a1, lowp)
+                    k11[b1 * n2:(b1 + 1) * n2] = vat[o1, o2, b1]
+                    k22[b1 * n2:(b1 + 1) * n2] = vbt[o1, o2]
+                _act_run(kin, kout, t, 0, k11, k22, 0, 0, n1 * n2, want_t, snap, a0, a1, C)
 
 
 @_jit
 def _pool_full(a, o, k1, k2, s1, s2, lo1, lo2, nb, scale):
     """Pooling of ``(S1, S1, S2, S2, nb)`` into ``(O1, O1, O2, O2, nb)``: p and p' each over
-    their own window (zero padding), times ``scale``."""
+    their own window (zero padding), times ``scale``, summed in float64. Per output slab
+    (o1, q1): the k1² input slabs it pools are added whole (long contiguous passes), then
+    that sum is pooled along (S2, S2')."""
     n1, n2_ = a.shape[0], a.shape[2]
     o1n, o2n = o.shape[0], o.shape[2]
-    acc = np.empty(nb)
+    m = n2_ * n2_ * nb
+    flat = a.reshape(n1, n1, m)
+    acc = np.empty(m)
     for o1 in range(o1n):
         for q1 in range(o1n):
+            acc[:] = 0.0
+            for d1 in range(k1):
+                i1 = s1 * o1 + d1 - lo1
+                if i1 < 0 or i1 >= n1:
+                    continue
+                for e1 in range(k1):
+                    j1 = s1 * q1 + e1 - lo1
+                    if j1 < 0 or j1 >= n1:
+                        continue
+                    src = flat[i1, j1]
+                    for f in range(m):
+                        acc[f] += src[f]
             for o2 in range(o2n):
                 for q2 in range(o2n):
                     for b in range(nb):
-                        acc[b] = 0.0
-                    for d1 in range(k1):
-                        i1 = s1 * o1 + d1 - lo1
-                        if i1 < 0 or i1 >= n1:
-                            continue
-                        for e1 in range(k1):
-                            j1 = s1 * q1 + e1 - lo1
-                            if j1 < 0 or j1 >= n1:
+                        t = 0.0
+                        for d2 in range(k2):
+                            i2 = s2 * o2 + d2 - lo2
+                            if i2 < 0 or i2 >= n2_:
                                 continue
-                            for d2 in range(k2):
-                                i2 = s2 * o2 + d2 - lo2
-                                if i2 < 0 or i2 >= n2_:
-                                    continue
-                                for e2 in range(k2):
-                                    j2 = s2 * q2 + e2 - lo2
-                                    if j2 < 0 or j2 >= n2_:
-                                        continue
-                                    for b in range(nb):
-                                        acc[b] += a[i1, j1, i2, j2, b]
-                    for b in range(nb):
-                        o[o1, q1, o2, q2, b] = acc[b] * scale
+                            for e2 in range(k2):
+                                j2 = s2 * q2 + e2 - lo2
+                                if 0 <= j2 < n2_:
+                                    t += acc[(i2 * n2_ + j2) * nb + b]
+                        o[o1, q1, o2, q2, b] = t * scale
 
 
 # --- entry points the layer rules call ----------------------------------------------------------
@@ -626,13 +608,14 @@ def affine(st: Any, win: Any, out_spatial: tuple[int, ...], coef: tuple[float, .
     else:
         snap, a0, a1, va, vb = act
         va, vb, on = _as_var(va, dt, sp_out), _as_var(vb, dt, sp_out), True
-    ck, cb, ct, cn, cs, c1 = coef
+    tp = dt.type  # coefficients in the state's dtype: float32 states compute in float32
+    ck, cb, ct, cn, cs, c1 = (tp(c) for c in coef)
     fn = _affine_full if full else _affine_diag
     fn(_view(st.nngp, sp_in, full, nb),
        empty if st.ntk is None else _view(st.ntk, sp_in, full, nb),
        _view(ok, sp_out, full, nb), empty if ot is None else _view(ot, sp_out, full, nb),
        w[0][0], w[0][1], w[2][0], w[2][1], n1, n2, ck, cb, ct, cn, cs, c1,
-       on, va, vb, pairlist, snap, a0, a1, dt == np.float32)
+       on, va, vb, pairlist, tp(snap), tp(a0), tp(a1), C32 if dt == np.float32 else C64)
     return st.with_(nngp=ok, ntk=ot, spatial=tuple(out_spatial))
 
 
@@ -656,8 +639,8 @@ def activation(st: Any, snap: float, c0: float, c1: float, va: Any, vb: Any) -> 
     fn = _act_full if st.full else _act_diag
     fn(_view(st.nngp, sp, st.full, nb), _view(out, sp, st.full, nb),
        _empty4(dt, st.full) if st.ntk is None else _view(st.ntk, sp, st.full, nb),
-       _as_var(va, dt, sp), _as_var(vb, dt, sp), n1, n2, pairlist, snap, c0, c1,
-       dt == np.float32)
+       _as_var(va, dt, sp), _as_var(vb, dt, sp), n1, n2, pairlist, dt.type(snap),
+       dt.type(c0), dt.type(c1), C32 if dt == np.float32 else C64)
     return st.with_(nngp=out)
 
 

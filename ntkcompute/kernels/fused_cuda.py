@@ -3,8 +3,11 @@
 The same rules as :mod:`ntkcompute.kernels.fused`, one launch per layer per block and one
 thread per output entry: the thread sums its window of K and Θ, applies the affine map and,
 when asked, the ReLU-family nonlinearity, and writes both outputs. The per-entry math
-(``fused._abp``: the arc-cosine kernel and its angle) is the CPU path's own source, compiled
+(``fused._ab``: the arc-cosine kernel and its angle) is the CPU path's own source, compiled
 for the device by numba; so the CPU kernels and these share one definition of the rule.
+On the device the per-entry math is float64 for both dtypes (``fused.C64``; the H200's
+float64 rate is half its float32 one, and these kernels are memory bound), sums accumulate
+in float64, and a float32 state is rounded where the self pass stores it.
 
 Without a GPU these kernels run on NumPy arrays under numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``, set before numba is imported): ``tests/kernels/test_fused_cuda.py``
@@ -42,11 +45,11 @@ def _kernels() -> dict[str, Any]:
     """Compile (lazily: importing this module must not need a device) the four kernels."""
     if "affine_full" in _CACHE:
         return _CACHE
-    abp = fused._abp
+    ab = fused._ab
 
     @cuda.jit
     def affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c1,
-                    act, va, vb, pairlist, snap, a0, a1, rnd):
+                    act, va, vb, pairlist, snap, a0, a1, rnd, C):
         # ak (S1, S1, S2, S2, nb), ok (O1, O1, O2, O2, nb); one thread per entry of ok
         i = cuda.grid(1)
         o1n, o2n = ok.shape[0], ok.shape[2]
@@ -85,8 +88,8 @@ def _kernels() -> dict[str, Any]:
                 k = np.float64(np.float32(k))
             b1 = b // n2
             b2 = b - b1 * n2
-            k, dot = abp(k, va[b1, o1, o2], vb[b1 if pairlist else b2, q1, q2], snap, a0, a1,
-                         rnd)
+            k, dot = ab(k, np.float64(va[b1, o1, o2]),
+                        np.float64(vb[b1 if pairlist else b2, q1, q2]), snap, a0, a1, C)
             t *= dot
         ok[o1, q1, o2, q2, b] = k
         if want_t:
@@ -94,7 +97,7 @@ def _kernels() -> dict[str, Any]:
 
     @cuda.jit
     def affine_diag(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c1,
-                    act, va, vb, pairlist, snap, a0, a1, rnd):
+                    act, va, vb, pairlist, snap, a0, a1, rnd, C):
         # ak (S1, S2, nb), ok (O1, O2, nb)
         i = cuda.grid(1)
         o1n, o2n = ok.shape[0], ok.shape[1]
@@ -127,15 +130,15 @@ def _kernels() -> dict[str, Any]:
                 k = np.float64(np.float32(k))
             b1 = b // n2
             b2 = b - b1 * n2
-            k, dot = abp(k, va[b1, o1, o2], vb[b1 if pairlist else b2, o1, o2], snap, a0, a1,
-                         rnd)
+            k, dot = ab(k, np.float64(va[b1, o1, o2]),
+                        np.float64(vb[b1 if pairlist else b2, o1, o2]), snap, a0, a1, C)
             t *= dot
         ok[o1, o2, b] = k
         if want_t:
             ot[o1, o2, b] = t
 
     @cuda.jit
-    def activation(k_, ko, t_, va, vb, n1, n2, full, pairlist, snap, a0, a1, lowp):
+    def activation(k_, ko, t_, va, vb, n1, n2, full, pairlist, snap, a0, a1, C):
         # k_ (P1, P1', P2, P2', nb) full, or (P1, 1, P2, 1, nb) for the diagonal layout
         i = cuda.grid(1)
         p1, q1n, p2, q2n = k_.shape[0], k_.shape[1], k_.shape[2], k_.shape[3]
@@ -154,8 +157,9 @@ def _kernels() -> dict[str, Any]:
             q1, q2 = o1, o2
         b1 = b // n2
         b2 = b - b1 * n2
-        kk, dot = abp(k_[o1, q1 if full else 0, o2, q2 if full else 0, b], va[b1, o1, o2],
-                      vb[b1 if pairlist else b2, q1, q2], snap, a0, a1, lowp)
+        kk, dot = ab(np.float64(k_[o1, q1 if full else 0, o2, q2 if full else 0, b]),
+                     np.float64(va[b1, o1, o2]), np.float64(vb[b1 if pairlist else b2, q1, q2]),
+                     snap, a0, a1, C)
         ko[o1, q1 if full else 0, o2, q2 if full else 0, b] = kk
         if t_.shape[0] > 0:
             t_[o1, q1 if full else 0, o2, q2 if full else 0, b] *= dot
@@ -247,7 +251,7 @@ def affine(xp: Any, st: Any, win: Any, out_spatial: tuple[int, ...], coef: tuple
             _empty(xp, dt, nd) if st.ntk is None else view(st.ntk, sp_in),
             view(ok, sp_out), _empty(xp, dt, nd) if ot is None else view(ot, sp_out),
             w[0][0], w[0][1], w[2][0], w[2][1], n1, n2, ck, cb, ct, cn, cs, c1,
-            on, va, vb, pairlist, snap, a0, a1, np.dtype(dt) == np.float32)
+            on, va, vb, pairlist, snap, a0, a1, np.dtype(dt) == np.float32, fused.C64)
     return st.with_(nngp=ok, ntk=ot, spatial=tuple(out_spatial))
 
 
@@ -268,7 +272,7 @@ def activation(xp: Any, st: Any, snap: float, c0: float, c1: float, va: Any, vb:
             out.reshape(shape), t,
             xp.ascontiguousarray(va, dtype=dt).reshape(va.shape[0], *sp),
             xp.ascontiguousarray(vb, dtype=dt).reshape(vb.shape[0], *sp),
-            n1, n2, st.full, pairlist, snap, c0, c1, np.dtype(dt) == np.float32)
+            n1, n2, st.full, pairlist, snap, c0, c1, fused.C64)
     ntk = None if st.ntk is None else t.reshape(st.ntk.shape)
     return st.with_(nngp=out, ntk=ntk)
 
