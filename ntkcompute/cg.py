@@ -33,6 +33,7 @@ complement (Haynsworth inertia: a negative Schur diagonal means K has a negative
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -221,7 +222,8 @@ class RandomizedNystrom:
 
 
 def nystrom_sketch(omega: np.ndarray, Y: np.ndarray, lam: float = 0.0,
-                   scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   scale: float | None = None, eps: float | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Algorithm 2.1 of Frangella, Tropp and Udell (2023): ``K ≈ U diag(s) Uᵀ`` from a test
     matrix ``omega`` (n, ℓ) and ``Y = K omega``, with the shift ``ν = √n·ε·‖Y‖`` that makes
     it stable in floating point. ``omega`` need not be orthonormal: with ``Ω = QR``,
@@ -231,16 +233,21 @@ def nystrom_sketch(omega: np.ndarray, Y: np.ndarray, lam: float = 0.0,
     :class:`NotPositiveDefinite`, and so does ``QᵀKQ + λI`` with an eigenvalue ≤ 0 (then
     ``K + λI`` is not positive definite); a ``QᵀKQ`` indefinite beyond the shift but lifted
     by λ keeps only its positive part (the preconditioner stays positive definite; whether
-    ``K + λI`` is, is CG's curvature test to find).
+    ``K + λI`` is, is CG's curvature test to find). ``eps``: the products' unit roundoff
+    (float64's by default; float32's for a sketch taken with float32 products).
     """
     Y = np.asarray(Y, dtype=np.float64)
     n = Y.shape[0]
     if not np.isfinite(Y).all():
         raise NotPositiveDefinite(f"the Nyström sketch K·Ω has {int((~np.isfinite(Y)).sum())}"
                                   " non-finite values", lam=lam, finite=False)
-    Q, Rq = np.linalg.qr(np.asarray(omega, dtype=np.float64))
-    Y = sla.solve_triangular(Rq, Y.T, trans="T", lower=False).T  # K Q
-    nu = np.sqrt(n) * np.finfo(np.float64).eps * float(np.linalg.norm(Y))
+    omega = np.asarray(omega, dtype=np.float64)
+    # Ω = Q R by Cholesky QR (two GEMMs; a Gaussian Ω is well conditioned): Q = Ω R⁻¹ and
+    # K Q = Y R⁻¹
+    Rq = sla.cholesky(omega.T @ omega, lower=False)
+    Q = sla.solve_triangular(Rq, omega.T, trans="T", lower=False).T
+    Y = sla.solve_triangular(Rq, Y.T, trans="T", lower=False).T
+    nu = np.sqrt(n) * eps * float(np.linalg.norm(Y))
     Yv = Y + nu * Q
     M = Q.T @ Yv
     M = (M + M.T) / 2
@@ -257,8 +264,15 @@ def nystrom_sketch(omega: np.ndarray, Y: np.ndarray, lam: float = 0.0,
                 scale=scale) from None
         keep = w > nu
         B = (Yv @ W[:, keep]) / np.sqrt(w[keep])
-    U, sig, _ = sla.svd(B, full_matrices=False, lapack_driver="gesdd")
-    return U, np.maximum(sig ** 2 - nu, 0.0)
+    # B = U Σ Vᵀ through the eigenvalues of BᵀB (GEMMs; an SVD of the tall B costs several
+    # times more): U = B V Σ⁻¹, kept where σ² > max(ν, 1e-10 σ₁²) so U stays orthonormal
+    # to ~1e-6 on the directions that matter (σ² near λ, far above that floor)
+    w, V = np.linalg.eigh(B.T @ B)
+    w, V = w[::-1], V[:, ::-1]
+    keep = w > max(nu, 1e-10 * float(w[0]) if w.size else 0.0)
+    w, V = w[keep], V[:, keep]
+    U = (B @ V) / np.sqrt(w)
+    return U, np.maximum(w - nu, 0.0)
 
 
 def cg_iterations(condition: float, tol: float) -> float:
@@ -269,8 +283,11 @@ def cg_iterations(condition: float, tol: float) -> float:
 
 def randomized_nystrom(matmat: Matvec, n: int, lam: float | np.ndarray, *, rank: int = 100,
                        max_rank: int | None = None, target: float = NYSTROM_TARGET,
-                       tol: float = 1e-8, column_cost: float = 0.0, seed: int = 0,
-                       scale: float | None = None) -> RandomizedNystrom:
+                       tol: float = 1e-8,
+                       iteration_seconds: float | Callable[[], float] | None = None,
+                       seed: int = 0,
+                       scale: float | None = None, single: bool = False
+                       ) -> RandomizedNystrom:
     """The adaptive randomized Nyström preconditioner (Frangella, Tropp, Udell 2023, §5.4).
 
     Sketches K with ``rank`` Gaussian columns (one product ``matmat(Ω)``, (n, ℓ): a single
@@ -281,11 +298,15 @@ def randomized_nystrom(matmat: Matvec, n: int, lam: float | np.ndarray, *, rank:
     tail: a kernel whose eigenvalues all exceed λ needs a large sketch, a fast-decaying one
     stops at the first.
 
-    ``column_cost`` (the time of one sketch column in CG iterations, 0: ignore) stops the
-    growth once the next doubling would cost more than CG's iteration bound
-    (:func:`cg_iterations`) at the current estimate: no rank is bought that the
-    iterations cannot pay for.
+    ``iteration_seconds`` (the time of one CG iteration, None: ignore; or a function
+    returning it) stops the growth once the next doubling would cost more time than it
+    saves: its cost is taken as 3x the last step (the product doubles, the factorisation's
+    O(nℓ²) quadruples), its saving as the drop in CG's iteration bound
+    (:func:`cg_iterations`) if the estimate falls by the same factor as at the last
+    doubling. ``single``: ``matmat`` multiplies in float32 (the stabilising shift then
+    uses float32's roundoff).
     """
+    eps = float(np.finfo(np.float32 if single else np.float64).eps)
     lams = _column_lams(lam)
     lo = float(lams.min())
     if lo <= 0:
@@ -294,17 +315,24 @@ def randomized_nystrom(matmat: Matvec, n: int, lam: float | np.ndarray, *, rank:
     ell = max(1, min(rank, cap))
     rng = np.random.default_rng(seed)
     omega = rng.standard_normal((n, ell))
+    t = time.perf_counter()
     Y = np.asarray(matmat(omega), dtype=np.float64)
     history: list[tuple[int, float]] = []
     while True:
-        U, s = nystrom_sketch(omega, Y, lo, scale)
+        U, s = nystrom_sketch(omega, Y, lo, scale, eps)
+        step = time.perf_counter() - t
         kappa = (float(s[-1]) + lo) / lo
         history.append((ell, kappa))
         grow = min(ell, cap - ell)
         if kappa <= target or grow <= 0:
             break
-        if column_cost and grow * column_cost > cg_iterations(kappa, tol):
-            break
+        sec = iteration_seconds() if callable(iteration_seconds) else iteration_seconds
+        if sec:
+            factor = kappa / history[-2][1] if len(history) > 1 else 0.5
+            saving = cg_iterations(kappa, tol) - cg_iterations(kappa * min(factor, 1.0), tol)
+            if 3.0 * step > saving * sec:
+                break
+        t = time.perf_counter()
         new = rng.standard_normal((n, grow))
         omega = np.hstack([omega, new])
         Y = np.hstack([Y, np.asarray(matmat(new), dtype=np.float64)])
