@@ -247,6 +247,7 @@ def nystrom_sketch(omega: np.ndarray, Y: np.ndarray, lam: float = 0.0,
     Rq = sla.cholesky(omega.T @ omega, lower=False)
     Q = sla.solve_triangular(Rq, omega.T, trans="T", lower=False).T
     Y = sla.solve_triangular(Rq, Y.T, trans="T", lower=False).T
+    eps = np.finfo(np.float64).eps if eps is None else eps
     nu = np.sqrt(n) * eps * float(np.linalg.norm(Y))
     Yv = Y + nu * Q
     M = Q.T @ Yv
