@@ -1,5 +1,7 @@
 """Conjugate gradients on a real CNTK of digits: equals Cholesky; preconditioners help."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -178,8 +180,8 @@ def test_randomized_nystrom_cuts_iterations_4x_where_every_eigenvalue_exceeds_la
     assert isinstance(pre, RandomizedNystrom)
     ranks = [r for r, _ in pre.history]
     assert ranks[0] == 50 and len(ranks) >= 3  # grown adaptively, by doubling
-    assert all(b == 2 * a for a, b in zip(ranks[:-2], ranks[1:-1], strict=True))
-    assert calls == [50] + [b - a for a, b in zip(ranks, ranks[1:], strict=False)]  # 1 each
+    assert all(b == 2 * a for a, b in pairwise(ranks[:-1]))
+    assert calls == [50] + [b - a for a, b in pairwise(ranks)]  # one product each
     conds = [c for _, c in pre.history]
     assert conds == sorted(conds, reverse=True) and pre.condition <= 100
     assert pre.rank < 500
@@ -270,7 +272,7 @@ def test_randomized_nystrom_refuses_a_sketch_that_proves_k_indefinite():
     # λ lifting the negative eigenvalue: the sketch keeps its positive part, the
     # preconditioner is positive definite, and CG solves K + λI
     om = np.random.default_rng(0).standard_normal((len(K), len(K)))
-    U, s = nystrom_sketch(om, K @ om, lam=0.3 * md)
+    _, s = nystrom_sketch(om, K @ om, lam=0.3 * md)
     assert (s >= 0).all()
     pre = randomized_nystrom(lambda V: K @ V, len(K), 0.3 * md, rank=len(K))
     b = np.ones(len(K))
