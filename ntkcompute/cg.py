@@ -162,7 +162,7 @@ class Nystrom:
         self.factor = self.factors[float(lams[0])]
 
     def __call__(self, r: np.ndarray) -> np.ndarray:
-        if len(self.lams) == 1:
+        if len(self.factors) == 1:  # one λ for every column
             lam = float(self.lams[0])
             return (r - self.L @ sla.cho_solve(self.factors[lam], self.L.T @ r)) / lam
         Lr = self.L.T @ r
