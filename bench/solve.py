@@ -7,10 +7,14 @@ bundled OpenBLAS 0.3.30) segfaults on this machine at n = 20 000 (reproduced on 
 matrix; numpy's own OpenBLAS 0.3.31 solves it).
 
 Run: ``.venv/bin/python bench/solve.py [--sizes 4000,20000] [--rank 200]`` for the solver
-part, ``--accuracy`` for the test accuracy of CNTK kernel regression (CNTK-V, depth 4, and an
-FC-3 NTK for reference) on train/test splits of the CIFAR-10 and MNIST subsets with a direct
-solve and targets 0.9 / -0.1: CIFAR-10 with Arora et al. 2019's preprocessing (/255, then
-per-channel standardisation by the training set), MNIST /255 only (see below). The kernel is
+part (plain, Jacobi, pivoted-Cholesky Nyström of ``--rank`` columns, randomized Nyström
+starting at ``--rank`` and doubled while it pays, in float64 and mixed precision; then one
+line per n with the dense time over the randomized-Nyström CG time and the iterations of
+plain CG over preconditioned CG, all from this run), ``--accuracy`` for the test
+accuracy of CNTK kernel regression (CNTK-V, depth 4, and an FC-3 NTK for reference) on
+train/test splits of the CIFAR-10 and MNIST subsets with a direct solve and targets
+0.9 / -0.1: CIFAR-10 with Arora et al. 2019's preprocessing (/255, then per-channel
+standardisation by the training set), MNIST /255 only (see below). The kernel is
 computed by ``workers.compute_gram`` into a temporary Zarr store and solved where it lies
 (one actor per worker holds its rows); scipy gets the same matrix loaded in memory.
 """
@@ -79,6 +83,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=200)
     ap.add_argument("--reg", type=float, default=1e-3, help="λ relative to mean diag K")
     ap.add_argument("--tol", type=float, default=1e-6)
+    ap.add_argument("--methods", default="none,jacobi,nystrom,randomized,randomized-mixed",
+                    help="CG variants to run (none and randomized are needed for the summary)")
     ap.add_argument("--accuracy", action="store_true", help="the CNTK accuracy part")
     ap.add_argument("--train", type=int, default=3000)
     ap.add_argument("--test", type=int, default=1000)
@@ -90,8 +96,11 @@ def main() -> None:
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            dashboard_address=None)
     client = Client(cluster)
-    print(f"{'n':>6s} {'method':18s} {'iters':>6s} {'seconds':>8s} {'vs dense':>9s} "
-          f"{'rel err vs dense':>17s}")
+    print(f"{'n':>6s} {'method':22s} {'iters':>6s} {'seconds':>8s} {'vs dense':>9s} "
+          f"{'rel err vs dense':>17s} {'rank':>5s} {'precond s':>9s}")
+    methods = [(None if m.split("-")[0] == "none" else m.split("-")[0],
+                "mixed" if m.endswith("-mixed") else "double")
+               for m in args.methods.split(",")]
     try:
         for n in (int(s) for s in args.sizes.split(",")):
             root = tempfile.mkdtemp(prefix="ntksolve-")
@@ -109,15 +118,31 @@ def main() -> None:
                 ref = np.linalg.solve(K, Y)
                 t_sp = time.perf_counter() - t
                 del K
-                print(f"{n:6d} {'kernel (dask)':18s} {'':6s} {t_k:8.1f}")
-                print(f"{n:6d} {'numpy.linalg.solve':18s} {'':6s} {t_sp:8.1f} {1.0:8.2f}x")
-                for pre in (None, "jacobi", "nystrom"):
+                print(f"{n:6d} {'kernel (dask, ' + str(job.arrays['ntk'].dtype) + ')':22s} {'':6s} "
+                      f"{t_k:8.1f}")
+                print(f"{n:6d} {'numpy.linalg.solve':22s} {'':6s} {t_sp:8.1f} {1.0:8.2f}x")
+                got = {}
+                for pre, prec in methods:
                     r = workers.solve(job.url, y, lam, solver="cg", tol=args.tol,
                                       preconditioner=pre, rank=args.rank, client=client,
-                                      save=None, maxiter=5000)
+                                      save=None, maxiter=5000, precision=prec)
+                    got[pre, prec] = r
                     err = np.abs(r.coefficients - ref).max() / np.abs(ref).max()
-                    print(f"{n:6d} {'cg ' + str(pre):18s} {r.iterations:6d} {r.seconds:8.1f} "
-                          f"{t_sp / r.seconds:8.2f}x {err:17.1e}", flush=True)
+                    info = r.analyses.get("preconditioner", {})
+                    rank = info.get("rank", args.rank if pre == "nystrom" else "")
+                    label = f"cg {pre}" + (" mixed" if prec == "mixed" else "")
+                    print(f"{n:6d} {label:22s} {r.iterations:6d} {r.seconds:8.1f} "
+                          f"{t_sp / r.seconds:8.2f}x {err:17.1e} {rank!s:>5s} "
+                          f"{info.get('seconds', float('nan')):9.1f}", flush=True)
+                best = min((got[k] for k in (("randomized", "double"), ("randomized", "mixed"))
+                            if k in got), key=lambda r: r.seconds)
+                plain, rnys = got[None, "double"], got["randomized", "double"]
+                print(f"{n:6d} summary: distributed CG (randomized Nyström) "
+                      f"{best.seconds:.1f} s / dense {t_sp:.1f} s = "
+                      f"{best.seconds / t_sp:.2f}x the dense time; iterations plain "
+                      f"{plain.iterations} / randomized {rnys.iterations} = "
+                      f"{plain.iterations / rnys.iterations:.1f}x fewer "
+                      f"(λ = {args.reg:g}·mean diag, tol {args.tol:g})", flush=True)
             finally:
                 shutil.rmtree(root, ignore_errors=True)
     finally:

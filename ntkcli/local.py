@@ -5,7 +5,7 @@
              [--verify]
     ntk verify STORE | KERNEL_JOB_ID   (every chunk read back through its checksum)
     ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--relative] [--solver cg|direct]
-              [--precond nystrom|jacobi|none] [--rank R] [--tol T]
+              [--precond nystrom|randomized|jacobi|none] [--rank R] [--tol T]
               [--cross CROSS_STORE --test-labels y_test.npy]
               [--times 0,1,10] [--bound] [--spectrum K]
 
@@ -278,8 +278,10 @@ def register(sub: Any) -> None:
     s.add_argument("--name", choices=["ntk", "nngp"], default="ntk")
     s.add_argument("--tol", type=float, default=1e-8)
     s.add_argument("--maxiter", type=int, default=1000)
-    s.add_argument("--precond", choices=["nystrom", "jacobi", "none"], default="nystrom")
-    s.add_argument("--rank", type=int, default=100, help="Nystrom rank")
+    s.add_argument("--precond", choices=["nystrom", "randomized", "jacobi", "none"],
+                   default="nystrom")
+    s.add_argument("--rank", type=int, default=100,
+                   help="Nystrom rank (randomized: the first sketch, then doubled)")
     s.add_argument("--cross", help="URL of the test x train kernel job, to predict")
     s.add_argument("--test-labels", help=".npy labels of the test rows, to score")
     s.add_argument("--scheduler", default=None)

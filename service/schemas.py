@@ -102,7 +102,7 @@ class SolveRequest(_Body):
     kind: Literal["ntk", "nngp"] = "ntk"
     tol: float = Field(1e-8, gt=0, lt=1, allow_inf_nan=False)
     maxiter: int = Field(1000, ge=1, le=100_000)
-    preconditioner: Literal["nystrom", "jacobi", "none"] = "nystrom"
+    preconditioner: Literal["nystrom", "randomized", "jacobi", "none"] = "nystrom"
     rank: int = Field(100, ge=1, le=10_000)
     analyses: Analyses = Field(default_factory=Analyses)
 

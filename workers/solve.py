@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
-from ntkcompute.cg import Jacobi, Nystrom, cg, pivoted_cholesky
+from ntkcompute.cg import (
+    NYSTROM_TARGET,
+    Jacobi,
+    Nystrom,
+    cg,
+    pivoted_cholesky,
+    randomized_nystrom,
+)
 from ntkcompute.errors import InputError
 from ntkcompute.regression import (
     Eigen,
@@ -114,7 +121,9 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
           scheduler: str | None = None, save: str | None = "default",
           options: dict | None = None, times: list[float] | None = None, lr: float = 1.0,
           bound: bool = False, spectrum_k: int = 0, relative: bool = False,
-          min_eig: bool = False) -> SolveResult:
+          min_eig: bool = False, max_rank: int | None = None,
+          target: float = NYSTROM_TARGET, precision: str = "double",
+          seed: int = 0) -> SolveResult:
     """Fit ``(K + λI) α = Y`` on the stored train kernel at ``kernel`` (a job URL).
 
     Args:
@@ -124,7 +133,19 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             entry point: :func:`ntkcompute.regression.absolute_lambdas`).
         solver: "cg" (distributed, out of core) or "direct" (in memory, float64).
         name: which stored kernel, "ntk" or "nngp".
-        tol, maxiter, preconditioner ("nystrom", "jacobi" or None), rank, x0: for CG.
+        tol, maxiter, preconditioner, rank, x0: for CG. ``preconditioner``: "nystrom"
+            (pivoted Cholesky of exactly ``rank`` columns, fetched one by one), "randomized"
+            (Frangella-Tropp-Udell randomized Nyström: ``rank`` Gaussian columns sketched in
+            one block product, doubled up to ``max_rank`` (default ``min(n, 2000)``) while
+            the estimated preconditioned condition number exceeds ``target`` and the next
+            doubling costs less than the CG iterations it could save, timed on this
+            cluster; ``seed`` draws the test matrix), "jacobi" or None.
+        lam: with CG, a list of λ is solved in one loop (block CG over λ and classes: one
+            product per iteration for all of them); coefficients are then (L, n, c).
+        precision: "double" (float64 products) or "mixed" (the iterations' products in
+            float32, half the bytes; a float64 true residual every 10 iterations in the
+            same round trip, and convergence only on such a residual: with 50 the float32
+            error builds up and CG stalls near 1e-7 on a CNTK at λ = 1e-3·mean diag).
         cross, test_labels: a cross-kernel job URL (test x train) to predict on, and labels
             to score against (accuracy for classes, MSE always).
         save: name under ``solves/`` in the kernel's group to write results to (None: don't).
@@ -179,28 +200,49 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                 {"t": t, **_metrics(f, test_labels, classes)}
                 for t, f in zip(times, gd_predictions(eig, kc, Y, times, lr), strict=True)]
     elif solver == "cg":
-        if isinstance(lam, (list, tuple)) and len(lam) != 1:
-            raise InputError("cg solves one λ at a time", field="lambda")
-        if preconditioner not in ("jacobi", "nystrom", None):
+        if preconditioner not in ("jacobi", "nystrom", "randomized", None):
             raise InputError(f"unknown preconditioner {preconditioner!r}",
                              field="preconditioner")
+        if precision not in ("double", "mixed"):
+            raise InputError(f"must be 'double' or 'mixed', got {precision!r}",
+                             field="precision")
         cl, cluster = get_client(client, scheduler)
         try:
             op = DistributedKernel(cl, kernel, name, options=options)
             diag = op.diagonal()
             scale = float(np.mean(diag, dtype=np.float64))
             lams = absolute_lambdas(lam, relative, scale)
+            lam_col = np.repeat(lams, Y.shape[1])  # block CG: λ-major columns
+            fast = op.matvec_single if precision == "mixed" else None
+            pair = op.pair if precision == "mixed" else None
             pre = None
+            t_pre = time.perf_counter()
             if preconditioner == "jacobi":
-                pre = Jacobi(diag, lams[0])
+                pre = Jacobi(diag, lam_col)
             elif preconditioner == "nystrom":
-                L, _ = pivoted_cholesky(diag, op.column, rank, lam=lams[0])
-                pre = Nystrom(L, lams[0]) if lams[0] > 0 else None
-            r = cg(op.matvec, Y, lams[0], tol=tol, maxiter=maxiter, precond=pre, x0=x0,
-                   scale=scale)
+                L, _ = pivoted_cholesky(diag, op.column, rank, lam=min(lams))
+                pre = Nystrom(L, lam_col) if min(lams) > 0 else None
+            elif preconditioner == "randomized" and min(lams) > 0:
+                product = fast or op.matvec
+                t = time.perf_counter()  # one CG iteration's product, to price the sketch
+                product(np.random.default_rng(seed + 1).standard_normal((n, len(lam_col))))
+                per_iteration = time.perf_counter() - t
+                pre = randomized_nystrom(product, n, lam_col, rank=rank, max_rank=max_rank,
+                                         target=target, tol=tol,
+                                         iteration_seconds=per_iteration, seed=seed,
+                                         scale=scale,
+                                         single=precision == "mixed")
+            t_pre = time.perf_counter() - t_pre
+            r = cg(op.matvec, Y, lams if len(lams) > 1 else lams[0], tol=tol,
+                   maxiter=maxiter, precond=pre, x0=x0, scale=scale, fast_matvec=fast,
+                   pair_matvec=pair, true_residual_every=10 if fast else 50)
             analyses: dict[str, Any] = {}
+            if pre is not None and hasattr(pre, "history"):
+                analyses["preconditioner"] = {"rank": pre.rank, "condition": pre.condition,
+                                              "history": pre.history, "seconds": t_pre}
             if bound:  # yᵀ (K + λI)⁻¹ y from the solution: the bound at this λ
-                analyses["bound"] = float(np.sqrt(2.0 * np.sum(Y * r.x) / n))
+                xb = r.x if r.x.ndim == Y.ndim else r.x[0]
+                analyses["bound"] = float(np.sqrt(2.0 * np.sum(Y * xb) / n))
             if spectrum_k:
                 from scipy.sparse.linalg import LinearOperator, eigsh
 

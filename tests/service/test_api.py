@@ -81,6 +81,14 @@ def test_end_to_end_cg_matches_in_process(client_a, finished, data):
     assert sol.metrics["best"]["accuracy"] == acc > 0.8
     assert sol.metrics["per_lambda"][0]["converged"]
     np.testing.assert_allclose(sol.coefficients(0), ref.x, atol=1e-7)
+    # two λ through REST: one block CG with the randomized Nyström preconditioner
+    both = client_a.solve(job, [lam, 10 * lam], tol=1e-10,
+                          preconditioner="randomized").wait(timeout=120)
+    assert [m["lambda"] for m in both.metrics["per_lambda"]] == [lam, 10 * lam]
+    assert all(m["converged"] for m in both.metrics["per_lambda"])
+    np.testing.assert_allclose(both.coefficients(0), ref.x, atol=1e-7)
+    np.testing.assert_allclose(both.coefficients(1), np.linalg.solve(
+        K + 10 * lam * np.eye(len(K)), Y), atol=1e-7)
 
 
 def test_direct_lambda_sweep_and_analyses(client_a, finished, data):

@@ -112,7 +112,8 @@ def _indefinite(url: str, low: float) -> np.ndarray:
 def test_solves_on_an_indefinite_kernel_fail_naming_the_cause(service, client, rows):
     job = _job(client, rows)
     _indefinite(f"{service.store}/kernels/{job.id}/train", -1e-3)
-    cases = [dict(solver="cg", preconditioner=p) for p in ("nystrom", "jacobi", "none")]
+    cases = [dict(solver="cg", preconditioner=p)
+             for p in ("nystrom", "randomized", "jacobi", "none")]
     cases += [dict(solver="direct"), dict(solver="direct", lambdas=[1e-2, 1e-5])]
     for case in cases:
         lams = case.pop("lambdas", 1e-5)

@@ -176,3 +176,39 @@ def test_analyses_direct_and_distributed(client, digits_jobs):
     np.testing.assert_allclose(c.analyses["eigenvalues"], s, rtol=1e-8)
     at_lam = np.sqrt(2 * np.sum(Y * solve_direct(K, Y, lam)) / 400)
     assert abs(c.analyses["bound"] - at_lam) < 1e-8 * at_lam
+
+
+def test_distributed_randomized_block_cg_equals_in_process(client, digits_jobs):
+    """Randomized Nyström over the workers (one block product per sketch), block CG over
+    two λ, and mixed precision: the same solution and iterations as in process."""
+    from ntkcompute.cg import cg, randomized_nystrom
+
+    train, _, ytr, _ = digits_jobs
+    K = zarr.open_group(train, mode="r")["ntk"][...]
+    Y = one_hot(ytr, 10)
+    md = float(np.mean(np.diag(K)))
+    rel = [1e-3, 1e-2]
+    res = workers.solve(train, ytr, rel, relative=True, solver="cg", tol=1e-11,
+                        client=client, preconditioner="randomized", rank=25, save=None)
+    assert res.converged and res.coefficients.shape == (2, 400, 10)
+    info = res.analyses["preconditioner"]
+    ranks = [r for r, _ in info["history"]]
+    assert ranks[0] == 25 and info["rank"] == ranks[-1]
+    lam_col = np.repeat([v * md for v in rel], 10)
+    pre = randomized_nystrom(lambda V: K @ V, 400, lam_col, rank=25, max_rank=info["rank"])
+    local = cg(lambda V: K @ V, Y, [v * md for v in rel], tol=1e-11, precond=pre)
+    assert [r for r, _ in pre.history] == ranks
+    assert abs(local.iterations - res.iterations) <= 1, (local.iterations, res.iterations)
+    for i, v in enumerate(rel):
+        ref = solve_direct(K, Y, v * md)
+        assert np.abs(res.coefficients[i] - ref).max() / np.abs(ref).max() < 1e-8
+        assert np.abs(res.coefficients[i] - local.x[i]).max() / np.abs(ref).max() < 1e-8
+    mixed = workers.solve(train, ytr, 1e-2, relative=True, solver="cg", tol=1e-10,
+                          client=client, preconditioner="randomized", rank=25,
+                          precision="mixed", save=None)
+    ref = solve_direct(K, Y, 1e-2 * md)
+    assert mixed.converged
+    assert np.abs(mixed.coefficients - ref).max() / np.abs(ref).max() < 1e-8
+    with pytest.raises(nc.InputError) as e:
+        workers.solve(train, ytr, 1e-3, client=client, precision="half", save=None)
+    assert e.value.field == "precision"

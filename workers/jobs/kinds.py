@@ -240,15 +240,9 @@ class Exact:
                         spectrum_k=an.get("spectrum", 0),
                         min_eig=an.get("min_eigenvalue", False))
         train = part_url(job.url, "train")
-        if p["solver"] == "direct":  # one eigendecomposition serves every λ
-            return [solve_exact(train, labels, _lambdas(p), **kw, **analysis)]
-        # CG: one solve per λ, warm-started from the previous λ; analyses once
-        out, x0 = [], None
-        for i, lam in enumerate(p["lambdas"]):
-            r = solve_exact(train, labels, lam, x0=x0, **kw, **(analysis if i == 0 else {}))
-            x0 = r.coefficients
-            out.append(r)
-        return out
+        # direct: one eigendecomposition serves every λ; CG: block CG, every λ and class
+        # in one loop (one kernel product per iteration), analyses at the first λ
+        return [solve_exact(train, labels, _lambdas(p), **kw, **analysis)]
 
 
 class Features:
