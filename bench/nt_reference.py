@@ -9,6 +9,7 @@ Usage: ``python bench/nt_reference.py CASES.npz OUT.npz``. CASES holds, per case
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -115,11 +116,14 @@ def main() -> None:
         x2 = jnp.asarray(cases[f"x2_{i}"]) if f"x2_{i}" in cases else None
         k = fn(x1, x2, get=("nngp", "ntk"))
         jax.block_until_ready(k)
-        t, c = time.perf_counter(), time.process_time()
-        k = fn(x1, x2, get=("nngp", "ntk"))
-        jax.block_until_ready(k)
-        res[f"sec_{i}"] = time.perf_counter() - t
-        res[f"cpu_{i}"] = time.process_time() - c
+        secs, cpus = [], []
+        for _ in range(int(os.environ.get("NT_REPS", "1"))):  # the fastest of NT_REPS calls
+            t, c = time.perf_counter(), time.process_time()
+            k = fn(x1, x2, get=("nngp", "ntk"))
+            jax.block_until_ready(k)
+            secs.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
+        res[f"sec_{i}"], res[f"cpu_{i}"] = min(secs), min(cpus)
         res[f"nngp_{i}"] = np.asarray(k.nngp)
         res[f"ntk_{i}"] = np.asarray(k.ntk)
         print(f"case {i}: {res[f'sec_{i}']:.3f}s", flush=True)
