@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench conformance clean
+.PHONY: demo test lint bench speed conformance clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,10 @@ $(NT_VENV)/.installed:
 
 conformance: $(STAMP) $(NT_VENV)/.installed
 	NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python bench/conformance.py
+
+# issue 17: fused kernels and NumPy rules against neural-tangents, in one run (~40 min)
+speed: $(STAMP) $(NT_VENV)/.installed
+	NT_PYTHON=$(NT_VENV)/bin/python $(BIN)/python bench/speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -80,6 +80,7 @@ def worker(cases_file: str, out_file: str, dtype: str, threads: int, reps: int) 
         nc.kernel(arch, x1[:2], None if x2 is None else x2[:2], dtype=dtype, threads=threads)
         secs, cpus = [], []
         for _ in range(reps):
+            k = None  # the last result's memory is free again for this call, as in nt's loop
             t, c = time.perf_counter(), time.process_time()
             k = nc.kernel(arch, x1, x2, dtype=dtype, threads=threads)
             secs.append(time.perf_counter() - t)
