@@ -47,6 +47,17 @@ def _kernels() -> dict[str, Any]:
         return _CACHE
     ab = fused._ab
 
+    @cuda.jit(device=True)
+    def unravel(i, n1, m1, n2, m2, nb):
+        """Entry ``i`` of a C-ordered ``(n1, m1, n2, m2, nb)`` array as its five indices."""
+        b = i % nb
+        r = i // nb
+        q2 = r % m2
+        r //= m2
+        o2 = r % n2
+        r //= n2
+        return r // m1, r % m1, o2, q2, b
+
     @cuda.jit
     def affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c1,
                     act, va, vb, pairlist, snap, a0, a1, rnd, C):
@@ -57,14 +68,7 @@ def _kernels() -> dict[str, Any]:
         nb = n1 * n2
         if i >= o1n * o1n * o2n * o2n * nb:
             return
-        b = i % nb
-        r = i // nb
-        q2 = r % o2n
-        r //= o2n
-        o2 = r % o2n
-        r //= o2n
-        q1 = r % o1n
-        o1 = r // o1n
+        o1, q1, o2, q2, b = unravel(i, o1n, o1n, o2n, o2n, nb)
         want_t = at.shape[0] > 0
         sk = 0.0
         st = 0.0
@@ -145,14 +149,7 @@ def _kernels() -> dict[str, Any]:
         nb = n1 * n2
         if i >= p1 * q1n * p2 * q2n * nb:
             return
-        b = i % nb
-        r = i // nb
-        q2 = r % q2n
-        r //= q2n
-        o2 = r % p2
-        r //= p2
-        q1 = r % q1n
-        o1 = r // q1n
+        o1, q1, o2, q2, b = unravel(i, p1, q1n, p2, q2n, nb)
         if not full:
             q1, q2 = o1, o2
         b1 = b // n2
@@ -172,14 +169,7 @@ def _kernels() -> dict[str, Any]:
         n1, n2 = a.shape[0], a.shape[2]
         if i >= o1n * o1n * o2n * o2n * nb:
             return
-        b = i % nb
-        r = i // nb
-        q2 = r % o2n
-        r //= o2n
-        o2 = r % o2n
-        r //= o2n
-        q1 = r % o1n
-        o1 = r // o1n
+        o1, q1, o2, q2, b = unravel(i, o1n, o1n, o2n, o2n, nb)
         acc = 0.0
         for d1 in range(k1):
             i1 = s1 * o1 + d1 - lo1
