@@ -7,15 +7,14 @@ a rule does in a chain of NumPy passes:
 * :func:`affine` — Dense or a stride-1 zero-padded Conv (window sum of K and Θ, the affine
   map of both parameterizations), optionally followed by a ReLU-family nonlinearity on the
   window's result (``act``): the conv + ReLU step of a CNTK in one pass;
-* :func:`activation` — a ReLU-family nonlinearity in place;
+* :func:`activation` — a ReLU-family nonlinearity (K into a new array, Θ in place);
 * :func:`pool` — average / sum pooling of a full-layout state.
 
-Every sum is accumulated in float64 whatever the state's dtype (float32 states lose nothing
-to long window sums), and every value is computed from the same operations in the same order
-whatever the block's batch shape, so the self pass and the pair pass agree bit for bit on the
-diagonal (the float32 det = 0 argument of ``activations._SNAP_ULPS``). A value that a later
-rule reads back as a self statistic is rounded to the state's dtype first, as the NumPy path
-stores it.
+Conv windows and the per-entry math run in the state's dtype (float32 states compute in
+float32, the NumPy float32 rules' arithmetic); pooling sums over its many positions in
+float64. Every value is computed from the same operations in the same order whatever the
+block's batch shape, so the self pass and the pair pass agree bit for bit on the diagonal
+(the float32 det = 0 argument of ``activations._SNAP_ULPS``).
 
 Layouts (see ``state``): the batch axes are flattened to one axis ``B`` of size ``nb1 * nb2``
 (pair blocks) or ``m`` (the self pass, pair lists); vectors are the diagonal layout with one
