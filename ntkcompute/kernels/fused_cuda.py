@@ -31,9 +31,14 @@ except Exception:  # pragma: no cover - numba without its CUDA target
 THREADS = 256  # threads per block
 
 
+_broken: list[str] = []  # why the CUDA kernels could not be built here, once known
+
+
 def available() -> bool:
-    """True when numba's CUDA target has a device (or the simulator) to launch on."""
-    if cuda is None:
+    """True when numba's CUDA target has a device (or the simulator) to launch on, and the
+    kernels have not failed to build (no NVVM in the image, say): then the rules fall back
+    to their CuPy code."""
+    if cuda is None or _broken:
         return False
     try:
         return bool(cuda.is_available())
@@ -194,8 +199,21 @@ def _kernels() -> dict[str, Any]:
 _CACHE: dict[str, Any] = {}
 
 
-def _launch(kernel: Any, n: int, *args: Any) -> None:
-    kernel[max(1, math.ceil(n / THREADS)), THREADS](*args)
+def _launch(name: str, n: int, *args: Any) -> bool:
+    """Launch kernel ``name`` over ``n`` threads; False (and the CuPy rules from then on, with
+    one warning) when numba cannot build it for this device."""
+    try:
+        kernel = _kernels()[name]
+        kernel[max(1, math.ceil(n / THREADS)), THREADS](*args)
+    except Exception as e:  # the compiler's failure (NVVM, PTX, driver), not the math
+        if not _broken:
+            import warnings
+
+            warnings.warn(f"fused CUDA kernels unavailable, using the CuPy rules: {e!r}",
+                          RuntimeWarning, stacklevel=3)
+        _broken.append(repr(e))
+        return False
+    return True
 
 
 def _empty(xp: Any, dt: Any, ndim: int) -> Any:
@@ -235,13 +253,12 @@ def affine(xp: Any, st: Any, win: Any, out_spatial: tuple[int, ...], coef: tuple
         vb = xp.ascontiguousarray(vb, dtype=dt).reshape(vb.shape[0], *sp_out)
         on = True
     ck, cb, ct, cn, cs, c1 = coef
-    ks = _kernels()
-    kernel = ks["affine_full"] if full else ks["affine_diag"]
-    _launch(kernel, ok.size, view(st.nngp, sp_in),
+    if not _launch("affine_full" if full else "affine_diag", ok.size, view(st.nngp, sp_in),
             _empty(xp, dt, nd) if st.ntk is None else view(st.ntk, sp_in),
             view(ok, sp_out), _empty(xp, dt, nd) if ot is None else view(ot, sp_out),
             w[0][0], w[0][1], w[2][0], w[2][1], n1, n2, ck, cb, ct, cn, cs, c1,
-            on, va, vb, pairlist, snap, a0, a1, np.dtype(dt) == np.float32, fused.C64)
+            on, va, vb, pairlist, snap, a0, a1, np.dtype(dt) == np.float32, fused.C64):
+        return None
     return st.with_(nngp=ok, ntk=ot, spatial=tuple(out_spatial))
 
 
@@ -258,11 +275,12 @@ def activation(xp: Any, st: Any, snap: float, c0: float, c1: float, va: Any, vb:
     out = xp.empty_like(st.nngp)
     t = (_empty(xp, dt, 5) if st.ntk is None
          else xp.ascontiguousarray(st.ntk).reshape(shape))
-    _launch(_kernels()["activation"], out.size, xp.ascontiguousarray(st.nngp).reshape(shape),
+    if not _launch("activation", out.size, xp.ascontiguousarray(st.nngp).reshape(shape),
             out.reshape(shape), t,
             xp.ascontiguousarray(va, dtype=dt).reshape(va.shape[0], *sp),
             xp.ascontiguousarray(vb, dtype=dt).reshape(vb.shape[0], *sp),
-            n1, n2, st.full, pairlist, snap, c0, c1, fused.C64)
+            n1, n2, st.full, pairlist, snap, c0, c1, fused.C64):
+        return None
     ntk = None if st.ntk is None else t.reshape(st.ntk.shape)
     return st.with_(nngp=out, ntk=ntk)
 
@@ -280,8 +298,9 @@ def pool(xp: Any, a: Any, win: Any, nb_axes: int, scale: float) -> Any | None:
         return None
     out = xp.empty((*sum(((s, s) for s in win.out), ()), *batch), a.dtype)
     (k1, k2), (s1, s2), (lo1, lo2) = w
-    _launch(_kernels()["pool_full"], out.size,
-            xp.ascontiguousarray(a).reshape(sp_in[0], sp_in[0], sp_in[1], sp_in[1], nb),
-            out.reshape(sp_out[0], sp_out[0], sp_out[1], sp_out[1], nb),
-            k1, k2, s1, s2, lo1, lo2, scale)
+    if not _launch("pool_full", out.size,
+                   xp.ascontiguousarray(a).reshape(sp_in[0], sp_in[0], sp_in[1], sp_in[1], nb),
+                   out.reshape(sp_out[0], sp_out[0], sp_out[1], sp_out[1], nb),
+                   k1, k2, s1, s2, lo1, lo2, scale):
+        return None
     return out
