@@ -63,6 +63,19 @@ def _kernels() -> dict[str, Any]:
         r //= n2
         return r // m1, r % m1, o2, q2, b
 
+    @cuda.jit(device=True)
+    def finish(sk, st, ck, cb, ct, cn, cs, c1, act, rnd, k11, k22, snap, a0, a1, C):
+        """The affine map of the window sums, then (``act``) the nonlinearity, in float64;
+        a float32 state's K rounded first, as the self pass stored it."""
+        k = ck * sk + cb
+        t = ct * st + cn * k + cs * sk + c1
+        if act:
+            if rnd:
+                k = np.float64(np.float32(k))
+            k, dot = ab(k, k11, k22, snap, a0, a1, C)
+            t *= dot
+        return k, t
+
     @cuda.jit
     def affine_full(ak, at, ok, ot, k1, k2, lo1, lo2, n1, n2, ck, cb, ct, cn, cs, c1,
                     act, va, vb, pairlist, snap, a0, a1, rnd, C):
@@ -90,16 +103,12 @@ def _kernels() -> dict[str, Any]:
                 sk += ak[i1, j1, i2, j2, b]
                 if want_t:
                     st += at[i1, j1, i2, j2, b]
-        k = ck * sk + cb
-        t = ct * st + cn * k + cs * sk + c1
+        k11 = k22 = 0.0
         if act:
-            if rnd:
-                k = np.float64(np.float32(k))
             b1 = b // n2
-            b2 = b - b1 * n2
-            k, dot = ab(k, np.float64(va[b1, o1, o2]),
-                        np.float64(vb[b1 if pairlist else b2, q1, q2]), snap, a0, a1, C)
-            t *= dot
+            k11 = np.float64(va[b1, o1, o2])
+            k22 = np.float64(vb[b1 if pairlist else b - b1 * n2, q1, q2])
+        k, t = finish(sk, st, ck, cb, ct, cn, cs, c1, act, rnd, k11, k22, snap, a0, a1, C)
         ok[o1, q1, o2, q2, b] = k
         if want_t:
             ot[o1, q1, o2, q2, b] = t
@@ -132,16 +141,12 @@ def _kernels() -> dict[str, Any]:
                 sk += ak[i1, i2, b]
                 if want_t:
                     st += at[i1, i2, b]
-        k = ck * sk + cb
-        t = ct * st + cn * k + cs * sk + c1
+        k11 = k22 = 0.0
         if act:
-            if rnd:
-                k = np.float64(np.float32(k))
             b1 = b // n2
-            b2 = b - b1 * n2
-            k, dot = ab(k, np.float64(va[b1, o1, o2]),
-                        np.float64(vb[b1 if pairlist else b2, o1, o2]), snap, a0, a1, C)
-            t *= dot
+            k11 = np.float64(va[b1, o1, o2])
+            k22 = np.float64(vb[b1 if pairlist else b - b1 * n2, o1, o2])
+        k, t = finish(sk, st, ck, cb, ct, cn, cs, c1, act, rnd, k11, k22, snap, a0, a1, C)
         ok[o1, o2, b] = k
         if want_t:
             ot[o1, o2, b] = t
