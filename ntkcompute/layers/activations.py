@@ -20,7 +20,6 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from ..kernels import activations as dual
-from ..kernels import fused
 from ..kernels.quadrature import FUNCTIONS, gauss_hermite
 from ..kernels.sketch import TensorSRHT, _pow2, _srht_macs, relu_directions
 from ..kernels.state import expand_var
@@ -201,6 +200,8 @@ class _ABFamily(Activation):
 
     def kernel(self, lp: LayerPlan, st: State, xp: ModuleType, va: Array | None = None,
                vb: Array | None = None) -> State:
+        from ..kernels import fused  # numba loads on the first kernel, not on import
+
         how = fused_relu(lp.layer, st.nngp.dtype) if fused.enabled(xp) else None
         out = None if how is None else fused.activation(st, *how, va, vb)
         return out if out is not None else super().kernel(lp, st, xp, va, vb)

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..kernels import fused
 from ..kernels.sketch import patches, with_bias
 from ..kernels.spatial import conv_window_sum
 from .finite import gather, scatter, window_index
@@ -136,6 +135,7 @@ class _AffineRule(LayerRule):
                     va: Array, vb: Array) -> State | None:
         """This layer and the nonlinearity ``act`` after it in one compiled pass
         (``fused.affine``), or None where that path does not serve ``st``."""
+        from ..kernels import fused  # numba loads on the first kernel, not on import
         from .activations import fused_relu
 
         how = fused_relu(act.layer, st.nngp.dtype) if fused.enabled(xp) else None
@@ -146,6 +146,8 @@ class _AffineRule(LayerRule):
 
     def kernel(self, lp: LayerPlan, st: State, xp: ModuleType, va: Array | None = None,
                vb: Array | None = None) -> State:
+        from ..kernels import fused
+
         if fused.enabled(xp):
             out = fused.affine(st, lp.window, lp.out_spatial, _coefficients(lp, self._fan(lp)))
             if out is not None:

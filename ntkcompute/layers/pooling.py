@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import field_validator
 
-from ..kernels import fused
 from ..kernels.sketch import SRHT
 from ..kernels.spatial import pool_window_sum, shifted_sum
 from ..kernels.state import reduce64, spatial_diagonal
@@ -107,6 +106,8 @@ class AvgPoolRule(LayerRule):
 
     def kernel(self, lp: LayerPlan, st: State, xp: ModuleType, va: Array | None = None,
                vb: Array | None = None) -> State:
+        from ..kernels import fused  # numba loads on the first kernel, not on import
+
         scale = 1.0 if self.summed else 1.0 / math.prod(lp.window.size) ** 2
 
         def f(a: Array) -> Array:

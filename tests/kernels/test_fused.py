@@ -177,3 +177,16 @@ def test_ntk_fused_0_turns_the_compiled_path_off() -> None:
     env["NTK_FUSED"] = "1"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, check=True).stdout.strip() == "True"
+
+
+def test_numba_loads_with_the_first_kernel_not_with_the_package() -> None:
+    """The CLI and the API process import ntkcompute for specs and the client: they do not
+    pay numba's import (0.4 s here)."""
+    code = ("import sys, numpy, ntkcompute, ntkcompute.client\n"
+            "from ntkcompute import architectures as A\n"
+            "print('numba' in sys.modules, end=' ')\n"
+            "ntkcompute.kernel(A.cntk(1), numpy.ones((2, 4, 4, 1)))\n"
+            "print('numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False True"
