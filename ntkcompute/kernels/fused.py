@@ -556,6 +556,38 @@ def _as_var(v: Any, dtype: Any, spatial: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(v, dtype=dtype).reshape(v.shape[0], *spatial)
 
 
+def affine_geometry(st: Any, win: Any, out_spatial: tuple[int, ...]
+                    ) -> tuple[tuple, tuple[int, int], tuple[int, int]] | None:
+    """``(window, spatial in, spatial out)`` as two axes when the fused affine kernels cover
+    this layer and state (stride 1, zero padding, two spatial axes, float32/64); else None.
+    Shared by the CPU and the CUDA kernels."""
+    w = _window2(win)
+    sp_in, sp_out = _spatial2(st.spatial), _spatial2(out_spatial)
+    if w is None or sp_in is None or sp_out is None or w[1] != (1, 1) or \
+            np.dtype(st.nngp.dtype) not in _EMPTY:
+        return None
+    return w, sp_in, sp_out
+
+
+def pool_geometry(a: Any, win: Any, nb_axes: int
+                  ) -> tuple[tuple, tuple[int, ...], int, tuple[int, int], tuple[int, int]] | None:
+    """``(window, batch shape, batch size, spatial in, spatial out)`` when the fused pooling
+    kernels cover ``a`` (full layout, ``nb_axes`` batch axes); else None."""
+    w = _window2(win)
+    sp_in = _spatial2(tuple(a.shape[0:a.ndim - nb_axes:2]))
+    sp_out = _spatial2(tuple(win.out))
+    if w is None or sp_in is None or sp_out is None or np.dtype(a.dtype) not in _EMPTY:
+        return None
+    batch = a.shape[a.ndim - nb_axes:]
+    return w, batch, math.prod(batch), sp_in, sp_out
+
+
+def _layout_shape(spatial: tuple[int, ...], batch: tuple[int, ...], full: bool
+                  ) -> tuple[int, ...]:
+    """A state array's shape: ``(S1, S1', .., Sd, Sd') + B`` (full) or ``(S1, .., Sd) + B``."""
+    return (*sum(((s, s) for s in spatial), ()), *batch) if full else (*spatial, *batch)
+
+
 def _view(a: np.ndarray, spatial: tuple[int, int], full: bool, nb: int) -> np.ndarray:
     s1, s2 = spatial
     return a.reshape((s1, s1, s2, s2 * nb) if full else (s1, s2, nb))
@@ -584,20 +616,17 @@ def affine(st: Any, win: Any, out_spatial: tuple[int, ...], coef: tuple[float, .
         from . import fused_cuda
 
         return fused_cuda.affine(xp, st, win, out_spatial, coef, act)
-    w = _window2(win)
-    sp_in, sp_out = _spatial2(st.spatial), _spatial2(out_spatial)
-    if w is None or sp_in is None or sp_out is None or w[1] != (1, 1):
-        return None
-    dt = st.nngp.dtype
-    if dt not in _EMPTY or not st.nngp.flags.c_contiguous or (
+    geometry = affine_geometry(st, win, out_spatial)
+    if geometry is None or not st.nngp.flags.c_contiguous or (
             st.ntk is not None and not st.ntk.flags.c_contiguous):
         return None
+    w, sp_in, sp_out = geometry
+    dt = st.nngp.dtype
     n1, n2, pairlist = _nbatch(st)
     nb = n1 * n2
     full = st.full
     batch = st.nngp.shape[st.nngp.ndim - st.nb:]
-    out_shape = ((*sum(((s, s) for s in out_spatial), ()), *batch) if full
-                 else (*out_spatial, *batch))
+    out_shape = _layout_shape(out_spatial, batch, full)
     ok = np.empty(out_shape, dt)
     ot = np.empty(out_shape, dt) if st.ntk is not None else None
     empty = _empty4(dt, full)
@@ -651,16 +680,11 @@ def pool(a: np.ndarray, win: Any, nb_axes: int, scale: float) -> np.ndarray | No
         from . import fused_cuda
 
         return fused_cuda.pool(xp, a, win, nb_axes, scale)
-    w = _window2(win)
-    if w is None or a.dtype not in _EMPTY or not a.flags.c_contiguous:
+    geometry = pool_geometry(a, win, nb_axes)
+    if geometry is None or not a.flags.c_contiguous:
         return None
-    batch = a.shape[a.ndim - nb_axes:]
-    nb = math.prod(batch)
-    sp_in = _spatial2(tuple(a.shape[0:a.ndim - nb_axes:2]))
-    sp_out = _spatial2(tuple(win.out))
-    if sp_in is None or sp_out is None:
-        return None
-    out = np.empty((*sum(((s, s) for s in win.out), ()), *batch), a.dtype)
+    w, batch, nb, sp_in, sp_out = geometry
+    out = np.empty(_layout_shape(win.out, batch, True), a.dtype)
     (k1, k2), (s1, s2), (lo1, lo2) = w
     _pool_full(a.reshape(sp_in[0], sp_in[0], sp_in[1], sp_in[1], nb),
                out.reshape(sp_out[0], sp_out[0], sp_out[1], sp_out[1], nb),

@@ -228,19 +228,16 @@ def _empty(xp: Any, dt: Any, ndim: int) -> Any:
 def affine(xp: Any, st: Any, win: Any, out_spatial: tuple[int, ...], coef: tuple[float, ...],
            act: tuple[float, float, float, Any, Any] | None = None) -> Any | None:
     """:func:`fused.affine` on the device: arguments, coverage and results the same."""
-    w = fused._window2(win)
-    sp_in, sp_out = fused._spatial2(st.spatial), fused._spatial2(out_spatial)
-    if w is None or sp_in is None or sp_out is None or w[1] != (1, 1):
+    geometry = fused.affine_geometry(st, win, out_spatial)
+    if geometry is None:
         return None
+    w, sp_in, sp_out = geometry
     dt = st.nngp.dtype
-    if np.dtype(dt) not in fused._EMPTY:
-        return None
     n1, n2, pairlist = fused._nbatch(st)
     nb = n1 * n2
     full = st.full
     batch = st.nngp.shape[st.nngp.ndim - st.nb:]
-    out_shape = ((*sum(((s, s) for s in out_spatial), ()), *batch) if full
-                 else (*out_spatial, *batch))
+    out_shape = fused._layout_shape(out_spatial, batch, full)
     ok = xp.empty(out_shape, dt)
     ot = xp.empty(out_shape, dt) if st.ntk is not None else None
 
@@ -292,16 +289,11 @@ def activation(xp: Any, st: Any, snap: float, c0: float, c1: float, va: Any, vb:
 
 def pool(xp: Any, a: Any, win: Any, nb_axes: int, scale: float) -> Any | None:
     """:func:`fused.pool` on the device."""
-    w = fused._window2(win)
-    if w is None or np.dtype(a.dtype) not in fused._EMPTY:
+    geometry = fused.pool_geometry(a, win, nb_axes)
+    if geometry is None:
         return None
-    batch = a.shape[a.ndim - nb_axes:]
-    nb = math.prod(batch)
-    sp_in = fused._spatial2(tuple(a.shape[0:a.ndim - nb_axes:2]))
-    sp_out = fused._spatial2(tuple(win.out))
-    if sp_in is None or sp_out is None:
-        return None
-    out = xp.empty((*sum(((s, s) for s in win.out), ()), *batch), a.dtype)
+    w, batch, nb, sp_in, sp_out = geometry
+    out = xp.empty(fused._layout_shape(win.out, batch, True), a.dtype)
     (k1, k2), (s1, s2), (lo1, lo2) = w
     if not _launch("pool_full", out.size,
                    xp.ascontiguousarray(a).reshape(sp_in[0], sp_in[0], sp_in[1], sp_in[1], nb),
