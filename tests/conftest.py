@@ -2,6 +2,15 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_kernels():
+    """Compile the fused CPU kernels once, before any test starts worker processes: on a
+    fresh clone each of them would otherwise compile its own copy at the same time."""
+    from ntkcompute.kernels import fused
+
+    fused.warm()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -690,3 +690,28 @@ def pool(a: np.ndarray, win: Any, nb_axes: int, scale: float) -> np.ndarray | No
                out.reshape(sp_out[0], sp_out[0], sp_out[1], sp_out[1], nb),
                k1, k2, s1, s2, lo1, lo2, nb, scale)
     return out
+
+
+def warm() -> float:
+    """Compile (or load from numba's cache) every CPU kernel for float32 and float64: tiny
+    Grams of a CNTK with pooling and of an FC net. A process that computes kernels right
+    after starting (a worker, a test session) then loads compiled code instead of compiling
+    it, and several processes started together do not each compile (~25 s of CPU apiece on a
+    cold cache). Returns the seconds it took."""
+    import time
+
+    from .. import architectures as A
+    from ..infinite import kernel
+
+    t0 = time.perf_counter()
+    if not _on:
+        return 0.0
+    conv = {"type": "conv", "filter_shape": [3, 3], "padding": "SAME"}
+    pooled = {"layers": [conv, {"type": "relu"}, {"type": "avg_pool", "window_shape": [2, 2]},
+                         conv, {"type": "relu"}, {"type": "global_avg_pool"}, {"type": "dense"}]}
+    x = np.random.default_rng(0).standard_normal((3, 5, 5, 2))
+    for dt in ("float64", "float32"):
+        for arch in (pooled, A.resnet(1)):  # conv + ReLU fused, pooling, a ReLU alone
+            kernel(arch, x, dtype=dt, threads=1)
+        kernel(A.fc(1), x.reshape(3, -1), dtype=dt, threads=1)
+    return time.perf_counter() - t0

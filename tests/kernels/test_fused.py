@@ -190,3 +190,13 @@ def test_numba_loads_with_the_first_kernel_not_with_the_package() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False True"
+
+
+def test_warm_compiles_every_kernel_for_both_dtypes() -> None:
+    """``fused.warm`` (run once per test session and by the images) reaches every CPU kernel
+    in float32 and float64, so a process started after it loads them from the cache."""
+    fused.warm()
+    for fn in (fused._affine_full, fused._affine_diag, fused._act_full, fused._act_diag,
+               fused._pool_full):
+        dtypes = {str(sig[0].dtype) for sig in fn.signatures}
+        assert dtypes == {"float32", "float64"}, (fn.__name__, fn.signatures)

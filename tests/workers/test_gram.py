@@ -137,13 +137,13 @@ def test_kill_a_worker_mid_job(client, tmp_path):
 
 
 def test_interrupted_driver_resumes(tmp_path):
-    x = digits()[0][:200]
+    x = digits()[0][:120]
     np.save(tmp_path / "x.npy", x)
     arch_path = tmp_path / "arch.json"
     arch_path.write_text(json.dumps(A.cntk(3)))
     url = str(tmp_path / "job")
     cmd = [sys.executable, "-m", "ntkcli", "gram", "--arch", str(arch_path), "--x1",
-           str(tmp_path / "x.npy"), "--out", url, "--tile", "8", "--quiet"]  # 325 tiles: a wide
+           str(tmp_path / "x.npy"), "--out", url, "--tile", "8", "--quiet"]  # 120 tiles: a wide
     # window to interrupt in, even on a loaded machine
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
