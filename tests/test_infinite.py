@@ -203,6 +203,24 @@ def test_blocking_and_threads_do_not_change_the_result(rng):
     assert np.array_equal(sym_tiny["ntk"], sym_tiny["ntk"].T)
 
 
+def test_block_threads_run_with_one_blas_thread_each(rng):
+    """With blocks on a thread pool, BLAS is held to one thread for the call (its own pool
+    would contend with ours) and given back its threads afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    x = rng.standard_normal((9, 5))
+    seen: list[set[int]] = []
+    with threadpool_limits(2, user_api="blas"):
+        nc.kernel(fc_net(2), x, memory=2 * 2**10, threads=2,
+                  progress=lambda d, t: seen.append(blas_threads()))
+        after = blas_threads()
+    assert len(seen) > 3 and all(s == {1} for s in seen), seen
+    assert after == {2}
+
+
 def test_float32_matches_float64(rng):
     x = rng.standard_normal((6, 6, 6, 2))
     arch = conv_net(3, b=0.1)
