@@ -196,7 +196,10 @@ def test_warm_compiles_every_kernel_for_both_dtypes() -> None:
     """``fused.warm`` (run once per test session and by the images) reaches every CPU kernel
     in float32 and float64, so a process started after it loads them from the cache."""
     fused.warm()
-    for fn in (fused._affine_full, fused._affine_diag, fused._act_full, fused._act_diag,
-               fused._pool_full):
+    A, act = fused.AFFINE, fused.ACTIVATION
+    # with the NTK: full-layout conv + ReLU and conv alone, the self pass's diagonal layout
+    # with and without the ReLU, a ReLU alone on either layout, pooling
+    for fn in (A[True, True, True], A[True, False, True], A[False, True, True],
+               A[False, False, True], act[True, True], act[False, True], fused._pool_full):
         dtypes = {str(sig[0].dtype) for sig in fn.signatures}
-        assert dtypes == {"float32", "float64"}, (fn.__name__, fn.signatures)
+        assert dtypes == {"float32", "float64"}, fn.signatures
