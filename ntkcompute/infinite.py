@@ -180,7 +180,8 @@ def kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
         dtype: float32 or float64 for the computation and result (default: x1's float dtype).
         memory: working-memory budget in bytes for all threads together; work is split into
             blocks of pairs that fit it.
-        threads: blocks computed concurrently (default: CPU count for NumPy, 1 for CuPy).
+        threads: blocks computed concurrently (default: CPU count for NumPy, 1 for CuPy);
+            with more than one, BLAS runs one thread per block for the call (threadpoolctl).
         progress: called as ``progress(blocks_done, blocks_total)``.
 
     Returns:
