@@ -89,7 +89,7 @@ def test_fuzzed_architectures_and_solves_are_never_5xx(service):
     h = {"Authorization": f"Bearer {key}"}
     status: Counter = Counter()
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck),
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck),
               phases=[Phase.explicit, Phase.generate], database=None)
     @given(data=st.data())
     def one(data):
