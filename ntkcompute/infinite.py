@@ -155,8 +155,8 @@ def gram(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *, symmetric: b
                 progress(done, len(blocks))
     else:
         # one BLAS thread per block thread: OpenBLAS's own pool (as many threads as cores by
-        # default) would contend with ours, and its idle threads spin (1.31x instead of 1.1x
-        # from a second thread on a 32x32 CNTK-GAP here)
+        # default) contends with ours (a second thread gave 1.1x with it, 1.6x without, on a
+        # 32x32 CNTK-GAP here)
         with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
             for _ in pool.map(work, blocks):
                 done += 1
