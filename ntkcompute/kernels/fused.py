@@ -482,8 +482,9 @@ def _act_diag(k_, ko, t_, want_t, va, vb, n1, n2, pairlist, snap, a0, a1, C):
 # ``act`` and ``want_t`` select whole loops. Passed at run time they cost the per-entry loops
 # their vectorization (measured on a 32x32 conv + ReLU step with the NTK, per entry: 13.8 ->
 # 7.9 ns float64, 9.1 -> 4.5 ns float32), so each value gets its own kernel: a wrapper with
-# the flags as constants, into which LLVM inlines and specializes the body. (The bodies are
-# referenced as globals: numba's cache ignores closures over compiled functions.)
+# the flags as closure constants, which numba types as literals, so the body compiles once
+# per value with the flags folded (and a cold cache takes ~90 s of CPU, not ~45). (The
+# bodies are referenced as globals: numba's cache ignores closures over compiled functions.)
 
 def _affine_kernels(full: bool, act: bool, want_t: bool) -> Any:
     if full:
@@ -726,11 +727,11 @@ def pool(a: np.ndarray, win: Any, nb_axes: int, scale: float) -> np.ndarray | No
 
 
 def warm() -> float:
-    """Compile (or load from numba's cache) every CPU kernel for float32 and float64: tiny
-    Grams of a CNTK with pooling and of an FC net. A process that computes kernels right
-    after starting (a worker, a test session) then loads compiled code instead of compiling
-    it, and several processes started together do not each compile (~25 s of CPU apiece on a
-    cold cache). Returns the seconds it took."""
+    """Compile (or load from numba's cache) the CPU kernels a default (NTK and NNGP) job
+    runs, for float32 and float64: tiny Grams of a CNTK with pooling, a ResNet and an FC net.
+    Processes started after it (workers, a test session's subprocesses) load compiled code
+    instead of each compiling its own (~90 s of CPU on a cold cache); NNGP-only variants
+    still compile on first use. Returns the seconds it took."""
     import time
 
     from .. import architectures as A

@@ -193,8 +193,8 @@ def test_numba_loads_with_the_first_kernel_not_with_the_package() -> None:
 
 
 def test_warm_compiles_every_kernel_for_both_dtypes() -> None:
-    """``fused.warm`` (run once per test session and by the images) reaches every CPU kernel
-    in float32 and float64, so a process started after it loads them from the cache."""
+    """``fused.warm`` (run once per test session) reaches every CPU kernel a default job
+    runs, in float32 and float64, so a process started after it loads them from the cache."""
     fused.warm()
     A, act = fused.AFFINE, fused.ACTIVATION
     # with the NTK: full-layout conv + ReLU and conv alone, the self pass's diagonal layout
