@@ -8,7 +8,7 @@ def _compiled_kernels():
     fresh clone each of them would otherwise compile its own copy at the same time."""
     from ntkcompute.kernels import fused
 
-    fused.warm()
+    fused.warm(parallel=True)
 
 
 @pytest.fixture

@@ -726,26 +726,43 @@ def pool(a: np.ndarray, win: Any, nb_axes: int, scale: float) -> np.ndarray | No
     return out
 
 
-def warm() -> float:
-    """Compile (or load from numba's cache) the CPU kernels a default (NTK and NNGP) job
-    runs, for float32 and float64: tiny Grams of a CNTK with pooling, a ResNet and an FC net.
-    Processes started after it (workers, a test session's subprocesses) load compiled code
-    instead of each compiling its own (~90 s of CPU on a cold cache); NNGP-only variants
-    still compile on first use. Returns the seconds it took."""
+def warm(parallel: bool = False) -> float:
+    """Compile (or load from numba's cache) the CPU kernels of NTK + NNGP and NNGP-only
+    jobs, for float32 and float64: tiny Grams of a CNTK with pooling, a ResNet and an FC
+    net. Processes started after it (workers, a test session's subprocesses) load compiled
+    code instead of each compiling its own (~90 s of CPU for both dtypes on a cold cache).
+    ``parallel`` compiles float32 in a second process meanwhile (numba compiles under the
+    GIL), so two cores take half the time. Returns the seconds it took."""
+    import subprocess
+    import sys
     import time
-
-    from .. import architectures as A
-    from ..infinite import kernel
 
     t0 = time.perf_counter()
     if not _on:
         return 0.0
+    child = None
+    if parallel:
+        code = "from ntkcompute.kernels import fused; fused._warm('float32')"
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+    _warm("float64")
+    if child is None:
+        _warm("float32")
+    elif child.wait() != 0:
+        raise RuntimeError(f"compiling the float32 kernels failed: "
+                           f"{child.stderr.read().decode()[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def _warm(dtype: str) -> None:
+    from .. import architectures as A
+    from ..infinite import kernel
+
     conv = {"type": "conv", "filter_shape": [3, 3], "padding": "SAME"}
     pooled = {"layers": [conv, {"type": "relu"}, {"type": "avg_pool", "window_shape": [2, 2]},
                          conv, {"type": "relu"}, {"type": "global_avg_pool"}, {"type": "dense"}]}
     x = np.random.default_rng(0).standard_normal((3, 5, 5, 2))
-    for dt in ("float64", "float32"):
+    for get in (("ntk", "nngp"), "nngp"):
         for arch in (pooled, A.resnet(1)):  # conv + ReLU fused, pooling, a ReLU alone
-            kernel(arch, x, dtype=dt, threads=1)
-        kernel(A.fc(1), x.reshape(3, -1), dtype=dt, threads=1)
-    return time.perf_counter() - t0
+            kernel(arch, x, get=get, dtype=dtype, threads=1)
+        kernel(A.fc(1), x.reshape(3, -1), get=get, dtype=dtype, threads=1)

@@ -193,13 +193,12 @@ def test_numba_loads_with_the_first_kernel_not_with_the_package() -> None:
 
 
 def test_warm_compiles_every_kernel_for_both_dtypes() -> None:
-    """``fused.warm`` (run once per test session) reaches every CPU kernel a default job
-    runs, in float32 and float64, so a process started after it loads them from the cache."""
+    """``fused.warm`` (run once per test session, float32 in a second process) reaches every
+    CPU kernel in float32 and float64: each value of the flags (the ReLU fused or not, Θ
+    carried or not, full or diagonal layout) and pooling. Processes started after it load
+    them from the cache."""
     fused.warm()
-    A, act = fused.AFFINE, fused.ACTIVATION
-    # with the NTK: full-layout conv + ReLU and conv alone, the self pass's diagonal layout
-    # with and without the ReLU, a ReLU alone on either layout, pooling
-    for fn in (A[True, True, True], A[True, False, True], A[False, True, True],
-               A[False, False, True], act[True, True], act[False, True], fused._pool_full):
+    kernels = [*fused.AFFINE.values(), *fused.ACTIVATION.values(), fused._pool_full]
+    for fn in kernels:
         dtypes = {str(sig[0].dtype) for sig in fn.signatures}
         assert dtypes == {"float32", "float64"}, fn.signatures
