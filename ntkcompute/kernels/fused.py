@@ -745,12 +745,14 @@ def warm(parallel: bool = False) -> float:
         code = "from ntkcompute.kernels import fused; fused._warm('float32')"
         child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE)
-    _warm("float64")
+    try:
+        _warm("float64")
+    finally:  # communicate: a child writing more than a pipe holds must not block on it
+        err = child.communicate()[1] if child is not None else b""
     if child is None:
         _warm("float32")
-    elif child.wait() != 0:
-        raise RuntimeError(f"compiling the float32 kernels failed: "
-                           f"{child.stderr.read().decode()[-2000:]}")
+    elif child.returncode != 0:
+        raise RuntimeError(f"compiling the float32 kernels failed: {err.decode()[-2000:]}")
     return time.perf_counter() - t0
 
 
