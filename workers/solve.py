@@ -1,9 +1,10 @@
 """Kernel regression on a kernel stored by :func:`workers.compute_gram`, where it lies.
 
 ``solver="cg"`` runs :func:`ntkcompute.cg.cg` with the product ``K @ V`` done by one actor per
-worker over its rows of the Zarr array (:class:`workers.operator.DistributedKernel`), so the
-matrix is never gathered in one process. ``solver="direct"`` loads it and uses Cholesky
-(one λ) or one eigendecomposition (a λ sweep): the reference, for kernels that fit.
+worker over its tiles of the Zarr array (:class:`workers.operator.DistributedKernel`: the
+upper triangle of a symmetric Gram), so the matrix is never gathered in one process.
+``solver="direct"`` loads it and uses Cholesky (one λ) or one eigendecomposition (a λ
+sweep): the reference, for kernels that fit.
 Coefficients, predictions and metrics are written beside the kernel, under ``solves/<name>``.
 """
 
@@ -208,8 +209,12 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                              field="precision")
         cl, cluster = get_client(client, scheduler)
         try:
-            op = DistributedKernel(cl, kernel, name, options=options)
+            timings: dict[str, float] = {}
+            t = time.perf_counter()
+            op = DistributedKernel(cl, kernel, name, options=options,
+                                   precision="single" if precision == "mixed" else "double")
             diag = op.diagonal()
+            timings["load"] = time.perf_counter() - t
             scale = float(np.mean(diag, dtype=np.float64))
             lams = absolute_lambdas(lam, relative, scale)
             lam_col = np.repeat(lams, Y.shape[1])  # block CG: λ-major columns
@@ -232,11 +237,13 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                                          iteration_seconds=per_iteration, seed=seed,
                                          scale=scale,
                                          single=precision == "mixed")
-            t_pre = time.perf_counter() - t_pre
+            t_pre = timings["preconditioner"] = time.perf_counter() - t_pre
+            t = time.perf_counter()
             r = cg(op.matvec, Y, lams if len(lams) > 1 else lams[0], tol=tol,
                    maxiter=maxiter, precond=pre, x0=x0, scale=scale, fast_matvec=fast,
                    pair_matvec=pair, true_residual_every=10 if fast else 50)
-            analyses: dict[str, Any] = {}
+            timings["iterations"] = time.perf_counter() - t
+            analyses: dict[str, Any] = {"seconds": timings}
             if pre is not None and hasattr(pre, "history"):
                 analyses["preconditioner"] = {"rank": pre.rank, "condition": pre.condition,
                                               "history": pre.history, "seconds": t_pre}
