@@ -68,16 +68,36 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _map(fn: Callable[[Any], Any], items: list, threads: int) -> Iterator[Any]:
+    """``fn`` over ``items`` in order, on ``threads`` threads when there is more than one
+    item: then with one BLAS thread per thread, since OpenBLAS's own pool (as many threads
+    as cores by default) contends with ours (a second thread gave 1.1x with it, 1.6x
+    without, on a 32x32 CNTK-GAP here)."""
+    if threads == 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        yield from pool.map(fn, items)
+
+
 def self_pass(plan: Plan, x: Any, *, want_ntk: bool = True,
-              memory: int = DEFAULT_MEMORY) -> SelfCov:
-    """Run every input paired with itself; ``x`` of shape ``(n, *spatial, C)``."""
+              memory: int = DEFAULT_MEMORY, threads: int = 1) -> SelfCov:
+    """Run every input paired with itself; ``x`` of shape ``(n, *spatial, C)``.
+
+    ``memory``: bytes one chunk of inputs may use; ``threads``: chunks run concurrently
+    (the inputs are split into at least that many). Each input's statistics are computed
+    on their own, so the result does not depend on the chunking."""
     xp = array_module(x)
     per = max(1, memory // bytes_per_pair(plan, x.dtype.itemsize))
-    parts = []
-    for sl in _chunks(x.shape[0], per):
+    if threads > 1:
+        per = min(per, -(-x.shape[0] // threads))
+
+    def one(sl: slice) -> tuple:
         st = inputs.self_input(xp, x[sl], plan.input_full, want_ntk)
         st, variances = propagate.run(plan, st, xp)
-        parts.append((variances, st.nngp, st.ntk))
+        return variances, st.nngp, st.ntk
+
+    parts = list(_map(one, _chunks(x.shape[0], per), threads))
     cat = xp.concatenate
     variances = tuple(cat([p[0][j] for p in parts]) for j in range(len(parts[0][0])))
     return SelfCov(variances, cat([p[1] for p in parts]),
@@ -146,22 +166,9 @@ def gram(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *, symmetric: b
             if symmetric and r != c:
                 out[name][c, r] = val.T
 
-    done = 0
-    if threads == 1 or len(blocks) == 1:
-        for rc in blocks:
-            work(rc)
-            done += 1
-            if progress:
-                progress(done, len(blocks))
-    else:
-        # one BLAS thread per block thread: OpenBLAS's own pool (as many threads as cores by
-        # default) contends with ours (a second thread gave 1.1x with it, 1.6x without, on a
-        # 32x32 CNTK-GAP here)
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-            for _ in pool.map(work, blocks):
-                done += 1
-                if progress:
-                    progress(done, len(blocks))
+    for done, _ in enumerate(_map(work, blocks, threads), 1):
+        if progress:
+            progress(done, len(blocks))
     return out
 
 
@@ -180,8 +187,9 @@ def kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
         dtype: float32 or float64 for the computation and result (default: x1's float dtype).
         memory: working-memory budget in bytes for all threads together; work is split into
             blocks of pairs that fit it.
-        threads: blocks computed concurrently (default: CPU count for NumPy, 1 for CuPy);
-            with more than one, BLAS runs one thread per block for the call (threadpoolctl).
+        threads: blocks (and chunks of the self pass) computed concurrently (default: CPU
+            count for NumPy, 1 for CuPy); with more than one, BLAS runs one thread per block
+            for the call (threadpoolctl).
         progress: called as ``progress(blocks_done, blocks_total)``.
 
     Returns:
@@ -208,8 +216,9 @@ def kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     if xp.__name__ == "numpy":
         tune_allocator()
     budget = block_budget(xp, memory, threads)
-    s1 = self_pass(plan, x1, want_ntk=want_ntk, memory=budget)
-    s2 = s1 if symmetric else self_pass(plan, x2, want_ntk=want_ntk, memory=budget)
+    s1 = self_pass(plan, x1, want_ntk=want_ntk, memory=budget, threads=threads)
+    s2 = s1 if symmetric else self_pass(plan, x2, want_ntk=want_ntk, memory=budget,
+                                        threads=threads)
     return gram(plan, x1, x2, s1, s2, symmetric=symmetric, get=get,
                 block=block_size(plan, dt.itemsize, budget), threads=threads,
                 progress=progress)

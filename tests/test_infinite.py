@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import ntkcompute as nc
+from ntkcompute import architectures as A
 from tests.conftest import conv_net, fc_net
 from tests.reference import gram
 
@@ -201,6 +202,20 @@ def test_blocking_and_threads_do_not_change_the_result(rng):
     sym = nc.kernel(arch, x1, threads=1)
     assert rel(sym_tiny["ntk"], sym["ntk"]) < 1e-14
     assert np.array_equal(sym_tiny["ntk"], sym_tiny["ntk"].T)
+
+
+def test_threaded_self_pass_equals_the_serial_one_exactly(rng):
+    """The self pass split over threads (chunks of 4 inputs on 3 threads) gives the same bits
+    as one chunk: each input's statistics are computed on their own."""
+    x = rng.standard_normal((11, 8, 8, 2))
+    for arch in (conv_net(2, b=0.1), A.cntk(2), A.cntk(2, "flatten")):
+        plan = nc.plan.make_plan(nc.parse_arch(arch), x.shape)
+        one = nc.infinite.self_pass(plan, x)
+        split = nc.infinite.self_pass(plan, x, threads=3)
+        assert len(one.variances) == len(split.variances) > 0
+        for a, b in zip((*one.variances, one.nngp, one.ntk),
+                        (*split.variances, split.nngp, split.ntk), strict=True):
+            assert np.array_equal(a, b)
 
 
 def test_block_threads_run_with_one_blas_thread_each(rng):
