@@ -1,0 +1,34 @@
+"""The compiled narrow products equal BLAS's, remainders and fallbacks included."""
+
+import numpy as np
+import pytest
+
+from ntkcompute import products
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+@pytest.mark.parametrize("shape", [(64, 48, 12), (67, 50, 10), (13, 9, 1), (40, 31, 32)])
+def test_matmul_and_transpose_equal_blas(rng, dtype, tol, shape):
+    R, C, Q = shape  # rows not a multiple of 4 or 8, columns not a multiple of 4
+    K = rng.standard_normal((R, C)).astype(dtype)
+    V = rng.standard_normal((C, Q)).astype(dtype)
+    W = rng.standard_normal((R, Q)).astype(dtype)
+    ref = K.astype(np.float64) @ V.astype(np.float64)
+    got = products.matmul(K, V)
+    assert got.dtype == dtype and got.shape == (R, Q)
+    assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
+    ref_t = K.T.astype(np.float64) @ W.astype(np.float64)
+    got_t = products.matmul_t(K, W)
+    assert got_t.dtype == dtype and got_t.shape == (C, Q)
+    assert np.abs(got_t - ref_t).max() <= tol * np.abs(ref_t).max()
+    assert products._compiled(K, V)  # these shapes take the compiled loops
+
+
+def test_other_shapes_and_dtypes_go_to_blas(rng):
+    K = rng.standard_normal((20, 20))
+    wide = rng.standard_normal((20, products.MAX_COLUMNS + 1))
+    assert not products._compiled(K, wide)
+    assert not products._compiled(K.astype(np.float32), wide[:, :4])  # mixed dtypes
+    assert not products._compiled(np.asfortranarray(K), wide[:, :4])
+    np.testing.assert_allclose(products.matmul(K, wide), K @ wide, rtol=1e-13)
+    np.testing.assert_allclose(products.matmul_t(K, wide), K.T @ wide, rtol=1e-13)
