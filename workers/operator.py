@@ -219,14 +219,14 @@ class DistributedKernel:
             runs = [[tile(r, c) for r in range(w * per, min((w + 1) * per, T0))
                      for c in range(T1)] for w in range(len(workers))]
             runs = [r for r in runs if r]
-        self.actors = []
+        futures = []
         for (addr, info), run in zip(workers, runs, strict=False):
             limit = info.get("memory_limit") or 0
             cache = int(memory_fraction * limit) if limit else 1 << 62
-            fut = client.submit(TileBlock, url, name, run, symmetric, cache, options,
-                                precision == "single", actor=True, workers=[addr],
-                                pure=False)
-            self.actors.append(fut.result())
+            futures.append(client.submit(TileBlock, url, name, run, symmetric, cache, options,
+                                         precision == "single", actor=True, workers=[addr],
+                                         pure=False))
+        self.actors = [f.result() for f in futures]  # every worker loads at once
 
     def info(self) -> list[dict[str, Any]]:
         return [a.info().result() for a in self.actors]
