@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -41,6 +43,14 @@ from ntkcompute.datasets import SHARED
 from ntkcompute.regression import one_hot
 from workers.cluster import shutdown
 from workers.store import open_group, read
+
+
+def touch(gib: float) -> None:
+    """Touch ``gib`` GiB once in a child process: a freshly booted VM backs each page on its
+    first touch (~2.5 s/GiB here), which would otherwise land in whichever timed phase first
+    needs the memory. A child, so that no process of the run inherits the peak RSS."""
+    subprocess.run([sys.executable, "-c",
+                    f"import numpy as np; np.ones({int(gib * 2**30) // 8})"], check=True)
 
 
 def mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,9 +115,8 @@ def main() -> None:
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                            dashboard_address=None)
     client = Client(cluster)
-    if args.touch:  # a fresh VM backs each page on its first touch (~2.5 s/GB here):
-        # pay that before timing, not in whichever phase first needs the memory
-        np.ones(int(args.touch * 2**30) // 8)
+    if args.touch:
+        touch(args.touch)
     print(f"{'n':>6s} {'method':22s} {'iters':>6s} {'seconds':>8s} {'vs dense':>9s} "
           f"{'rel err vs dense':>17s} {'rank':>5s} {'load s':>7s} {'precond s':>9s} "
           f"{'iterate s':>9s}")
