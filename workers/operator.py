@@ -115,8 +115,8 @@ class TileBlock:
              ) -> tuple[int, np.ndarray, np.ndarray]:
         """``(lo, K fast, K exact)`` shares: the first at ``precision``, the second in
         double, each tile used for both in turn."""
-        if self.cached is None or precision == "double":  # one read of each tile
-            lo, a = self.matvec(fast, precision)
+        if self.cached is None or precision == "double":  # two products; streamed tiles
+            lo, a = self.matvec(fast, precision)  # are read once for each
             return lo, a, self.matvec(exact, "double")[1]
         fast = np.asarray(fast, dtype=np.float32)
         exact = np.asarray(exact, dtype=np.float64)
