@@ -61,7 +61,7 @@ class TileBlock:
             self.cached = [read(self.arr, (slice(r0, r1), slice(c0, c1)))
                            for r0, r1, c0, c1 in self.tiles]
             if copy32:
-                self.cached32 = [t.astype(np.float32) for t in self.cached]
+                self._float32_tiles()
 
     def info(self) -> dict[str, Any]:
         return {"rows": (self.lo, self.hi), "tiles": len(self.tiles),
@@ -71,15 +71,18 @@ class TileBlock:
     #: precision (bounds the temporary copy).
     CONVERT_ROWS = 1024
 
+    def _float32_tiles(self) -> list[np.ndarray]:
+        """The cached tiles as float32 (the stored ones, or a copy made once)."""
+        if self.cached32 is None:
+            self.cached32 = [t if t.dtype == np.float32 else t.astype(np.float32)
+                             for t in self.cached]
+        return self.cached32
+
     def _blocks(self, precision: str) -> Iterator[tuple[Tile, np.ndarray]]:
         """``(tile, values)``: float32 values for ``"single"``, the stored dtype otherwise."""
         for i, (r0, r1, c0, c1) in enumerate(self.tiles):
             if self.cached is not None:
-                t = self.cached[i]
-                if precision == "single" and t.dtype != np.float32:
-                    if self.cached32 is None:  # built on the first float32 product
-                        self.cached32 = [c.astype(np.float32) for c in self.cached]
-                    t = self.cached32[i]
+                t = self._float32_tiles()[i] if precision == "single" else self.cached[i]
             else:
                 t = read(self.arr, (slice(r0, r1), slice(c0, c1)))
                 if precision == "single":
