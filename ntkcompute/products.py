@@ -5,9 +5,11 @@ GFLOP/s per core here (float32; a 5120 x 5120 tile times 12 columns: 19 ms), far
 bandwidth a single pass over ``K`` needs. These compiled loops make that one pass:
 :func:`matmul` keeps a 4 x 4 block of dot products in registers while streaming four rows of
 ``K`` (12 ms), :func:`matmul_t` adds eight rows of ``K``, weighted by ``V``, into each output
-row (21 ms against 24 for ``K.T @ V``); float64 27 and 42 ms against 44 and 61. Sums are
-reassociated (SIMD), so results differ from BLAS's by rounding only. Other shapes and mixed
-dtypes go to BLAS.
+row (21 ms against 24 for ``K.T @ V``); float64 27 and 42 ms against 44 and 61.
+:func:`matmul_sym` gives both ``K @ V`` and ``Kᵀ @ W`` in one pass (an off-diagonal tile of a
+symmetric Gram stands for its mirror too): 19 ms float32 against 31 for the two passes,
+37 against 61 float64. Sums are reassociated (SIMD), so results differ from BLAS's by
+rounding only. Other shapes and mixed dtypes go to BLAS.
 """
 
 from __future__ import annotations
@@ -75,6 +77,65 @@ def _cols_axpy(K, V, outT):  # pragma: no cover - compiled
                                + v6 * K[r + 6, c] + v7 * K[r + 7, c])
 
 
+@njit(fastmath=True, cache=True, nogil=True)
+def _rows_dot_and_axpy(K, VT, WT, out, outT):  # pragma: no cover - compiled
+    """``out[r, q] = Σ_c K[r, c] VT[q, c]`` and ``outT[q, c] += Σ_r K[r, c] WT[q, r]`` in one
+    pass over four rows of K at a time (``len(VT) % 4 == 0``; rows past ``R - R % 4`` left
+    out)."""
+    R, C = K.shape
+    Q = VT.shape[0]
+    z = K.dtype.type(0)
+    for i in range(0, R - 3, 4):
+        k0r = K[i]
+        k1r = K[i + 1]
+        k2r = K[i + 2]
+        k3r = K[i + 3]
+        for q in range(0, Q, 4):
+            a00 = z; a01 = z; a02 = z; a03 = z  # noqa: E702
+            a10 = z; a11 = z; a12 = z; a13 = z  # noqa: E702
+            a20 = z; a21 = z; a22 = z; a23 = z  # noqa: E702
+            a30 = z; a31 = z; a32 = z; a33 = z  # noqa: E702
+            w00 = WT[q, i]; w01 = WT[q, i + 1]; w02 = WT[q, i + 2]; w03 = WT[q, i + 3]  # noqa: E702
+            w10 = WT[q + 1, i]; w11 = WT[q + 1, i + 1]  # noqa: E702
+            w12 = WT[q + 1, i + 2]; w13 = WT[q + 1, i + 3]  # noqa: E702
+            w20 = WT[q + 2, i]; w21 = WT[q + 2, i + 1]  # noqa: E702
+            w22 = WT[q + 2, i + 2]; w23 = WT[q + 2, i + 3]  # noqa: E702
+            w30 = WT[q + 3, i]; w31 = WT[q + 3, i + 1]  # noqa: E702
+            w32 = WT[q + 3, i + 2]; w33 = WT[q + 3, i + 3]  # noqa: E702
+            v0r = VT[q]
+            v1r = VT[q + 1]
+            v2r = VT[q + 2]
+            v3r = VT[q + 3]
+            o0 = outT[q]
+            o1 = outT[q + 1]
+            o2 = outT[q + 2]
+            o3 = outT[q + 3]
+            for j in range(C):
+                k0 = k0r[j]
+                k1 = k1r[j]
+                k2 = k2r[j]
+                k3 = k3r[j]
+                v0 = v0r[j]
+                v1 = v1r[j]
+                v2 = v2r[j]
+                v3 = v3r[j]
+                a00 += k0 * v0; a01 += k0 * v1; a02 += k0 * v2; a03 += k0 * v3  # noqa: E702
+                a10 += k1 * v0; a11 += k1 * v1; a12 += k1 * v2; a13 += k1 * v3  # noqa: E702
+                a20 += k2 * v0; a21 += k2 * v1; a22 += k2 * v2; a23 += k2 * v3  # noqa: E702
+                a30 += k3 * v0; a31 += k3 * v1; a32 += k3 * v2; a33 += k3 * v3  # noqa: E702
+                o0[j] += w00 * k0 + w01 * k1 + w02 * k2 + w03 * k3
+                o1[j] += w10 * k0 + w11 * k1 + w12 * k2 + w13 * k3
+                o2[j] += w20 * k0 + w21 * k1 + w22 * k2 + w23 * k3
+                o3[j] += w30 * k0 + w31 * k1 + w32 * k2 + w33 * k3
+            out[i, q] = a00; out[i, q + 1] = a01; out[i, q + 2] = a02; out[i, q + 3] = a03  # noqa: E702
+            out[i + 1, q] = a10; out[i + 1, q + 1] = a11  # noqa: E702
+            out[i + 1, q + 2] = a12; out[i + 1, q + 3] = a13  # noqa: E702
+            out[i + 2, q] = a20; out[i + 2, q + 1] = a21  # noqa: E702
+            out[i + 2, q + 2] = a22; out[i + 2, q + 3] = a23  # noqa: E702
+            out[i + 3, q] = a30; out[i + 3, q + 1] = a31  # noqa: E702
+            out[i + 3, q + 2] = a32; out[i + 3, q + 3] = a33  # noqa: E702
+
+
 def _compiled(K: np.ndarray, V: np.ndarray) -> bool:
     return (K.ndim == 2 and V.ndim == 2 and K.dtype == V.dtype
             and K.dtype in (np.float32, np.float64) and K.flags.c_contiguous
@@ -87,10 +148,8 @@ def matmul(K: np.ndarray, V: np.ndarray) -> np.ndarray:
         return K @ V
     R, Q = K.shape[0], V.shape[1]
     q4 = -(-Q // 4) * 4
-    VT = np.zeros((q4, K.shape[1]), K.dtype)
-    VT[:Q] = V.T
     out = np.empty((R, q4), K.dtype)
-    _rows_dot(K, VT, out)
+    _rows_dot(K, _padded_t(V, q4), out)
     r4 = R - R % 4
     if r4 < R:
         out[r4:, :Q] = K[r4:] @ V
@@ -109,3 +168,38 @@ def matmul_t(K: np.ndarray, V: np.ndarray) -> np.ndarray:
     if r8 < K.shape[0]:
         out += K[r8:].T @ V[r8:]
     return out
+
+
+def _padded_t(V: np.ndarray, q4: int) -> np.ndarray:
+    """``V.T`` (Q, m) with zero rows up to ``q4``, contiguous."""
+    VT = np.zeros((q4, V.shape[0]), V.dtype)
+    VT[:V.shape[1]] = V.T
+    return VT
+
+
+def matmul_sym(K: np.ndarray, V: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(K @ V, K.T @ W)`` in one pass over K: K (R, C) C-contiguous, V (C, Q), W (R, Q),
+    same float dtype; (R, Q) and (C, Q) of that dtype."""
+    if not (_compiled(K, V) and _compiled(K, W) and V.shape[1] == W.shape[1]):
+        return matmul(K, V), matmul_t(K, W)
+    R, Q = K.shape[0], V.shape[1]
+    q4 = -(-Q // 4) * 4
+    out = np.empty((R, q4), K.dtype)
+    outT = np.zeros((q4, K.shape[1]), K.dtype)
+    _rows_dot_and_axpy(K, _padded_t(V, q4), _padded_t(W, q4), out, outT)
+    r4 = R - R % 4
+    rows, cols = out[:, :Q], outT[:Q].T
+    if r4 < R:
+        rows[r4:] = K[r4:] @ V
+        cols += K[r4:].T @ W[r4:]
+    return rows, cols
+
+
+def warm_up(dtype: np.dtype | type) -> None:
+    """Load (or compile) the loops for ``dtype`` now, on a tiny block: the first call
+    otherwise pays numba's cache lookup (~0.1-0.3 s), which would land in a timed product."""
+    K = np.ones((8, 8), dtype)
+    V = np.ones((8, 4), dtype)
+    matmul(K, V)
+    matmul_t(K, V)
+    matmul_sym(K, V, V)

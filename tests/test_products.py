@@ -21,6 +21,11 @@ def test_matmul_and_transpose_equal_blas(rng, dtype, tol, shape):
     got_t = products.matmul_t(K, W)
     assert got_t.dtype == dtype and got_t.shape == (C, Q)
     assert np.abs(got_t - ref_t).max() <= tol * np.abs(ref_t).max()
+    rows, cols = products.matmul_sym(K, V, W)  # both in one pass
+    assert rows.dtype == cols.dtype == dtype
+    assert rows.shape == (R, Q) and cols.shape == (C, Q)
+    assert np.abs(rows - ref).max() <= tol * np.abs(ref).max()
+    assert np.abs(cols - ref_t).max() <= tol * np.abs(ref_t).max()
     assert products._compiled(K, V)  # these shapes take the compiled loops
 
 
@@ -32,3 +37,6 @@ def test_other_shapes_and_dtypes_go_to_blas(rng):
     assert not products._compiled(np.asfortranarray(K), wide[:, :4])
     np.testing.assert_allclose(products.matmul(K, wide), K @ wide, rtol=1e-13)
     np.testing.assert_allclose(products.matmul_t(K, wide), K.T @ wide, rtol=1e-13)
+    rows, cols = products.matmul_sym(K, wide, 2 * wide)
+    np.testing.assert_allclose(rows, K @ wide, rtol=1e-13)
+    np.testing.assert_allclose(cols, 2 * K.T @ wide, rtol=1e-13)

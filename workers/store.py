@@ -35,10 +35,12 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
+from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 ATTR = "ntkcompute"
 
@@ -186,6 +188,9 @@ def read(arr: zarr.Array, sel: Any = None, *, missing_ok: bool = False) -> np.nd
     of unit-step slices / ints. ``missing_ok``: absent chunks read as the fill value
     (markers)."""
     sl = selection(arr, sel)
+    out = _read_chunk_file(arr, sl)
+    if out is not None:
+        return out
     try:
         out = arr[sl]
     except Exception:
@@ -200,6 +205,59 @@ def read(arr: zarr.Array, sel: Any = None, *, missing_ok: bool = False) -> np.nd
         for coords in chunks_of(arr, sl):
             if not _present(arr, coords):
                 raise CorruptChunk(arr.path, coords, "missing (never written, or deleted)")
+    return out
+
+
+def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | None:
+    """A selection that is exactly one chunk of a 1-D or 2-D array in a local directory
+    (bytes + CRC-32C, our layout), read straight from its file into a fresh array and
+    verified; None for anything else (Zarr reads it). Through Zarr a 5120² float64 tile
+    takes 0.2-0.7 s here (the file read into a bytes object, the checksum over it, a copy
+    into the output); this is one ``readinto`` and one checksum pass.
+
+    Zarr v3 stores edge chunks at the full chunk shape, so the file is the chunk's
+    ``prod(chunks)`` values (the region's, then padding) and 4 checksum bytes. Raises
+    :class:`CorruptChunk` on a checksum mismatch or a file of the wrong length; a missing
+    file returns None, so Zarr's fill value decides (NaN: missing) as for any read."""
+    store = arr.store
+    if not (isinstance(store, LocalStore) and arr.ndim in (1, 2)
+            and tuple(type(c) for c in arr.metadata.codecs) == (BytesCodec, Crc32cCodec)
+            and (arr.dtype.itemsize == 1 or arr.metadata.codecs[0].endian.value == "little")):
+        return None
+    coords = tuple(s.start // c for s, c in zip(sl, arr.chunks, strict=True))
+    if chunk_region(arr, coords) != sl:
+        return None
+    path = os.path.join(str(store.root), arr.path, arr.metadata.encode_chunk_key(coords))
+    try:
+        f = open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        return None
+    out = np.empty(tuple(s.stop - s.start for s in sl), arr.dtype)
+    item, width = arr.dtype.itemsize, arr.chunks[-1]
+    crc, used, short = 0, 0, False
+    with f:
+        rows = [out] if arr.ndim == 1 or out.shape[1] == width else out
+        pad = bytearray((width - out.shape[-1]) * item) if rows is out else bytearray()
+        for row in rows:  # edge column chunk: each stored row is padded to the chunk width
+            view = row.reshape(-1).view(np.uint8)  # (the checksum takes arrays, not views)
+            got = f.readinto(view)
+            crc = google_crc32c.extend(crc, view[:got])
+            got_pad = f.readinto(pad) if pad else 0
+            crc = google_crc32c.extend(crc, bytes(pad[:got_pad])) if pad else crc
+            used += got + got_pad
+            if got < view.size or got_pad < len(pad):
+                short = True
+                break
+        rest = f.read()  # the bottom padding rows, then the checksum
+    expected = math.prod(arr.chunks) * item - used
+    if short or len(rest) != expected + 4:
+        raise CorruptChunk(arr.path, coords, "unreadable (the chunk file has the wrong "
+                           "length; truncated or damaged)")
+    crc = google_crc32c.extend(crc, rest[:expected])
+    if crc != int.from_bytes(rest[expected:], "little"):
+        raise CorruptChunk(arr.path, coords, _problem(ValueError("checksum")))
+    if _nan_filled(arr) and _has_nan(out):
+        raise CorruptChunk(arr.path, coords, "missing (never written, or deleted)")
     return out
 
 

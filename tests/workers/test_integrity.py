@@ -143,3 +143,33 @@ def test_cli_verify_and_gram_verify(tmp_path, data):
     assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["computed"] == 1
     assert np.array_equal(zarr.open_group(store, mode="r")["ntk"][...], original)
     assert subprocess.run([*ntk, "verify", store], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("shape,chunks", [((50, 46), (20, 16)), ((45,), (20,))])
+def test_a_whole_chunk_read_from_its_file_equals_zarr_and_is_verified(tmp_path, shape, chunks):
+    # whole-chunk reads of a local array go straight to the chunk file (store.py); the edge
+    # chunks are stored padded to the chunk shape, and the checksum covers the padding too
+    g = zarr.open_group(str(tmp_path / "g"), mode="w")
+    a = workers.store.create_array(g, "k", shape, chunks, "float64", computed=True)
+    values = np.random.default_rng(3).standard_normal(shape)
+    a[...] = values
+    for coords in workers.store.chunks_of(a):
+        region = workers.store.chunk_region(a, coords)
+        assert workers.store._read_chunk_file(a, region) is not None  # the direct path
+        got = read(a, region)
+        assert got.flags.c_contiguous and np.array_equal(got, values[region])
+    last = tuple(len(range(0, n, c)) - 1 for n, c in zip(shape, chunks, strict=True))
+    path = chunk_file(str(tmp_path / "g"), "k", *last)
+    size = path.stat().st_size
+    flip_bit(path, at=size - 4 - 3)  # inside the padding: the data read is intact
+    with pytest.raises(CorruptChunk, match="checksum") as e:
+        read(a, workers.store.chunk_region(a, last))
+    assert e.value.chunk == last
+    flip_bit(path, at=size - 4 - 3)  # undone: reads again
+    read(a, workers.store.chunk_region(a, last))
+    truncate(path, lose=9)
+    with pytest.raises(CorruptChunk, match="unreadable"):
+        read(a, workers.store.chunk_region(a, last))
+    path.unlink()
+    with pytest.raises(CorruptChunk, match="missing"):
+        read(a, workers.store.chunk_region(a, last))
