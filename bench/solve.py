@@ -6,24 +6,25 @@ The dense baseline is ``numpy.linalg.solve``: ``scipy.linalg.solve`` (scipy 1.17
 bundled OpenBLAS 0.3.30) segfaults on this machine at n = 20 000 (reproduced on a random SPD
 matrix; numpy's own OpenBLAS 0.3.31 solves it).
 
-Run: ``.venv/bin/python bench/solve.py [--sizes 4000,20000] [--rank 200]`` for the solver
-part (plain, Jacobi, pivoted-Cholesky Nyström of ``--rank`` columns, randomized Nyström
-starting at ``--rank`` and doubled while it pays, in float64 and mixed precision; then one
-line per n with the dense time over the randomized-Nyström CG time and the iterations of
-plain CG over preconditioned CG, all from this run). Both sides start from the stored
-kernel: the dense time is reading it into memory plus ``numpy.linalg.solve``, CG's is
-``workers.solve`` whole (the actors loading their tiles, the preconditioner, the
-iterations; each phase printed); the summary gives the ratio with and without the loads.
-``--touch G`` touches G GiB once before timing: on a freshly booted VM the first touch of
-each page costs ~2.5 s/GiB here, which would otherwise land in whichever phase first
-needs the memory. ``--accuracy`` for the test
-accuracy of CNTK kernel regression (CNTK-V, depth 4, and an FC-3 NTK for reference) on
-train/test splits of the CIFAR-10 and MNIST subsets with a direct solve and targets
-0.9 / -0.1: CIFAR-10 with Arora et al. 2019's preprocessing (/255, then per-channel
-standardisation by the training set), MNIST /255 only (see below). The kernel is
+Run: ``.venv/bin/python bench/solve.py [--sizes 4000,20000] [--rank 200] [--arch cntk-v-2]
+[--dtype float32] [--store DIR]`` for the solver part (plain, Jacobi, pivoted-Cholesky
+Nyström of ``--rank`` columns, randomized Nyström starting at ``--rank`` and doubled while
+it pays, in float64 and mixed precision; then one line per n with the dense time over the
+randomized-Nyström CG time and the iterations of plain CG over preconditioned CG, all from
+this run). Both sides start from the stored kernel: the dense time is reading it into memory
+plus ``numpy.linalg.solve``, CG's is ``workers.solve`` whole (the actors loading their
+tiles, the preconditioner, the iterations; each phase printed); the summary gives the ratio
+with and without the loads. ``--arch`` picks the kernel (FC-3 on standardised vectors by
+default, or a CNTK-V on the images), ``--dtype`` its stored dtype, ``--store`` a directory
+that keeps the kernel job for the next run (a complete job is reused). ``--touch G`` touches
+G GiB once before timing: on a freshly booted VM the first touch of each page costs ~2.5
+s/GiB here, which would otherwise land in whichever phase first needs the memory.
+``--accuracy`` for the test accuracy of CNTK kernel regression (CNTK-V, depth 4, and an FC-3
+NTK for reference) on train/test splits of the CIFAR-10 and MNIST subsets with a direct
+solve and targets 0.9 / -0.1: CIFAR-10 with Arora et al. 2019's preprocessing (/255, then
+per-channel standardisation by the training set), MNIST /255 only (see below). The kernel is
 computed by ``workers.compute_gram`` into a temporary Zarr store and solved where it lies
-(one actor per worker holds its tiles); LAPACK gets the same matrix loaded in memory.
-"""
+(one actor per worker holds its tiles); LAPACK gets the same matrix loaded in memory."""
 
 from __future__ import annotations
 
@@ -53,11 +54,21 @@ def touch(gib: float) -> None:
                     f"import numpy as np; np.ones({int(gib * 2**30) // 8})"], check=True)
 
 
-def mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
+def mnist(n: int, images: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The first n training images: standardised vectors (n, 784) for an FC kernel, or
+    (n, 28, 28, 1) images /255 for a CNTK (see ``accuracy`` on why not centred)."""
     f = np.load(SHARED / "mnist" / "mnist_train_first20000.npz")
+    if images:
+        return f["x"][:n, :, :, None].astype(np.float64) / 255.0, f["y"][:n]
     x = f["x"][:n].reshape(n, -1).astype(np.float64) / 255.0
     x = (x - x.mean()) / x.std()
     return x, f["y"][:n]
+
+
+#: The kernels the solver part can run on: FC-3 on standardised vectors, CNTK-V (3x3 SAME
+#: convolutions, flatten readout) on the images.
+ARCHS = {"fc-3": (A.fc(3), False), "cntk-v-2": (A.cntk(2, "flatten"), True),
+         "cntk-v-4": (A.cntk(4, "flatten"), True)}
 
 
 def accuracy(n_train: int, n_test: int, only: str | None = None) -> None:
@@ -108,6 +119,16 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=3000)
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--data", default=None, help="cifar or mnist (default both)")
+    ap.add_argument("--arch", default="fc-3", choices=sorted(ARCHS),
+                    help="the kernel the solvers run on (MNIST)")
+    ap.add_argument("--dtype", default="float64", choices=["float32", "float64"],
+                    help="the stored kernel's dtype")
+    ap.add_argument("--tile", type=int, default=None,
+                    help="the kernel job's tile (= chunk) side; default: the job's own "
+                         "choice, sized for computing (275 for a CNTK-V at n = 20 000)")
+    ap.add_argument("--store", default=None,
+                    help="keep the kernel job here (reused when complete) instead of a "
+                         "temporary directory")
     args = ap.parse_args()
     if args.accuracy:
         accuracy(args.train, args.test, args.data)
@@ -125,12 +146,14 @@ def main() -> None:
                for m in args.methods.split(",")]
     try:
         for n in (int(s) for s in args.sizes.split(",")):
-            root = tempfile.mkdtemp(prefix="ntksolve-")
+            root = args.store or tempfile.mkdtemp(prefix="ntksolve-")
             try:
-                x, y = mnist(n)
+                arch, images = ARCHS[args.arch]
+                x, y = mnist(n, images)
                 t = time.perf_counter()
-                job = workers.compute_gram(A.fc(3), x, store=f"{root}/k", client=client,
-                                           get="ntk").wait()
+                job = workers.compute_gram(arch, x, store=f"{root}/{args.arch}-{n}",
+                                           client=client, get="ntk", dtype=args.dtype,
+                                           tile=args.tile).wait()
                 t_k = time.perf_counter() - t
                 t = time.perf_counter()  # dense: read the stored kernel, then LAPACK
                 K = np.asarray(read(open_group(job.url, mode="r")["ntk"]), dtype=np.float64)
@@ -143,8 +166,9 @@ def main() -> None:
                 t_solve = time.perf_counter() - t
                 t_sp = t_load + t_solve
                 del K
-                print(f"{n:6d} {'kernel (dask, ' + str(job.arrays['ntk'].dtype) + ')':22s} {'':6s} "
-                      f"{t_k:8.1f}")
+                print(f"{n:6d} {args.arch + ' (' + str(job.arrays['ntk'].dtype) + ')':22s} "
+                      f"{'':6s} {t_k:8.1f}   kernel: {job.tiles_computed} tiles computed, "
+                      f"{job.tiles_reused} reused", flush=True)
                 print(f"{n:6d} {'numpy.linalg.solve':22s} {'':6s} {t_sp:8.1f} {1.0:8.2f}x "
                       f"{'':17s} {'':5s} {t_load:7.1f} {'':9s} {t_solve:9.1f}")
                 got = {}
@@ -176,7 +200,8 @@ def main() -> None:
                       f"{plain.iterations / rnys.iterations:.1f}x fewer "
                       f"(λ = {args.reg:g}·mean diag, tol {args.tol:g})", flush=True)
             finally:
-                shutil.rmtree(root, ignore_errors=True)
+                if not args.store:
+                    shutil.rmtree(root, ignore_errors=True)
     finally:
         shutdown(client, cluster)
 

@@ -9,7 +9,8 @@ row (21 ms against 24 for ``K.T @ V``); float64 27 and 42 ms against 44 and 61.
 :func:`matmul_sym` gives both ``K @ V`` and ``Kᵀ @ W`` in one pass (an off-diagonal tile of a
 symmetric Gram stands for its mirror too): 19 ms float32 against 31 for the two passes,
 37 against 61 float64. Sums are reassociated (SIMD), so results differ from BLAS's by
-rounding only. Other shapes and mixed dtypes go to BLAS.
+rounding only. A float32 K with float64 V is multiplied in float64 without a copy. Other
+shapes and dtypes go to BLAS.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _rows_dot(K, VT, out):  # pragma: no cover - compiled
     """``out[r, q] = Σ_c K[r, c] VT[q, c]`` for rows in blocks of 4 (``len(VT) % 4 == 0``)."""
     R, C = K.shape
     Q = VT.shape[0]
-    z = K.dtype.type(0)
+    z = out.dtype.type(0)
     for i in range(0, R - 3, 4):
         for q in range(0, Q, 4):
             a00 = z; a01 = z; a02 = z; a03 = z  # noqa: E702
@@ -84,7 +85,7 @@ def _rows_dot_and_axpy(K, VT, WT, out, outT):  # pragma: no cover - compiled
     out)."""
     R, C = K.shape
     Q = VT.shape[0]
-    z = K.dtype.type(0)
+    z = out.dtype.type(0)
     for i in range(0, R - 3, 4):
         k0r = K[i]
         k1r = K[i + 1]
@@ -136,19 +137,28 @@ def _rows_dot_and_axpy(K, VT, WT, out, outT):  # pragma: no cover - compiled
             out[i + 3, q + 2] = a32; out[i + 3, q + 3] = a33  # noqa: E702
 
 
-def _compiled(K: np.ndarray, V: np.ndarray) -> bool:
-    return (K.ndim == 2 and V.ndim == 2 and K.dtype == V.dtype
-            and K.dtype in (np.float32, np.float64) and K.flags.c_contiguous
+#: (K, V) dtypes the loops take; the result has V's dtype. A float32 K with float64 V
+#: multiplies in float64 (each K entry widened in registers): half the bytes of a float64 K,
+#: no converted copy.
+_DTYPES = {(np.dtype(np.float32), np.dtype(np.float32)), (np.dtype(np.float64),) * 2,
+           (np.dtype(np.float32), np.dtype(np.float64))}
+
+
+def compiled(K: np.ndarray, V: np.ndarray) -> bool:
+    """Whether ``K @ V`` runs the compiled loops (else BLAS)."""
+    return (K.ndim == 2 and V.ndim == 2 and (K.dtype, V.dtype) in _DTYPES
+            and K.flags.c_contiguous
             and 0 < V.shape[1] <= MAX_COLUMNS and min(K.shape) >= 8)
 
 
 def matmul(K: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """``K @ V``: K (R, C) C-contiguous, V (C, Q), same float dtype; (R, Q) of that dtype."""
-    if not _compiled(K, V):
+    """``K @ V``: K (R, C) C-contiguous, V (C, Q) of K's float dtype (or float64 for a
+    float32 K); (R, Q) of V's dtype."""
+    if not compiled(K, V):
         return K @ V
     R, Q = K.shape[0], V.shape[1]
     q4 = -(-Q // 4) * 4
-    out = np.empty((R, q4), K.dtype)
+    out = np.empty((R, q4), V.dtype)
     _rows_dot(K, _padded_t(V, q4), out)
     r4 = R - R % 4
     if r4 < R:
@@ -157,11 +167,11 @@ def matmul(K: np.ndarray, V: np.ndarray) -> np.ndarray:
 
 
 def matmul_t(K: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """``K.T @ V``: K (R, C) C-contiguous, V (R, Q), same float dtype; (C, Q)."""
-    if not _compiled(K, V):
+    """``K.T @ V``: K (R, C) C-contiguous, V (R, Q) as for :func:`matmul`; (C, Q)."""
+    if not compiled(K, V):
         return K.T @ V
     V = np.ascontiguousarray(V)
-    outT = np.empty((V.shape[1], K.shape[1]), K.dtype)
+    outT = np.empty((V.shape[1], K.shape[1]), V.dtype)
     _cols_axpy(K, V, outT)
     r8 = K.shape[0] - K.shape[0] % 8
     out = outT.T
@@ -178,14 +188,14 @@ def _padded_t(V: np.ndarray, q4: int) -> np.ndarray:
 
 
 def matmul_sym(K: np.ndarray, V: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(K @ V, K.T @ W)`` in one pass over K: K (R, C) C-contiguous, V (C, Q), W (R, Q),
-    same float dtype; (R, Q) and (C, Q) of that dtype."""
-    if not (_compiled(K, V) and _compiled(K, W) and V.shape[1] == W.shape[1]):
+    """``(K @ V, K.T @ W)`` in one pass over K: K (R, C) C-contiguous, V (C, Q), W (R, Q)
+    as for :func:`matmul`; (R, Q) and (C, Q) of V's dtype."""
+    if not (compiled(K, V) and compiled(K, W) and V.shape[1] == W.shape[1]):
         return matmul(K, V), matmul_t(K, W)
     R, Q = K.shape[0], V.shape[1]
     q4 = -(-Q // 4) * 4
-    out = np.empty((R, q4), K.dtype)
-    outT = np.zeros((q4, K.shape[1]), K.dtype)
+    out = np.empty((R, q4), V.dtype)
+    outT = np.zeros((q4, K.shape[1]), V.dtype)
     _rows_dot_and_axpy(K, _padded_t(V, q4), _padded_t(W, q4), out, outT)
     r4 = R - R % 4
     rows, cols = out[:, :Q], outT[:Q].T
@@ -195,11 +205,12 @@ def matmul_sym(K: np.ndarray, V: np.ndarray, W: np.ndarray) -> tuple[np.ndarray,
     return rows, cols
 
 
-def warm_up(dtype: np.dtype | type) -> None:
-    """Load (or compile) the loops for ``dtype`` now, on a tiny block: the first call
-    otherwise pays numba's cache lookup (~0.1-0.3 s), which would land in a timed product."""
+def warm_up(dtype: np.dtype | type, v_dtype: np.dtype | type | None = None) -> None:
+    """Load (or compile) the loops for a ``dtype`` K (and ``v_dtype`` V, default the same)
+    now, on a tiny block: the first call otherwise pays numba's cache lookup (~0.1-0.3 s),
+    which would land in a timed product."""
     K = np.ones((8, 8), dtype)
-    V = np.ones((8, 4), dtype)
+    V = np.ones((8, 4), v_dtype or dtype)
     matmul(K, V)
     matmul_t(K, V)
     matmul_sym(K, V, V)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
-from ntkcompute.products import matmul, matmul_sym, warm_up
+from ntkcompute.products import compiled, matmul, matmul_sym, warm_up
 
 from .store import job_meta, open_group, read
 
@@ -63,15 +63,16 @@ class TileBlock:
                            for r0, r1, c0, c1 in self.tiles]
             if copy32:
                 self._float32_tiles()
-        for dt in {self.arr.dtype, np.dtype(np.float32 if single else np.float64)}:
-            warm_up(dt)
+        warm_up(self.arr.dtype, np.float64)
+        if single:
+            warm_up(np.float32)
 
     def info(self) -> dict[str, Any]:
         return {"rows": (self.lo, self.hi), "tiles": len(self.tiles),
                 "symmetric": self.symmetric, "cached": self.cached is not None}
 
-    #: Rows converted to float64 at a time when a float32 tile is multiplied in double
-    #: precision (bounds the temporary copy).
+    #: Rows converted at a time when a tile's dtype differs from V's and the product is
+    #: not compiled (a wide V: BLAS; bounds the temporary copy).
     CONVERT_ROWS = 1024
 
     def _float32_tiles(self) -> list[np.ndarray]:
@@ -96,7 +97,7 @@ class TileBlock:
         """``out += K_tile V`` (and its mirror's share), ``out`` indexed from ``self.lo``."""
         r0, r1, c0, c1 = tile
         mirror = self.symmetric and (r0, r1) != (c0, c1)
-        if t.dtype == V.dtype:
+        if t.dtype == V.dtype or compiled(t, V):  # (a float32 tile with float64 V too)
             if mirror:  # both halves in one pass over the tile
                 rows, cols = matmul_sym(t, V[c0:c1], V[r0:r1])
                 out[c0 - self.lo:c1 - self.lo] += cols

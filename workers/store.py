@@ -219,10 +219,10 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
     ``prod(chunks)`` values (the region's, then padding) and 4 checksum bytes. Raises
     :class:`CorruptChunk` on a checksum mismatch or a file of the wrong length; a missing
     file returns None, so Zarr's fill value decides (NaN: missing) as for any read."""
-    store = arr.store
+    store, codecs = arr.store, getattr(arr.metadata, "codecs", ())  # (Zarr v2: none)
     if not (isinstance(store, LocalStore) and arr.ndim in (1, 2)
-            and tuple(type(c) for c in arr.metadata.codecs) == (BytesCodec, Crc32cCodec)
-            and (arr.dtype.itemsize == 1 or arr.metadata.codecs[0].endian.value == "little")):
+            and tuple(type(c) for c in codecs) == (BytesCodec, Crc32cCodec)
+            and (arr.dtype.itemsize == 1 or codecs[0].endian.value == "little")):
         return None
     coords = tuple(s.start // c for s, c in zip(sl, arr.chunks, strict=True))
     if chunk_region(arr, coords) != sl:
