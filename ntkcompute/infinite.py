@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from .backend import array_module, tune_allocator
 from .kernels import inputs, propagate
 from .plan import Plan, make_plan
+from .products import transpose_into
 from .spec import Architecture, parse_arch
 from .validate import as_input, check_get, check_pair, resolve_dtype
 
@@ -164,7 +165,7 @@ def gram(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *, symmetric: b
                 val = xp.triu(val) + xp.triu(val, 1).T
             out[name][r, c] = val
             if symmetric and r != c:
-                out[name][c, r] = val.T
+                transpose_into(out[name][c, r], val)
 
     for done, _ in enumerate(_map(work, blocks, threads), 1):
         if progress:

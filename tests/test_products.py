@@ -45,3 +45,15 @@ def test_other_shapes_and_dtypes_go_to_blas(rng):
     rows, cols = products.matmul_sym(K, wide, 2 * wide)
     np.testing.assert_allclose(rows, K @ wide, rtol=1e-13)
     np.testing.assert_allclose(cols, 2 * K.T @ wide, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_transpose_into_a_strided_view_equals_numpy(rng, dtype):
+    out = np.zeros((90, 120), dtype)
+    src = rng.standard_normal((37, 70)).astype(dtype)  # not multiples of the block
+    products.transpose_into(out[5:75, 40:77], src)
+    ref = np.zeros_like(out)
+    ref[5:75, 40:77] = src.T
+    assert np.array_equal(out, ref)  # the same values, nothing outside the view touched
+    with pytest.raises(ValueError):  # shapes that don't match: NumPy's own error
+        products.transpose_into(np.zeros((3, 2)), np.ones((3, 2)))
