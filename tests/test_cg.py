@@ -192,6 +192,27 @@ def test_randomized_nystrom_cuts_iterations_4x_where_every_eigenvalue_exceeds_la
     assert np.abs(res.x - ref).max() / np.abs(ref).max() < 1e-8
 
 
+def test_randomized_nystrom_grows_only_while_the_iterations_it_saves_cost_more(fc_digits):
+    from ntkcompute.cg import randomized_nystrom
+
+    K, _ = fc_digits
+    lam = 1e-3 * np.mean(np.diag(K))
+    kwargs = dict(rank=25, target=1.0, max_rank=400)  # a target no rank reaches
+    free = randomized_nystrom(lambda V: K @ V, 500, lam, **kwargs)
+    slow = randomized_nystrom(lambda V: K @ V, 500, lam, iteration_seconds=1e3, **kwargs)
+    fast = randomized_nystrom(lambda V: K @ V, 500, lam, iteration_seconds=1e-9, **kwargs)
+    assert free.rank == slow.rank == 400  # iterations that cost 1000 s: every doubling pays
+    assert fast.rank == 25  # iterations that cost nothing: no doubling pays
+    calls = []
+
+    def clock():  # the iteration time may be measured while growing
+        calls.append(1)
+        return 1e3
+
+    assert randomized_nystrom(lambda V: K @ V, 500, lam, iteration_seconds=clock,
+                              **kwargs).rank == 400 and len(calls) == 4  # 25 -> 400
+
+
 def test_randomized_nystrom_rank_follows_lambda_and_is_exact_on_low_rank(fc_digits, rng):
     from ntkcompute.cg import nystrom_sketch, randomized_nystrom
 
