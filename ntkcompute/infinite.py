@@ -27,7 +27,6 @@ from threadpoolctl import threadpool_limits
 from .backend import array_module, tune_allocator
 from .kernels import inputs, propagate
 from .plan import Plan, make_plan
-from .products import transpose_into
 from .spec import Architecture, parse_arch
 from .validate import as_input, check_get, check_pair, resolve_dtype
 
@@ -149,6 +148,9 @@ def gram(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *, symmetric: b
     ``symmetric`` (x2 is x1) computes blocks on and above the diagonal and mirrors them, so
     the result is exactly symmetric. ``block`` is the side of the square block grid.
     """
+    from .products import transpose_into  # (numba: loaded with the first kernel, not the
+    # package, which the CLI and the API import for specs only)
+
     xp = array_module(x1)
     want_ntk = "ntk" in get
     n1, n2 = x1.shape[0], x2.shape[0]
