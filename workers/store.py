@@ -174,10 +174,13 @@ def check_chunk(arr: zarr.Array, coords: tuple[int, ...], missing_ok: bool = Fal
     return None if _present(arr, coords) else "missing (never written, or deleted)"
 
 
+CHECKSUM_MISMATCH = "checksum mismatch (the chunk's bytes changed since they were written)"
+
+
 def _problem(e: BaseException) -> str:
     text = str(e)
     if "checksum" in text.lower():
-        return "checksum mismatch (the chunk's bytes changed since they were written)"
+        return CHECKSUM_MISMATCH
     return f"unreadable ({type(e).__name__}; truncated or damaged)"
 
 
@@ -206,6 +209,18 @@ def read(arr: zarr.Array, sel: Any = None, *, missing_ok: bool = False) -> np.nd
             if not _present(arr, coords):
                 raise CorruptChunk(arr.path, coords, "missing (never written, or deleted)")
     return out
+
+
+def _read_into(f: Any, buf: Any) -> int:
+    """Fill ``buf`` from the raw file ``f``; the bytes read (fewer only at the end of the
+    file: one ``read`` returns at most ~2 GiB on Linux)."""
+    view, got = memoryview(buf).cast("B"), 0
+    while got < len(view):
+        k = f.readinto(view[got:])
+        if not k:
+            break
+        got += k
+    return got
 
 
 def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | None:
@@ -240,9 +255,9 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
         pad = bytearray((width - out.shape[-1]) * item) if rows is out else bytearray()
         for row in rows:  # edge column chunk: each stored row is padded to the chunk width
             view = row.reshape(-1).view(np.uint8)  # (the checksum takes arrays, not views)
-            got = f.readinto(view)
+            got = _read_into(f, view)
             crc = google_crc32c.extend(crc, view[:got])
-            got_pad = f.readinto(pad) if pad else 0
+            got_pad = _read_into(f, pad) if pad else 0
             crc = google_crc32c.extend(crc, bytes(pad[:got_pad])) if pad else crc
             used += got + got_pad
             if got < view.size or got_pad < len(pad):
@@ -255,7 +270,7 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
                            "length; truncated or damaged)")
     crc = google_crc32c.extend(crc, rest[:expected])
     if crc != int.from_bytes(rest[expected:], "little"):
-        raise CorruptChunk(arr.path, coords, _problem(ValueError("checksum")))
+        raise CorruptChunk(arr.path, coords, CHECKSUM_MISMATCH)
     if _nan_filled(arr) and _has_nan(out):
         raise CorruptChunk(arr.path, coords, "missing (never written, or deleted)")
     return out
