@@ -234,7 +234,8 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                 per_iteration = time.perf_counter() - t
                 # the sketch only shapes the preconditioner: float32 products whenever they
                 # cost no extra memory (mixed precision, or a float32 kernel: its stored
-                # tiles are float32 already), which a wide block multiplies 2-4x faster
+                # tiles are float32 already): a wide block then goes to sgemm, not to rows
+                # widened for dgemm
                 single = precision == "mixed" or op.dtype == np.float32
                 pre = randomized_nystrom(op.matvec_single if single else op.matvec, n,
                                          lam_col, rank=rank, max_rank=max_rank,

@@ -192,13 +192,12 @@ def read(arr: zarr.Array, sel: Any = None, *, missing_ok: bool = False) -> np.nd
     (markers)."""
     sl = selection(arr, sel)
     out = _read_chunk_file(arr, sl)
-    if out is not None:
-        return out
-    try:
-        out = arr[sl]
-    except Exception:
-        _raise_first_bad(arr, sl, missing_ok)
-        raise
+    if out is None:
+        try:
+            out = arr[sl]
+        except Exception:
+            _raise_first_bad(arr, sl, missing_ok)
+            raise
     if missing_ok or out.size == 0:
         return out
     if _nan_filled(arr):
@@ -233,7 +232,8 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
     Zarr v3 stores edge chunks at the full chunk shape, so the file is the chunk's
     ``prod(chunks)`` values (the region's, then padding) and 4 checksum bytes. Raises
     :class:`CorruptChunk` on a checksum mismatch or a file of the wrong length; a missing
-    file returns None, so Zarr's fill value decides (NaN: missing) as for any read."""
+    file returns None, so Zarr's fill value decides (NaN: missing). :func:`read` checks the
+    values (no NaN in a computed array) either way."""
     store, codecs = arr.store, getattr(arr.metadata, "codecs", ())  # (Zarr v2: none)
     if not (isinstance(store, LocalStore) and arr.ndim in (1, 2)
             and tuple(type(c) for c in codecs) == (BytesCodec, Crc32cCodec)
@@ -271,8 +271,6 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
     crc = google_crc32c.extend(crc, rest[:expected])
     if crc != int.from_bytes(rest[expected:], "little"):
         raise CorruptChunk(arr.path, coords, CHECKSUM_MISMATCH)
-    if _nan_filled(arr) and _has_nan(out):
-        raise CorruptChunk(arr.path, coords, "missing (never written, or deleted)")
     return out
 
 
