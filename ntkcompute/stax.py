@@ -1,0 +1,485 @@
+"""A drop-in for ``neural_tangents.stax``: the layers we support, with stax's names, positional
+arguments and defaults, each returning ``(init_fn, apply_fn, kernel_fn)``.
+
+A script written against neural-tangents 0.6.5 runs after changing ``from neural_tangents
+import stax`` to ``from ntkcompute import stax``, and gives the same float64 kernels
+(``make conformance`` runs nt's README examples and the Myrtle notebook's architectures both
+ways)::
+
+    import numpy as np
+    from ntkcompute import stax
+
+    init_fn, apply_fn, kernel_fn = stax.serial(
+        stax.Dense(512), stax.Relu(), stax.Dense(512), stax.Relu(), stax.Dense(1))
+    x1 = np.random.default_rng(1).standard_normal((10, 100))
+    x2 = np.random.default_rng(2).standard_normal((20, 100))
+    nngp = kernel_fn(x1, x2, 'nngp')          # (10, 20)
+    both = kernel_fn(x1, None, ('nngp', 'ntk'))  # both.nngp, both.ntk: (10, 10)
+
+What differs from stax:
+
+- ``kernel_fn(x1, x2=None, get=None, *, dtype=None, memory=..., threads=None, progress=None)``
+  is :func:`ntkcompute.kernel`: in-process, tiled under a memory budget, symmetric when
+  ``x2`` is omitted, inputs as NumPy (or CuPy) arrays, or anything ``numpy.asarray`` takes
+  (JAX arrays too). It is not a JAX function: drop ``jax.jit`` and ``nt.batch`` around it
+  (it batches itself). ``get=None`` returns ``Kernel(nngp, ntk)``; a name returns that
+  array; a tuple a named tuple in its order, as stax. The output must not be spatial (end a
+  conv net with a readout), and stax's ``pattern`` / ``mask_constant`` arguments are absent.
+- ``init_fn(rng, input_shape)`` and ``apply_fn(params, x)`` are the finite-width NumPy net of
+  :mod:`ntkcompute.empirical` (the one ``empirical_kernel`` differentiates): ``rng`` is an
+  int seed, a ``numpy.random.Generator`` or a JAX PRNG key; ``params`` is a list with one
+  tuple per layer that has weights. Its draws are not JAX's, so a finite net's outputs are
+  not nt's; its kernels are.
+- ``.spec`` (on the returned triple and on its ``kernel_fn``) is the architecture as the
+  JSON spec that the service, the client and the Dask workers take.
+- One parameterization per net (stax allows one per layer; a mix is refused), and the
+  ``batch_axis`` / ``channel_axis`` / ``dimension_numbers`` arguments only at their
+  defaults (batch first, channels last). ``Gelu(approximate=True)`` changes only a finite
+  net's function in stax; here the finite net uses the exact GELU either way.
+- ``ElementwiseNumerical(fn, deg)`` takes ``fn`` from the functions the spec names
+  (:data:`ntkcompute.spec.ELEMENTWISE_FNS`), as a name or as a callable equal to one of them
+  (checked on a grid, so ``jnp.tanh`` or ``jax.nn.gelu`` work); any other callable is refused.
+
+Every layer's arguments are validated when the layer is built (an
+:class:`~ntkcompute.InputError` naming the field), the net's shapes when it first meets
+inputs.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .empirical import forward, init_params
+from .errors import InputError
+from .infinite import DEFAULT_MEMORY
+from .infinite import kernel as _kernel
+from .kernels.quadrature import FUNCTIONS
+from .plan import make_plan
+from .spec import ELEMENTWISE_FNS, Architecture, parse_arch
+from .validate import check_get
+
+__all__ = [
+    "ABRelu", "Abs", "AvgPool", "Conv", "Cos", "Dense", "Dropout", "ElementwiseNumerical",
+    "Erf", "Exp", "FanInConcat", "FanInProd", "FanInSum", "FanOut", "Flatten", "Gaussian",
+    "Gelu", "GlobalAvgPool", "GlobalSelfAttention", "GlobalSumPool", "Identity", "Kernel",
+    "KernelFn", "LayerNorm", "LeakyRelu", "Rbf", "Relu", "Sign", "Sin", "StaxLayer", "parallel",
+    "repeat", "serial",
+]
+
+#: What ``kernel_fn(x1, x2)`` returns with ``get=None``.
+Kernel = collections.namedtuple("Kernel", ["nngp", "ntk"])
+
+
+@functools.cache
+def _kernel_tuple(names: tuple[str, ...]) -> type:
+    return collections.namedtuple("Kernel", names)
+
+
+class _Net:
+    """What a layer or net is: its spec's layer dicts and its parameterization."""
+
+    def __init__(self, layers: list[dict[str, Any]], parameterization: str | None) -> None:
+        self.layers, self.parameterization = layers, parameterization
+        self.spec = {"layers": layers, "parameterization": parameterization or "ntk"}
+        parse_arch(self.spec)  # the fields of every layer, now; shapes when inputs come
+
+    @functools.cached_property
+    def arch(self) -> Architecture:
+        return parse_arch(self.spec)
+
+    def init(self, rng: Any, input_shape: Sequence[int], dtype: Any = np.float64
+             ) -> tuple[tuple[int, ...], list[tuple[np.ndarray | None, ...]]]:
+        """``(output_shape, params)`` for inputs of ``input_shape`` (batch axis first, any
+        size, ``-1`` allowed, as stax); ``params``: one tuple per layer with weights."""
+        shape = tuple(int(s) for s in input_shape)
+        one = (1, *shape[1:])
+        plan = make_plan(self.arch, one)
+        params = init_params(plan, _seed(rng), np.dtype(dtype))
+        out, _ = forward(plan, params, np.zeros(one, dtype=dtype))
+        return (shape[0], *out.shape[1:]), params
+
+    def apply(self, params: list[tuple[np.ndarray | None, ...]], x: Any, **kwargs: Any
+              ) -> np.ndarray:
+        """Outputs ``(n, out_dim)`` of the finite net with ``params`` on inputs ``x``."""
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)
+        return forward(make_plan(self.arch, tuple(x.shape)), params, x)[0]
+
+
+class KernelFn:
+    """``kernel_fn(x1, x2=None, get=None, **kwargs)`` of a layer or net."""
+
+    def __init__(self, net: _Net) -> None:
+        self._net = net
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The architecture as the JSON spec (:func:`ntkcompute.parse_arch` takes it)."""
+        return self._net.spec
+
+    def __call__(self, x1: Any, x2: Any | None = None, get: str | Sequence[str] | None = None,
+                 *, dtype: Any = None, memory: int = DEFAULT_MEMORY, threads: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Any:
+        """NNGP and / or NTK Gram matrices ``(n1, n2)`` between the rows of x1 and x2
+        (x2 omitted: x1 with itself, symmetric); arguments as :func:`ntkcompute.kernel`."""
+        names = ("nngp", "ntk") if get is None else check_get(get)
+        k = _kernel(self._net.arch, _array(x1), None if x2 is None else _array(x2),
+                    get=names, dtype=dtype, memory=memory, threads=threads, progress=progress)
+        if isinstance(get, str):
+            return k[get]
+        return (Kernel if get is None else _kernel_tuple(names))(*(k[g] for g in names))
+
+
+class StaxLayer(tuple):
+    """``(init_fn, apply_fn, kernel_fn)`` of a layer or a net; unpacks as stax's triple.
+
+    ``.spec`` is the architecture as the JSON spec; ``.layers`` its layer dicts (a
+    ``serial`` contributes its layers); ``.parameterization`` ``"ntk"``, ``"standard"``, or
+    ``None`` when no layer has weights.
+    """
+
+    def __new__(cls, layers: list[dict[str, Any]],
+                parameterization: str | None = None) -> StaxLayer:
+        net = _Net(layers, parameterization)
+        self = super().__new__(cls, (net.init, net.apply, KernelFn(net)))
+        self._net = net
+        return self
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self._net.spec
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return self._net.layers
+
+    @property
+    def parameterization(self) -> str | None:
+        return self._net.parameterization
+
+
+def _array(x: Any) -> Any:
+    """NumPy and CuPy arrays as they are; anything else (a JAX array, a list) via NumPy."""
+    return x if hasattr(x, "__cuda_array_interface__") or isinstance(x, np.ndarray) \
+        else np.asarray(x)
+
+
+def _seed(rng: Any) -> int:
+    if isinstance(rng, np.random.Generator):
+        return int(rng.integers(2**63))
+    if isinstance(rng, (int, np.integer)):
+        return int(rng)
+    key = np.asarray(rng)  # a JAX PRNG key: a few uint32 words (new-style keys: key_data)
+    if key.dtype.kind not in "iu":
+        try:
+            import jax
+
+            key = np.asarray(jax.random.key_data(rng))
+        except Exception:
+            raise InputError("must be an int seed, a numpy Generator or a JAX PRNG key, got "
+                             f"{type(rng).__name__}", field="rng") from None
+    return int(np.random.SeedSequence([int(v) for v in key.ravel()]).generate_state(1)[0])
+
+
+def _layer(layer: dict[str, Any], parameterization: str | None = None) -> StaxLayer:
+    return StaxLayer([layer], parameterization)
+
+
+def _defaults(**kw: Any) -> None:
+    """Refuse stax arguments we only support at their default values."""
+    allowed = {"batch_axis": (0,), "channel_axis": (-1,), "batch_axis_out": (0,),
+               "s": ((1, 1),), "do_stabilize": (False, True), "pos_emb_type": ("NONE",),
+               "val_pos_emb": (False,), "pos_emb_decay_fn": (None,),
+               "n_chan_pos_emb": (None,)}
+    for name, value in kw.items():
+        v = tuple(value) if isinstance(value, list) else value
+        if v not in allowed[name]:
+            raise InputError(f"only {allowed[name][0]!r} is supported, got {value!r}",
+                             field=name)
+
+
+def _param(p: str) -> str:
+    if p not in ("ntk", "standard"):
+        raise InputError(f"must be 'ntk' or 'standard', got {p!r}", field="parameterization")
+    return p
+
+
+def _dims(dimension_numbers: tuple[str, str, str] | None) -> None:
+    if dimension_numbers is None:
+        return
+    lhs, _, out = dimension_numbers
+    if not (lhs[0] == out[0] == "N" and lhs[-1] == out[-1] == "C" and lhs == out):
+        raise InputError("only batch-first, channels-last layouts such as ('NHWC', 'HWIO', "
+                         f"'NHWC') are supported, got {dimension_numbers!r}",
+                         field="dimension_numbers")
+
+
+def _ints(v: Sequence[int] | None) -> list[int] | None:
+    return None if v is None else [int(s) for s in v]
+
+
+# --- combinators ---------------------------------------------------------------------------
+
+def _common(layers: Sequence[StaxLayer]) -> str | None:
+    ps = {lay.parameterization for lay in layers} - {None}
+    if len(ps) > 1:
+        raise InputError("mixes the 'ntk' and 'standard' parameterizations; ntkcompute takes "
+                         "one per net", field="parameterization")
+    return ps.pop() if ps else None
+
+
+def _triple(layer: Any) -> StaxLayer:
+    if not isinstance(layer, StaxLayer):
+        raise InputError("must be a layer built by ntkcompute.stax (a neural_tangents layer "
+                         f"cannot be mixed in), got {type(layer).__name__}", field="layers")
+    return layer
+
+
+def serial(*layers: StaxLayer) -> StaxLayer:
+    """The layers applied in order (stax.serial)."""
+    layers = tuple(_triple(lay) for lay in layers)
+    if not layers:
+        raise InputError("needs at least one layer", field="layers")
+    return StaxLayer([d for lay in layers for d in lay.layers], _common(layers))
+
+
+def parallel(*layers: StaxLayer) -> StaxLayer:
+    """Layer i applied to the i-th of as many inputs, e.g. after a ``FanOut`` (stax.parallel)."""
+    layers = tuple(_triple(lay) for lay in layers)
+    return _layer({"type": "parallel", "branches": [lay.layers for lay in layers]},
+                  _common(layers))
+
+
+def repeat(layer: StaxLayer, n: int) -> StaxLayer:
+    """``serial(*[layer] * n)``, each copy with its own weights (stax.repeat)."""
+    layer = _triple(layer)
+    inner = layer.layers[0] if len(layer.layers) == 1 else {"type": "serial",
+                                                            "layers": layer.layers}
+    return _layer({"type": "repeat", "layer": inner, "n": n}, layer.parameterization)
+
+
+def FanOut(num: int) -> StaxLayer:
+    """``num`` copies of the input, for ``parallel`` branches (stax.FanOut)."""
+    return _layer({"type": "fan_out", "num": num})
+
+
+def FanInSum() -> StaxLayer:
+    """The sum of the open branches (stax.FanInSum)."""
+    return _layer({"type": "fan_in_sum"})
+
+
+def FanInProd() -> StaxLayer:
+    """The elementwise product of the open branches (stax.FanInProd)."""
+    return _layer({"type": "fan_in_prod"})
+
+
+def FanInConcat(axis: int = -1) -> StaxLayer:
+    """The open branches concatenated along ``axis`` (stax.FanInConcat)."""
+    return _layer({"type": "fan_in_concat", "axis": axis})
+
+
+def Identity() -> StaxLayer:
+    """The input unchanged (stax.Identity)."""
+    return _layer({"type": "identity"})
+
+
+# --- affine --------------------------------------------------------------------------------
+
+def Dense(out_dim: int, W_std: float = 1., b_std: float | None = None, batch_axis: int = 0,
+          channel_axis: int = -1, parameterization: str = "ntk", s: tuple[int, int] = (1, 1)
+          ) -> StaxLayer:
+    """Fully connected layer on the channel axis (stax.Dense)."""
+    _defaults(batch_axis=batch_axis, channel_axis=channel_axis, s=s)
+    return _layer({"type": "dense", "out_dim": out_dim, "W_std": W_std, "b_std": b_std},
+                  _param(parameterization))
+
+
+def Conv(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int] | None = None,
+         padding: str = "VALID", W_std: float = 1.0, b_std: float | None = None,
+         dimension_numbers: tuple[str, str, str] | None = None,
+         parameterization: str = "ntk", s: tuple[int, int] = (1, 1)) -> StaxLayer:
+    """Convolution over all spatial axes, ``padding`` SAME / VALID / CIRCULAR (stax.Conv)."""
+    _dims(dimension_numbers)
+    _defaults(s=s)
+    return _layer({"type": "conv", "out_chan": out_chan, "filter_shape": _ints(filter_shape),
+                   "strides": _ints(strides), "padding": padding, "W_std": W_std,
+                   "b_std": b_std}, _param(parameterization))
+
+
+# --- pooling, readouts, normalisation ------------------------------------------------------
+
+def AvgPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
+            padding: str = "VALID", normalize_edges: bool = False, batch_axis: int = 0,
+            channel_axis: int = -1) -> StaxLayer:
+    """Average over windows, padded zeros counted (stax.AvgPool). ``normalize_edges=True``
+    (dividing by the in-image count instead) is refused with SAME padding, where it
+    matters."""
+    _defaults(batch_axis=batch_axis, channel_axis=channel_axis)
+    if normalize_edges and padding != "VALID":
+        raise InputError("normalize_edges=True is not supported with SAME or CIRCULAR "
+                         "padding", field="normalize_edges")
+    return _layer({"type": "avg_pool", "window_shape": _ints(window_shape),
+                   "strides": _ints(strides), "padding": padding})
+
+
+def SumPool(window_shape: Sequence[int], strides: Sequence[int] | None = None,
+            padding: str = "VALID", batch_axis: int = 0, channel_axis: int = -1) -> StaxLayer:
+    """Sum over windows (stax.SumPool)."""
+    _defaults(batch_axis=batch_axis, channel_axis=channel_axis)
+    return _layer({"type": "sum_pool", "window_shape": _ints(window_shape),
+                   "strides": _ints(strides), "padding": padding})
+
+
+def GlobalAvgPool(batch_axis: int = 0, channel_axis: int = -1) -> StaxLayer:
+    """Mean over all spatial positions (stax.GlobalAvgPool)."""
+    _defaults(batch_axis=batch_axis, channel_axis=channel_axis)
+    return _layer({"type": "global_avg_pool"})
+
+
+def GlobalSumPool(batch_axis: int = 0, channel_axis: int = -1) -> StaxLayer:
+    """Sum over all spatial positions (stax.GlobalSumPool)."""
+    _defaults(batch_axis=batch_axis, channel_axis=channel_axis)
+    return _layer({"type": "global_sum_pool"})
+
+
+def Flatten(batch_axis: int = 0, batch_axis_out: int = 0) -> StaxLayer:
+    """All non-batch axes into one (stax.Flatten)."""
+    _defaults(batch_axis=batch_axis, batch_axis_out=batch_axis_out)
+    return _layer({"type": "flatten"})
+
+
+def LayerNorm(axis: int | Sequence[int] = -1, eps: float = 1e-12, batch_axis: int = 0,
+              channel_axis: int = -1) -> StaxLayer:
+    """Normalise over ``axis`` (must include the channels) (stax.LayerNorm)."""
+    _defaults(batch_axis=batch_axis, channel_axis=channel_axis)
+    return _layer({"type": "layer_norm", "eps": eps,
+                   "axis": axis if isinstance(axis, int) else _ints(axis)})
+
+
+def Dropout(rate: float, mode: str = "train") -> StaxLayer:
+    """Keep each unit with probability ``rate`` (stax.Dropout: ``rate`` is the keep rate)."""
+    return _layer({"type": "dropout", "rate": rate, "mode": mode})
+
+
+def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_heads: int,
+                        linear_scaling: bool = True, W_key_std: float = 1.0,
+                        W_value_std: float = 1.0, W_query_std: float = 1.0,
+                        W_out_std: float = 1.0, b_std: float | None = None,
+                        attention_mechanism: str = "SOFTMAX", pos_emb_type: str = "NONE",
+                        pos_emb_p_norm: float = 2, pos_emb_decay_fn: Any = None,
+                        n_chan_pos_emb: int | None = None, W_pos_emb_std: float = 1.0,
+                        val_pos_emb: bool = False, batch_axis: int = 0,
+                        channel_axis: int = -1) -> StaxLayer:
+    """Multi-head self-attention over all positions (stax.GlobalSelfAttention), without
+    positional embeddings (``pos_emb_type='NONE'``)."""
+    _defaults(pos_emb_type=pos_emb_type, pos_emb_decay_fn=pos_emb_decay_fn,
+              n_chan_pos_emb=n_chan_pos_emb, val_pos_emb=val_pos_emb, batch_axis=batch_axis,
+              channel_axis=channel_axis)
+    return _layer({"type": "global_self_attention", "n_chan_out": n_chan_out,
+                   "n_chan_key": n_chan_key, "n_chan_val": n_chan_val, "n_heads": n_heads,
+                   "linear_scaling": linear_scaling, "W_key_std": W_key_std,
+                   "W_value_std": W_value_std, "W_query_std": W_query_std,
+                   "W_out_std": W_out_std, "b_std": b_std,
+                   "attention_mechanism": attention_mechanism})
+
+
+# --- nonlinearities ------------------------------------------------------------------------
+
+def Relu(do_stabilize: bool = False) -> StaxLayer:
+    """max(x, 0) (stax.Relu; ``do_stabilize`` is accepted: our angle is stable without)."""
+    _defaults(do_stabilize=do_stabilize)
+    return _layer({"type": "relu"})
+
+
+def LeakyRelu(alpha: float, do_stabilize: bool = False) -> StaxLayer:
+    """x for x > 0, ``alpha``·x below (stax.LeakyRelu: ``alpha`` has no default)."""
+    _defaults(do_stabilize=do_stabilize)
+    return _layer({"type": "leaky_relu", "alpha": alpha})
+
+
+def ABRelu(a: float, b: float, do_stabilize: bool = False) -> StaxLayer:
+    """a·x for x < 0, b·x above (stax.ABRelu)."""
+    _defaults(do_stabilize=do_stabilize)
+    return _layer({"type": "ab_relu", "a": a, "b": b})
+
+
+def Abs(do_stabilize: bool = False) -> StaxLayer:
+    """|x| (stax.Abs)."""
+    _defaults(do_stabilize=do_stabilize)
+    return _layer({"type": "abs"})
+
+
+def Sign() -> StaxLayer:
+    """sign(x) (stax.Sign)."""
+    return _layer({"type": "sign"})
+
+
+def Gelu(approximate: bool = False) -> StaxLayer:
+    """x·Φ(x) (stax.Gelu; ``approximate`` only chose stax's finite-net function)."""
+    return _layer({"type": "gelu"})
+
+
+def Erf(a: float = 1., b: float = 1., c: float = 0.) -> StaxLayer:
+    """a·erf(b·x) + c (stax.Erf)."""
+    return _layer({"type": "erf", "a": a, "b": b, "c": c})
+
+
+def Sin(a: float = 1., b: float = 1., c: float = 0.) -> StaxLayer:
+    """a·sin(b·x + c) (stax.Sin)."""
+    return _layer({"type": "sin", "a": a, "b": b, "c": c})
+
+
+def Cos(a: float = 1., b: float = 1., c: float = 0.) -> StaxLayer:
+    """a·cos(b·x + c) (stax.Cos)."""
+    return _layer({"type": "cos", "a": a, "b": b, "c": c})
+
+
+def Rbf(gamma: float = 1.0) -> StaxLayer:
+    """√2·sin(√(2γ)·x + π/4), whose NNGP is an RBF kernel (stax.Rbf)."""
+    return _layer({"type": "rbf", "gamma": gamma})
+
+
+def Exp(a: float = 1, b: float = 1) -> StaxLayer:
+    """a·exp(b·x) (stax.Exp)."""
+    return _layer({"type": "exp", "a": a, "b": b})
+
+
+def Gaussian(a: float = 1, b: float = -1) -> StaxLayer:
+    """a·exp(b·x²) (stax.Gaussian)."""
+    return _layer({"type": "gaussian", "a": a, "b": b})
+
+
+#: Where a callable is compared with the named functions: [-6, 6] covers ≥ 6σ of a
+#: unit-variance pre-activation; the tolerance separates gelu from gelu_tanh (≤ 5e-4 apart).
+_GRID = np.linspace(-6.0, 6.0, 241)
+
+
+def _named(fn: Any) -> str:
+    if isinstance(fn, str):
+        if fn not in ELEMENTWISE_FNS:
+            raise InputError(f"must be one of {', '.join(ELEMENTWISE_FNS)}, got {fn!r}",
+                             field="fn")
+        return fn
+    try:
+        got = np.asarray(fn(_GRID), dtype=np.float64)
+    except Exception as e:
+        raise InputError(f"could not be evaluated on a NumPy array: {e}", field="fn") from None
+    for name in ELEMENTWISE_FNS:
+        want = FUNCTIONS[name][0](np, _GRID)
+        if got.shape == want.shape and np.all(np.abs(got - want) <= 1e-5 * (1 + np.abs(want))):
+            return name
+    raise InputError("is not one of the functions ntkcompute integrates "
+                     f"({', '.join(ELEMENTWISE_FNS)}); pass one of them or its name",
+                     field="fn")
+
+
+def ElementwiseNumerical(fn: Any, deg: int, df: Any = None) -> StaxLayer:
+    """φ = ``fn`` by Gauss–Hermite quadrature of degree ``deg`` (stax.ElementwiseNumerical);
+    ``df`` is ignored (the derivative of each named function is known)."""
+    return _layer({"type": "elementwise", "fn": _named(fn), "deg": deg})
