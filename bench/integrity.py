@@ -282,7 +282,7 @@ def main() -> None:
     print(f"stores under {root}", flush=True)
     t0 = time.perf_counter()
     c = time.perf_counter()
-    client, cluster = get_client(n_workers=2)
+    client, cluster = get_client(n_workers=2, reuse_default=False)
     assert cluster is not None
     try:
         client.wait_for_workers(2)

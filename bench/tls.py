@@ -31,7 +31,7 @@ from workers.cluster import get_client, shutdown
 def start(mode: str) -> tuple[Client, LocalCluster, float]:
     t = time.perf_counter()
     if mode == "tls":
-        client, cluster = get_client(n_workers=2)
+        client, cluster = get_client(n_workers=2, reuse_default=False)
     else:
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                dashboard_address=None, host="127.0.0.1", protocol="tcp://")

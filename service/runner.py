@@ -61,7 +61,8 @@ class Runner:
         st = self.settings
         self.client, self._cluster = get_client(
             scheduler=st.scheduler, n_workers=st.workers,
-            security=security_from(st.tls_ca_file, st.tls_cert, st.tls_key, env=False))
+            security=security_from(st.tls_ca_file, st.tls_cert, st.tls_key, env=False),
+            reuse_default=False)
         self._monitor.start()
         with self.db.session() as s:
             jobs = [j.id for j in s.query(Job).filter(Job.status.in_(ACTIVE))]

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from distributed import Client, LocalCluster, Security
+from distributed import Client, LocalCluster, Security, default_client
 
 from ntkcompute.errors import InputError
 
@@ -97,18 +97,28 @@ def check_address(address: str, security: Security | None) -> str:
 
 def get_client(client: Client | None = None, scheduler: str | None = None,
                n_workers: int | None = None, memory_limit: str | int = "auto",
-               security: Security | None = None) -> tuple[Client, LocalCluster | None]:
+               security: Security | None = None, reuse_default: bool = True
+               ) -> tuple[Client, LocalCluster | None]:
     """``(client, cluster_we_own)``; the second is None unless a LocalCluster was started.
 
     Joining ``scheduler`` (default ``$NTK_SCHEDULER_ADDRESS``) uses ``security``, else the
     ``NTK_TLS_*`` files when set. The embedded LocalCluster always speaks TLS on loopback
     with ``Security.temporary()`` certificates that exist only in this process's memory.
 
-    Workers are processes with one thread each: the kernel code is NumPy-bound and a
-    process per core scales it (bench/gram.py).
+    Which cluster, first match: ``client``; ``scheduler``; the process's default
+    ``distributed.Client`` (the last one created and not closed, as dask itself finds one);
+    ``$NTK_SCHEDULER_ADDRESS``; else a new embedded LocalCluster (``reuse_default=False``
+    skips the default client: the service runs the cluster it is configured for). Workers
+    are processes with one thread each: the kernel code is NumPy-bound and a process per
+    core scales it (bench/gram.py).
     """
     if client is not None:
         return client, None
+    if not scheduler and reuse_default:
+        try:
+            return default_client(), None
+        except ValueError:  # no default client in this process
+            pass
     address = scheduler or os.environ.get(SCHEDULER_ENV)
     if address:
         if security is None:

@@ -37,6 +37,8 @@ from . import tasks
 from .cluster import get_client, shutdown
 from .store import (
     CorruptChunk,
+    Verified,
+    axis_names,
     check_chunk,
     chunks_of,
     create_array,
@@ -44,8 +46,9 @@ from .store import (
     open_group,
     read,
     selection,
-    set_meta,
+    set_status,
     sha256,
+    write_array,
 )
 from .store import storage_options as resolve_options
 from .verify import Damage, verify_job
@@ -152,8 +155,7 @@ class GramJob:
             self.error = self.error or f"{type(e).__name__}: {e}"
             self.status = Status.FAILED
         finally:
-            set_meta(self.group, status=self.status, error=self.error,
-                     finished=time.time())
+            set_status(self.group, self.status, error=self.error, finished=time.time())
             self._futures = []  # every tile has ended: let the workers drop their results
             self._done.set()
 
@@ -210,9 +212,32 @@ class GramJob:
         fails)."""
         return {k: read(v) for k, v in self.arrays.items()}
 
+    def to_dask(self) -> dict[str, Any]:
+        """``{"ntk", "nngp"}`` as lazy ``(n1, n2)`` dask arrays, one chunk per tile, readable
+        while the job runs: a tile not done yet reads as NaN, a damaged chunk raises
+        :class:`CorruptChunk` when computed."""
+        import dask.array as da
+
+        return {name: da.from_array(Verified(arr), chunks=arr.chunks, asarray=False,
+                                    name=f"{name}-{self.url}-{id(self)}", fancy=False)
+                for name, arr in self.arrays.items()}
+
+    def to_xarray(self) -> Any:
+        """The kernels as an ``xarray.Dataset`` over dims ``i`` (x1's rows) and ``j`` (x2's,
+        or x1's again), with coordinates and each array's attrs, read lazily through the
+        checksums (:meth:`to_dask`); ``xarray.open_zarr(job.url)`` opens the same arrays
+        unverified."""
+        import xarray as xr
+
+        return xr.Dataset({k: xr.DataArray(v, dims=("i", "j"), attrs=dict(self.group[k].attrs))
+                           for k, v in self.to_dask().items()},
+                          coords={"i": read(self.group["i"]), "j": read(self.group["j"])},
+                          attrs={"ntkcompute": job_meta(self.group)})
+
 
 def _store_input(g: zarr.Group, name: str, x: Any, dtype: np.dtype, tile: int, *,
-                 checksum: bool = True, force: frozenset[int] = frozenset()) -> list[str]:
+                 checksum: bool = True, force: frozenset[int] = frozenset(),
+                 rows: str = "i") -> list[str]:
     """Write ``x`` to ``g[name]`` chunk by chunk where it differs (or its chunk index is in
     ``force``: found damaged); return chunk checksums."""
     n = x.shape[0]
@@ -221,7 +246,7 @@ def _store_input(g: zarr.Group, name: str, x: Any, dtype: np.dtype, tile: int, *
         arr = g[name]
     else:
         arr = create_array(g, name, tuple(x.shape), (tile, *x.shape[1:]), dtype,
-                           checksum=checksum, overwrite=True)
+                           checksum=checksum, overwrite=True, dims=axis_names(rows, x.ndim))
     old = job_meta(g).get(f"{name}_chunks", [])
     sums = []
     for k, start in enumerate(range(0, n, tile)):
@@ -254,12 +279,12 @@ def changed_chunks(old: dict[str, Any], name: str, sums: list[str]) -> list[bool
     return [k >= len(before) or before[k] != s for k, s in enumerate(sums)]
 
 
-def _marker(g: zarr.Group, path: str, shape: tuple[int, ...], checksum: bool = True
-            ) -> zarr.Array:
+def _marker(g: zarr.Group, path: str, shape: tuple[int, ...], checksum: bool = True,
+            dims: tuple[str, ...] | None = None) -> zarr.Array:
     if path in g and g[path].shape == shape:
         return g[path]
     return create_array(g, path, shape, (1,) * len(shape), "uint8", checksum=checksum,
-                        overwrite=True)
+                        overwrite=True, dims=dims)
 
 
 def read_marks(marks: zarr.Array, sel: Any = None) -> np.ndarray:
@@ -409,7 +434,8 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
     sums1 = _store_input(g, "x1", a1, dt, tile, checksum=checksum,
                          force=damage.inputs.get("x1", frozenset()))
     sums2 = None if a2 is None else _store_input(g, "x2", a2, dt, tile, checksum=checksum,
-                                                 force=damage.inputs.get("x2", frozenset()))
+                                                 force=damage.inputs.get("x2", frozenset()),
+                                                 rows="j")
     t1, t2 = len(sums1), (len(sums1) if a2 is None else len(sums2))
     changed1 = changed_chunks(old, "x1", sums1)
     changed2 = changed1 if a2 is None else changed_chunks(old, "x2", sums2)
@@ -417,23 +443,32 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
     for name in identity["get"]:
         if name not in g:
             create_array(g, name, (n1, n2), (tile, tile), dt, checksum=checksum,
-                         computed=True)
-    done = _marker(g, "done", (t1, t2), checksum)
+                         computed=True, dims=("i", "j"), attrs={
+                             "kind": name, "dtype": dt.name, "architecture": identity["spec"],
+                             "parameterization": identity["spec"]["parameterization"],
+                             "symmetric": a2 is None, "tile": tile,
+                             "status": Status.RUNNING})
+    for axis, n in (("i", n1), ("j", n2)):  # the coordinates: row numbers of x1 and x2
+        if axis not in g or g[axis].shape != (n,):
+            write_array(g, axis, np.arange(n, dtype=np.int64), tile, checksum=checksum,
+                        dims=(axis,))
+    done = _marker(g, "done", (t1, t2), checksum, dims=("tile_i", "tile_j"))
     self_sets = [("x1", t1, changed1)] + ([] if a2 is None else [("x2", t2, changed2)])
     self_done = {}
     for which, t, changed in self_sets:
         sg = g.require_group(f"self/{which}")
         nrows = n1 if which == "x1" else n2
+        rows = "i" if which == "x1" else "j"
         for j, lp in enumerate(plan.self_layers):
             shape = (nrows, *lp.self_shape)
             if f"var{j}" not in sg:
                 create_array(sg, f"var{j}", shape, (tile, *shape[1:]), dt, checksum=checksum,
-                             computed=True)
+                             computed=True, dims=axis_names(rows, len(shape)))
         for name in ("diag_nngp", "diag_ntk"):
             if name not in sg:
                 create_array(sg, name, (nrows,), (tile,), dt, checksum=checksum,
-                             computed=True)
-        marks = _marker(sg, "done", (t,), checksum)
+                             computed=True, dims=(rows,))
+        marks = _marker(sg, "done", (t,), checksum, dims=("tile_" + rows,))
         for k, ch in enumerate(changed):
             if ch or (which, k) in damage.self_chunks:
                 marks[k] = 0
@@ -443,10 +478,10 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
         if changed1[i] or changed2[j] or (i, j) in damage.tiles:
             tile_done[i, j] = False
             done[i, j] = 0
-    set_meta(g, **identity, x1_chunks=sums1, x2_chunks=sums2, threads=1, memory=memory,
-             version=ntkcompute.__version__, status=Status.RUNNING, error=None,
-             started=time.time(), tiles_total=_tile_count(t1, t2, a2 is None),
-             checksums=checksum)
+    set_status(g, Status.RUNNING, **identity, x1_chunks=sums1, x2_chunks=sums2, threads=1,
+               memory=memory, version=ntkcompute.__version__, error=None,
+               started=time.time(), tiles_total=_tile_count(t1, t2, a2 is None),
+               checksums=checksum)
 
     token = f"{abs(hash((store, time.time()))):x}"
     self_futs: dict[tuple[str, int], Any] = {}

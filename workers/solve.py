@@ -40,7 +40,7 @@ from ntkcompute.regression import (
 
 from .cluster import get_client, shutdown
 from .operator import DistributedKernel
-from .store import create_array, open_group, read, set_meta
+from .store import consolidate, create_array, open_group, read, set_meta
 
 
 @dataclass
@@ -289,4 +289,5 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         set_meta(sg, solver=solver, lams=lams, iterations=res.iterations,
                  converged=res.converged, metrics=res.metrics, seconds=res.seconds,
                  kernel=name, cross=cross, analyses=res.analyses)
+        consolidate(g)  # readers of the consolidated metadata see the new solve
     return res

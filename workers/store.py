@@ -11,13 +11,17 @@ markers) a missing chunk is found by its key. :func:`read` turns a checksum fail
 unreadable chunk or a missing one into :class:`CorruptChunk` naming the array and the
 chunk, never into numbers.
 
-Kernel job group (one per job)::
+Kernel job group (one per job), dimension names in brackets (what xarray reads)::
 
     <url>/            attrs["ntkcompute"]: spec, dtype, get, shapes, tile, block, checksums,
-                      code version, status, error
+                      code version, status, error; consolidated metadata
       x1, x2          inputs, chunked by tile rows (x2 absent for a symmetric job)
-      ntk, nngp       (n1, n2), chunks exactly (tile, tile), uncompressed
+                      [i | j, axis1, ...]
+      i, j            (n1,), (n2,) int64 row numbers, the coordinates [i], [j]
+      ntk, nngp       (n1, n2), chunks exactly (tile, tile), uncompressed [i, j]; attrs kind,
+                      dtype, architecture, parameterization, symmetric, tile, status
       done            (T1, T2) uint8, one chunk per tile: 1 once the tile's chunks are written
+                      [tile_i, tile_j]
       self/x1/...     per-input self statistics: var<j> (n, *plan.self_layers[j].self_shape),
                       diag_nngp, diag_ntk,
                       and done (T,) per row chunk
@@ -32,6 +36,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,9 +65,20 @@ def _is_local(url: str) -> bool:
 def open_group(url: str, mode: str = "a", options: dict | None = None) -> zarr.Group:
     """Open (or create, with ``mode="a"``) the Zarr group at ``url``."""
     opts = storage_options(options)
+    # Never through consolidated metadata: it is a snapshot for readers (xarray), and a
+    # job's arrays and attrs change after it is written (see :func:`consolidate`).
     if _is_local(url):
-        return zarr.open_group(url.removeprefix("file://"), mode=mode)
-    return zarr.open_group(url, mode=mode, storage_options=opts)
+        return zarr.open_group(url.removeprefix("file://"), mode=mode, use_consolidated=False)
+    return zarr.open_group(url, mode=mode, storage_options=opts, use_consolidated=False)
+
+
+def consolidate(group: zarr.Group) -> None:
+    """Write the group's consolidated metadata (every array's shape, dims and attrs in one
+    document, which ``xarray.open_zarr`` reads first). Rewritten at each status change of a
+    job, so a reader's snapshot is at most one status old; our own reads never use it."""
+    with warnings.catch_warnings():  # "not part of the Zarr v3 spec": xarray reads it
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(group.store, path=group.path or None)
 
 
 def sha256(a: np.ndarray, block_bytes: int = 1 << 24) -> str:
@@ -96,15 +112,20 @@ class CorruptChunk(RuntimeError):
 
 def create_array(group: zarr.Group, name: str, shape: tuple[int, ...],
                  chunks: tuple[int, ...], dtype: Any, *, checksum: bool = True,
-                 computed: bool = False, overwrite: bool = False) -> zarr.Array:
+                 computed: bool = False, overwrite: bool = False,
+                 dims: tuple[str, ...] | None = None,
+                 attrs: dict[str, Any] | None = None) -> zarr.Array:
     """``group[name]``, uncompressed, with a CRC-32C per chunk unless ``checksum=False``.
     ``computed``: values that are never NaN (kernels, statistics, features, solves): the
-    array is NaN-filled, so a chunk never written reads as missing without a key lookup."""
+    array is NaN-filled, so a chunk never written reads as missing without a key lookup.
+    ``dims``: Zarr v3 ``dimension_names`` (what xarray names the axes); ``attrs``: the
+    array's own attributes."""
     dt = np.dtype(dtype)
     return group.create_array(name, shape=shape, chunks=chunks, dtype=dt,
                               fill_value=np.nan if computed and dt.kind == "f" else 0,
                               compressors=[Crc32cCodec()] if checksum else None,
-                              overwrite=overwrite)
+                              overwrite=overwrite, dimension_names=dims,
+                              attributes=attrs)
 
 
 def has_checksums(arr: zarr.Array) -> bool:
@@ -282,10 +303,11 @@ def _raise_first_bad(arr: zarr.Array, sl: tuple[slice, ...], missing_ok: bool) -
 
 
 def write_array(group: zarr.Group, name: str, a: np.ndarray, rows: int, *,
-                checksum: bool = True, computed: bool = False) -> zarr.Array:
+                checksum: bool = True, computed: bool = False,
+                dims: tuple[str, ...] | None = None) -> zarr.Array:
     """Write ``a`` as ``group[name]`` chunked by ``rows`` rows (see :func:`create_array`)."""
     arr = create_array(group, name, a.shape, (rows, *a.shape[1:]), a.dtype,
-                       checksum=checksum, computed=computed, overwrite=True)
+                       checksum=checksum, computed=computed, overwrite=True, dims=dims)
     for r in range(0, a.shape[0], rows):  # chunk by chunk: a memory map is read once, lazily
         arr[r:r + rows] = a[r:r + rows]
     return arr
@@ -324,6 +346,34 @@ def set_meta(group: zarr.Group, **kw: Any) -> None:
     meta = job_meta(group)
     meta.update(kw)
     group.attrs[ATTR] = meta
+
+
+def set_status(group: zarr.Group, status: str, **kw: Any) -> None:
+    """A job's new ``status`` (and other metadata ``kw``) in its group's metadata and in the
+    ``status`` attr of every array that carries one, then the consolidated metadata."""
+    set_meta(group, status=str(status), **kw)
+    for _, arr in group.arrays():
+        if "status" in arr.attrs:
+            arr.attrs["status"] = str(status)
+    consolidate(group)
+
+
+def axis_names(first: str, ndim: int) -> tuple[str, ...]:
+    """``dimension_names`` of an input-shaped array: ``first`` for its rows, then ``axis1``
+    ... (an image's H, W, C), shared by x1 and x2, whose trailing shapes agree."""
+    return (first, *(f"axis{k}" for k in range(1, ndim)))
+
+
+class Verified:
+    """A Zarr array read through :func:`read` (checksums verified, a damaged chunk raised
+    as :class:`CorruptChunk`, a chunk never written as NaN): what ``dask.array.from_array``
+    wraps in :meth:`workers.gram.GramJob.to_dask`."""
+
+    def __init__(self, arr: zarr.Array) -> None:
+        self.arr, self.shape, self.dtype, self.ndim = arr, arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, sel: Any) -> np.ndarray:
+        return read(self.arr, sel, missing_ok=True)
 
 
 def remove_group(url: str, options: dict | None = None) -> None:

@@ -52,7 +52,7 @@ def shared_job(client, rows):
 def dask_client():
     """A local Dask cluster for the in-process ``workers.solve`` calls (one, not one per
     call)."""
-    c, cluster = get_client(n_workers=1)
+    c, cluster = get_client(n_workers=1, reuse_default=False)
     yield c
     shutdown(c, cluster)
 

@@ -7,7 +7,7 @@ from workers.cluster import get_client
 def client():
     """A real scheduler and two worker processes (with nannies), shared by a test module:
     the embedded cluster, mutual TLS with certificates that exist only in memory."""
-    c, cluster = get_client(n_workers=2)
+    c, cluster = get_client(n_workers=2, reuse_default=False)
     assert c.scheduler.address.startswith("tls://")
     yield c
     c.close()

@@ -288,7 +288,7 @@ def test_gram_on_tls_cluster_equals_in_process(cluster, tmp_path):
 
 
 def test_embedded_cluster_speaks_tls_on_loopback():
-    client, cluster = get_client(n_workers=1)
+    client, cluster = get_client(n_workers=1, reuse_default=False)
     try:
         address = client.scheduler.address
         assert address.startswith("tls://127.0.0.1:")
