@@ -44,3 +44,20 @@ def read_arch(path: str, field: str = "arch") -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"cannot read the architecture JSON: {e}", field=field) from None
+
+
+def size(text: str) -> int:
+    """An argparse type for byte counts: ``1073741824``, ``4GiB``, ``512MB`` (dask's
+    ``parse_bytes``: kB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024)."""
+    import argparse
+
+    from dask.utils import parse_bytes
+
+    try:
+        n = parse_bytes(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"must be a size such as 4GiB or a byte count, got "
+                                         f"{text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return int(n)

@@ -1,7 +1,7 @@
 """The ``ntk`` commands that run on the Dask side: jobs, certificates and cluster roles.
 
     ntk gram --arch arch.json --x1 train.npy [--x2 test.npy] --out STORE [--tile T]
-             [--scheduler tls://host:8786] [--dtype float32] [--memory BYTES] [--get ntk]
+             [--scheduler tls://host:8786] [--dtype float32] [--memory 1GiB] [--get ntk]
              [--verify]
     ntk verify STORE | KERNEL_JOB_ID   (every chunk read back through its checksum)
     ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--relative] [--solver cg|direct]
@@ -48,7 +48,7 @@ import numpy as np
 from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
 
-from .inputs import load_array, read_arch
+from .inputs import load_array, read_arch, size
 
 
 def _gram(args: argparse.Namespace) -> int:
@@ -259,8 +259,10 @@ def register(sub: Any) -> None:
     g.add_argument("--tile", type=int, default=None, help="tile side (default: automatic)")
     g.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (default $NTK_SCHEDULER_ADDRESS or local)")
-    g.add_argument("--dtype", default=None, choices=["float32", "float64"])
-    g.add_argument("--memory", type=int, default=1 << 30, help="bytes per task")
+    g.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="computation and storage dtype (default: float32 where verified)")
+    g.add_argument("--memory", type=size, default=1 << 30,
+                   help="working memory per task: bytes or a size such as 4GiB (default 1GiB)")
     g.add_argument("--get", default="ntk,nngp", help="ntk,nngp (comma separated)")
     g.add_argument("--verify", action="store_true",
                    help="before resuming, read back every stored chunk through its checksum "
@@ -274,17 +276,20 @@ def register(sub: Any) -> None:
                    help="ridge λ (absolute unless --relative); a comma list sweeps λ (direct)")
     s.add_argument("--relative", action="store_true",
                    help="λ values are multiples of mean(diag K)")
-    s.add_argument("--solver", choices=["cg", "direct"], default="cg")
-    s.add_argument("--name", choices=["ntk", "nngp"], default="ntk")
-    s.add_argument("--tol", type=float, default=1e-8)
-    s.add_argument("--maxiter", type=int, default=1000)
+    s.add_argument("--solver", choices=["cg", "direct"], default="cg",
+                   help="distributed CG, or a direct solve in memory")
+    s.add_argument("--name", choices=["ntk", "nngp"], default="ntk", help="which kernel")
+    s.add_argument("--tol", type=float, default=1e-8,
+                   help="CG: relative residual to stop at")
+    s.add_argument("--maxiter", type=int, default=1000, help="CG: most iterations")
     s.add_argument("--precond", choices=["nystrom", "randomized", "jacobi", "none"],
-                   default="nystrom")
+                   default="nystrom", help="CG preconditioner")
     s.add_argument("--rank", type=int, default=100,
                    help="Nystrom rank (randomized: the first sketch, then doubled)")
     s.add_argument("--cross", help="URL of the test x train kernel job, to predict")
     s.add_argument("--test-labels", help=".npy labels of the test rows, to score")
-    s.add_argument("--scheduler", default=None)
+    s.add_argument("--scheduler", default=None,
+                   help="Dask scheduler to join (default $NTK_SCHEDULER_ADDRESS, else embedded)")
     s.add_argument("--save", default="default", help="name under solves/ in the kernel store")
     s.add_argument("--times", help="gradient-flow times t, comma separated (direct)")
     s.add_argument("--bound", action="store_true", help="report sqrt(2 y' K^-1 y / n)")
@@ -293,9 +298,9 @@ def register(sub: Any) -> None:
                    help="report λmin(K) (exact with direct, a Lanczos estimate with cg)")
     s.set_defaults(func=_solve)
     sc = sub.add_parser("scheduler", help="run a Dask scheduler for ntkcompute workers")
-    sc.add_argument("--host", default="0.0.0.0")
-    sc.add_argument("--port", type=int, default=8786)
-    sc.add_argument("--dashboard-port", type=int, default=8787)
+    sc.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    sc.add_argument("--port", type=int, default=8786, help="scheduler port")
+    sc.add_argument("--dashboard-port", type=int, default=8787, help="Dask dashboard port")
     add_tls_arguments(sc)
     sc.add_argument("--insecure", action="store_true",
                     help="allow plain TCP on a non-loopback host (no authentication)")

@@ -152,11 +152,16 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-def _span(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    a, _, b = text.partition(":")
-    return int(a), int(b)
+def _span(text: str) -> tuple[int, int]:
+    """``"a:b"`` -> ``(a, b)``, integers with 0 <= a < b (an argparse type)."""
+    a, sep, b = text.partition(":")
+    try:
+        lo, hi = int(a), int(b)
+    except ValueError:
+        lo = hi = -1
+    if not sep or not 0 <= lo < hi:
+        raise argparse.ArgumentTypeError(f"must be a:b with integers 0 <= a < b, got {text!r}")
+    return lo, hi
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -167,7 +172,7 @@ def _fetch(args: argparse.Namespace) -> int:
         else:
             job = c.job(args.id)
             if args.rows or args.cols:
-                a = job.block(args.kind, _span(args.rows), _span(args.cols), args.part)
+                a = job.block(args.kind, args.rows, args.cols, args.part)
             else:
                 a = job.to_numpy(args.kind, args.part)
     np.save(args.out, a)
@@ -184,9 +189,9 @@ def register(sub: Any) -> None:
     s.add_argument("--store", default=None, help="Zarr root URL (default $NTK_STORE)")
     s.add_argument("--db", default=None, help="SQLAlchemy URL (default $NTK_DB_URL)")
     s.add_argument("--workers", type=int, default=None, help="embedded cluster processes")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--log-level", default="info")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    s.add_argument("--port", type=int, default=8000, help="HTTP port")
+    s.add_argument("--log-level", default="info", help="uvicorn log level")
     add_tls_arguments(s)  # the client certificate the service presents to the scheduler
     s.set_defaults(func=_serve)
 
@@ -213,8 +218,10 @@ def register(sub: Any) -> None:
         p.set_defaults(func=_keys)
 
     def client_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("NTK_URL", "http://127.0.0.1:8000"))
-        p.add_argument("--api-key", default=os.environ.get("NTK_API_KEY"))
+        p.add_argument("--url", default=os.environ.get("NTK_URL", "http://127.0.0.1:8000"),
+                       help="the service (default $NTK_URL, else http://127.0.0.1:8000)")
+        p.add_argument("--api-key", default=os.environ.get("NTK_API_KEY"),
+                       help="an API key (default $NTK_API_KEY)")
 
     m = sub.add_parser("submit", help="upload data and start a kernel job on the service")
     client_args(m)
@@ -223,11 +230,12 @@ def register(sub: Any) -> None:
     m.add_argument("--train-labels", help=".npy labels (integer classes or targets)")
     m.add_argument("--test", help=".npy or .npz test inputs")
     m.add_argument("--test-labels", help=".npy test labels")
-    m.add_argument("--kernels", default="ntk,nngp")
-    m.add_argument("--dtype", default=None, choices=["float32", "float64"])
-    m.add_argument("--tile", type=int, default=None)
+    m.add_argument("--kernels", default="ntk,nngp", help="ntk, nngp or both, comma-separated")
+    m.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="computation and storage dtype (default: float32 where verified)")
+    m.add_argument("--tile", type=int, default=None, help="tile side (default: automatic)")
     m.add_argument("--wait", action="store_true", help="wait, with a progress bar")
-    m.add_argument("--quiet", action="store_true")
+    m.add_argument("--quiet", action="store_true", help="no progress bar while waiting")
     m.set_defaults(func=_submit)
 
     st = sub.add_parser("status", help="status of a kernel job (k-...) or solve (s-...)")
@@ -246,12 +254,14 @@ def register(sub: Any) -> None:
 
     f = sub.add_parser("fetch", help="download a kernel (block) or a solve's arrays as .npy")
     client_args(f)
-    f.add_argument("id")
-    f.add_argument("--out", required=True)
-    f.add_argument("--kind", choices=["ntk", "nngp"], default="ntk")
-    f.add_argument("--part", choices=["train", "test"], default="train")
-    f.add_argument("--rows", help="a:b")
-    f.add_argument("--cols", help="c:d")
-    f.add_argument("--what", choices=["predictions", "coefficients"], default="predictions")
+    f.add_argument("id", help="a kernel job id (k-...) or a solve id (s-...)")
+    f.add_argument("--out", required=True, help="the .npy file to write")
+    f.add_argument("--kind", choices=["ntk", "nngp"], default="ntk", help="which kernel")
+    f.add_argument("--part", choices=["train", "test"], default="train",
+                   help="train x train, or test x train")
+    f.add_argument("--rows", type=_span, help="rows a:b of the kernel only (0-based, b excluded)")
+    f.add_argument("--cols", type=_span, help="columns c:d of the kernel only")
+    f.add_argument("--what", choices=["predictions", "coefficients"], default="predictions",
+                   help="which array of a solve")
     f.set_defaults(func=_fetch)
 
