@@ -1,0 +1,446 @@
+"""scikit-learn estimators: kernel ridge regression with the infinite-width NTK or NNGP.
+
+:class:`NTKRegressor` and :class:`NTKClassifier` follow scikit-learn's conventions (clone,
+``get_params``/``set_params``, ``GridSearchCV``, ``Pipeline``) and fit
+``α = (K + λI)⁻¹ Y`` on the exact Gram matrix ``K`` of an architecture; ``predict`` is
+``K(X, X_fit) α``. There is no intercept (as :class:`sklearn.kernel_ridge.KernelRidge`):
+center or scale targets far from 0 first (e.g. ``TransformedTargetRegressor``).
+
+λ (and, optionally, the depth) is chosen in closed form from one eigendecomposition
+``K = U diag(s) Uᵀ`` per kernel (:class:`ntkcompute.regression.Eigen`): with the hat matrix
+``H = K (K + λI)⁻¹ = U diag(s/(s+λ)) Uᵀ``,
+
+- leave-one-out (``"loo"``): ``e_i = (y_i - ŷ_i) / (1 - H_ii)`` is exactly the residual of
+  the fit without point i; the criterion is ``mean(e²)`` (over points and outputs);
+- generalized cross-validation (``"gcv"``): ``n ‖(I - H) y‖² / tr(I - H)²``, averaged over
+  the outputs.
+
+Both cost O(n²) per λ after the O(n³) ``eigh``. The estimators import scikit-learn, which is
+not a runtime dependency of ``ntkcompute`` (only of its ``dev`` extra): import them from
+this module (``from ntkcompute.estimators import NTKRegressor``) or as
+``ntkcompute.NTKRegressor`` (resolved lazily).
+
+Kernels come from a *backend*: any object with ``gram(arch, x1, x2=None, get="ntk")``
+returning the ``(n1, n2)`` Gram matrix (:class:`GramBackend`); ``None`` computes in-process
+(:class:`InProcess`, :func:`ntkcompute.kernel`). A Dask or service backend belongs in
+``workers/`` or above (this package imports no layer above it).
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .architectures import fc
+from .errors import InputError, NotPositiveDefinite
+from .infinite import kernel as _kernel
+from .regression import Eigen, absolute_lambdas, one_hot
+from .spec import Architecture, parse_arch
+
+__all__ = ["GramBackend", "InProcess", "NTKClassifier", "NTKRegressor", "gcv_scores",
+           "loo_residuals", "selection_scores"]
+
+#: The default ``lam_grid``: relative λ (multiples of mean(diag K)) from 1e-6 to 10.
+DEFAULT_LAM_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-6, 1, 15))
+#: The default architecture's depth: ``fc(2)``, two hidden ReLU layers.
+DEFAULT_DEPTH = 2
+KERNELS = ("ntk", "nngp")
+CRITERIA = ("loo", "gcv")
+
+
+@runtime_checkable
+class GramBackend(Protocol):
+    """Where the estimators get their Gram matrices from.
+
+    ``gram(arch, x1, x2=None, get="ntk")``: ``arch`` a parsed
+    :class:`~ntkcompute.spec.Architecture` (``arch.to_json()`` for a remote one), ``x1``
+    ``(n1, ...)`` and ``x2`` ``(n2, ...)`` arrays of the estimator's ``dtype`` (``x2=None``:
+    x1 with itself, symmetric), ``get`` ``"ntk"`` or ``"nngp"``; returns ``(n1, n2)``.
+
+    Estimators deep-copy their parameters when cloned (``GridSearchCV``, ``clone``): a
+    backend holding a connection should define ``__deepcopy__`` (returning ``self``).
+    """
+
+    def gram(self, arch: Architecture, x1: np.ndarray, x2: np.ndarray | None = None,
+             get: str = "ntk") -> np.ndarray: ...
+
+
+class InProcess:
+    """The default backend: :func:`ntkcompute.kernel` in this process.
+
+    ``options`` (``threads``, ``memory``, ``dtype``) are passed on to it; without ``dtype``
+    the kernel is computed in the inputs' dtype (float32 only where ntkcompute has verified
+    the architecture's float32 kernel, else float64).
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def gram(self, arch: Architecture, x1: np.ndarray, x2: np.ndarray | None = None,
+             get: str = "ntk") -> np.ndarray:
+        """``(n1, n2)`` Gram matrix ``get`` of ``arch`` between the rows of x1 and x2."""
+        return np.asarray(_kernel(arch, x1, x2, get=get, **self.options)[get])
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"InProcess({args})"
+
+
+# -- closed-form selection --------------------------------------------------------------
+
+def _shrink(eig: Eigen, lam: float) -> np.ndarray:
+    """Eigenvalues ``λ / (s + λ)`` of ``I - H``; (n,). Refuses a λ with ``K + λI`` not
+    positive definite (:class:`NotPositiveDefinite`)."""
+    eig._check(lam, "leave-one-out / GCV")
+    return lam / (eig.s + lam)
+
+
+def _as_columns(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64)
+    return y[:, None] if y.ndim == 1 else y
+
+
+def loo_residuals(eig: Eigen, y: np.ndarray, lam: float) -> np.ndarray:
+    """Leave-one-out residuals of kernel ridge regression with absolute ridge ``lam``.
+
+    ``e_i = (y_i - ŷ_i) / (1 - H_ii)`` with ``H = U diag(s/(s+λ)) Uᵀ``: the residual at
+    point i of the fit on the other n - 1 points (same K, same λ). ``1 - H_ii`` is summed as
+    ``Σ_j U_ij² λ/(s_j+λ)`` (no cancellation). Shapes: y (n,) or (n, c) -> the same.
+    """
+    g = _shrink(eig, lam)
+    y2 = _as_columns(y)
+    resid = eig.U @ ((eig.U.T @ y2) * g[:, None])  # (I - H) y
+    e = resid / ((eig.U ** 2) @ g)[:, None]
+    return e[:, 0] if np.ndim(y) == 1 else e
+
+
+def gcv_scores(eig: Eigen, y: np.ndarray, lam: float) -> np.ndarray:
+    """Generalized cross-validation ``n ‖(I - H) y_c‖² / tr(I - H)²`` of each output column
+    c of y (n,) or (n, c), absolute ridge ``lam``; (c,)."""
+    g = _shrink(eig, lam)
+    proj = eig.U.T @ _as_columns(y)
+    n = len(eig.s)
+    return n * np.sum((proj * g[:, None]) ** 2, axis=0) / np.sum(g) ** 2
+
+
+def selection_scores(eig: Eigen, y: np.ndarray, lams: Sequence[float], criterion: str,
+                     labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The criterion at each absolute λ of ``lams``, from one decomposition; lower is better.
+
+    ``criterion``: ``"loo"`` (mean squared leave-one-out residual over points and outputs)
+    or ``"gcv"`` (GCV averaged over outputs). A λ with ``K + λI`` not positive definite
+    scores ``inf``. With ``labels`` (n,) int and ``"loo"``, also the leave-one-out accuracy
+    of ``argmax`` over the outputs (y (n, c) are then class codes).
+
+    Returns ``{"criterion": (len(lams),)}`` and, with labels, ``"loo_accuracy"``.
+    """
+    crit = np.full(len(lams), np.inf)
+    acc = np.full(len(lams), np.nan)
+    y2 = _as_columns(y)
+    proj = eig.U.T @ y2
+    u2 = eig.U ** 2
+    n = len(eig.s)
+    for j, lam in enumerate(lams):
+        try:
+            g = _shrink(eig, lam)
+        except NotPositiveDefinite:
+            continue
+        resid = eig.U @ (proj * g[:, None])
+        if criterion == "loo":
+            with np.errstate(divide="ignore", invalid="ignore"):  # λ = 0: nan
+                e = resid / (u2 @ g)[:, None]
+            crit[j] = float(np.mean(e ** 2))
+            if labels is not None:
+                acc[j] = float(np.mean(np.argmax(y2 - e, axis=1) == labels))
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                crit[j] = float(n * np.sum(resid ** 2) / y2.shape[1] / np.sum(g) ** 2)
+    out = {"criterion": crit}
+    if labels is not None and criterion == "loo":
+        out["loo_accuracy"] = acc
+    return out
+
+
+# -- argument checks --------------------------------------------------------------------
+
+def _is_spec(arch: Any) -> bool:
+    """A fixed architecture: an Architecture, a dict, JSON, or a stax triple (``.spec``)."""
+    return isinstance(arch, (Architecture, dict, str, bytes)) or hasattr(arch, "spec")
+
+
+def _parse(arch: Any) -> Architecture:
+    if not isinstance(arch, (Architecture, dict, str, bytes)) and hasattr(arch, "spec"):
+        arch = arch.spec
+    return parse_arch(arch)
+
+
+def _architectures(arch: Any, depths: Any) -> list[tuple[int | None, Architecture]]:
+    """``(depth, Architecture)`` candidates: one without ``depths``, else one per depth of
+    ``arch(depth)`` (``fc`` when ``arch`` is None)."""
+    if depths is None:
+        if arch is None:
+            return [(None, parse_arch(fc(DEFAULT_DEPTH)))]
+        if not _is_spec(arch):
+            kind = "a callable" if callable(arch) else type(arch).__name__
+            raise InputError(f"must be a spec dict, JSON, an Architecture or a stax layer "
+                             f"(got {kind}); a callable depth -> spec needs depths=[...]",
+                             field="arch")
+        return [(None, _parse(arch))]
+    if isinstance(depths, (str, bytes)) or not isinstance(depths, (Sequence, np.ndarray)) \
+            or len(depths) == 0 or not all(isinstance(d, numbers.Integral)
+                                           and not isinstance(d, bool) for d in depths):
+        raise InputError(f"must be None or a non-empty list of ints, got {depths!r}",
+                         field="depths")
+    build = fc if arch is None else arch
+    if _is_spec(build) or not callable(build):
+        raise InputError("with depths, arch must be a callable depth -> spec (or None for "
+                         "ntkcompute.architectures.fc)", field="arch")
+    return [(int(d), _parse(build(int(d)))) for d in depths]
+
+
+def _check_params(est: _NTKRidge) -> tuple[str, float | None, np.ndarray, np.dtype,
+                                           GramBackend]:
+    """``(criterion, fixed λ or None, λ grid, dtype, backend)`` from the parameters."""
+    if est.kernel not in KERNELS:
+        raise InputError(f"must be 'ntk' or 'nngp', got {est.kernel!r}", field="kernel")
+    if not isinstance(est.relative, (bool, np.bool_)):
+        raise InputError(f"must be a bool, got {est.relative!r}", field="relative")
+    lam = est.lam
+    if isinstance(lam, str):
+        if lam not in CRITERIA:
+            raise InputError(f"must be a float >= 0, 'loo' or 'gcv', got {lam!r}",
+                             field="lam")
+        criterion, fixed = lam, None
+    elif isinstance(lam, numbers.Real) and not isinstance(lam, bool) \
+            and np.isfinite(lam) and lam >= 0:
+        criterion, fixed = "loo", float(lam)
+    else:
+        raise InputError(f"must be a float >= 0, 'loo' or 'gcv', got {lam!r}", field="lam")
+    grid = DEFAULT_LAM_GRID if est.lam_grid is None else est.lam_grid
+    try:
+        grid = np.asarray(grid, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"must be a list of floats > 0, got {est.lam_grid!r}",
+                         field="lam_grid") from None
+    if fixed is None and (grid.size == 0 or not np.all(np.isfinite(grid))
+                          or np.any(grid <= 0)):
+        raise InputError(f"must be a non-empty list of finite floats > 0 (λ = 0 has no "
+                         f"leave-one-out residual), got {est.lam_grid!r}", field="lam_grid")
+    try:
+        dtype = np.dtype(est.dtype)
+    except TypeError:
+        dtype = None
+    if dtype not in (np.float32, np.float64):
+        raise InputError(f"must be float32 or float64, got {est.dtype!r}", field="dtype")
+    backend = InProcess() if est.backend is None else est.backend
+    if not callable(getattr(backend, "gram", None)):
+        raise InputError("must be None or an object with a gram(arch, x1, x2=None, "
+                         f"get='ntk') method, got {type(backend).__name__}", field="backend")
+    return criterion, fixed, grid, dtype, backend
+
+
+def _gram(backend: GramBackend, arch: Architecture, x1: np.ndarray, x2: np.ndarray | None,
+          get: str) -> np.ndarray:
+    k = np.asarray(backend.gram(arch, x1, x2, get=get))
+    want = (len(x1), len(x1) if x2 is None else len(x2))
+    if k.shape != want:
+        raise InputError(f"the backend returned a {k.shape} kernel, expected {want}",
+                         field="backend")
+    if not np.isfinite(k).all():
+        raise NotPositiveDefinite(f"the kernel has {int((~np.isfinite(k)).sum())} "
+                                  "non-finite entries", finite=False)
+    return k
+
+
+# -- the estimators ---------------------------------------------------------------------
+
+class _NTKRidge(BaseEstimator):
+    """Kernel ridge regression on the NTK / NNGP; the shared part of both estimators."""
+
+    def __init__(self, arch: Any = None, kernel: str = "ntk", lam: float | str = "loo",
+                 lam_grid: Sequence[float] | None = None, relative: bool = True,
+                 depths: Sequence[int] | None = None, dtype: Any = np.float64,
+                 backend: GramBackend | None = None) -> None:
+        self.arch = arch
+        self.kernel = kernel
+        self.lam = lam
+        self.lam_grid = lam_grid
+        self.relative = relative
+        self.depths = depths
+        self.dtype = dtype
+        self.backend = backend
+
+    def __sklearn_clone__(self) -> _NTKRidge:
+        # A stax layer triple neither deep-copies nor pickles (StaxLayer's __new__ takes
+        # layer dicts, not the triple): the clone shares it (it is never mutated here).
+        if not (hasattr(self.arch, "spec") and not isinstance(self.arch, Architecture)):
+            return super().__sklearn_clone__()
+        stand_in = copy.copy(self)
+        stand_in.arch = None
+        new = stand_in.__sklearn_clone__()
+        new.arch = self.arch
+        return new
+
+    def _validate_X(self, X: Any, y: Any = None, reset: bool = True, **kw: Any) -> Any:
+        dtype = np.dtype(self.dtype) if reset else self.X_fit_.dtype
+        if y is None and not reset:
+            return validate_data(self, X, reset=False, allow_nd=True, dtype=dtype)
+        return validate_data(self, X, y, allow_nd=True, dtype=dtype, copy=True, **kw)
+
+    def _fit_codes(self, X: np.ndarray, Y: np.ndarray, params: tuple,
+                   labels: np.ndarray | None = None) -> None:
+        """Choose (depth, λ), then ``dual_coef_ = (K + λI)⁻¹ Y``; X validated, Y (n,) or
+        (n, c) float64, ``params`` from :func:`_check_params`, ``labels`` (n,) class
+        indices (the classifier)."""
+        criterion, fixed, grid, _, backend = params
+        given = [fixed] if fixed is not None else [float(v) for v in grid]
+        rows: dict[str, list] = {"lam": [], "lam_absolute": [], "depth": [], "kernel": [],
+                                 "score": []}
+        best: tuple[float, float, float, Eigen, int | None, Architecture] | None = None
+        for depth, arch in _architectures(self.arch, self.depths):
+            eig = Eigen.of(_gram(backend, arch, X, None, self.kernel))
+            absolute = absolute_lambdas(given, self.relative,
+                                        eig.mean_diag if self.relative else None)
+            table = selection_scores(eig, Y, absolute, criterion, labels)
+            for key in table.keys() - {"criterion"}:
+                rows.setdefault(key, []).extend(table[key])
+            scores = -table["criterion"]
+            rows["lam"] += given
+            rows["lam_absolute"] += absolute
+            rows["depth"] += [depth] * len(given)
+            rows["kernel"] += [self.kernel] * len(given)
+            rows["score"] += list(scores)
+            j = int(np.argmax(np.where(np.isfinite(scores), scores, -np.inf)))
+            if np.isfinite(scores[j]) and (best is None or scores[j] > best[0]):
+                best = (float(scores[j]), absolute[j], given[j], eig, depth, arch)
+            last = (eig, max(absolute))
+        if best is None:
+            _shrink(*last)  # raises NotPositiveDefinite where that is the cause
+            if len(rows["score"]) > 1:
+                raise InputError("no candidate gives a finite score (λ = 0 has no "
+                                 "leave-one-out residual)", field="lam")
+            # one fixed λ = 0 (interpolation): nothing to choose, the score is undefined
+            best = (float("nan"), absolute[0], given[0], eig, depth, arch)
+        score, lam_abs, lam, eig, depth, arch = best
+        types = {"kernel": object, "depth": np.int64}
+        self.cv_results_ = {k: np.asarray(v, dtype=types.get(k, np.float64))
+                            for k, v in rows.items() if k != "depth" or self.depths is not None}
+        self.best_score_ = score
+        self.lam_ = float(lam)
+        self.lam_absolute_ = float(lam_abs)
+        self.depth_ = depth
+        self.arch_ = arch
+        self.kernel_ = self.kernel
+        self.backend_ = backend
+        self.X_fit_ = X
+        self.dual_coef_ = eig.solve(Y, lam_abs)
+
+    def _decision(self, X: Any) -> np.ndarray:
+        """``K(X, X_fit) dual_coef_``; (m,) or (m, c)."""
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        k = _gram(self.backend_, self.arch_, X, self.X_fit_, self.kernel_)
+        return k @ self.dual_coef_
+
+
+class NTKRegressor(RegressorMixin, _NTKRidge):
+    """Kernel ridge regression with the infinite-width NTK (or NNGP) of an architecture.
+
+    With the NTK this is the infinite-width network trained to convergence by gradient
+    descent on the MSE (λ → 0), with the NNGP the Gaussian-process posterior mean.
+
+    Parameters:
+        arch: the architecture: a spec dict, JSON, an :class:`~ntkcompute.spec.Architecture`
+            or a :mod:`ntkcompute.stax` layer (``.spec``); ``None``:
+            ``ntkcompute.architectures.fc(2)``. With ``depths``, a callable
+            ``depth -> spec`` (``None``: ``fc``).
+        kernel: ``"ntk"`` or ``"nngp"``.
+        lam: the ridge λ (``>= 0``), or ``"loo"`` / ``"gcv"`` to choose it from
+            ``lam_grid`` by closed-form leave-one-out error or generalized cross-validation.
+        lam_grid: the candidates for ``"loo"`` / ``"gcv"``; ``None``:
+            ``np.logspace(-6, 1, 15)``.
+        relative: λ (and the grid) as multiples of mean(diag K), scale-free; else absolute.
+        depths: candidate depths for a callable ``arch``: each depth's kernel is computed
+            and (depth, λ) chosen together by the same criterion (leave-one-out for a
+            fixed λ).
+        dtype: float64 or float32, the inputs' dtype handed to the backend.
+        backend: an object with ``gram(arch, x1, x2=None, get)`` (:class:`GramBackend`);
+            ``None``: :class:`InProcess`.
+
+    Attributes:
+        dual_coef_: ``(K + λI)⁻¹ y``, (n,) or (n, n_outputs) like y.
+        X_fit_: the training inputs (n, n_features) (or (n, *spatial, channels)).
+        lam_: the chosen λ as given (relative when ``relative``); ``lam_absolute_`` the
+            ridge actually added.
+        depth_: the chosen depth (None without ``depths``); ``arch_`` its Architecture.
+        best_score_: the chosen candidate's score: minus its criterion (greater is better,
+            as in scikit-learn's searches): -(mean squared leave-one-out residual) or -GCV.
+        cv_results_: one row per candidate: ``lam``, ``lam_absolute``, ``depth`` (with
+            ``depths``), ``kernel``, ``score`` (``-inf`` where K + λI is not positive
+            definite); arrays of equal length.
+        n_features_in_, feature_names_in_ (pandas input): as scikit-learn.
+    """
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X: Any, y: Any) -> NTKRegressor:
+        """Fit on X (n, n_features) (or (n, *spatial, channels)) and y (n,) or
+        (n, n_outputs); returns self."""
+        params = _check_params(self)
+        X, y = self._validate_X(X, y, multi_output=True, y_numeric=True)
+        self._fit_codes(X, np.asarray(y, dtype=np.float64), params)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions (m,) or (m, n_outputs) for X (m, ...)."""
+        return self._decision(X)
+
+
+class NTKClassifier(ClassifierMixin, _NTKRidge):
+    """Classification by kernel ridge regression on one-hot codes (Arora et al. 2019).
+
+    The targets are the codes ``0.9`` for the class and ``-0.1`` elsewhere
+    (:func:`ntkcompute.regression.one_hot`, also for two classes: one column per class);
+    ``predict`` is the ``argmax`` of the regression outputs, mapped to ``classes_``.
+    ``"loo"`` / ``"gcv"`` choose λ (and the depth) by the squared error on the codes, not
+    by accuracy (smoother, and what the closed form gives); ``cv_results_`` also holds the
+    leave-one-out accuracy (``loo_accuracy``) of each candidate under ``"loo"``.
+
+    Parameters and attributes as :class:`NTKRegressor`, with ``classes_`` (the sorted
+    labels) and ``dual_coef_`` (n, n_classes).
+    """
+
+    def fit(self, X: Any, y: Any) -> NTKClassifier:
+        """Fit on X (n, n_features) (or (n, *spatial, channels)) and labels y (n,);
+        returns self."""
+        params = _check_params(self)
+        X, y = self._validate_X(X, y)
+        check_classification_targets(y)
+        self.classes_, labels = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"NTKClassifier needs samples of at least 2 classes, got one "
+                             f"class: {self.classes_[0]!r}")
+        labels = labels.reshape(-1)
+        self._fit_codes(X, one_hot(labels, len(self.classes_)), params, labels)
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Regression outputs on the codes, (m, n_classes); for two classes (m,), the
+        second class's output minus the first's (> 0: ``classes_[1]``)."""
+        f = self._decision(X)
+        return f[:, 1] - f[:, 0] if len(self.classes_) == 2 else f
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Labels (m,) from ``classes_``: the argmax of the outputs."""
+        f = self._decision(X)
+        return self.classes_[np.argmax(f, axis=1)]
