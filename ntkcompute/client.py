@@ -314,3 +314,34 @@ def _id(obj: Any) -> str:
 
 def _listify(a: Any) -> Any:
     return None if a is None else np.asarray(a).tolist()
+
+
+class ServiceBackend:
+    """Gram matrices from a service, for the estimators (:mod:`ntkcompute.estimators`):
+    ``NTKClassifier(backend=ServiceBackend(client))`` computes every kernel as a service
+    job, in the inputs' dtype. A symmetric Gram is a job on ``x1``; ``K(x1, x2)`` is the
+    test x train part of a job whose train set is ``x2`` and whose test set is ``x1``.
+    Its uploads are deleted once the kernel is fetched (the jobs stay, as any job does)."""
+
+    def __init__(self, client: Client, tile: int | None = None,
+                 timeout: float | None = None) -> None:
+        self.client, self.tile, self.timeout = client, tile, timeout
+
+    def __deepcopy__(self, memo: dict) -> ServiceBackend:
+        return self  # one connection, shared by an estimator's clones
+
+    def gram(self, arch: Any, x1: np.ndarray, x2: np.ndarray | None = None,
+             get: str = "ntk") -> np.ndarray:
+        """``(n1, n2)`` kernel ``get`` of ``arch`` between the rows of x1 and x2."""
+        x1 = np.asarray(x1)
+        train = self.client.upload(x1 if x2 is None else np.asarray(x2))
+        test = None if x2 is None else self.client.upload(x1)
+        try:
+            job = self.client.kernel(train, arch, test=test, kernels=(get,),
+                                     dtype=x1.dtype.name, tile=self.tile)
+            job.wait(self.timeout, progress=False)
+            return job.to_numpy(get, "train" if x2 is None else "test")
+        finally:
+            for ds in (train, test):
+                if ds is not None:
+                    self.client.delete_dataset(ds)

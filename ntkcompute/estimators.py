@@ -28,7 +28,6 @@ returning the ``(n1, n2)`` Gram matrix (:class:`GramBackend`); ``None`` computes
 
 from __future__ import annotations
 
-import copy
 import numbers
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -276,17 +275,6 @@ class _NTKRidge(BaseEstimator):
         self.depths = depths
         self.dtype = dtype
         self.backend = backend
-
-    def __sklearn_clone__(self) -> _NTKRidge:
-        # A stax layer triple neither deep-copies nor pickles (StaxLayer's __new__ takes
-        # layer dicts, not the triple): the clone shares it (it is never mutated here).
-        if not (hasattr(self.arch, "spec") and not isinstance(self.arch, Architecture)):
-            return super().__sklearn_clone__()
-        stand_in = copy.copy(self)
-        stand_in.arch = None
-        new = stand_in.__sklearn_clone__()
-        new.arch = self.arch
-        return new
 
     def _validate_X(self, X: Any, y: Any = None, reset: bool = True, **kw: Any) -> Any:
         dtype = np.dtype(self.dtype) if reset else self.X_fit_.dtype

@@ -151,6 +151,9 @@ class StaxLayer(tuple):
         self._net = net
         return self
 
+    def __reduce__(self) -> tuple:  # pickle, copy and deepcopy rebuild it from its spec
+        return StaxLayer, (self.layers, self.parameterization)
+
     @property
     def spec(self) -> dict[str, Any]:
         return self._net.spec

@@ -199,3 +199,15 @@ def test_unsupported_or_bad_arguments_are_refused_naming_the_field(build, field)
     with pytest.raises(InputError) as e:
         build()
     assert e.value.field == field
+
+
+def test_a_layer_pickles_and_copies_by_its_spec():
+    import copy
+    import pickle
+
+    net = stax.serial(stax.Conv(4, (2, 2), padding="SAME", W_std=1.3), stax.Erf(),
+                      stax.Flatten(), stax.Dense(1))
+    x = np.random.default_rng(4).standard_normal((3, 4, 4, 2))
+    for other in (pickle.loads(pickle.dumps(net)), copy.deepcopy(net), copy.copy(net)):
+        assert isinstance(other, stax.StaxLayer) and other.spec == net.spec
+        assert np.array_equal(other[2](x, get="ntk"), net[2](x, get="ntk"))

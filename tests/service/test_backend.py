@@ -1,0 +1,29 @@
+"""The estimators on the service backend: the same estimator, its kernels computed as jobs
+by the real server (uvicorn, SQLite, Dask worker processes), predicts what it predicts
+in-process and on Dask."""
+
+import numpy as np
+
+from ntkcompute.architectures import fc
+from ntkcompute.client import Client, ServiceBackend
+from ntkcompute.datasets import digits
+from ntkcompute.estimators import NTKClassifier
+
+
+def test_classifier_through_the_service_equals_in_process(service):
+    x, y = digits()
+    x = x.reshape(len(x), -1)[:240] / 16.0
+    y = y[:240]
+    est = dict(arch=fc(2), lam_grid=[1e-4, 1e-2, 1.0])
+    local = NTKClassifier(**est).fit(x[:160], y[:160])
+    with Client(service.url, service.key_a) as c:
+        before = c._json("GET", "/v1/datasets")
+        assert isinstance(before, list)
+        remote = NTKClassifier(**est, backend=ServiceBackend(c, timeout=120))
+        remote.fit(x[:160], y[:160])
+        assert remote.lam_ == local.lam_
+        assert np.array_equal(remote.predict(x[160:]), local.predict(x[160:]))
+        np.testing.assert_allclose(remote.decision_function(x[160:]),
+                                   local.decision_function(x[160:]), rtol=0, atol=1e-10)
+        # 4 kernel jobs, 7 uploads, each deleted once its kernel was fetched
+        assert [d["id"] for d in c._json("GET", "/v1/datasets")] == [d["id"] for d in before]
