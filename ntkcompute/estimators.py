@@ -22,8 +22,9 @@ this module (``from ntkcompute.estimators import NTKRegressor``) or as
 
 Kernels come from a *backend*: any object with ``gram(arch, x1, x2=None, get="ntk")``
 returning the ``(n1, n2)`` Gram matrix (:class:`GramBackend`); ``None`` computes in-process
-(:class:`InProcess`, :func:`ntkcompute.kernel`). A Dask or service backend belongs in
-``workers/`` or above (this package imports no layer above it).
+(:class:`InProcess`, :func:`ntkcompute.kernel`); :class:`workers.DaskBackend` runs each
+kernel as a tiled Dask job and :class:`ntkcompute.client.ServiceBackend` as a service job
+(this module imports neither: ``ntkcompute`` imports no layer above it).
 """
 
 from __future__ import annotations
