@@ -34,7 +34,7 @@ $(NT_VENV)/.installed:
 	$(PY) -m venv $(NT_VENV)
 	$(NT_VENV)/bin/python -m pip install -q --upgrade pip
 	$(NT_VENV)/bin/python -m pip install -q "neural-tangents==0.6.5" "jax[cpu]==0.4.23" \
-		"jaxlib==0.4.23" "tensorflow==2.15.*"
+		"jaxlib==0.4.23" "tensorflow==2.15.*" "scipy<1.13"
 	touch $@
 
 conformance: $(STAMP) $(NT_VENV)/.installed

@@ -18,7 +18,8 @@ import tempfile
 import time
 
 import numpy as np
-import stax_examples  # bench/, this script's directory
+import predict_examples  # bench/, this script's directory
+import stax_examples
 
 import ntkcompute as nc
 from ntkcompute import architectures as A
@@ -176,6 +177,7 @@ def main() -> None:
                   f"{sec:8.3f} {nt_sec / sec:7.1f}x", flush=True)
         print(f"worst off-diagonal relative difference: {worst:.1e}")
         stax_scripts(nt_python, tmp)
+        predict_scripts(nt_python, tmp)
 
 
 def stax_scripts(nt_python: str, tmp: str) -> None:
@@ -199,6 +201,35 @@ def stax_scripts(nt_python: str, tmp: str) -> None:
         worst = max(worst, *errs)
         print(f"{name:42s} " + " ".join(f"{e:9.1e}" for e in (*errs, diag)), flush=True)
     print(f"worst off-diagonal relative difference of the nt scripts: {worst:.1e}")
+
+
+def predict_scripts(nt_python: str, tmp: str) -> None:
+    """nt.predict's ``gradient_descent_mse_ensemble`` and ``gp_inference`` (means and
+    covariances, NNGP and NTK, train and test sets, several t and diag_reg) run as written
+    with nt and with ``ntkcompute.predict`` (``bench/predict_examples.py``)."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "predict_examples.py")
+    subprocess.run([nt_python, here, "nt", os.path.join(tmp, "nt_predict.npz")], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ref = np.load(os.path.join(tmp, "nt_predict.npz"))
+    ours = predict_examples.run("ntkcompute")
+    worst: dict[str, float] = {}
+    for key, val in ours.items():
+        if key.startswith(("k_", "y_")):
+            continue
+        group = ("train set" if "_train_" in key else "test set") + \
+            (", covariance" if key.endswith("_cov") else ", mean")
+        err = float(np.abs(val - ref[key]).max() / max(np.abs(ref[key]).max(), 1e-300))
+        worst[group] = max(worst.get(group, 0.0), err)
+    print(f"\n{'nt.predict script, from ntkcompute import predict':52s} {'worst rel':>10s}")
+    for group, err in sorted(worst.items()):
+        print(f"{group:52s} {err:10.1e}")
+    on_nt = predict_examples.posterior("ntkcompute", ref)  # nt's gp_inference, as run
+    step = max(float(np.abs(v - ref[f"gp_0.0_False_{key.replace('covariance', 'cov')}"]).max()
+                     / np.abs(ref[f"gp_0.0_False_{key.replace('covariance', 'cov')}"]).max())
+               for key, v in on_nt.items())
+    print(f"{'the prediction step alone, on nt kernels':52s} {step:10.1e}")
+    print(f"({len(ours)} arrays; what differs is nt's train-train NTK diagonal, its ReLU "
+          "angle: see above)")
 
 
 if __name__ == "__main__":

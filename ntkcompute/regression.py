@@ -168,11 +168,32 @@ class Eigen:
         diverges along a negative eigenvalue: an indefinite K is refused."""
         if self.negative:
             self._check(0.0, "gradient flow")
-        st = self.s * (lr * t)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            g = np.where(self.s > 0, -np.expm1(-st) / np.where(self.s > 0, self.s, 1.0),
-                         lr * t)
+        g = flow_gain(self.s, np.array([lr * t]))[0]
         return self.U @ ((self.U.T @ targets) * g[:, None])
+
+
+def flow_gain(s: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """``(1 − e^{−s t}) / s`` for eigenvalues s (n,) >= 0 and times ts (T,): (T, n).
+
+    The gain of gradient flow along an eigendirection: ``t`` where s = 0 (the limit),
+    ``1/s`` at t = ∞ (and 0 where s = 0 too: the pseudo-inverse, the limit of a kernel
+    whose test rows have no component along its null space)."""
+    s = np.asarray(s, dtype=np.float64)
+    ts = np.asarray(ts, dtype=np.float64).reshape(-1, 1)
+    pos = s > 0
+    safe = np.where(pos, s, 1.0)
+    with np.errstate(invalid="ignore"):
+        st = np.where(pos, s, 0.0) * np.where(np.isinf(ts), 1.0, ts)
+        g = np.where(np.isinf(ts), 1.0 / safe, -np.expm1(-st) / safe)
+    return np.where(pos, g, np.where(np.isinf(ts), 0.0, ts))
+
+
+def flow_decay(s: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """``e^{−s t}`` (T, n) for s >= 0: 1 along the null space at every t (t = ∞ too)."""
+    s = np.asarray(s, dtype=np.float64)
+    ts = np.asarray(ts, dtype=np.float64).reshape(-1, 1)
+    with np.errstate(invalid="ignore"):
+        return np.where(s > 0, np.exp(-np.where(s > 0, s, 0.0) * ts), 1.0)
 
 
 def gd_predictions(eig: Eigen, k_cross: np.ndarray, targets: np.ndarray, times: list[float],
