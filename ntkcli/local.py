@@ -53,7 +53,7 @@ import numpy as np
 from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
 
-from .inputs import load_array, read_arch, size
+from .inputs import load_array, memory_limit, read_arch, size
 
 
 def _gram(args: argparse.Namespace) -> int:
@@ -366,7 +366,8 @@ def register(sub: Any) -> None:
     w.add_argument("--scheduler", default=None, help="default $NTK_SCHEDULER_ADDRESS")
     w.add_argument("--nprocs", type=int, default=None,
                    help="worker processes (default: one per core; one per GPU with GPUs)")
-    w.add_argument("--memory-limit", default="auto", help="per process, e.g. 4GiB")
+    w.add_argument("--memory-limit", type=memory_limit, default="auto",
+                   help="per process: auto, or a size such as 4GiB or a byte count")
     w.add_argument("--name", default=None, help="worker name prefix")
     add_tls_arguments(w)
     w.set_defaults(func=_worker)
