@@ -61,3 +61,9 @@ def size(text: str) -> int:
     if n <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
     return int(n)
+
+
+def memory_limit(text: str) -> str:
+    """An argparse type for ``ntk worker --memory-limit``: ``auto`` or a size (see
+    :func:`size`), passed on to ``dask worker`` as written."""
+    return text if text == "auto" else str(size(text))

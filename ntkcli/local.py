@@ -8,6 +8,11 @@
               [--precond nystrom|randomized|jacobi|none] [--rank R] [--tol T]
               [--cross CROSS_STORE --test-labels y_test.npy]
               [--times 0,1,10] [--bound] [--spectrum K]
+    ntk solve --kernel k-... --lambda 1e-3 [--labels y.npy] [--wait] [...]
+              (a solve of the service's kernel job, printed with its id s-...)
+
+The cross store is test x train, ``(m, n)``: ``ntk gram --x1 test.npy --x2 train.npy``; one
+of another shape is refused before the solve.
 
 Cluster roles (what the containers of docker-compose.yml and deploy/k8s run)::
 
@@ -48,7 +53,7 @@ import numpy as np
 from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
 
-from .inputs import load_array, read_arch, size
+from .inputs import load_array, memory_limit, read_arch, size
 
 
 def _gram(args: argparse.Namespace) -> int:
@@ -96,26 +101,67 @@ def _gram(args: argparse.Namespace) -> int:
 
 
 def _solve(args: argparse.Namespace) -> int:
+    """``ntk solve``: on a kernel job of the service (``--kernel k-...``: a remote solve,
+    :func:`ntkcli.serve.remote_solve`) or on a store of ``ntk gram`` (on the Dask cluster)."""
+    if args.kernel.startswith("k-"):
+        from .serve import remote_solve
+
+        return remote_solve(args)
     from workers import solve
 
+    for flag, given in (("--wait", args.wait), ("--url", args.url_given),
+                        ("--api-key", args.api_key_given)):
+        if given:
+            raise InputError("only a solve on the service (--kernel k-...) takes it; a solve "
+                             "on a store runs here and always waits", field=flag)
+    if args.labels is None:
+        raise InputError("required for a solve on a store (the service's jobs default to "
+                         "their datasets' y)", field="labels")
     _check_scheduler_tls(args.scheduler)
     labels = np.asarray(load_array(args.labels, "labels", urls=True))
     test_labels = np.asarray(load_array(args.test_labels, "test_labels", urls=True)) \
         if args.test_labels else None
-    lams = [float(v) for v in args.lam.split(",")]
+    lams = args.lam
+    save = args.save or "default"
     res = solve(args.kernel, labels, lams if len(lams) > 1 else lams[0], solver=args.solver,
                 name=args.name, tol=args.tol, maxiter=args.maxiter,
                 preconditioner=None if args.precond == "none" else args.precond,
                 rank=args.rank, cross=args.cross, test_labels=test_labels,
-                scheduler=args.scheduler, save=args.save,
-                times=[float(t) for t in args.times.split(",")] if args.times else None,
+                scheduler=args.scheduler, save=save, times=args.times,
                 bound=args.bound, spectrum_k=args.spectrum, relative=args.relative,
                 min_eig=args.min_eigenvalue)
     print(json.dumps({"solver": res.solver, "lambda": res.lams, "iterations": res.iterations,
                       "converged": res.converged, "seconds": round(res.seconds, 3),
                       "metrics": res.metrics, "analyses": res.analyses,
-                      "saved": f"{args.kernel}/solves/{args.save}"}))
+                      "saved": f"{args.kernel}/solves/{save}"}))
     return 0 if res.converged else 1
+
+
+def _floats(text: str) -> list[float]:
+    """An argparse type: ``0,1,10`` -> ``[0.0, 1.0, 10.0]``."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}"
+                                         ) from None
+
+
+def add_client_arguments(p: argparse.ArgumentParser) -> None:
+    """``--url`` (default ``$NTK_URL``) and ``--api-key`` (default ``$NTK_API_KEY``) of the
+    service; ``args.url_given`` / ``args.api_key_given`` say whether they were on the line."""
+
+    class _Given(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace,
+                     values: Any, option_string: str | None = None) -> None:
+            setattr(ns, self.dest, values)
+            setattr(ns, f"{self.dest}_given", True)
+
+    p.add_argument("--url", action=_Given,
+                   default=os.environ.get("NTK_URL", "http://127.0.0.1:8000"),
+                   help="the service (default $NTK_URL, else http://127.0.0.1:8000)")
+    p.add_argument("--api-key", action=_Given, default=os.environ.get("NTK_API_KEY"),
+                   help="an API key (default $NTK_API_KEY)")
+    p.set_defaults(url_given=False, api_key_given=False)
 
 
 def add_tls_arguments(p: argparse.ArgumentParser) -> None:
@@ -269,11 +315,15 @@ def register(sub: Any) -> None:
                    "and recompute exactly the damaged tiles (see `ntk verify`)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_gram)
-    s = sub.add_parser("solve", help="kernel regression on a stored kernel")
-    s.add_argument("--kernel", required=True, help="URL of the train kernel job (ntk gram)")
-    s.add_argument("--labels", required=True, help=".npy: (n,) int classes or float targets")
-    s.add_argument("--lambda", dest="lam", required=True,
-                   help="ridge λ (absolute unless --relative); a comma list sweeps λ (direct)")
+    s = sub.add_parser("solve", help="kernel regression on a stored kernel (ntk gram) or on "
+                       "a kernel job of the service (k-...)")
+    s.add_argument("--kernel", required=True,
+                   help="URL of the train kernel job (ntk gram), or a kernel job id k-... of "
+                   "the service (a remote solve: prints its id s-..., see --wait)")
+    s.add_argument("--labels", help=".npy: (n,) int classes or float targets (required for a "
+                   "store; a service job defaults to its train dataset's y)")
+    s.add_argument("--lambda", dest="lam", required=True, type=_floats,
+                   help="ridge λ (absolute unless --relative); a comma list sweeps λ")
     s.add_argument("--relative", action="store_true",
                    help="λ values are multiples of mean(diag K)")
     s.add_argument("--solver", choices=["cg", "direct"], default="cg",
@@ -286,16 +336,23 @@ def register(sub: Any) -> None:
                    default="nystrom", help="CG preconditioner")
     s.add_argument("--rank", type=int, default=100,
                    help="Nystrom rank (randomized: the first sketch, then doubled)")
-    s.add_argument("--cross", help="URL of the test x train kernel job, to predict")
+    s.add_argument("--cross", help="URL of the test x train kernel job, (m, n), to predict "
+                   "(ntk gram --x1 test --x2 train); a service job predicts on its test set")
     s.add_argument("--test-labels", help=".npy labels of the test rows, to score")
     s.add_argument("--scheduler", default=None,
                    help="Dask scheduler to join (default $NTK_SCHEDULER_ADDRESS, else embedded)")
-    s.add_argument("--save", default="default", help="name under solves/ in the kernel store")
-    s.add_argument("--times", help="gradient-flow times t, comma separated (direct)")
+    s.add_argument("--save", default=None,
+                   help="name under solves/ in the kernel store (default 'default')")
+    s.add_argument("--times", type=_floats,
+                   help="gradient-flow times t, comma separated (direct)")
     s.add_argument("--bound", action="store_true", help="report sqrt(2 y' K^-1 y / n)")
     s.add_argument("--spectrum", type=int, default=0, help="top-k eigenvalues of K")
     s.add_argument("--min-eigenvalue", action="store_true",
                    help="report λmin(K) (exact with direct, a Lanczos estimate with cg)")
+    s.add_argument("--wait", action="store_true",
+                   help="a remote solve: wait until it ends and print it with its metrics "
+                   "(default: print it as created, status queued)")
+    add_client_arguments(s)
     s.set_defaults(func=_solve)
     sc = sub.add_parser("scheduler", help="run a Dask scheduler for ntkcompute workers")
     sc.add_argument("--host", default="0.0.0.0", help="interface to listen on")
@@ -309,7 +366,8 @@ def register(sub: Any) -> None:
     w.add_argument("--scheduler", default=None, help="default $NTK_SCHEDULER_ADDRESS")
     w.add_argument("--nprocs", type=int, default=None,
                    help="worker processes (default: one per core; one per GPU with GPUs)")
-    w.add_argument("--memory-limit", default="auto", help="per process, e.g. 4GiB")
+    w.add_argument("--memory-limit", type=memory_limit, default="auto",
+                   help="per process: auto, or a size such as 4GiB or a byte count")
     w.add_argument("--name", default=None, help="worker name prefix")
     add_tls_arguments(w)
     w.set_defaults(func=_worker)

@@ -9,6 +9,8 @@
     ntk submit --arch arch.json --train x.npy [--train-labels y.npy]
                [--test x_test.npy] [--test-labels y_test.npy] [--kernels ntk,nngp]
                [--dtype float32] [--wait]
+    ntk solve --kernel k-... --lambda 1e-3 [--labels y.npy] [--wait] ...
+                                       (a solve of a kernel job; prints its id s-...)
     ntk status ID                      (a kernel job k-... or a solve s-...)
     ntk fetch ID --out K.npy [--kind ntk] [--part train|test] [--rows a:b] [--cols c:d]
     ntk fetch SOLVE_ID --out P.npy [--what predictions|coefficients]
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
 
 from .inputs import load_array, read_arch
-from .local import add_tls_arguments
+from .local import add_client_arguments, add_tls_arguments
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -127,6 +128,33 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def remote_solve(args: argparse.Namespace) -> int:
+    """``ntk solve --kernel k-...``: a solve of the service's kernel job (``POST
+    /v1/solves``); prints the solve as created (its id ``s-...`` for ``ntk status`` and ``ntk
+    fetch``), or with ``--wait`` as it ended, metrics included. Flags that only mean
+    something on a store (``--cross``, ``--save``, ``--scheduler``) are refused: the service
+    predicts on the job's own test set."""
+    for flag, given in (("--cross", args.cross), ("--save", args.save),
+                        ("--scheduler", args.scheduler)):
+        if given:
+            raise InputError(f"is for a solve on a store of `ntk gram`; a kernel job of the "
+                             f"service ({args.kernel}) predicts on its own test set and keeps "
+                             "its solves itself", field=flag)
+    labels = load_array(args.labels, "labels")
+    test_labels = load_array(args.test_labels, "test_labels")
+    with _client(args) as c:
+        s = c.solve(args.kernel, args.lam, labels=None if labels is None else np.asarray(labels),
+                    test_labels=None if test_labels is None else np.asarray(test_labels),
+                    relative=args.relative, solver=args.solver, kind=args.name, tol=args.tol,
+                    maxiter=args.maxiter, preconditioner=args.precond, rank=args.rank,
+                    times=args.times, bound=args.bound, spectrum=args.spectrum,
+                    min_eigenvalue=args.min_eigenvalue)
+        if args.wait:
+            s.wait()
+    print(json.dumps(s.info))
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     with _client(args) as c:
         info = (c.get_solve(args.id) if args.id.startswith("s-") else c.job(args.id)).info
@@ -217,11 +245,7 @@ def register(sub: Any) -> None:
                        help="SQLAlchemy URL (default $NTK_DB_URL)")
         p.set_defaults(func=_keys)
 
-    def client_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("NTK_URL", "http://127.0.0.1:8000"),
-                       help="the service (default $NTK_URL, else http://127.0.0.1:8000)")
-        p.add_argument("--api-key", default=os.environ.get("NTK_API_KEY"),
-                       help="an API key (default $NTK_API_KEY)")
+    client_args = add_client_arguments
 
     m = sub.add_parser("submit", help="upload data and start a kernel job on the service")
     client_args(m)

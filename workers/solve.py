@@ -40,7 +40,7 @@ from ntkcompute.regression import (
 
 from .cluster import get_client, shutdown
 from .operator import DistributedKernel
-from .store import consolidate, create_array, open_group, read, set_meta
+from .store import consolidate, create_array, job_meta, open_group, read, set_meta
 
 
 @dataclass
@@ -91,6 +91,47 @@ def check_finite_result(res: SolveResult) -> SolveResult:
                 f"{name}: {int((~np.isfinite(a)).sum())} non-finite values (the system "
                 "overflowed or diverged; check the labels' scale and λ)")
     return res
+
+
+def check_cross(train: Any, cross: str, name: str, n: int,
+                test_labels: np.ndarray | None, options: dict | None) -> None:
+    """Refuse, before any work, a cross kernel that cannot predict for this train kernel.
+
+    It must hold ``name`` as an ``(m, n)`` array, test rows x train rows (``n`` the train
+    kernel's rows): a job made as ``compute_gram(arch, x_test, x_train)``, ``ntk gram --x1
+    test --x2 train``. One made the other way round, train x test ``(n, m)``, is named as
+    such, also when ``m == n`` and the stores' input checksums show its first inputs are the
+    train kernel's. ``test_labels`` must have ``m`` rows. Every refusal is an
+    :class:`InputError` on ``cross`` (or ``test_labels``).
+    """
+    redo = ("make it with the test rows first, compute_gram(arch, x_test, x_train) "
+            "(ntk gram --x1 test --x2 train)")
+    try:
+        cgroup = open_group(cross, mode="r", options=options)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise InputError(f"no kernel job at {cross} ({type(e).__name__}: {e})",
+                         field="cross") from None
+    if name not in cgroup:
+        raise InputError(f"no '{name}' array in {cross}", field="cross")
+    shape = tuple(cgroup[name].shape)
+    if len(shape) != 2:
+        raise InputError(f"{cross} holds a {len(shape)}-d '{name}', not a kernel",
+                         field="cross")
+    if shape[1] != n:
+        why = (f"it is train x test ({shape[0]} x {shape[1]}); " if shape[0] == n else "")
+        raise InputError(f"the cross kernel must be test x train, (m, {n}) with {n} the train "
+                         f"kernel's rows, got {shape}: {why}{redo}", field="cross")
+    tm, cm = job_meta(train), job_meta(cgroup)
+    same = (tm.get("tile") == cm.get("tile") and tm.get("dtype") == cm.get("dtype")
+            and tm.get("x1_chunks"))
+    if same and cm.get("x2_chunks") and cm.get("x1_chunks") == tm["x1_chunks"] \
+            and cm["x2_chunks"] != tm["x1_chunks"]:
+        raise InputError(f"the cross kernel {cross} is train x test (its first inputs are the "
+                         f"train kernel's rows); {redo}", field="cross")
+    if test_labels is not None and np.shape(test_labels)[:1] != (shape[0],):
+        raise InputError(f"has {np.shape(test_labels)[0] if np.ndim(test_labels) else 0} "
+                         f"rows, the cross kernel has {shape[0]} test rows",
+                         field="test_labels")
 
 
 def _predict(cross_url: str, name: str, coef: np.ndarray, options: dict | None) -> np.ndarray:
@@ -147,8 +188,10 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             float32, half the bytes; a float64 true residual every 10 iterations in the
             same round trip, and convergence only on such a residual: with 50 the float32
             error builds up and CG stalls near 1e-7 on a CNTK at λ = 1e-3·mean diag).
-        cross, test_labels: a cross-kernel job URL (test x train) to predict on, and labels
-            to score against (accuracy for classes, MSE always).
+        cross, test_labels: a cross-kernel job URL (test x train, ``(m, n)``) to predict on,
+            and labels to score against (accuracy for classes, MSE always); a cross kernel
+            of another shape, or one made train x test, is refused before the solve
+            (:func:`check_cross`).
         save: name under ``solves/`` in the kernel's group to write results to (None: don't).
         times, lr: gradient-flow times at which to report the network's test outputs and
             metrics, ``f_t = K_* K⁻¹ (I - e^{-η K t}) Y`` (direct solver, needs ``cross``).
@@ -170,6 +213,8 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
     n = g[name].shape[0]
     Y, classes = targets_from(labels, n)
     absolute_lambdas(lam, False)  # a bad λ fails before any read
+    if cross is not None:  # a cross kernel of the wrong shape fails before the solve
+        check_cross(g, cross, name, n, test_labels, options)
     if solver == "direct":
         K = np.asarray(read(g[name]), dtype=np.float64)
         lams = absolute_lambdas(lam, relative, mean_diagonal(K))

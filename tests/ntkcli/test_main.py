@@ -61,6 +61,10 @@ def test_sizes_accept_units_and_bytes():
     assert args.memory == 2 * 2**30
     _one_line(ntk("gram", "--arch", "a.json", "--x1", "x.npy", "--out", "o", "--memory",
                   "lots"), "--memory", "4GiB")
+    assert build_parser().parse_args(["worker", "--memory-limit", "4GiB"]).memory_limit == \
+        str(4 * 2**30)
+    assert build_parser().parse_args(["worker"]).memory_limit == "auto"
+    _one_line(ntk("worker", "--memory-limit", "lots"), "--memory-limit", "4GiB")
 
 
 def test_every_flag_has_help_text():

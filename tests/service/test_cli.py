@@ -1,11 +1,13 @@
-"""``ntk keys create / submit / status / fetch`` against the running service."""
+"""``ntk keys create / submit / solve / status / fetch`` against the running service."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import numpy as np
+import pytest
 
 import ntkcompute as nc
 from ntkcompute import architectures as A
@@ -51,3 +53,64 @@ def test_submit_status_fetch(service, tmp_path):
     assert bad.returncode == 1 and "HTTP 401" in bad.stderr
     bad = ntk("status", job["id"], key="", url=service.url)
     assert bad.returncode == 2 and "api_key" in bad.stderr
+
+
+def test_solve_a_kernel_job_of_the_service_then_fetch_it(service, tmp_path):
+    """``ntk solve --kernel k-...`` creates a remote solve and prints its id ``s-...``, which
+    ``ntk status`` and ``ntk fetch`` then take; with ``--wait`` it prints the metrics."""
+    from ntkcompute.regression import kernel_ridge, one_hot
+
+    key = make_key(service.db, "cli-solve")
+    rng = np.random.default_rng(6)
+    x, xt = rng.standard_normal((50, 8)), rng.standard_normal((20, 8))
+    y, yt = rng.integers(0, 3, 50), rng.integers(0, 3, 20)
+    for name, a in (("x", x), ("xt", xt), ("y", y), ("yt", yt)):
+        np.save(tmp_path / f"{name}.npy", a)
+    (tmp_path / "arch.json").write_text(json.dumps(A.fc(2)))
+    out = ntk("submit", "--arch", str(tmp_path / "arch.json"), "--train", str(tmp_path / "x.npy"),
+              "--train-labels", str(tmp_path / "y.npy"), "--test", str(tmp_path / "xt.npy"),
+              "--test-labels", str(tmp_path / "yt.npy"), "--dtype", "float64", "--wait",
+              "--quiet", key=key, url=service.url)
+    assert out.returncode == 0, out.stderr
+    kid = json.loads(out.stdout)["id"]
+    # --wait: the solve as it ended, with its metrics
+    done = ntk("solve", "--kernel", kid, "--lambda", "1e-3", "--relative", "--solver",
+               "direct", "--wait", key=key, url=service.url)
+    assert done.returncode == 0, done.stderr
+    solved = json.loads(done.stdout)
+    assert solved["id"].startswith("s-") and solved["status"] == "succeeded"
+    k = nc.kernel(A.fc(2), x)["ntk"]
+    ref = kernel_ridge(k, one_hot(y, 3), nc.kernel(A.fc(2), xt, x)["ntk"], lam=1e-3,
+                       relative=True)
+    acc = float(np.mean(ref.argmax(1) == yt))
+    assert solved["metrics"]["best"]["accuracy"] == pytest.approx(acc)
+    f = ntk("fetch", solved["id"], "--out", str(tmp_path / "p.npy"), key=key, url=service.url)
+    assert f.returncode == 0, f.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy").reshape(ref.shape), ref,
+                               rtol=1e-8, atol=1e-10)
+    # without --wait: the solve as created; its id works with status, then fetch
+    started = ntk("solve", "--kernel", kid, "--lambda", "1e-2,1e-1", "--labels",
+                  str(tmp_path / "y.npy"), "--precond", "randomized", key=key, url=service.url)
+    assert started.returncode == 0, started.stderr
+    sid = json.loads(started.stdout)["id"]
+    assert sid.startswith("s-") and json.loads(started.stdout)["status"] in ("queued",
+                                                                             "running")
+    for _ in range(300):
+        st = json.loads(ntk("status", sid, key=key, url=service.url).stdout)
+        if st["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.5)
+    assert st["status"] == "succeeded", st
+    f = ntk("fetch", sid, "--out", str(tmp_path / "c.npy"), "--what", "coefficients",
+            key=key, url=service.url)
+    assert f.returncode == 0 and np.load(tmp_path / "c.npy").shape == (2, 50, 3)
+    # refused here, exit 2 in one line: store-only flags, a bad λ; the server's 4xx: exit 1
+    for extra, word in ((["--cross", "out/cross"], "--cross"), (["--save", "s"], "--save"),
+                        (["--lambda", "1e-3,x"], "--lambda")):
+        args = ["solve", "--kernel", kid, "--lambda", "1e-3", *extra]
+        bad = ntk(*args, key=key, url=service.url)
+        assert bad.returncode == 2 and word in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    bad = ntk("solve", "--kernel", kid, "--lambda", "1e-3", "--labels",
+              str(tmp_path / "yt.npy"), key=key, url=service.url)
+    assert bad.returncode == 1 and "HTTP 422" in bad.stderr and "labels" in bad.stderr

@@ -213,3 +213,39 @@ def test_distributed_randomized_block_cg_equals_in_process(client, digits_jobs):
     with pytest.raises(nc.InputError) as e:
         workers.solve(train, ytr, 1e-3, client=client, precision="half", save=None)
     assert e.value.field == "precision"
+
+
+def _fc_stores(client, root, n, m):
+    """A train Gram (n x n), a right cross kernel (test x train, m x n) and a wrong one
+    (train x test, n x m) of an FC-2 net on random rows."""
+    rng = np.random.default_rng(3)
+    xtr, xte = rng.standard_normal((n, 6)), rng.standard_normal((m, 6))
+    arch = A.fc(2)
+    urls = {}
+    for name, x1, x2 in (("train", xtr, None), ("cross", xte, xtr), ("wrong", xtr, xte)):
+        urls[name] = workers.compute_gram(arch, x1, x2, store=str(root / name),
+                                          client=client).wait().url
+    return urls, rng.integers(0, 3, n), rng.integers(0, 3, m)
+
+
+@pytest.mark.parametrize("m", [30, 40])  # 40: square, told apart by the input checksums
+def test_a_train_x_test_cross_kernel_is_refused_before_the_solve(client, tmp_path, m):
+    urls, ytr, yte = _fc_stores(client, tmp_path, 40, m)
+    for solver in ("direct", "cg"):
+        with pytest.raises(nc.InputError) as e:
+            # a scheduler nobody listens on: the refusal must come before joining a cluster
+            workers.solve(urls["train"], ytr, 1e-3, solver=solver, cross=urls["wrong"],
+                          test_labels=yte, scheduler="tcp://127.0.0.1:9")
+        assert e.value.field == "cross" and "--x1 test --x2 train" in str(e.value)
+        assert "\n" not in str(e.value)
+    assert "solves" not in zarr.open_group(urls["train"], mode="r")  # nothing was saved
+    with pytest.raises(nc.InputError) as e:
+        workers.solve(urls["train"], ytr, 1e-3, solver="direct", cross=urls["cross"],
+                      test_labels=yte[:-1])
+    assert e.value.field == "test_labels"
+    with pytest.raises(nc.InputError) as e:
+        workers.solve(urls["train"], ytr, 1e-3, solver="direct", cross=str(tmp_path / "none"))
+    assert e.value.field == "cross"
+    res = workers.solve(urls["train"], ytr, 1e-3, solver="direct", cross=urls["cross"],
+                        test_labels=yte)
+    assert res.predictions.shape == (m, 3) and 0 <= res.metrics["accuracy"] <= 1
