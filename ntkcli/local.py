@@ -7,7 +7,7 @@
     ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--relative] [--solver cg|direct]
               [--precond nystrom|randomized|jacobi|none] [--rank R] [--tol T]
               [--cross CROSS_STORE --test-labels y_test.npy]
-              [--times 0,1,10] [--bound] [--spectrum K]
+              [--times 0,1,10] [--bound] [--spectrum K] [--variance]
     ntk solve --kernel k-... --lambda 1e-3 [--labels y.npy] [--wait] [...]
               (a solve of the service's kernel job, printed with its id s-...)
 
@@ -129,7 +129,7 @@ def _solve(args: argparse.Namespace) -> int:
                 rank=args.rank, cross=args.cross, test_labels=test_labels,
                 scheduler=args.scheduler, save=save, times=args.times,
                 bound=args.bound, spectrum_k=args.spectrum, relative=args.relative,
-                min_eig=args.min_eigenvalue)
+                min_eig=args.min_eigenvalue, variance=args.variance)
     print(json.dumps({"solver": res.solver, "lambda": res.lams, "iterations": res.iterations,
                       "converged": res.converged, "seconds": round(res.seconds, 3),
                       "metrics": res.metrics, "analyses": res.analyses,
@@ -349,6 +349,10 @@ def register(sub: Any) -> None:
     s.add_argument("--spectrum", type=int, default=0, help="top-k eigenvalues of K")
     s.add_argument("--min-eigenvalue", action="store_true",
                    help="report λmin(K) (exact with direct, a Lanczos estimate with cg)")
+    s.add_argument("--variance", action="store_true",
+                   help="predictive variance of every test output (direct, needs --cross "
+                   "and the NNGP): the NNGP posterior's or the trained ensemble's; saved as "
+                   "variances beside the solve, means in the metrics")
     s.add_argument("--wait", action="store_true",
                    help="a remote solve: wait until it ends and print it with its metrics "
                    "(default: print it as created, status queued)")

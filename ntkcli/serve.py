@@ -13,7 +13,7 @@
                                        (a solve of a kernel job; prints its id s-...)
     ntk status ID                      (a kernel job k-... or a solve s-...)
     ntk fetch ID --out K.npy [--kind ntk] [--part train|test] [--rows a:b] [--cols c:d]
-    ntk fetch SOLVE_ID --out P.npy [--what predictions|coefficients]
+    ntk fetch SOLVE_ID --out P.npy [--what predictions|coefficients|variances]
     ntk verify KERNEL_JOB_ID | STORE   (exit 1 if a chunk is damaged; resume repairs it)
 
 Client commands read the service from ``--url``/``$NTK_URL`` and the key from
@@ -148,7 +148,7 @@ def remote_solve(args: argparse.Namespace) -> int:
                     relative=args.relative, solver=args.solver, kind=args.name, tol=args.tol,
                     maxiter=args.maxiter, preconditioner=args.precond, rank=args.rank,
                     times=args.times, bound=args.bound, spectrum=args.spectrum,
-                    min_eigenvalue=args.min_eigenvalue)
+                    min_eigenvalue=args.min_eigenvalue, variance=args.variance)
         if args.wait:
             s.wait()
     print(json.dumps(s.info))
@@ -196,7 +196,8 @@ def _fetch(args: argparse.Namespace) -> int:
     with _client(args) as c:
         if args.id.startswith("s-"):
             s = c.get_solve(args.id)
-            a = s.predictions() if args.what == "predictions" else s.coefficients()
+            a = {"predictions": s.predictions, "coefficients": s.coefficients,
+                 "variances": s.variances}[args.what]()
         else:
             job = c.job(args.id)
             if args.rows or args.cols:
@@ -285,7 +286,8 @@ def register(sub: Any) -> None:
                    help="train x train, or test x train")
     f.add_argument("--rows", type=_span, help="rows a:b of the kernel only (0-based, b excluded)")
     f.add_argument("--cols", type=_span, help="columns c:d of the kernel only")
-    f.add_argument("--what", choices=["predictions", "coefficients"], default="predictions",
-                   help="which array of a solve")
+    f.add_argument("--what", choices=["predictions", "coefficients", "variances"],
+                   default="predictions", help="which array of a solve (variances: of a "
+                   "solve made with --variance)")
     f.set_defaults(func=_fetch)
 

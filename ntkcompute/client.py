@@ -196,6 +196,12 @@ class SolveJob(_Job):
         params = {} if lambda_index is None else {"lambda_index": lambda_index}
         return self._c._npy(f"{self._path}/{self.id}/predictions", params)
 
+    def variances(self, lambda_index: int | None = None) -> np.ndarray:
+        """``(L, m)`` predictive variances of the test outputs (a solve made with
+        ``variance=True``), or ``(m,)`` for one λ."""
+        params = {} if lambda_index is None else {"lambda_index": lambda_index}
+        return self._c._npy(f"{self._path}/{self.id}/variances", params)
+
     def coefficients(self, lambda_index: int | None = None) -> np.ndarray:
         params = {} if lambda_index is None else {"lambda_index": lambda_index}
         return self._c._npy(f"{self._path}/{self.id}/coefficients", params)
@@ -281,12 +287,15 @@ class Client:
               kind: str = "ntk", tol: float = 1e-8, maxiter: int = 1000,
               preconditioner: str = "nystrom", rank: int = 100,
               times: list[float] | None = None, lr: float = 1.0, bound: bool = False,
-              spectrum: int = 0, min_eigenvalue: bool = False) -> SolveJob:
+              spectrum: int = 0, min_eigenvalue: bool = False,
+              variance: bool = False) -> SolveJob:
         """Kernel regression on a finished kernel job; labels default to the datasets' y.
         λ is absolute unless ``relative=True`` (multiples of mean(diag K)), as in every
         solver. ``min_eigenvalue``: report λmin(K) (Lanczos with cg, exact with direct).
         A system ``K + λI`` that is not positive definite makes the solve fail, its error
-        naming the cause and the remedy."""
+        naming the cause and the remedy. ``variance``: predictive variances of the test
+        outputs (direct solver; :meth:`SolveJob.variances`), the NNGP posterior's or the
+        gradient-flow ensemble's, as :func:`workers.solve`."""
         lams = [float(v) for v in (lambdas if isinstance(lambdas, (list, tuple))
                                    else [lambdas])]
         body = {"kernel": _id(kernel), "lambdas": lams, "relative": relative,
@@ -294,7 +303,7 @@ class Client:
                 "tol": tol, "maxiter": maxiter, "preconditioner": preconditioner,
                 "rank": rank, "labels": _listify(labels), "test_labels": _listify(test_labels),
                 "analyses": {"times": times, "lr": lr, "bound": bound, "spectrum": spectrum,
-                             "min_eigenvalue": min_eigenvalue}}
+                             "min_eigenvalue": min_eigenvalue, "variance": variance}}
         return SolveJob(self, self._json("POST", "/v1/solves", json=body))
 
     def get_solve(self, solve_id: str) -> SolveJob:

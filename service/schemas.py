@@ -85,6 +85,10 @@ class Analyses(_Body):
     spectrum: int = Field(0, ge=0, le=1000, description="top-k eigenvalues of K")
     min_eigenvalue: bool = Field(False, description=(
         "λmin(K): exact (direct solver) or a Lanczos estimate over the stored kernel (cg)"))
+    variance: bool = Field(False, description=(
+        "predictive variance of every test output (direct solver, a job with a test set "
+        "and the NNGP): the NNGP posterior's (kind nngp) or the gradient-flow ensemble's "
+        "(kind ntk), per λ at t = ∞ (GET /v1/solves/{id}/variances) and at each of times"))
 
 
 class SolveRequest(_Body):

@@ -26,6 +26,7 @@ from ntkcompute.cg import (
     randomized_nystrom,
 )
 from ntkcompute.errors import InputError
+from ntkcompute.predict import Ensemble
 from ntkcompute.regression import (
     Eigen,
     absolute_lambdas,
@@ -53,6 +54,7 @@ class SolveResult:
     residuals: list[float] = field(default_factory=list)
     seconds: float = 0.0
     predictions: np.ndarray | None = None  # (m, c) (or per λ) on the cross kernel
+    variances: np.ndarray | None = None    # (m,) (or (L, m) per λ): predictive variances
     metrics: dict[str, Any] = field(default_factory=dict)
     analyses: dict[str, Any] = field(default_factory=dict)
 
@@ -155,6 +157,42 @@ def _metrics(pred: np.ndarray, test_labels: np.ndarray | None, classes: int | No
     return {"mse": float(np.mean((pred - yt) ** 2))}
 
 
+def _add_variances(res: SolveResult, g: Any, K: np.ndarray, name: str, Y: np.ndarray,
+                   lams: list[float], times: list[float] | None, lr: float, cross: str,
+                   options: dict | None) -> None:
+    """Predictive variances of the test outputs into ``res`` (see :func:`solve`)."""
+    gc = open_group(cross, mode="r", options=options)
+    if "nngp" not in g or "nngp" not in gc:
+        raise InputError("predictive variances need the NNGP stored in the train and the "
+                         "cross job (compute them with get including 'nngp')",
+                         field="variance")
+    if "self/x1/diag_nngp" not in gc:
+        raise InputError(f"{cross} stores no NNGP diagonal of its test rows",
+                         field="variance")
+    nngp = K if name == "nngp" else np.asarray(read(g["nngp"]), dtype=np.float64)
+    k_td = {kind: np.asarray(read(gc[kind]), dtype=np.float64) for kind in {"nngp", name}}
+    k_tt = np.asarray(read(gc["self/x1/diag_nngp"]), dtype=np.float64)
+    ntk = K if name == "ntk" else None
+    var = np.stack([Ensemble(nngp, ntk, Y, diag_reg=lam, diag_reg_absolute_scale=True)
+                    .predict(None, k_td, k_tt, get=name, compute_cov=True)[name].covariance
+                    for lam in lams])
+    res.variances = var[0] if len(lams) == 1 else var
+    res.analyses["variance"] = {"kind": name, "mean": [float(v.mean()) for v in var]}
+    if times:
+        gd = Ensemble(nngp, ntk, Y, learning_rate=lr).predict(
+            times, k_td, k_tt, get=name, compute_cov=True)[name].covariance
+        for entry, v in zip(res.analyses["gd"], gd, strict=True):
+            entry["variance"] = float(v.mean())
+
+
+def _coverage(pred: np.ndarray, var: np.ndarray, test_labels: np.ndarray) -> float:
+    """Fraction of real test targets within two predictive standard deviations."""
+    yt = np.asarray(test_labels, dtype=np.float64)
+    yt = yt[:, None] if yt.ndim == 1 else yt
+    sd = np.sqrt(np.maximum(var, 0.0))[:, None]
+    return float(np.mean(np.abs(yt - pred) <= 2 * sd))
+
+
 def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: str = "cg",
           name: str = "ntk", tol: float = 1e-8, maxiter: int = 1000,
           preconditioner: str | None = "nystrom", rank: int = 100,
@@ -165,7 +203,7 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
           bound: bool = False, spectrum_k: int = 0, relative: bool = False,
           min_eig: bool = False, max_rank: int | None = None,
           target: float = NYSTROM_TARGET, precision: str = "double",
-          seed: int = 0) -> SolveResult:
+          seed: int = 0, variance: bool = False) -> SolveResult:
     """Fit ``(K + λI) α = Y`` on the stored train kernel at ``kernel`` (a job URL).
 
     Args:
@@ -201,6 +239,14 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             distributed operator with CG) and per-direction learning curves at ``times``.
         min_eig: report λmin(K) (exact with the direct solver, a Lanczos estimate over the
             distributed operator with CG) under ``analyses["min_eigenvalue"]``.
+        variance: the predictive variance of every test output (direct solver, needs
+            ``cross``): with ``name="nngp"`` the NNGP posterior's, with ``"ntk"`` that of
+            the infinite ensemble of networks trained by gradient flow
+            (:class:`ntkcompute.predict.Ensemble`), at t = ∞ with each λ as the ridge
+            (``variances``, (m,) or (L, m)) and at each of ``times`` (λ-free, as the
+            ``gd`` outputs; ``analyses["gd"][i]["variance"]``). Needs the NNGP stored in
+            both jobs (the ensemble's spread is the NNGP at initialisation) and the test
+            rows' NNGP diagonal, which every cross job stores.
 
     Every direct solve that decomposes K also reports in ``analyses["definiteness"]`` how
     many eigenvalues were rounding noise (clamped to 0) or negative. A system ``K + λI``
@@ -215,6 +261,9 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
     absolute_lambdas(lam, False)  # a bad λ fails before any read
     if cross is not None:  # a cross kernel of the wrong shape fails before the solve
         check_cross(g, cross, name, n, test_labels, options)
+    if variance and cross is None:
+        raise InputError("predictive variances need a cross kernel (test x train)",
+                         field="variance")
     if solver == "direct":
         K = np.asarray(read(g[name]), dtype=np.float64)
         lams = absolute_lambdas(lam, relative, mean_diagonal(K))
@@ -245,7 +294,11 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             res.analyses["gd"] = [
                 {"t": t, **_metrics(f, test_labels, classes)}
                 for t, f in zip(times, gd_predictions(eig, kc, Y, times, lr), strict=True)]
+        if variance:
+            _add_variances(res, g, K, name, Y, lams, times, lr, cross, options)
     elif solver == "cg":
+        if variance:
+            raise InputError("predictive variances need solver 'direct'", field="variance")
         if preconditioner not in ("jacobi", "nystrom", "randomized", None):
             raise InputError(f"unknown preconditioner {preconditioner!r}",
                              field="preconditioner")
@@ -322,11 +375,21 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                                classes)
         if len(preds) > 1:
             res.metrics["per_lambda"] = [_metrics(p, test_labels, classes) for p in preds]
+        if res.variances is not None:
+            var = res.variances if res.variances.ndim == 2 else res.variances[None]
+            per = res.metrics.get("per_lambda") or [res.metrics]
+            for m, v, p in zip(per, var, preds, strict=True):
+                m["mean_variance"] = float(v.mean())
+                if test_labels is not None and classes is None:
+                    m["coverage_2sd"] = _coverage(p, v, test_labels)
+            res.metrics.update({k: per[-1][k] for k in ("mean_variance", "coverage_2sd")
+                                if k in per[-1]})
     res.seconds = time.perf_counter() - t0
     check_finite_result(res)
     if save:
         sg = g.require_group(f"solves/{save}")
-        for key, val in (("coefficients", res.coefficients), ("predictions", res.predictions)):
+        for key, val in (("coefficients", res.coefficients), ("predictions", res.predictions),
+                         ("variances", res.variances)):
             if val is not None:
                 a = create_array(sg, key, val.shape, val.shape, "float64", computed=True,
                                  overwrite=True)

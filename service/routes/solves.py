@@ -83,6 +83,10 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
     if req.analyses.times and (req.solver != "direct" or not job.test):
         raise ApiError(422, "analyses.times", "gradient-flow times need solver 'direct' "
                        "and a kernel job with a test set")
+    if req.analyses.variance and (req.solver != "direct" or not job.test
+                                  or "nngp" not in job.kernels):
+        raise ApiError(422, "analyses.variance", "predictive variances need solver "
+                       "'direct', a kernel job with a test set, and 'nngp' among its kernels")
     sid = f"s-{uuid.uuid4().hex[:16]}"
     row = Solve(id=sid, owner=key, kernel=job.id, url=layout.solve_url(job.url, sid),
                 params=req.model_dump(mode="json"), status=Status.QUEUED,
@@ -109,6 +113,13 @@ def predictions(solve_id: str, key: Owner, db: DB, settings: SettingsDep,
                 lambda_index: LamIndex = None, rows: SolveRows = None) -> Response:
     """Test predictions ``K(test, train) α`` as ``.npy``."""
     return _answer_array(db, settings, solve_id, key, "predictions", lambda_index, rows)
+
+
+@router.get("/{solve_id}/variances", responses=npy_doc("(L, m)"))
+def variances(solve_id: str, key: Owner, db: DB, settings: SettingsDep,
+              lambda_index: LamIndex = None, rows: SolveRows = None) -> Response:
+    """Predictive variances of the test outputs (``analyses.variance``) as ``.npy``."""
+    return _answer_array(db, settings, solve_id, key, "variances", lambda_index, rows)
 
 
 def _answer_array(db: Database, settings: Settings, solve_id: str, key: str, name: str,

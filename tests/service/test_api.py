@@ -114,6 +114,43 @@ def test_direct_lambda_sweep_and_analyses(client_a, finished, data):
                                atol=1e-6)
 
 
+def test_predictive_variances_through_the_service(service, client_a, finished, data):
+    """``variance=True``: the NTK ensemble's variance of every test output per λ, equal to
+    :class:`ntkcompute.predict.Ensemble` on in-process kernels; refused (422 naming the
+    field) where it cannot be made."""
+    from ntkcompute.predict import Ensemble
+
+    xtr, ytr, xte, _ = data
+    job, _, _ = finished
+    lams = [1e-3, 1e-1]
+    sol = client_a.solve(job, lams, solver="direct", variance=True, times=[1.0]
+                         ).wait(timeout=120)
+    kdd, ktd = nc.kernel(A.cntk(2), xtr), nc.kernel(A.cntk(2), xte, xtr)
+    ktt = np.diagonal(nc.kernel(A.cntk(2), xte, get="nngp")["nngp"])
+    var = sol.variances()
+    assert var.shape == (2, len(xte))
+    for i, lam in enumerate(lams):
+        want = Ensemble(kdd["nngp"], kdd["ntk"], one_hot(ytr, 10), diag_reg=lam,
+                        diag_reg_absolute_scale=True).predict(None, ktd, ktt, get="ntk",
+                                                              compute_cov=True)["ntk"]
+        np.testing.assert_allclose(var[i], want.covariance, rtol=1e-7)
+        np.testing.assert_array_equal(sol.variances(i), var[i])
+        assert sol.metrics["per_lambda"][i]["mean_variance"] == pytest.approx(
+            float(want.covariance.mean()), rel=1e-7)
+    assert sol.info["analyses"]["gd"][0]["variance"] > 0
+    h = headers(service.key_a)
+    for body in ({"solver": "cg"}, {"solver": "direct", "kernel": "k-missing"}):
+        r = httpx.post(f"{service.url}/v1/solves", headers=h, json={
+            "kernel": job.id, **body, "analyses": {"variance": True}})
+        assert r.status_code in (404, 422), r.text
+        if r.status_code == 422:
+            assert r.json()["field"] == "analyses.variance"
+    plain = client_a.solve(job, 1e-3, solver="direct").wait(timeout=120)
+    with pytest.raises(ApiError) as e:
+        plain.variances()
+    assert e.value.status == 404 and "variance" in str(e.value)
+
+
 def test_blocks(service, finished):
     job, _, _ = finished
     full = job.to_numpy("ntk")

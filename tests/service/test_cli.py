@@ -75,7 +75,7 @@ def test_solve_a_kernel_job_of_the_service_then_fetch_it(service, tmp_path):
     kid = json.loads(out.stdout)["id"]
     # --wait: the solve as it ended, with its metrics
     done = ntk("solve", "--kernel", kid, "--lambda", "1e-3", "--relative", "--solver",
-               "direct", "--wait", key=key, url=service.url)
+               "direct", "--variance", "--wait", key=key, url=service.url)
     assert done.returncode == 0, done.stderr
     solved = json.loads(done.stdout)
     assert solved["id"].startswith("s-") and solved["status"] == "succeeded"
@@ -88,6 +88,13 @@ def test_solve_a_kernel_job_of_the_service_then_fetch_it(service, tmp_path):
     assert f.returncode == 0, f.stderr
     np.testing.assert_allclose(np.load(tmp_path / "p.npy").reshape(ref.shape), ref,
                                rtol=1e-8, atol=1e-10)
+    # --variance: the NTK ensemble's predictive variances, fetched as an array
+    f = ntk("fetch", solved["id"], "--out", str(tmp_path / "v.npy"), "--what", "variances",
+            key=key, url=service.url)
+    assert f.returncode == 0, f.stderr
+    v = np.load(tmp_path / "v.npy")
+    assert v.shape == (1, len(xt)) and np.all(v > 0)
+    assert solved["metrics"]["best"]["mean_variance"] == pytest.approx(float(v.mean()))
     # without --wait: the solve as created; its id works with status, then fetch
     started = ntk("solve", "--kernel", kid, "--lambda", "1e-2,1e-1", "--labels",
                   str(tmp_path / "y.npy"), "--precond", "randomized", key=key, url=service.url)

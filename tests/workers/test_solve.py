@@ -249,3 +249,51 @@ def test_a_train_x_test_cross_kernel_is_refused_before_the_solve(client, tmp_pat
     res = workers.solve(urls["train"], ytr, 1e-3, solver="direct", cross=urls["cross"],
                         test_labels=yte)
     assert res.predictions.shape == (m, 3) and 0 <= res.metrics["accuracy"] <= 1
+
+
+def test_predictive_variances_on_stored_kernels_equal_in_process(client, tmp_path):
+    """``variance=True``: the NTK ensemble's (and the NNGP posterior's) variance of every
+    test output from the stored kernels, per λ and per gradient-flow time, equal
+    :class:`ntkcompute.predict.Ensemble` on the in-process kernels; saved beside the
+    solve. Real targets are scored by their 2-sd coverage."""
+    from ntkcompute.predict import Ensemble
+
+    rng = np.random.default_rng(5)
+    xtr, xte = rng.standard_normal((40, 5)), rng.standard_normal((12, 5))
+    f = np.sin(np.concatenate([xtr, xte]) @ rng.standard_normal(5))
+    ytr, yte = f[:40], f[40:]
+    arch = A.fc(2)
+    train = workers.compute_gram(arch, xtr, store=str(tmp_path / "train"),
+                                 client=client).wait().url
+    cross = workers.compute_gram(arch, xte, xtr, store=str(tmp_path / "cross"),
+                                 client=client).wait().url
+    kdd, ktd = nc.kernel(arch, xtr), nc.kernel(arch, xte, xtr)
+    ktt = np.diagonal(nc.kernel(arch, xte, get="nngp")["nngp"])
+    lams, times = [1e-4, 1e-2], [0.5, 5.0]
+    for name in ("ntk", "nngp"):
+        r = workers.solve(train, ytr, lams, solver="direct", name=name, cross=cross,
+                          test_labels=yte, times=times, variance=True, save="var")
+        ntk = kdd["ntk"] if name == "ntk" else None
+        for k, lam in enumerate(lams):
+            want = Ensemble(kdd["nngp"], ntk, ytr, diag_reg=lam, diag_reg_absolute_scale=True
+                            ).predict(None, ktd, ktt, get=name, compute_cov=True)[name]
+            np.testing.assert_allclose(r.variances[k], want.covariance, rtol=1e-9,
+                                       atol=1e-12)
+            np.testing.assert_allclose(r.predictions[k], want.mean, rtol=1e-9, atol=1e-12)
+            per = r.metrics["per_lambda"][k]
+            sd = np.sqrt(want.covariance)
+            assert per["coverage_2sd"] == np.mean(np.abs(yte - want.mean[:, 0]) <= 2 * sd)
+        flow = Ensemble(kdd["nngp"], ntk, ytr).predict(times, ktd, ktt, get=name,
+                                                       compute_cov=True)[name]
+        got = [e["variance"] for e in r.analyses["gd"]]
+        np.testing.assert_allclose(got, flow.covariance.mean(axis=1), rtol=1e-9)
+        assert np.all(r.variances > 0) and got[0] > got[1]  # training shrinks the spread
+        saved = zarr.open_group(train, mode="r")["solves/var/variances"][...]
+        np.testing.assert_array_equal(saved, r.variances)
+    with pytest.raises(nc.InputError) as e:
+        workers.solve(train, ytr, 1e-3, solver="cg", cross=cross, variance=True,
+                      client=client, save=None)
+    assert e.value.field == "variance"
+    with pytest.raises(nc.InputError) as e:
+        workers.solve(train, ytr, 1e-3, solver="direct", variance=True, save=None)
+    assert e.value.field == "variance"

@@ -238,7 +238,8 @@ class Exact:
                   save=None, lr=an.get("lr", 1.0), relative=bool(p.get("relative")))
         analysis = dict(times=an.get("times"), bound=an.get("bound", False),
                         spectrum_k=an.get("spectrum", 0),
-                        min_eig=an.get("min_eigenvalue", False))
+                        min_eig=an.get("min_eigenvalue", False),
+                        variance=bool(an.get("variance")))
         train = part_url(job.url, "train")
         # direct: one eigendecomposition serves every λ; CG: block CG, every λ and class
         # in one loop (one kernel product per iteration), analyses at the first λ
@@ -290,7 +291,8 @@ class Features:
         return int(meta.get("dims", {}).get(kind, job.n_train))
 
     def check_solve(self, analyses: dict[str, Any]) -> None:
-        if analyses.get("times") or analyses.get("bound") or analyses.get("spectrum"):
+        if analyses.get("times") or analyses.get("bound") or analyses.get("spectrum") \
+                or analyses.get("variance"):
             raise InputError("not available for a features job (its solve is ridge "
                              "regression on the features)", field="analyses")
 

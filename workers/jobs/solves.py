@@ -41,6 +41,10 @@ def save(url: str, results: list[SolveResult]) -> tuple[dict[str, Any], dict[str
         preds = np.concatenate([r.predictions if r.predictions.ndim == 3
                                 else r.predictions[None] for r in results])
         write_array(g, "predictions", preds, 1, computed=True)
+    if results[0].variances is not None:
+        var = np.concatenate([r.variances if r.variances.ndim == 2 else r.variances[None]
+                              for r in results])
+        write_array(g, "variances", var, 1, computed=True)
     per = []
     for r in results:
         sweep = r.metrics.get("per_lambda")
@@ -61,11 +65,14 @@ def save(url: str, results: list[SolveResult]) -> tuple[dict[str, Any], dict[str
 
 def read_array(url: str, name: str, lam: int | None, rows: str | None, max_bytes: int
                ) -> np.ndarray:
-    """``coefficients`` or ``predictions`` of a finished solve: every λ ``(L, rows, c)``, or
-    λ number ``lam`` ``(rows, c)``; :class:`InputError` past ``max_bytes``."""
+    """``coefficients``, ``predictions`` or ``variances`` of a finished solve: every λ
+    ``(L, rows, c)`` (variances ``(L, rows)``), or λ number ``lam`` ``(rows, c)``;
+    :class:`InputError` past ``max_bytes``."""
     g = open_group(url, mode="r")
     if name not in g:
-        raise Missing(name, "this solve has no test set, so no predictions")
+        raise Missing(name, "this solve was not asked for variances (analyses.variance)"
+                      if name == "variances" else
+                      "this solve has no test set, so no predictions")
     arr = g[name]
     if lam is not None and lam >= arr.shape[0]:
         raise InputError(f"must be < {arr.shape[0]} (the λ count)", field="lambda_index")
