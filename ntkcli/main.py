@@ -16,7 +16,7 @@ import httpx
 import ntkcompute
 from ntkcompute.errors import InputError
 
-from . import local, serve
+from . import local, plots, serve
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     local.register(sub)
     serve.register(sub)
+    plots.register(sub)
     return ap
 
 

@@ -288,6 +288,7 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             res.analyses["eigenvalues"] = s.tolist()
             if times:
                 res.analyses["learning_curves"] = learning_curves(s, U, Y, times, lr).tolist()
+                res.analyses["times"] = list(times)
         if times and cross is not None:
             kc = np.asarray(read(open_group(cross, mode="r", options=options)[name]),
                             dtype=np.float64)

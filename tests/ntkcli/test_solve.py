@@ -81,3 +81,29 @@ def test_bad_lambda_and_times_exit_2_naming_the_flag(stores):
                 "--lambda", "1e-3", flag, value]
         r = ntk(*args)
         assert r.returncode == 2 and flag in r.stderr and repr(value) in r.stderr, r.stderr
+
+
+def test_plot_a_kernel_store_and_its_solve(stores, tmp_path):
+    """``ntk plot``: a store's heatmap and spectrum; a saved solve's spectrum, learning
+    curves and GD error; a missing solve exits 2 in one line."""
+    from matplotlib.image import imread
+
+    d = stores
+    r = ntk("solve", "--kernel", str(d / "train"), "--labels", str(d / "y.npy"),
+            "--lambda", "1e-3", "--solver", "direct", "--cross", str(d / "cross"),
+            "--test-labels", str(d / "yt.npy"), "--times", "0,0.1,1,10", "--spectrum", "5",
+            "--save", "p")
+    assert r.returncode == 0, r.stderr
+    for extra, panels in (([], ["heatmap", "spectrum"]),
+                          (["--solve", "p"], ["spectrum", "learning_curves", "gd_error"])):
+        out = tmp_path / f"{len(extra)}.png"
+        p = ntk("plot", str(d / "train"), "--out", str(out), *extra)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["panels"] == panels
+        img = imread(out)
+        assert img.shape[1] > 400 * len(panels) and img[..., :3].std() > 0.05
+    bad = ntk("plot", str(d / "train"), "--solve", "nope", "--out", str(tmp_path / "x.png"))
+    assert bad.returncode == 2 and "nope" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    bad = ntk("plot", str(d / "cross"), "--out", str(tmp_path / "x.png"))
+    assert bad.returncode == 2 and "cross kernel" in bad.stderr

@@ -95,6 +95,12 @@ def test_solve_a_kernel_job_of_the_service_then_fetch_it(service, tmp_path):
     v = np.load(tmp_path / "v.npy")
     assert v.shape == (1, len(xt)) and np.all(v > 0)
     assert solved["metrics"]["best"]["mean_variance"] == pytest.approx(float(v.mean()))
+    # ntk plot: the job's kernel; a solve without analyses has nothing to draw (exit 2)
+    p = ntk("plot", kid, "--out", str(tmp_path / "k.png"), key=key, url=service.url)
+    assert p.returncode == 0 and json.loads(p.stdout)["panels"] == ["heatmap", "spectrum"], \
+        p.stderr
+    p = ntk("plot", solved["id"], "--out", str(tmp_path / "s.png"), key=key, url=service.url)
+    assert p.returncode == 2 and "nothing to draw" in p.stderr, p.stderr
     # without --wait: the solve as created; its id works with status, then fetch
     started = ntk("solve", "--kernel", kid, "--lambda", "1e-2,1e-1", "--labels",
                   str(tmp_path / "y.npy"), "--precond", "randomized", key=key, url=service.url)
