@@ -36,9 +36,13 @@ What differs from stax:
   ``batch_axis`` / ``channel_axis`` / ``dimension_numbers`` arguments only at their
   defaults (batch first, channels last). ``Gelu(approximate=True)`` changes only a finite
   net's function in stax; here the finite net uses the exact GELU either way.
-- ``ElementwiseNumerical(fn, deg)`` takes ``fn`` from the functions the spec names
-  (:data:`ntkcompute.spec.ELEMENTWISE_FNS`), as a name or as a callable equal to one of them
-  (checked on a grid, so ``jnp.tanh`` or ``jax.nn.gelu`` work); any other callable is refused.
+- ``ElementwiseNumerical(fn, deg)`` takes a listed function (:data:`ntkcompute.spec.
+  ELEMENTWISE_FNS`, by name or as a callable equal to one, checked on a grid, so
+  ``jnp.tanh`` or ``jax.nn.gelu`` work), an expression string (``"x * tanh(x)"``), a
+  callable of NumPy / SciPy ufuncs (traced to an expression: the spec stays JSON), or any
+  NumPy callable (in-process only, φ' by finite differences unless ``df`` is given).
+  ``Elementwise(fn, nngp_fn, d_nngp_fn)`` runs in-process; without ``nngp_fn`` it is
+  ``ElementwiseNumerical(fn, 25)``.
 
 Every layer's arguments are validated when the layer is built (an
 :class:`~ntkcompute.InputError` naming the field), the net's shapes when it first meets
@@ -58,13 +62,16 @@ from .empirical import forward, init_params
 from .errors import InputError
 from .infinite import DEFAULT_MEMORY
 from .infinite import kernel as _kernel
+from .kernels import expression
 from .kernels.quadrature import FUNCTIONS
+from .layers.activations import PyFunctions, compiled
 from .plan import make_plan
 from .spec import ELEMENTWISE_FNS, Architecture, parse_arch
 from .validate import check_get
 
 __all__ = [
-    "ABRelu", "Abs", "AvgPool", "Conv", "Cos", "Dense", "Dropout", "ElementwiseNumerical",
+    "ABRelu", "Abs", "AvgPool", "Conv", "Cos", "Dense", "Dropout", "Elementwise",
+    "ElementwiseNumerical",
     "Erf", "Exp", "FanInConcat", "FanInProd", "FanInSum", "FanOut", "Flatten", "Gaussian",
     "Gelu", "GlobalAvgPool", "GlobalSelfAttention", "GlobalSumPool", "Identity", "Kernel",
     "KernelFn", "LayerNorm", "LeakyRelu", "Rbf", "Relu", "Sign", "Sin", "StaxLayer", "parallel",
@@ -463,26 +470,114 @@ def Gaussian(a: float = 1, b: float = -1) -> StaxLayer:
 _GRID = np.linspace(-6.0, 6.0, 241)
 
 
-def _named(fn: Any) -> str:
+def _named(fn: Any) -> str | None:
+    """The name of the listed function ``fn`` is (a name, or a callable equal to one on
+    :data:`_GRID`), else None."""
     if isinstance(fn, str):
-        if fn not in ELEMENTWISE_FNS:
-            raise InputError(f"must be one of {', '.join(ELEMENTWISE_FNS)}, got {fn!r}",
-                             field="fn")
-        return fn
-    try:
-        got = np.asarray(fn(_GRID), dtype=np.float64)
-    except Exception as e:
-        raise InputError(f"could not be evaluated on a NumPy array: {e}", field="fn") from None
+        return fn if fn in ELEMENTWISE_FNS else None
+    got = _on_grid(fn)
     for name in ELEMENTWISE_FNS:
         want = FUNCTIONS[name][0](np, _GRID)
         if got.shape == want.shape and np.all(np.abs(got - want) <= 1e-5 * (1 + np.abs(want))):
             return name
-    raise InputError("is not one of the functions ntkcompute integrates "
-                     f"({', '.join(ELEMENTWISE_FNS)}); pass one of them or its name",
-                     field="fn")
+    return None
+
+
+def _on_grid(fn: Any) -> np.ndarray:
+    try:
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(_GRID), dtype=np.float64)
+    except Exception as e:
+        raise InputError(f"could not be evaluated on a NumPy array: {e}", field="fn") from None
+
+
+def _traced(fn: Any) -> str | None:
+    """``fn`` as an expression's text, if calling it on a symbol gives a tree (NumPy / SciPy
+    ufuncs and arithmetic only) that equals ``fn`` on :data:`_GRID` and fits the bounds."""
+    tree = expression.trace(fn)
+    if tree is None:
+        return None
+    text = expression.unparse(tree)
+    try:
+        tree = compiled(text)[0]
+    except expression.ExpressionError:
+        return None
+    with np.errstate(all="ignore"):
+        want = _on_grid(fn)
+        got = expression.evaluate(tree, np, _GRID.copy())
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-12, atol=1e-12,
+                                                  equal_nan=True):
+        return None
+    return text
+
+
+def _activation(fn: Any, deg: int, df: Any = None) -> dict[str, Any]:
+    """The spec of φ = ``fn``: a listed function by name, an expression (a string, or a
+    callable traced to one), or the in-process functions themselves."""
+    name = _named(fn)
+    if name is not None:
+        return {"type": "elementwise", "fn": name, "deg": deg}
+    if isinstance(fn, str):
+        try:
+            compiled(fn)
+        except expression.ExpressionError as e:
+            raise InputError(f"is neither one of {', '.join(ELEMENTWISE_FNS)} nor an "
+                             f"expression in x: {e}", field="fn") from None
+        return {"type": "elementwise", "expr": fn, "deg": deg}
+    if not callable(fn):
+        raise InputError(f"must be a function, a name or an expression, got "
+                         f"{type(fn).__name__}", field="fn")
+    text = _traced(fn)
+    if text is not None:
+        return {"type": "elementwise", "expr": text, "deg": deg}
+    return {"type": "elementwise", "deg": deg,
+            "py": PyFunctions(fn, df, name=getattr(fn, "__name__", "fn"))}
 
 
 def ElementwiseNumerical(fn: Any, deg: int, df: Any = None) -> StaxLayer:
-    """φ = ``fn`` by Gauss–Hermite quadrature of degree ``deg`` (stax.ElementwiseNumerical);
-    ``df`` is ignored (the derivative of each named function is known)."""
-    return _layer({"type": "elementwise", "fn": _named(fn), "deg": deg})
+    """φ = ``fn`` by Gauss–Hermite quadrature of degree ``deg`` (stax.ElementwiseNumerical).
+
+    ``fn`` may be a listed function (its name, or a callable equal to it), an expression in
+    ``x`` (``"x * tanh(x)"``), a callable built of NumPy / SciPy ufuncs and arithmetic (traced
+    to an expression, so the spec stays JSON and φ' is symbolic), or any other NumPy callable
+    (in-process only; φ' is ``df``, or a 4th-order finite difference of ``fn`` when ``df``
+    is None). ``df`` is ignored where φ' is known exactly."""
+    return _layer(_activation(fn, deg, df))
+
+
+def Elementwise(fn: Any = None, nngp_fn: Any = None, d_nngp_fn: Any = None) -> StaxLayer:
+    """φ = ``fn`` with the NNGP map ``nngp_fn(cov12, var1, var2) = E φ(u)φ(v)`` in closed form
+    (stax.Elementwise); ``d_nngp_fn`` is ``E φ'(u)φ'(v)``, by default the complex-step
+    derivative of ``nngp_fn`` in ``cov12`` (exact to rounding; ``nngp_fn`` must accept complex
+    arrays, as NumPy's arcsin, sqrt and exp do). Both are called on whole NumPy arrays (entry
+    by entry where that fails), in-process only.
+
+    Without ``nngp_fn`` (nt refuses ``kernel_fn`` then), the kernel is the Gauss–Hermite
+    quadrature of ``fn`` of degree 25, as ``ElementwiseNumerical(fn, 25)``."""
+    if fn is None and nngp_fn is None:
+        raise InputError("give fn (the activation) or nngp_fn (its NNGP map), or both",
+                         field="fn")
+    if nngp_fn is None:
+        return ElementwiseNumerical(fn, 25)
+    for name, f in (("fn", fn), ("nngp_fn", nngp_fn), ("d_nngp_fn", d_nngp_fn)):
+        if f is not None and not callable(f):
+            raise InputError(f"must be a function, got {type(f).__name__}", field=name)
+    if d_nngp_fn is None:
+        try:
+            v = complex(np.asarray(nngp_fn(np.array([0.3 + 1e-30j]), np.array([1.0]),
+                                           np.array([1.2]))).ravel()[0])
+            ok = np.isfinite(v) and v.imag != 0.0
+        except Exception:
+            ok = False
+        if not ok:
+            raise InputError("was not given, and nngp_fn does not take complex arguments, "
+                             "so its derivative cannot be taken by complex step: pass "
+                             "d_nngp_fn", field="d_nngp_fn")
+    df = None
+    if fn is not None:
+        text = _traced(fn)
+        if text is not None:
+            dtree = compiled(text)[1]
+            df = functools.partial(expression.evaluate, dtree, np)
+    return _layer({"type": "elementwise", "py": PyFunctions(
+        fn, df, nngp_fn, d_nngp_fn, name=getattr(fn or nngp_fn, "__name__", "fn"))})

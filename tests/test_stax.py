@@ -48,6 +48,7 @@ NT_SIGNATURES = {
     "Exp": [("a", 1), ("b", 1)],
     "Gaussian": [("a", 1), ("b", -1)],
     "ElementwiseNumerical": [("fn", REQUIRED), ("deg", REQUIRED), ("df", None)],
+    "Elementwise": [("fn", None), ("nngp_fn", None), ("d_nngp_fn", None)],
     "FanOut": [("num", REQUIRED)],
     "FanInConcat": [("axis", -1)],
     "repeat": [("layer", REQUIRED), ("n", REQUIRED)],
@@ -177,7 +178,9 @@ def test_elementwise_numerical_takes_the_functions_we_integrate():
     tanh_gelu = stax.ElementwiseNumerical(
         lambda z: 0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3))), 25)
     assert tanh_gelu.layers[0]["fn"] == "gelu_tanh"
-    for fn in (lambda z: z**3, "cube"):
+    # any other callable is traced to an expression (or kept in-process: test_elementwise)
+    assert stax.ElementwiseNumerical(lambda z: z**3, 25).layers[0]["expr"] == "x ** 3"
+    for fn in ("cube", 3):
         with pytest.raises(InputError) as e:
             stax.ElementwiseNumerical(fn, 25)
         assert e.value.field == "fn"

@@ -64,27 +64,39 @@ def hermite_rule(deg: int) -> tuple[np.ndarray, np.ndarray]:
     return np.polynomial.hermite.hermgauss(deg)
 
 
-def gauss_hermite(xp: ModuleType, fn: str, deg: int, k12: Array, k11: Array, k22: Array,
-                  want_dot: bool) -> tuple[Array, Array | None]:
-    f, df = FUNCTIONS[fn]
+def gauss_hermite(xp: ModuleType, fn: str | tuple[Fn, Fn], deg: int, k12: Array, k11: Array,
+                  k22: Array, want_dot: bool) -> tuple[Array, Array | None]:
+    """``(E f(u) f(v), E f'(u) f'(v) or None)``; ``fn`` a name of :data:`FUNCTIONS` or a pair
+    ``(f, f')`` of functions ``(xp, x) -> array``."""
+    f, df = FUNCTIONS[fn] if isinstance(fn, str) else fn
     nodes, weights = hermite_rule(deg)
     tiny = 1e-30
     c1 = k12 / xp.sqrt(xp.maximum(k11 / 2, tiny))
     c2 = xp.sqrt(xp.maximum(2 * (k22 - k12 * k12 / xp.maximum(k11, tiny)), 0.0))
     su = xp.sqrt(2 * k11)
-    nngp = xp.zeros(np.broadcast_shapes(k12.shape, k11.shape, k22.shape), dtype=k12.dtype)
+    shape = np.broadcast_shapes(k12.shape, k11.shape, k22.shape)
+    nngp = xp.zeros(shape, dtype=k12.dtype)
     dot = xp.zeros_like(nngp) if want_dot else None
+    # the inner nodes in chunks, each one array op over (chunk, *shape): ≤ _CHUNK floats
+    step = max(1, min(deg, _CHUNK // max(1, math.prod(shape))))
+    ys = [(xp.asarray(nodes[i:i + step], dtype=k12.dtype).reshape((-1,) + (1,) * len(shape)),
+           xp.asarray(weights[i:i + step], dtype=k12.dtype).reshape((-1,) + (1,) * len(shape)))
+          for i in range(0, deg, step)]
     for xk, wk in zip(nodes, weights, strict=True):
         u = su * xk
         base = c1 * xk
         inner = xp.zeros_like(nngp)
         inner_d = xp.zeros_like(nngp) if want_dot else None
-        for yl, wl in zip(nodes, weights, strict=True):
-            v = base + c2 * yl
-            inner += wl * f(xp, v)
+        for yl, wl in ys:
+            v = xp.broadcast_to(base + c2 * yl, (yl.shape[0], *shape))
+            inner += (wl * f(xp, v)).sum(axis=0)
             if want_dot:
-                inner_d += wl * df(xp, v)
-        nngp += (wk / math.pi) * f(xp, u) * inner
+                inner_d += (wl * df(xp, v)).sum(axis=0)
+        nngp += (wk / math.pi) * f(xp, xp.broadcast_to(u, shape)) * inner
         if want_dot:
-            dot += (wk / math.pi) * df(xp, u) * inner_d
+            dot += (wk / math.pi) * df(xp, xp.broadcast_to(u, shape)) * inner_d
     return nngp, dot
+
+
+#: most floats one vectorised step of the inner quadrature sum evaluates at once
+_CHUNK = 1 << 20

@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_serializer, field_validator
 
+from ..backend import to_numpy
+from ..errors import InputError
 from ..kernels import activations as dual
+from ..kernels import expression
+from ..kernels.expression import ExpressionError
 from ..kernels.quadrature import FUNCTIONS, gauss_hermite
 from ..kernels.sketch import TensorSRHT, _pow2, _srht_macs, relu_directions
 from ..kernels.state import expand_var
-from .registry import FeatureDims, LayerRule, _Layer, register
+from .registry import FeatureDims, LayerRule, _Layer, layer_index, register
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -131,12 +137,91 @@ class Sign(_Layer):
     type: Literal["sign"] = "sign"
 
 
+@dataclass(frozen=True, eq=False)
+class PyFunctions:
+    """An activation given as Python functions in-process (``stax.Elementwise`` /
+    ``stax.ElementwiseNumerical`` with a callable that is neither a named function nor
+    traceable to an expression). It cannot travel in a JSON spec.
+
+    ``fn``, ``df``: φ and φ' on NumPy arrays (``df`` None: φ' by a finite difference, see
+    :func:`finite_difference`); ``nngp_fn``, ``d_nngp_fn``: ``(cov12, var1, var2) ->
+    E φ(u)φ(v)`` and ``E φ'(u)φ'(v)`` in closed form (``nngp_fn`` None: Gauss–Hermite
+    quadrature of ``fn``; ``d_nngp_fn`` None: the complex-step derivative of ``nngp_fn``
+    in ``cov12``)."""
+
+    fn: Callable[[np.ndarray], np.ndarray] | None
+    df: Callable[[np.ndarray], np.ndarray] | None = None
+    nngp_fn: Callable[..., Any] | None = None
+    d_nngp_fn: Callable[..., Any] | None = None
+    name: str = "fn"
+
+
+_NO_JSON = ("holds Python functions given in-process (ntkcompute.stax.Elementwise or "
+            "ElementwiseNumerical with a callable); they cannot travel in a JSON spec: give "
+            "the activation as expr, e.g. \"x * tanh(x)\"")
+
+
 class Elementwise(_Layer):
-    """Any listed activation, kernel by ``deg``-point Gauss–Hermite quadrature per axis."""
+    """An activation by ``deg``-point Gauss–Hermite quadrature per axis: a listed function
+    (``fn``), a safe expression in ``x`` (``expr``, see :mod:`ntkcompute.kernels.expression`;
+    its derivative is symbolic), or, in-process only, Python functions (``py``). Exactly one
+    of the three."""
 
     type: Literal["elementwise"] = "elementwise"
-    fn: Literal[ELEMENTWISE_FNS]  # type: ignore[valid-type]
+    fn: Literal[ELEMENTWISE_FNS] | None = None  # type: ignore[valid-type]
+    py: Any = None
+    expr: str | None = Field(default=None, validate_default=True)
     deg: int = Field(default=25, ge=2, le=200)
+
+    @field_validator("py")
+    @classmethod
+    def _py(cls, v: Any) -> Any:
+        if v is None or isinstance(v, PyFunctions):
+            return v
+        raise ValueError(_NO_JSON)
+
+    @field_validator("expr")
+    @classmethod
+    def _expr(cls, v: str | None, info: ValidationInfo) -> str | None:
+        given = [k for k in ("fn", "py") if info.data.get(k) is not None]
+        if v is not None:
+            given.append("expr")
+            try:
+                compiled(v)
+            except ExpressionError as e:
+                raise ValueError(str(e)) from None
+        if len(given) != 1 and ("fn" in info.data and "py" in info.data):
+            raise ValueError("give exactly one of fn (a function's name) and expr (an "
+                             f"expression in x), got {' and '.join(given) or 'neither'}")
+        return v
+
+    @field_serializer("py")
+    def _py_json(self, v: Any) -> None:
+        if v is not None:
+            raise ValueError(_NO_JSON)
+        return None
+
+
+@lru_cache(maxsize=256)
+def compiled(text: str) -> tuple[expression.Tree, expression.Tree]:
+    """``(tree, derivative tree)`` of an expression (cached by its text)."""
+    tree = expression.parse(text)
+    return tree, expression.derivative(tree)
+
+
+def finite_difference(f: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], Any]:
+    """φ' of a Python φ by the 4th-order central difference with step ``1e-3 (1 + |x|)``:
+    ~1e-11 relative for smooth φ (truncation ~h⁴ φ⁽⁵⁾/30, rounding ~ε/h); wrong within h of
+    a kink (give ``df`` there)."""
+
+    def df(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        h = 1e-3 * (1.0 + np.abs(x))
+        fx = [np.asarray(f(x + k * h), dtype=np.result_type(x, np.float64))
+              for k in (-2, -1, 1, 2)]
+        return ((fx[0] - fx[3]) + 8.0 * (fx[2] - fx[1])) / (12.0 * h)
+
+    return df
 
 
 class Activation(LayerRule):
@@ -359,12 +444,83 @@ class SignRule(Activation):
         return np.sign, np.zeros_like
 
 
+def _on_host(fn: Callable[[np.ndarray], Any]) -> Callable[[ModuleType, Array], Array]:
+    """A user's NumPy function as ``(xp, x) -> array`` (CuPy arrays go through the host)."""
+
+    def f(xp: ModuleType, x: Array) -> Array:
+        out = np.asarray(fn(to_numpy(x)), dtype=x.dtype)
+        return xp.asarray(np.broadcast_to(out, x.shape))
+
+    return f
+
+
+def _closed(fn: Callable[..., Any], k12: Array, k11: Array, k22: Array, xp: ModuleType
+            ) -> Array:
+    """A user's ``(cov12, var1, var2) -> value``, on whole arrays if it broadcasts (NumPy
+    functions do), else entry by entry (``numpy.vectorize``)."""
+    args = [to_numpy(a) for a in np.broadcast_arrays(*(to_numpy(a) for a in (k12, k11, k22)))]
+    try:
+        out = np.asarray(fn(*args))
+        if out.shape != args[0].shape:
+            raise ValueError
+    except Exception:
+        out = np.asarray(np.vectorize(lambda a, b, c: complex(fn(a, b, c)))(*args))
+    return xp.asarray(out)
+
+
+def complex_step(nngp_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``∂ nngp_fn / ∂ cov12`` by the complex step ``Im f(c + ih) / h`` (h = 1e-30·scale):
+    exact to rounding for an analytic ``nngp_fn`` that takes complex arrays."""
+
+    def d(k12: Any, k11: Any, k22: Any) -> Any:
+        h = 1e-30 * np.sqrt(np.abs(k11 * k22)) + 1e-300
+        return np.imag(nngp_fn(k12 + 1j * h, k11, k22)) / h
+
+    return d
+
+
 @register(Elementwise)
 class ElementwiseRule(Activation):
+    def _pair(self, layer: Any) -> tuple[Any, Any]:
+        """``(f, f')`` as functions ``(xp, x) -> array``."""
+        if layer.fn is not None:
+            return FUNCTIONS[layer.fn]
+        if layer.expr is not None:
+            tree, dtree = compiled(layer.expr)
+            return (lambda xp, x: expression.evaluate(tree, xp, x),
+                    lambda xp, x: expression.evaluate(dtree, xp, x))
+        py = layer.py
+        if py.fn is None:
+            raise InputError("the finite network needs fn (Elementwise was given only "
+                             "nngp_fn)", field="fn")
+        return _on_host(py.fn), _on_host(py.df or finite_difference(py.fn))
+
+    def kernel(self, lp: LayerPlan, st: State, xp: ModuleType, va: Array | None = None,
+               vb: Array | None = None) -> State:
+        with np.errstate(all="ignore"):
+            out = super().kernel(lp, st, xp, va, vb)
+        layer = lp.layer
+        for a in (out.nngp, out.ntk):
+            if a is not None and not bool(xp.isfinite(a).all()):
+                field = "expr" if layer.expr is not None else "fn" if layer.fn else "py"
+                raise InputError(
+                    "its Gaussian expectations are not finite on these inputs (the function "
+                    "or its derivative is infinite or NaN at some quadrature node, e.g. log "
+                    "or sqrt of a negative pre-activation, or grows too fast)", field=field,
+                    layer=layer_index(lp.path))
+        return out
+
     def dual(self, xp: ModuleType, layer: Any, k12: Array, k11: Array, k22: Array,
              want_dot: bool) -> tuple[Array, Array | None]:
-        return gauss_hermite(xp, layer.fn, layer.deg, k12, k11, k22, want_dot)
+        py = layer.py
+        if py is not None and py.nngp_fn is not None:
+            nngp = _closed(py.nngp_fn, k12, k11, k22, xp).real.astype(k12.dtype)
+            if not want_dot:
+                return nngp, None
+            d_fn = py.d_nngp_fn or complex_step(py.nngp_fn)
+            return nngp, _closed(d_fn, k12, k11, k22, xp).real.astype(k12.dtype)
+        return gauss_hermite(xp, self._pair(layer), layer.deg, k12, k11, k22, want_dot)
 
     def fn(self, layer: Any) -> tuple[Fn, Fn]:
-        f, df = FUNCTIONS[layer.fn]
+        f, df = self._pair(layer)
         return (lambda z: f(np, z), lambda z: df(np, z))
