@@ -185,3 +185,20 @@ def test_infinite_expectations_are_refused_at_the_kernel(x):
     with pytest.raises(InputError) as e:
         nc.kernel(_fc({"type": "elementwise", "expr": "log(x)"}), x)
     assert (e.value.field, e.value.layer) == ("expr", 1)
+
+
+def test_a_listed_fn_dumps_as_before_so_stored_jobs_keep_their_identity():
+    """A job's identity is its spec's JSON dump: a listed-fn layer must dump exactly as it
+    did before ``expr`` and ``py`` existed, or every stored elementwise job would read as a
+    different job and refuse to resume."""
+    from ntkcompute import parse_arch
+
+    arch = parse_arch({"layers": [{"type": "dense"},
+                                  {"type": "elementwise", "fn": "tanh"},
+                                  {"type": "dense"}]})
+    assert arch.model_dump(mode="json")["layers"][1] == {"type": "elementwise", "fn": "tanh",
+                                                         "deg": 25}
+    expr = parse_arch({"layers": [{"type": "elementwise", "expr": "x * tanh(x)"},
+                                  {"type": "dense"}]})
+    assert expr.model_dump(mode="json")["layers"][0]["expr"] == "x * tanh(x)"
+    assert parse_arch(expr.model_dump(mode="json")) == expr  # the dump parses back

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field, ValidationInfo, field_serializer, field_validator
+from pydantic import Field, ValidationInfo, field_serializer, field_validator, model_serializer
 
 from ..backend import to_numpy
 from ..errors import InputError
@@ -200,6 +200,16 @@ class Elementwise(_Layer):
         if v is not None:
             raise ValueError(_NO_JSON)
         return None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # a layer of a listed fn dumps as before expr and py existed: a stored job's
+        # identity (its spec's dump) stays the same, so old stores still resume
+        out = handler(self)
+        for key in ("py", "expr"):
+            if isinstance(out, dict) and out.get(key) is None:
+                out.pop(key, None)
+        return out
 
 
 @lru_cache(maxsize=256)
