@@ -118,6 +118,32 @@ def catalogue():
                  "attention_mechanism": "IDENTITY", "W_out_std": 0.7, "b_std": 0.1},
             {"type": "relu"}, {"type": "flatten"}, D]}, s1, s2),
         ("resnet-v 2 blocks 32x32x3 16x16", A.resnet(2, "flatten"), cif[:16], cif[16:32]),
+        ("fc elementwise expr", _fc("elementwise", expr="x * tanh(x) - 0.3 * sin(2 * x)",
+                                    deg=40), v1, v2),
+        ("fc elementwise expr relu-like", _fc("elementwise", expr="max(x, 0) + 0.1 * x",
+                                              deg=24), v1, v2),  # even: no node at the kink
+        *[(f"cnn conv_transpose {pad} s={st}", {"layers": [
+            {"type": "conv_transpose", "filter_shape": [3, 2], "strides": st, "padding": pad,
+             "W_std": 1.3, "b_std": 0.2}, {"type": "relu"},
+            {"type": "conv_transpose", "filter_shape": [2, 3], "padding": pad, "W_std": 1.2},
+            {"type": "erf"}, {"type": "avg_pool", "window_shape": [2, 2]},
+            {"type": "flatten"}, D]}, i1[:4], i2[:3])
+          for pad in ("VALID", "SAME", "CIRCULAR") for st in ([1, 1], [2, 1], [2, 3])],
+        *[(f"cnn conv_local {pad}", {"layers": [
+            {"type": "conv_local", "filter_shape": [3, 2], "strides": [2, 1], "padding": pad,
+             "W_std": 1.3, "b_std": 0.2}, {"type": "relu"},
+            {"type": "conv_local", "filter_shape": [2, 2], "padding": pad, "W_std": 1.2},
+            {"type": "relu"}, {"type": "global_avg_pool"}, D]}, i1[:4], i2[:3])
+          for pad in ("VALID", "SAME", "CIRCULAR")],
+        # image_resize first, or after two convs: nt 0.6.5 resizes the kernel's spatial axes
+        # in the order it stores them, reversed after each (full-covariance) conv, so after
+        # one conv its kernel is that of the transposed resize (bug of nt; not compared)
+        *[(f"cnn image_resize {m} {shape} aa={aa} {where}", {"layers": [
+            *pre, {"type": "image_resize", "shape": shape, "method": m, "antialias": aa},
+            C, {"type": "relu"}, {"type": "global_avg_pool"}, D]}, i1[:4], i2[:3])
+          for m in ("linear", "nearest") for shape in ([-1, 9, 4, -1], [-1, 3, 7, -1])
+          for aa in (True, False)
+          for where, pre in (("first", []), ("after 2 convs", [C, {"type": "relu"}, C]))],
         ("cntk-gap-4 8x8x1 48x48", A.cntk(4), dig[:48], dig[48:96]),
         ("cntk-flatten-4 32x32x3 32x32", A.cntk(4, "flatten"), cif[:32], cif[32:64]),
         ("cntk-gap-4 32x32x3 4x4", A.cntk(4), cif[:4], cif[4:8]),
@@ -134,8 +160,15 @@ def rel(a, b, mask=None):
 
 
 def main() -> None:
+    """``python bench/conformance.py [SUBSTRING ...]``: only the cases whose name holds one
+    of the substrings (and then not nt's scripts), e.g. ``conv_transpose``."""
+    import sys
+
     nt_python = os.environ.get("NT_PYTHON", ".venv-nt/bin/python")
     cases = catalogue()
+    only = sys.argv[1:]
+    if only:
+        cases = [c for c in cases if any(o in c[0] for o in only)]
     with tempfile.TemporaryDirectory() as tmp:
         arrays = {}
         for i, (_, arch, x1, x2) in enumerate(cases):
@@ -176,8 +209,9 @@ def main() -> None:
             print(f"{name:32s} {e_nngp:9.1e} {e_ntk:9.1e} {e_diag:9.1e} {asym:9.1e} {nt_sec:8.3f} "
                   f"{sec:8.3f} {nt_sec / sec:7.1f}x", flush=True)
         print(f"worst off-diagonal relative difference: {worst:.1e}")
-        stax_scripts(nt_python, tmp)
-        predict_scripts(nt_python, tmp)
+        if not only:
+            stax_scripts(nt_python, tmp)
+            predict_scripts(nt_python, tmp)
 
 
 def stax_scripts(nt_python: str, tmp: str) -> None:

@@ -27,6 +27,43 @@ FNS = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus,
        "erf": jax.scipy.special.erf, "sin": jnp.sin}
 
 
+_JNP = {"sin": jnp.sin, "cos": jnp.cos, "tan": jnp.tan, "exp": jnp.exp, "log": jnp.log,
+        "sqrt": jnp.sqrt, "abs": jnp.abs, "tanh": jnp.tanh, "sinh": jnp.sinh,
+        "cosh": jnp.cosh, "arctan": jnp.arctan, "arcsinh": jnp.arcsinh, "log1p": jnp.log1p,
+        "expm1": jnp.expm1, "erf": jax.scipy.special.erf, "sigmoid": jax.nn.sigmoid,
+        "softplus": jax.nn.softplus, "sign": jnp.sign, "relu": jax.nn.relu,
+        "step": lambda a: jnp.where(a > 0, 1.0, 0.0), "maximum": jnp.maximum,
+        "max": jnp.maximum, "minimum": jnp.minimum, "min": jnp.minimum}
+
+
+def _expr_fn(text: str):
+    """An ``elementwise`` layer's ``expr`` as a JAX function (our own catalogue's
+    expressions: numbers, x, pi, e, + - * / **, calls of the names above), walking its
+    syntax tree; nothing is eval'd."""
+    import ast
+    import math
+
+    ops = {ast.Add: jnp.add, ast.Sub: jnp.subtract, ast.Mult: jnp.multiply,
+           ast.Div: jnp.divide, ast.Pow: jnp.power}
+
+    def ev(n, x):
+        if isinstance(n, ast.Constant):
+            return float(n.value)
+        if isinstance(n, ast.Name):
+            return x if n.id == "x" else {"pi": math.pi, "e": math.e}[n.id]
+        if isinstance(n, ast.BinOp):
+            return ops[type(n.op)](ev(n.left, x), ev(n.right, x))
+        if isinstance(n, ast.UnaryOp):
+            v = ev(n.operand, x)
+            return -v if isinstance(n.op, ast.USub) else v
+        if isinstance(n, ast.Call):
+            return _JNP[n.func.id](*(ev(a, x) for a in n.args))
+        raise ValueError(ast.dump(n))
+
+    tree = ast.parse(text, mode="eval").body
+    return lambda x: ev(tree, x)
+
+
 def _pool_args(L: dict) -> tuple:
     return (tuple(L["window_shape"]), tuple(L["strides"]) if L.get("strides") else None,
             L.get("padding", "VALID"))
@@ -43,6 +80,14 @@ def _layer(L: dict, p: str):
                          tuple(L["strides"]) if L.get("strides") else None,
                          L.get("padding", "VALID"), L.get("W_std", 1.0), L.get("b_std"),
                          parameterization=p)
+    if t in ("conv_transpose", "conv_local"):
+        fn = stax.ConvTranspose if t == "conv_transpose" else stax.ConvLocal
+        return fn(L.get("out_chan") or 1, tuple(L["filter_shape"]),
+                  tuple(L["strides"]) if L.get("strides") else None,
+                  L.get("padding", "VALID"), L.get("W_std", 1.0), L.get("b_std"),
+                  parameterization=p)
+    if t == "image_resize":
+        return stax.ImageResize(tuple(L["shape"]), L["method"], L.get("antialias", True))
     simple = {"relu": stax.Relu, "abs": stax.Abs, "gelu": stax.Gelu, "sign": stax.Sign,
               "identity": stax.Identity, "global_avg_pool": stax.GlobalAvgPool,
               "global_sum_pool": stax.GlobalSumPool, "flatten": stax.Flatten,
@@ -63,7 +108,8 @@ def _layer(L: dict, p: str):
     if t == "gaussian":
         return stax.Gaussian(L.get("a", 1.0), L.get("b", -1.0))
     if t == "elementwise":
-        return stax.ElementwiseNumerical(FNS[L["fn"]], L.get("deg", 25))
+        fn = FNS[L["fn"]] if L.get("fn") else _expr_fn(L["expr"])
+        return stax.ElementwiseNumerical(fn, L.get("deg", 25))
     if t == "avg_pool":
         return stax.AvgPool(*_pool_args(L))
     if t == "sum_pool":

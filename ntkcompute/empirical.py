@@ -144,6 +144,20 @@ class _Gram:
             tot += da @ db.T
         self._acc(scale**2 * tot)
 
+    def add_local(self, inp: np.ndarray | None, delta: np.ndarray, scale: float) -> None:
+        """The same for a weight of its own at each position p (ConvLocal): only ``p == p'``
+        pairs, ``scale² sum_k sum_p <inp_p, inp'_p> <δ_kp, δ'_kp>``; ``inp`` None: a bias
+        per position (``<inp_p, inp'_p> = 1``)."""
+        gd = None
+        for dk in delta:  # (n, P, out)
+            da, db = self._split(dk)
+            g = np.einsum("ipc,jpc->ijp", da, db)
+            gd = g if gd is None else gd + g
+        if inp is not None:
+            ia, ib = self._split(inp)
+            gd = gd * np.einsum("ipc,jpc->ijp", ia, ib)
+        self._acc(scale**2 * gd.sum(axis=-1))
+
     def _acc(self, v: np.ndarray) -> None:
         self.ntk = v if self.ntk is None else self.ntk + v
 

@@ -70,12 +70,12 @@ from .spec import ELEMENTWISE_FNS, Architecture, parse_arch
 from .validate import check_get
 
 __all__ = [
-    "ABRelu", "Abs", "AvgPool", "Conv", "Cos", "Dense", "Dropout", "Elementwise",
-    "ElementwiseNumerical",
-    "Erf", "Exp", "FanInConcat", "FanInProd", "FanInSum", "FanOut", "Flatten", "Gaussian",
-    "Gelu", "GlobalAvgPool", "GlobalSelfAttention", "GlobalSumPool", "Identity", "Kernel",
-    "KernelFn", "LayerNorm", "LeakyRelu", "Rbf", "Relu", "Sign", "Sin", "StaxLayer", "parallel",
-    "repeat", "serial",
+    "ABRelu", "Abs", "AvgPool", "Conv", "ConvLocal", "ConvTranspose", "Cos", "Dense", "Dropout",
+    "Elementwise", "ElementwiseNumerical", "Erf", "Exp", "FanInConcat", "FanInProd",
+    "FanInSum", "FanOut", "Flatten", "Gaussian", "Gelu", "GlobalAvgPool",
+    "GlobalSelfAttention", "GlobalSumPool", "Identity", "ImageResize", "Kernel", "KernelFn",
+    "LayerNorm", "LeakyRelu", "Rbf", "Relu", "Sign", "Sin", "StaxLayer", "parallel", "repeat",
+    "serial",
 ]
 
 #: What ``kernel_fn(x1, x2)`` returns with ``get=None``.
@@ -320,6 +320,52 @@ def Conv(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int] | No
     return _layer({"type": "conv", "out_chan": out_chan, "filter_shape": _ints(filter_shape),
                    "strides": _ints(strides), "padding": padding, "W_std": W_std,
                    "b_std": b_std}, _param(parameterization))
+
+
+def ConvTranspose(out_chan: int, filter_shape: Sequence[int],
+                  strides: Sequence[int] | None = None, padding: str = "VALID",
+                  W_std: float = 1.0, b_std: float | None = None,
+                  dimension_numbers: tuple[str, str, str] | None = None,
+                  parameterization: str = "ntk", s: tuple[int, int] = (1, 1)) -> StaxLayer:
+    """Transposed convolution (``jax.lax.conv_transpose``), ``padding`` SAME / VALID /
+    CIRCULAR (stax.ConvTranspose)."""
+    _dims(dimension_numbers)
+    _defaults(s=s)
+    return _layer({"type": "conv_transpose", "out_chan": out_chan,
+                   "filter_shape": _ints(filter_shape), "strides": _ints(strides),
+                   "padding": padding, "W_std": W_std, "b_std": b_std},
+                  _param(parameterization))
+
+
+def ConvLocal(out_chan: int, filter_shape: Sequence[int], strides: Sequence[int] | None = None,
+              padding: str = "VALID", W_std: float = 1.0, b_std: float | None = None,
+              dimension_numbers: tuple[str, str, str] | None = None,
+              parameterization: str = "ntk", s: tuple[int, int] = (1, 1)) -> StaxLayer:
+    """Locally connected convolution, a weight per output position (stax.ConvLocal)."""
+    _dims(dimension_numbers)
+    _defaults(s=s)
+    return _layer({"type": "conv_local", "out_chan": out_chan,
+                   "filter_shape": _ints(filter_shape), "strides": _ints(strides),
+                   "padding": padding, "W_std": W_std, "b_std": b_std},
+                  _param(parameterization))
+
+
+def ImageResize(shape: Sequence[int], method: Any, antialias: bool = True,
+                precision: Any = "HIGHEST", batch_axis: int = 0,
+                channel_axis: int = -1) -> StaxLayer:
+    """``jax.image.resize`` of the spatial axes (stax.ImageResize): ``shape`` the whole
+    input shape, -1 where unchanged (batch and channels must be -1); every ``method``
+    (nearest, linear, cubic, lanczos3, lanczos5, a string or a ``jax.image.ResizeMethod``)
+    has an exact kernel. ``precision`` (``jax.lax.Precision.HIGHEST`` in stax) is ignored:
+    NumPy computes in full precision."""
+    _defaults(batch_axis=batch_axis, channel_axis=channel_axis)
+    if not isinstance(method, str):
+        method = getattr(method, "name", method)
+    if not isinstance(shape, Sequence) or isinstance(shape, str):
+        raise InputError(f"must be a sequence of ints, got {type(shape).__name__}",
+                         field="shape")
+    return _layer({"type": "image_resize", "shape": [int(v) for v in shape],
+                   "method": method, "antialias": bool(antialias)})
 
 
 # --- pooling, readouts, normalisation ------------------------------------------------------

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 Padding = Literal["SAME", "VALID", "CIRCULAR"]
 
+#: Most spatial positions a layer that enlarges its input (conv_transpose, image_resize) may
+#: output (a 1024 x 1024 image): checked in the plan, before any work.
+MAX_OUT_POSITIONS = 1 << 20
+
 
 class _Layer(BaseModel):
     # no layer parameter may be inf or NaN (JSON's Infinity/NaN parse as floats)
