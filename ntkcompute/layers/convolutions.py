@@ -35,8 +35,8 @@ import numpy as np
 from ..errors import InputError
 from ..kernels.spatial import conv_window_sum
 from .finite import gather, scatter, window_index
-from .linear import Conv, _affine_kernel, _AffineRule
-from .registry import MAX_OUT_POSITIONS, Leaf, layer_index, make_window, register
+from .linear import Conv, ConvRule, _affine_kernel, _AffineRule
+from .registry import MAX_OUT_POSITIONS, Leaf, layer_index, register
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -202,17 +202,10 @@ class ConvLocalRule(_AffineRule):
     float32_verified = False
     has_features = False
 
-    def out_channels(self, layer: Any, channels: int | None, width: int | None) -> int | None:
-        return layer.out_chan or width
-
-    def shape(self, layer: Any, leaf: Leaf) -> None:
-        cur = leaf.in_spatial
-        leaf.window = make_window(leaf.path, "filter_shape", cur, layer.filter_shape,
-                                  layer.strides, layer.padding, (1,) * len(cur))
-        leaf.out_spatial = leaf.window.out
-
-    def _fan(self, lp: LayerPlan) -> int:
-        return math.prod(lp.window.size)
+    # a local conv has Conv's window geometry and fan-in: one definition, ConvRule's
+    out_channels = ConvRule.out_channels
+    shape = ConvRule.shape
+    _fan = ConvRule._fan
 
     def kernel_then(self, lp: LayerPlan, st: State, xp: ModuleType, act: LayerPlan,
                     va: Array, vb: Array) -> State | None:
