@@ -226,12 +226,11 @@ def stax_scripts(nt_python: str, tmp: str) -> None:
     worst = 0.0
     for i, (name, source) in enumerate(stax_examples.EXAMPLES.items()):
         ns = stax_examples.run(source)
-        kernel_fn, x1, x2 = ns["kernel_fn"], ns["x1"], ns["x2"]
-        k, ks = kernel_fn(x1, x2, ("nngp", "ntk")), kernel_fn(x1, None, ("nngp", "ntk"))
-        off = ~np.eye(len(x1), dtype=bool)
+        k, ks = stax_examples.cross_and_symmetric(ns)
+        off = ~np.eye(len(ns["x1"]), dtype=bool)
         errs = (rel(k.nngp, ref[f"nngp_{i}"]), rel(k.ntk, ref[f"ntk_{i}"]),
                 rel(ks.nngp, ref[f"sym_nngp_{i}"], off), rel(ks.ntk, ref[f"sym_ntk_{i}"], off))
-        diag = rel(ks.ntk, ref[f"sym_ntk_{i}"], np.eye(len(x1), dtype=bool))
+        diag = rel(ks.ntk, ref[f"sym_ntk_{i}"], np.eye(len(ns["x1"]), dtype=bool))
         worst = max(worst, *errs)
         print(f"{name:42s} " + " ".join(f"{e:9.1e}" for e in (*errs, diag)), flush=True)
     print(f"worst off-diagonal relative difference of the nt scripts: {worst:.1e}")

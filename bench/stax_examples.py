@@ -3,13 +3,16 @@
 Each example is a script from nt 0.6.5's README or notebooks, its first line ``from
 neural_tangents import stax``; the only edits are inputs drawn from NumPy (``rng``, given)
 instead of ``jax.random``, smaller batches, and no ``jit`` / ``nt.batch`` around
-``kernel_fn``. A script leaves ``kernel_fn``, ``x1`` and ``x2``.
+``kernel_fn``. A script leaves ``kernel_fn``, ``x1`` and ``x2`` (and, where the net takes more,
+such as Aggregate's ``pattern``, the keywords ``kw`` of the cross call and ``sym_kw`` of the
+symmetric one).
 
 ``python bench/stax_examples.py nt|ntkcompute OUT.npz`` runs every example with that
 library's ``stax`` (for nt, inside its venv, float64 enabled): the one import line is the
-only change. It saves ``nngp_i``, ``ntk_i`` (cross, ``kernel_fn(x1, x2, ('nngp', 'ntk'))``)
-and ``sym_nngp_i``, ``sym_ntk_i`` (``kernel_fn(x1, None, ...)``). ``make conformance``
-compares the two (``bench/conformance.py``); ``tests/test_stax.py`` runs them here.
+only change. It saves ``name_i``, ``nngp_i``, ``ntk_i`` (cross, ``kernel_fn(x1, x2,
+('nngp', 'ntk'))``) and ``sym_nngp_i``, ``sym_ntk_i`` (``kernel_fn(x1, None, ...)``).
+``make conformance`` compares the two (``bench/conformance.py``); ``tests/test_stax.py`` runs
+them here against a stored copy of nt's.
 """
 
 from __future__ import annotations
@@ -178,6 +181,57 @@ _, _, kernel_fn = stax.serial(
 x1 = rng.standard_normal((5, 7, 3))
 x2 = rng.standard_normal((4, 7, 3))
 """,
+    # stax.Aggregate's docstring, "Infinite width example", as a graph network (GNTK):
+    # aggregate, a dense layer per vertex, twice, then the sum over vertices
+    "Aggregate docs: GNTK, binary adjacency": """
+from neural_tangents import stax
+
+_, _, kernel_fn = stax.serial(
+    stax.Conv(256, (1,), W_std=1.4, b_std=0.1), stax.Relu(),
+    stax.Aggregate(aggregate_axis=1),
+    stax.Conv(256, (1,), W_std=1.4, b_std=0.1), stax.Relu(),
+    stax.Aggregate(aggregate_axis=1),
+    stax.GlobalSumPool(), stax.Dense(1))
+
+x1 = rng.standard_normal((5, 10, 3))
+x2 = rng.standard_normal((3, 10, 3))
+A1 = rng.random((5, 10, 10)) < 0.3
+A2 = rng.random((3, 10, 10)) < 0.3
+kw, sym_kw = {"pattern": (A1, A2)}, {"pattern": (A1, A1)}
+""",
+    "Aggregate: weighted, over W of NHWC images": """
+from neural_tangents import stax
+
+_, _, kernel_fn = stax.serial(
+    stax.Conv(16, (2, 2), padding='SAME', W_std=1.3, b_std=0.2), stax.Relu(),
+    stax.Aggregate(aggregate_axis=2),
+    stax.Conv(16, (3, 1), padding='SAME'), stax.Erf(),
+    stax.Aggregate(aggregate_axis=2),
+    stax.Flatten(), stax.Dense(1))
+
+x1 = rng.standard_normal((4, 3, 5, 2))
+x2 = rng.standard_normal((3, 3, 5, 2))
+A1 = rng.standard_normal((4, 5, 5))
+A2 = rng.standard_normal((3, 5, 5))
+kw, sym_kw = {"pattern": (A1, A2)}, {"pattern": (A1, A1)}
+""",
+    # (nt 0.6.5's SPARSE kernel_fn over two or more axes disagrees with its own DENSE one
+    # and with its apply_fn; over one axis all agree)
+    "Aggregate: SPARSE edge lists, padded": """
+from neural_tangents import stax
+
+_, _, kernel_fn = stax.serial(
+    stax.Aggregate(implementation='SPARSE'),
+    stax.Conv(16, (1,), W_std=1.2, b_std=0.1), stax.Relu(),
+    stax.Aggregate(implementation='SPARSE'),
+    stax.GlobalAvgPool(), stax.Dense(1))
+
+x1 = rng.standard_normal((4, 8, 2))
+x2 = rng.standard_normal((2, 8, 2))
+E1 = rng.integers(-1, 8, size=(4, 12, 2))  # (tail, head) per edge; head -1: padding
+E2 = rng.integers(-1, 8, size=(2, 12, 2))
+kw, sym_kw = {"pattern": (E1, E2)}, {"pattern": (E1, E1)}
+""",
 }
 
 
@@ -191,6 +245,15 @@ def run(source: str, ours: bool = True) -> dict[str, Any]:
     return ns
 
 
+def cross_and_symmetric(ns: dict[str, Any]) -> tuple[Any, Any]:
+    """``kernel_fn(x1, x2, ('nngp', 'ntk'), **kw)`` and ``kernel_fn(x1, None, ...,
+    **sym_kw)`` of an example's namespace (``kw``: e.g. Aggregate's ``pattern``)."""
+    kernel_fn, x1, x2 = ns["kernel_fn"], ns["x1"], ns["x2"]
+    get = ("nngp", "ntk")
+    return (kernel_fn(x1, x2, get, **ns.get("kw", {})),
+            kernel_fn(x1, None, get, **ns.get("sym_kw", {})))
+
+
 def main() -> None:
     lib, out = sys.argv[1], sys.argv[2]
     if lib == "nt":
@@ -198,10 +261,10 @@ def main() -> None:
 
         jax.config.update("jax_enable_x64", True)
     res = {}
-    for i, source in enumerate(EXAMPLES.values()):
+    for i, (name, source) in enumerate(EXAMPLES.items()):
         ns = run(source, ours=lib != "nt")
-        kernel_fn, x1, x2 = ns["kernel_fn"], ns["x1"], ns["x2"]
-        k, ks = kernel_fn(x1, x2, ("nngp", "ntk")), kernel_fn(x1, None, ("nngp", "ntk"))
+        res[f"name_{i}"] = name
+        k, ks = cross_and_symmetric(ns)
         res[f"nngp_{i}"], res[f"ntk_{i}"] = np.asarray(k.nngp), np.asarray(k.ntk)
         res[f"sym_nngp_{i}"], res[f"sym_ntk_{i}"] = np.asarray(ks.nngp), np.asarray(ks.ntk)
         print(f"example {i} done", flush=True)

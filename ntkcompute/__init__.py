@@ -6,10 +6,11 @@ from .empirical import empirical_kernel
 from .errors import InputError
 from .features import feature_map, features
 from .infinite import kernel
+from .layers.graph import pack_pattern
 from .spec import Architecture, parse_arch
 
 __all__ = ["Architecture", "InputError", "empirical_kernel", "feature_map", "features", "kernel",
-           "parse_arch"]
+           "pack_pattern", "parse_arch"]
 __version__ = "0.1.0"
 
 #: scikit-learn estimators, imported on first use: they need scikit-learn, which

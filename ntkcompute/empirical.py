@@ -31,6 +31,7 @@ from .layers.activations import Activation
 from .layers.finite import gather as _gather
 from .layers.finite import scatter as _scatter
 from .layers.finite import window_index as _window_index
+from .layers.graph import split_pattern
 from .plan import LayerPlan, Plan, make_plan
 from .spec import Architecture, parse_arch
 from .validate import as_input, check_get, check_pair, resolve_dtype
@@ -84,8 +85,12 @@ def forward(plan: Plan, params: list, x: np.ndarray) -> tuple[np.ndarray, list]:
     """Network outputs ``(n, K)`` for inputs ``x`` and the tape the backward pass reads.
 
     Activations are ``(n, P, C)`` with positions flattened (``(n, C)`` for vectors), one per
-    open branch slot; the tape holds ``(LayerPlan, data)`` per layer.
+    open branch slot; the tape holds ``(LayerPlan, data)`` per layer. With ``plan.pattern``
+    the inputs' last channels are their graphs (``layers.graph``).
     """
+    graphs = None
+    if plan.pattern is not None:
+        x, graphs = split_pattern(np, x, plan.pattern)
     slots = [x.reshape(x.shape[0], -1, x.shape[-1]) if plan.input_spatial else x]
     tape: list[tuple[LayerPlan, Any]] = []
     weights = iter(params)
@@ -101,7 +106,10 @@ def forward(plan: Plan, params: list, x: np.ndarray) -> tuple[np.ndarray, list]:
             tape.append((lp, data))
             continue
         p = next(weights) if rule.has_params(lp.layer) else None
-        slots[s], data = rule.forward(lp, p, slots[s])
+        if rule.uses_pattern:
+            slots[s], data = rule.forward(lp, p, slots[s], pattern=graphs)
+        else:
+            slots[s], data = rule.forward(lp, p, slots[s])
         tape.append((lp, data))
     return slots[0], tape  # (n, K): make_plan has checked that the output is not spatial
 

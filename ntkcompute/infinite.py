@@ -93,7 +93,7 @@ def self_pass(plan: Plan, x: Any, *, want_ntk: bool = True,
         per = min(per, -(-x.shape[0] // threads))
 
     def one(sl: slice) -> tuple:
-        st = inputs.self_input(xp, x[sl], plan.input_full, want_ntk)
+        st = inputs.self_input(xp, x[sl], plan.input_full, want_ntk, plan.pattern)
         st, variances = propagate.run(plan, st, xp)
         return variances, st.nngp, st.ntk
 
@@ -108,7 +108,8 @@ def pair_block(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *,
                want_ntk: bool = True) -> tuple[Any, Any]:
     """``(nngp, ntk)``, each ``(len(x1), len(x2))``, for rows x1, x2 and their self-covs."""
     xp = array_module(x1)
-    st = inputs.pair_input(xp, x1, x2, plan.input_full, want_ntk, plan.pair_identity)
+    st = inputs.pair_input(xp, x1, x2, plan.input_full, want_ntk, plan.pair_identity,
+                          plan.pattern)
     st, _ = propagate.run(plan, st, xp, (s1.variances, s2.variances))
     return st.nngp, st.ntk
 

@@ -65,6 +65,9 @@ class Plan:
     self_indices: tuple[int, ...] = field(default=())  # layers with a self statistic
     max_slots: int = 1  # most branch values alive at once
     pair_identity: bool = False  # a layer needs to know which pairs are one input twice
+    # (V, aggregate axes among the spatial ones): the inputs' last V channels are their
+    # graphs (``layers.graph``); None: every channel is a feature
+    pattern: tuple[int, tuple[int, ...]] | None = None
 
     @property
     def max_state_size(self) -> int:
@@ -168,7 +171,12 @@ def make_plan(arch: Architecture, input_shape: tuple[int, ...],
     """
     check_shape(input_shape, "x1")
     spatial = tuple(int(s) for s in input_shape[1:-1])
-    w = _Walker(arch, spatial, int(input_shape[-1]), width)
+    channels = int(input_shape[-1]) - (arch.pattern_channels or 0)
+    if channels < 1:
+        raise InputError(f"the inputs have {input_shape[-1]} channels, so none is left for "
+                         f"features after the {arch.pattern_channels} of the graph",
+                         field="pattern_channels")
+    w = _Walker(arch, spatial, channels, width)
     arity = w.seq(arch.layers, "layers", 0, 1)
     last = f"layers[{len(arch.layers) - 1}]"
     if arity != 1:
@@ -196,9 +204,50 @@ def make_plan(arch: Architecture, input_shape: tuple[int, ...],
         r["in_full"] = need[s] and bool(r["in_spatial"])
     plans = tuple(LayerPlan(index=i, parameterization=arch.parameterization, **r)
                   for i, r in enumerate(rows))
+    pattern = _pattern(arch, plans, spatial)
     return Plan(layers=plans, input_spatial=spatial,
                 input_full=need[0] and bool(spatial),
                 parameterization=arch.parameterization,
                 self_indices=tuple(lp.index for lp in plans if lp.self_stat),
                 max_slots=w.max_slots,
-                pair_identity=any(rule_of(lp.layer).pair_identity for lp in plans))
+                pair_identity=any(rule_of(lp.layer).pair_identity for lp in plans),
+                pattern=pattern)
+
+
+def _pattern(arch: Architecture, plans: tuple[LayerPlan, ...], spatial: tuple[int, ...]
+             ) -> tuple[int, tuple[int, ...]] | None:
+    """The plan's ``pattern``: every layer that reads the inputs' graph spans the same axes,
+    of the inputs' sizes, with ``pattern_channels`` vertices in all."""
+    users = [lp for lp in plans if rule_of(lp.layer).uses_pattern]
+    v = arch.pattern_channels
+    if not users:
+        if v:
+            raise InputError("is set, but no layer reads a graph (aggregate)",
+                             field="pattern_channels")
+        return None
+    first = users[0]
+    if not v:
+        raise InputError(f"{first.layer.type} needs each input's graph: set the "
+                         "architecture's pattern_channels and append the graphs to the "
+                         "inputs' channels (ntkcompute.pack_pattern)",
+                         field="pattern_channels")
+    axes = rule_of(first.layer).pattern_axes(first.layer, len(spatial))
+    for lp in users:
+        mine = rule_of(lp.layer).pattern_axes(lp.layer, len(lp.in_spatial))
+        where = spec.layer_index(lp.path)
+        if len(lp.in_spatial) != len(spatial) or mine != axes:
+            raise InputError(f"aggregates spatial axes {mine} of a {len(lp.in_spatial)}-d "
+                             f"input, but the graph spans axes {axes} of the "
+                             f"{len(spatial)}-d inputs: every layer reading the graph must "
+                             "aggregate the same axes", field="aggregate_axis", layer=where)
+        sizes = tuple(lp.in_spatial[j] for j in axes)
+        if sizes != tuple(spatial[j] for j in axes):
+            raise InputError(f"sees aggregate axes of sizes {sizes}, but the inputs' graphs "
+                             f"span {tuple(spatial[j] for j in axes)}: keep those axes' "
+                             "sizes up to here (SAME padding, stride 1)",
+                             field="aggregate_axis", layer=where)
+    n_vert = math.prod(spatial[j] for j in axes)
+    if n_vert != v:
+        raise InputError(f"is {v}, but the aggregate axes {tuple(spatial[j] for j in axes)} "
+                         f"have {n_vert} vertices", field="pattern_channels")
+    return v, axes

@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -59,6 +60,7 @@ from .layers.branching import (
     Repeat,
     Serial,
 )
+from .layers.graph import MAX_VERTICES, Aggregate
 from .layers.linear import Conv, Dense
 from .layers.normalization import LayerNorm
 from .layers.pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, Identity, SumPool
@@ -67,7 +69,8 @@ from .layers.registry import part as _part
 
 __all__ = [
     "ELEMENTWISE_FNS", "FAN_IN", "FLOAT32_VERIFIED", "LAYER_CLASSES", "MAX_LAYERS",
-    "MAX_NESTING", "NONLINEAR", "ABRelu", "ABReluStax", "Abs", "Architecture", "AvgPool",
+    "MAX_NESTING", "NONLINEAR", "ABRelu", "ABReluStax", "Abs", "Aggregate", "Architecture",
+    "AvgPool",
     "Conv", "Cos", "Dense", "Elementwise", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Flatten", "Gaussian", "Gelu", "GlobalAvgPool", "GlobalSelfAttention",
     "GlobalSumPool", "Identity", "Layer", "LayerNorm", "LeakyRelu", "OptionalStd", "Padding",
@@ -160,6 +163,9 @@ class Architecture(BaseModel):
 
     layers: list[Layer] = Field(min_length=1)
     parameterization: Literal["ntk", "standard"] = "ntk"
+    #: the last ``pattern_channels`` channels of every input are its graph, for the
+    #: ``aggregate`` layers (see :mod:`ntkcompute.layers.graph`, ``ntkcompute.pack_pattern``)
+    pattern_channels: int | None = Field(None, ge=1, le=MAX_VERTICES)
 
     @model_validator(mode="before")
     @classmethod
@@ -168,6 +174,15 @@ class Architecture(BaseModel):
         if isinstance(layers, list):
             spec_size(layers)
         return data
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # without a graph it dumps as before pattern_channels existed: a stored job's
+        # identity (its spec's dump) stays the same
+        out = handler(self)
+        if isinstance(out, dict) and out.get("pattern_channels") is None:
+            out.pop("pattern_channels", None)
+        return out
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=False)

@@ -24,7 +24,8 @@ What differs from stax:
   (JAX arrays too). It is not a JAX function: drop ``jax.jit`` and ``nt.batch`` around it
   (it batches itself). ``get=None`` returns ``Kernel(nngp, ntk)``; a name returns that
   array; a tuple a named tuple in its order, as stax. The output must not be spatial (end a
-  conv net with a readout), and stax's ``pattern`` / ``mask_constant`` arguments are absent.
+  conv net with a readout), and stax's ``mask_constant`` argument is absent. ``pattern``
+  (Aggregate's graphs) is taken as in stax, by ``apply_fn`` and ``kernel_fn``.
 - ``init_fn(rng, input_shape)`` and ``apply_fn(params, x)`` are the finite-width NumPy net of
   :mod:`ntkcompute.empirical` (the one ``empirical_kernel`` differentiates): ``rng`` is an
   int seed, a ``numpy.random.Generator`` or a JAX PRNG key; ``params`` is a list with one
@@ -54,7 +55,7 @@ from __future__ import annotations
 import collections
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -65,18 +66,28 @@ from .infinite import kernel as _kernel
 from .kernels import expression
 from .kernels.quadrature import FUNCTIONS
 from .layers.activations import PyFunctions, compiled
+from .layers.graph import pack_pattern
 from .plan import make_plan
 from .spec import ELEMENTWISE_FNS, Architecture, parse_arch
 from .validate import check_get
 
 __all__ = [
-    "ABRelu", "Abs", "AvgPool", "Conv", "ConvLocal", "ConvTranspose", "Cos", "Dense", "Dropout",
+    "ABRelu", "Abs", "Aggregate", "AvgPool", "Conv", "ConvLocal", "ConvTranspose", "Cos",
+    "Dense", "Dropout",
     "Elementwise", "ElementwiseNumerical", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Flatten", "Gaussian", "Gelu", "GlobalAvgPool",
     "GlobalSelfAttention", "GlobalSumPool", "Identity", "ImageResize", "Kernel", "KernelFn",
     "LayerNorm", "LeakyRelu", "Rbf", "Relu", "Sign", "Sin", "StaxLayer", "parallel", "repeat",
     "serial",
 ]
+
+class _Graph(NamedTuple):
+    """How an Aggregate layer reads stax's ``pattern``."""
+
+    aggregate_axis: list[int] | None
+    implementation: str
+    to_dense: Callable[[Any], Any]
+
 
 #: What ``kernel_fn(x1, x2)`` returns with ``get=None``.
 Kernel = collections.namedtuple("Kernel", ["nngp", "ntk"])
@@ -90,8 +101,9 @@ def _kernel_tuple(names: tuple[str, ...]) -> type:
 class _Net:
     """What a layer or net is: its spec's layer dicts and its parameterization."""
 
-    def __init__(self, layers: list[dict[str, Any]], parameterization: str | None) -> None:
-        self.layers, self.parameterization = layers, parameterization
+    def __init__(self, layers: list[dict[str, Any]], parameterization: str | None,
+                 graphs: tuple[_Graph, ...] = ()) -> None:
+        self.layers, self.parameterization, self.graphs = layers, parameterization, graphs
         self.spec = {"layers": layers, "parameterization": parameterization or "ntk"}
         parse_arch(self.spec)  # the fields of every layer, now; shapes when inputs come
 
@@ -99,24 +111,44 @@ class _Net:
     def arch(self) -> Architecture:
         return parse_arch(self.spec)
 
+    def packed(self, x: Any, pattern: Any) -> tuple[Architecture, Any]:
+        """The architecture and inputs to compute with: with Aggregate layers, ``x`` with
+        its graphs (stax's ``pattern``; ``None``: the identity graph) appended as channels
+        and ``pattern_channels`` set (see :func:`ntkcompute.pack_pattern`)."""
+        if not self.graphs:
+            return self.arch, x
+        g = self.graphs[0]
+        if any(h.implementation != g.implementation or h.to_dense is not g.to_dense
+               for h in self.graphs[1:]):
+            raise InputError("the net's Aggregate layers read the pattern differently "
+                             "(implementation or to_dense); stax passes one pattern to all, "
+                             "so give them the same", field="pattern")
+        if pattern is not None and g.implementation == "DENSE":
+            pattern = g.to_dense(pattern)
+        out = pack_pattern(x, pattern, g.aggregate_axis, g.implementation)
+        v = out.shape[-1] - np.shape(x)[-1]
+        return self.arch.model_copy(update={"pattern_channels": v}), out
+
     def init(self, rng: Any, input_shape: Sequence[int], dtype: Any = np.float64
              ) -> tuple[tuple[int, ...], list[tuple[np.ndarray | None, ...]]]:
         """``(output_shape, params)`` for inputs of ``input_shape`` (batch axis first, any
         size, ``-1`` allowed, as stax); ``params``: one tuple per layer with weights."""
         shape = tuple(int(s) for s in input_shape)
-        one = (1, *shape[1:])
-        plan = make_plan(self.arch, one)
+        arch, x = self.packed(np.zeros((1, *shape[1:]), dtype=dtype), None)
+        plan = make_plan(arch, x.shape)
         params = init_params(plan, _seed(rng), np.dtype(dtype))
-        out, _ = forward(plan, params, np.zeros(one, dtype=dtype))
+        out, _ = forward(plan, params, x)
         return (shape[0], *out.shape[1:]), params
 
-    def apply(self, params: list[tuple[np.ndarray | None, ...]], x: Any, **kwargs: Any
-              ) -> np.ndarray:
-        """Outputs ``(n, out_dim)`` of the finite net with ``params`` on inputs ``x``."""
+    def apply(self, params: list[tuple[np.ndarray | None, ...]], x: Any, *,
+              pattern: Any = None, **kwargs: Any) -> np.ndarray:
+        """Outputs ``(n, out_dim)`` of the finite net with ``params`` on inputs ``x`` (and
+        their graphs ``pattern``, as stax's, for Aggregate layers)."""
         x = np.asarray(x)
         if x.dtype.kind != "f":
             x = x.astype(np.float64)
-        return forward(make_plan(self.arch, tuple(x.shape)), params, x)[0]
+        arch, x = self.packed(x, pattern)
+        return forward(make_plan(arch, tuple(x.shape)), params, x)[0]
 
 
 class KernelFn:
@@ -130,14 +162,33 @@ class KernelFn:
         """The architecture as the JSON spec (:func:`ntkcompute.parse_arch` takes it)."""
         return self._net.spec
 
+    def pack(self, x: Any, pattern: Any = None) -> tuple[dict[str, Any], np.ndarray]:
+        """``(spec, inputs)`` for the service, the client and the workers, which take one
+        array: for a net with Aggregate layers, ``x`` with its graphs ``pattern`` (stax's
+        form) appended as channels and the spec's ``pattern_channels`` set; otherwise
+        ``(self.spec, x)``."""
+        arch, packed = self._net.packed(np.asarray(x), pattern)
+        return arch.model_dump(mode="json"), np.asarray(packed)
+
     def __call__(self, x1: Any, x2: Any | None = None, get: str | Sequence[str] | None = None,
-                 *, dtype: Any = None, memory: int = DEFAULT_MEMORY, threads: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> Any:
+                 *, pattern: Any = None, dtype: Any = None, memory: int = DEFAULT_MEMORY,
+                 threads: int | None = None, progress: Callable[[int, int], None] | None = None
+                 ) -> Any:
         """NNGP and / or NTK Gram matrices ``(n1, n2)`` between the rows of x1 and x2
-        (x2 omitted: x1 with itself, symmetric); arguments as :func:`ntkcompute.kernel`."""
+        (x2 omitted: x1 with itself, symmetric); arguments as :func:`ntkcompute.kernel`.
+        ``pattern``: the inputs' graphs for Aggregate layers, ``(pattern1, pattern2)`` as
+        stax (with x2 omitted, ``pattern1`` alone will do); ``None``: identity graphs."""
+        net = self._net
+        p1, p2 = pattern if isinstance(pattern, (tuple, list)) else (pattern, None)
+        if x2 is not None and net.graphs and (p1 is None) != (p2 is None):
+            raise InputError("give both inputs' patterns, (pattern1, pattern2), or neither",
+                             field="pattern")
+        arch, x1 = net.packed(_array(x1), p1)
+        if x2 is not None:
+            x2 = net.packed(_array(x2), p2)[1]
         names = ("nngp", "ntk") if get is None else check_get(get)
-        k = _kernel(self._net.arch, _array(x1), None if x2 is None else _array(x2),
-                    get=names, dtype=dtype, memory=memory, threads=threads, progress=progress)
+        k = _kernel(arch, x1, x2, get=names, dtype=dtype, memory=memory, threads=threads,
+                    progress=progress)
         if isinstance(get, str):
             return k[get]
         return (Kernel if get is None else _kernel_tuple(names))(*(k[g] for g in names))
@@ -151,15 +202,15 @@ class StaxLayer(tuple):
     ``None`` when no layer has weights.
     """
 
-    def __new__(cls, layers: list[dict[str, Any]],
-                parameterization: str | None = None) -> StaxLayer:
-        net = _Net(layers, parameterization)
+    def __new__(cls, layers: list[dict[str, Any]], parameterization: str | None = None,
+                graphs: tuple[_Graph, ...] = ()) -> StaxLayer:
+        net = _Net(layers, parameterization, graphs)
         self = super().__new__(cls, (net.init, net.apply, KernelFn(net)))
         self._net = net
         return self
 
     def __reduce__(self) -> tuple:  # pickle, copy and deepcopy rebuild it from its spec
-        return StaxLayer, (self.layers, self.parameterization)
+        return StaxLayer, (self.layers, self.parameterization, self._net.graphs)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -197,8 +248,13 @@ def _seed(rng: Any) -> int:
     return int(np.random.SeedSequence([int(v) for v in key.ravel()]).generate_state(1)[0])
 
 
-def _layer(layer: dict[str, Any], parameterization: str | None = None) -> StaxLayer:
-    return StaxLayer([layer], parameterization)
+def _layer(layer: dict[str, Any], parameterization: str | None = None,
+           graphs: tuple[_Graph, ...] = ()) -> StaxLayer:
+    return StaxLayer([layer], parameterization, graphs)
+
+
+def _graphs(layers: Sequence[StaxLayer]) -> tuple[_Graph, ...]:
+    return tuple(g for lay in layers for g in lay._net.graphs)
 
 
 def _defaults(**kw: Any) -> None:
@@ -256,14 +312,15 @@ def serial(*layers: StaxLayer) -> StaxLayer:
     layers = tuple(_triple(lay) for lay in layers)
     if not layers:
         raise InputError("needs at least one layer", field="layers")
-    return StaxLayer([d for lay in layers for d in lay.layers], _common(layers))
+    return StaxLayer([d for lay in layers for d in lay.layers], _common(layers),
+                     _graphs(layers))
 
 
 def parallel(*layers: StaxLayer) -> StaxLayer:
     """Layer i applied to the i-th of as many inputs, e.g. after a ``FanOut`` (stax.parallel)."""
     layers = tuple(_triple(lay) for lay in layers)
     return _layer({"type": "parallel", "branches": [lay.layers for lay in layers]},
-                  _common(layers))
+                  _common(layers), _graphs(layers))
 
 
 def repeat(layer: StaxLayer, n: int) -> StaxLayer:
@@ -271,7 +328,8 @@ def repeat(layer: StaxLayer, n: int) -> StaxLayer:
     layer = _triple(layer)
     inner = layer.layers[0] if len(layer.layers) == 1 else {"type": "serial",
                                                             "layers": layer.layers}
-    return _layer({"type": "repeat", "layer": inner, "n": n}, layer.parameterization)
+    return _layer({"type": "repeat", "layer": inner, "n": n}, layer.parameterization,
+                  layer._net.graphs)
 
 
 def FanOut(num: int) -> StaxLayer:
@@ -416,6 +474,32 @@ def LayerNorm(axis: int | Sequence[int] = -1, eps: float = 1e-12, batch_axis: in
     _defaults(batch_axis=batch_axis, channel_axis=channel_axis)
     return _layer({"type": "layer_norm", "eps": eps,
                    "axis": axis if isinstance(axis, int) else _ints(axis)})
+
+
+def _same(p: Any) -> Any:
+    return p
+
+
+def Aggregate(aggregate_axis: int | Sequence[int] | None = None, batch_axis: int = 0,
+              channel_axis: int = -1, to_dense: Callable[[Any], Any] = _same,
+              implementation: str = "DENSE") -> StaxLayer:
+    """Graph aggregation, ``out[j] = sum_i pattern[i, j] x[i]`` over the vertices of
+    ``aggregate_axis`` (stax.Aggregate; ``None``: every spatial axis). The graphs come as
+    stax's ``pattern`` keyword of ``apply_fn`` and ``kernel_fn``: dense weights
+    ``(n, *agg, *agg)`` (``to_dense`` applied first) or, with ``implementation="SPARSE"``,
+    integer edges ``(n, n_edges, K, 2)``. For the service, append them to the inputs with
+    :func:`ntkcompute.pack_pattern` and set the spec's ``pattern_channels``."""
+    _defaults(batch_axis=batch_axis, channel_axis=channel_axis)
+    if implementation not in ("DENSE", "SPARSE"):
+        raise InputError(f"must be 'DENSE' or 'SPARSE', got {implementation!r}",
+                         field="implementation")
+    if not callable(to_dense):
+        raise InputError(f"must be a function, got {type(to_dense).__name__}",
+                         field="to_dense")
+    axes = None if aggregate_axis is None else \
+        [int(a) for a in np.atleast_1d(aggregate_axis)]
+    return _layer({"type": "aggregate", "aggregate_axis": axes}, None,
+                  (_Graph(axes, implementation, to_dense),))
 
 
 def Dropout(rate: float, mode: str = "train") -> StaxLayer:

@@ -59,6 +59,9 @@ NT_SIGNATURES = {
     "ElementwiseNumerical": [("fn", REQUIRED), ("deg", REQUIRED), ("df", None)],
     "Elementwise": [("fn", None), ("nngp_fn", None), ("d_nngp_fn", None)],
     "FanOut": [("num", REQUIRED)],
+    # to_dense: the identity (``lambda p: p`` in nt)
+    "Aggregate": [("aggregate_axis", None), ("batch_axis", 0), ("channel_axis", -1),
+                  ("to_dense", stax._same), ("implementation", "DENSE")],
     "FanInConcat": [("axis", -1)],
     "repeat": [("layer", REQUIRED), ("n", REQUIRED)],
     "GlobalSelfAttention": [
@@ -82,19 +85,34 @@ def _close(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+NT_EXAMPLES = np.load(Path(__file__).parent / "fixtures" / "nt_stax_examples.npz")
+
+
 def test_examples_run_with_one_import_changed_and_equal_the_json_specs():
-    """Every nt script of bench/stax_examples.py runs here; those with a named spec give its
-    kernels (make conformance holds all of them to nt's)."""
+    """Every nt script of bench/stax_examples.py runs here and gives nt 0.6.5's kernels (a
+    fixture: ``.venv-nt/bin/python bench/stax_examples.py nt
+    tests/fixtures/nt_stax_examples.npz``); those with a named spec give its kernels, and
+    ``.spec`` (with ``.pack`` for graphs) is the whole net as JSON."""
     named = {"README: FC kernel_fn": A.fc(2, 1.0, None),
              "Myrtle notebook: MyrtleNetwork(5)": A.myrtle(5),
              "Arora et al.: CNTK-GAP-4": A.cntk(4)}
+    fixture = {str(NT_EXAMPLES[k]): int(k.split("_")[1]) for k in NT_EXAMPLES.files
+               if k.startswith("name_")}
+    assert set(fixture) == set(stax_examples.EXAMPLES), "regenerate the nt fixture"
     for name, source in stax_examples.EXAMPLES.items():
         ns = stax_examples.run(source)
         kernel_fn, x1, x2 = ns["kernel_fn"], ns["x1"], ns["x2"]
-        k = kernel_fn(x1, x2)
+        k, ks = stax_examples.cross_and_symmetric(ns)
         assert k.nngp.shape == k.ntk.shape == (len(x1), len(x2)), name
         assert np.isfinite(k.ntk).all() and np.isfinite(k.nngp).all(), name
-        assert nc.kernel(json.loads(json.dumps(kernel_fn.spec)), x1, x2)["ntk"] \
+        i, off = fixture[name], ~np.eye(len(x1), dtype=bool)
+        for g in ("nngp", "ntk"):
+            assert _close(getattr(k, g), NT_EXAMPLES[f"{g}_{i}"]) < 1e-10, (name, g)
+            assert _close(getattr(ks, g)[off], NT_EXAMPLES[f"sym_{g}_{i}"][off]) < 1e-10, \
+                (name, g)
+        pattern = ns.get("kw", {}).get("pattern", (None, None))
+        (spec, p1), (_, p2) = kernel_fn.pack(x1, pattern[0]), kernel_fn.pack(x2, pattern[1])
+        assert nc.kernel(json.loads(json.dumps(spec)), p1, p2)["ntk"] \
             .tolist() == k.ntk.tolist(), name  # .spec is the whole net, as JSON
         if name in named:
             ref = nc.kernel(named[name], x1, x2)

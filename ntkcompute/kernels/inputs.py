@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from types import ModuleType
 
+from ..layers.graph import split_pattern
 from .state import Array, Refine, State, spatial_diagonal
 
 #: float32 pair blocks recompute in float64 the pairs of distinct inputs with
@@ -89,10 +90,24 @@ def same_pairs(xp: ModuleType, x1: Array, x2: Array) -> Array | bool:
     return same
 
 
+def _graphs(xp: ModuleType, x1: Array, x2: Array, pattern: tuple | None
+            ) -> tuple[Array, Array, tuple[Array, Array] | None]:
+    """The features of ``x1``, ``x2`` and their graphs (``pattern``: the plan's, see
+    ``layers.graph``), or the inputs as they are and None."""
+    if pattern is None:
+        return x1, x2, None
+    f1, g1 = split_pattern(xp, x1, pattern)
+    f2, g2 = (f1, g1) if x2 is x1 else split_pattern(xp, x2, pattern)
+    return f1, f2, (g1, g2)
+
+
 def pair_input(xp: ModuleType, x1: Array, x2: Array, full: bool, want_ntk: bool,
-               identity: bool = False) -> State:
+               identity: bool = False, pattern: tuple | None = None) -> State:
     """State for all pairs of rows of ``x1`` (n1, *S, C) and ``x2`` (n2, *S, C); with
-    ``identity``, its ``same`` marks the pairs of equal rows."""
+    ``identity``, its ``same`` marks the pairs of equal rows. With ``pattern`` (the plan's)
+    the last channels are each input's graph, kept apart in ``State.pattern``."""
+    packed1, packed2 = x1, x2
+    x1, x2, graphs = _graphs(xp, x1, x2, pattern)
     n1, n2, c = x1.shape[0], x2.shape[0], x1.shape[-1]
     spatial = tuple(x1.shape[1:-1])
     d = len(spatial)
@@ -114,18 +129,24 @@ def pair_input(xp: ModuleType, x1: Array, x2: Array, full: bool, want_ntk: bool,
         g = spatial_diagonal(xp, k, d) if full else k
         refine = near_pairs(xp, a, b, g.sum(axis=tuple(range(d))) if d else g)
         if refine is not None:
-            refine = replace(refine, x1=x1, x2=x2)
+            refine = replace(refine, x1=packed1, x2=packed2)
     k = _finish(xp, k, c, dtype)
     return State(nngp=k, ntk=xp.zeros_like(k) if want_ntk else None, nb=2, spatial=spatial,
                  full=full and d > 0, refine=refine,
-                 same=same_pairs(xp, x1, x2) if identity else False)
+                 same=same_pairs(xp, packed1, packed2) if identity else False,
+                 pattern=graphs)
 
 
 def pairs_input(xp: ModuleType, xa: Array, xb: Array, full: bool, want_ntk: bool,
-                identity: bool = False) -> State:
+                identity: bool = False, pattern: tuple | None = None) -> State:
     """State for the m pairs ``(xa[k], xb[k])``, both ``(m, *S, C)``: batch shape ``(m,)``.
     With ``xb is xa`` the self pass (``same`` is True); else, with ``identity``, ``same``
-    marks the pairs of equal rows."""
+    marks the pairs of equal rows. ``pattern`` as for :func:`pair_input`."""
+    same: Array | bool = xb is xa
+    if identity and not same:
+        same = (xa.reshape(xa.shape[0], -1) == xb.reshape(xa.shape[0], -1)).all(axis=1)
+    xa_f, xb_f, graphs = _graphs(xp, xa, xb, pattern)
+    xa, xb = xa_f, xb_f  # (one array twice in the self pass)
     m, c = xa.shape[0], xa.shape[-1]
     spatial = tuple(xa.shape[1:-1])
     d = len(spatial)
@@ -141,13 +162,11 @@ def pairs_input(xp: ModuleType, xa: Array, xb: Array, full: bool, want_ntk: bool
     else:
         k = xp.moveaxis((a * b).sum(axis=-1), 0, -1)
     k = _finish(xp, k, c, dtype)
-    same: Array | bool = xb is xa
-    if identity and not same:
-        same = (xa.reshape(m, -1) == xb.reshape(m, -1)).all(axis=1)
     return State(nngp=k, ntk=xp.zeros_like(k) if want_ntk else None, nb=1, spatial=spatial,
-                 full=full and d > 0, same=same)
+                 full=full and d > 0, same=same, pattern=graphs)
 
 
-def self_input(xp: ModuleType, x: Array, full: bool, want_ntk: bool) -> State:
+def self_input(xp: ModuleType, x: Array, full: bool, want_ntk: bool,
+               pattern: tuple | None = None) -> State:
     """State for the pairs (x_i, x_i): batch shape ``(n,)``."""
-    return pairs_input(xp, x, x, full, want_ntk)
+    return pairs_input(xp, x, x, full, want_ntk, pattern=pattern)

@@ -105,7 +105,7 @@ def _absorbable(layers: Sequence[LayerPlan], at: int, pair_pass: bool) -> LayerP
 
 def _self_stats(plan: Plan, x: Array, xp: ModuleType, want_ntk: bool) -> list[Array]:
     """The self statistics of the rows of ``x``, as ``infinite.self_pass`` collects them."""
-    return run(plan, inputs.self_input(xp, x, plan.input_full, want_ntk), xp)[1]
+    return run(plan, inputs.self_input(xp, x, plan.input_full, want_ntk, plan.pattern), xp)[1]
 
 
 def _refined(plan: Plan, st: State, ref: Refine, xp: ModuleType) -> State:
@@ -125,7 +125,7 @@ def _refined(plan: Plan, st: State, ref: Refine, xp: ModuleType) -> State:
         va = _self_stats(plan, xa[ur], xp, want_ntk)
         vb = _self_stats(plan, xb[uc], xp, want_ntk)
         pairs = inputs.pairs_input(xp, xa[r], xb[c], plan.input_full, want_ntk,
-                                   plan.pair_identity)
+                                   plan.pair_identity, plan.pattern)
         res, _ = run(plan, pairs, xp, ([v[ir] for v in va], [v[ic] for v in vb]))
         for g in names:
             out[g][r, c] = getattr(res, g)

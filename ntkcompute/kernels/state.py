@@ -48,6 +48,9 @@ class State:
     # which pairs are one input twice: True (the self pass: all), False (none, or not asked
     # for: no layer of the plan needs it), or a bool array of the batch shape
     same: Array | bool = False
+    # each input's graph (aggregate layers): ``(A1, A2)``, ``(n1, V, V)`` and ``(n2, V, V)``
+    # for pair blocks, both ``(m, V, V)`` for the self pass and pair lists; None without one
+    pattern: tuple[Array, Array] | None = None
 
     def with_(self, **kw: Any) -> State:
         return replace(self, **kw)

@@ -213,6 +213,9 @@ class LayerRule:
     #: the field setting its output width, which the empirical network sets to 1 when it is
     #: the last such layer (the readout) and unset
     readout_width: ClassVar[str | None] = None
+    #: the rule reads each input's graph (aggregate): ``State.pattern`` in ``kernel``, a
+    #: ``pattern=`` keyword in ``forward``; :meth:`pattern_axes` says which axes it spans
+    uses_pattern: ClassVar[bool] = False
 
     # --- spec ---
     def nested(self, layer: Any) -> tuple[list[tuple[str, Any]], int]:
@@ -231,6 +234,11 @@ class LayerRule:
                              "first")
         walker.leaf(layer, path, slot)
         return 1
+
+    def pattern_axes(self, layer: Any, n_spatial: int) -> tuple[int, ...]:
+        """The spatial axes (0 = the first) its graph spans, for inputs with ``n_spatial``
+        spatial axes (rules with ``uses_pattern``)."""
+        raise NotImplementedError
 
     def out_channels(self, layer: Any, channels: int | None, width: int | None) -> int | None:
         """Finite width of its output given its input's (``None``: left to the limit)."""

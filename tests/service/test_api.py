@@ -382,6 +382,26 @@ def test_residual_attention_job_on_images(service, client_a, data):
     assert sol.metrics["best"]["accuracy"] > 0.7, sol.metrics
 
 
+def test_graph_network_job_through_the_service(service, client_a):
+    """A stax graph net (Aggregate) through REST: the packed inputs and spec that
+    ``kernel_fn.pack`` gives are a dataset and an arch like any other."""
+    from ntkcompute import stax
+
+    rng = np.random.default_rng(5)
+    _, _, kernel_fn = stax.serial(stax.Conv(64, (1,), b_std=0.1), stax.Relu(),
+                                  stax.Aggregate(1), stax.GlobalSumPool(), stax.Dense(1))
+    x1, x2 = rng.standard_normal((30, 8, 3)), rng.standard_normal((12, 8, 3))
+    a1, a2 = rng.random((30, 8, 8)) < 0.3, rng.random((12, 8, 8)) < 0.3
+    (spec, p1), (_, p2) = kernel_fn.pack(x1, a1), kernel_fn.pack(x2, a2)
+    job = client_a.kernel(client_a.upload(p1), spec, test=client_a.upload(p2)).wait(
+        timeout=300, progress=False)
+    assert job.info["arch"]["pattern_channels"] == 8
+    np.testing.assert_allclose(job.to_numpy("ntk"), kernel_fn(x1, None, "ntk", pattern=a1),
+                               rtol=1e-12, atol=0)
+    np.testing.assert_allclose(job.to_numpy("nngp", "test"),
+                               kernel_fn(x2, x1, "nngp", pattern=(a2, a1)), rtol=1e-12, atol=0)
+
+
 def test_stale_staging_dirs_are_cleaned(tmp_path):
     from service.uploads import clean_stale
 

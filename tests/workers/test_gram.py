@@ -60,6 +60,23 @@ def test_tiled_equals_in_process_exactly(client, tmp_path, arch, shape, tile, b)
     assert cross.tiles_total == -(-s // tile) * -(-(shape[0] - s) // tile)
 
 
+def test_graph_job_tiles_equal_in_process_exactly(client, tmp_path):
+    """Aggregate's graphs ride in the inputs' channels, so tiles carry their rows' graphs."""
+    rng = np.random.default_rng(3)
+    x = nc.pack_pattern(rng.standard_normal((26, 6, 2)), rng.random((26, 6, 6)) < 0.4)
+    arch = {"layers": [{"type": "conv", "filter_shape": [1], "b_std": 0.1}, {"type": "relu"},
+                       {"type": "aggregate"}, {"type": "global_sum_pool"},
+                       {"type": "dense"}], "pattern_channels": 6}
+    mem = block_memory(arch, x.shape, 4)
+    job = workers.compute_gram(arch, x, store=str(tmp_path / "g"), tile=8, client=client,
+                               memory=mem).wait()
+    ref = nc.kernel(arch, x, memory=mem, threads=1)
+    for k in ("ntk", "nngp"):
+        assert np.array_equal(job.to_numpy()[k], ref[k])
+    assert zarr.open_group(str(tmp_path / "g"), mode="r").attrs["ntkcompute"]["spec"][
+        "pattern_channels"] == 6
+
+
 def test_resume_computes_only_missing_tiles_and_dask_array_reads(client, tmp_path):
     x = np.random.default_rng(1).standard_normal((90, 5, 5, 1))
     arch = A.cntk(2)
