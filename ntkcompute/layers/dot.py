@@ -24,7 +24,7 @@ scalar, or the identity, acts on any layout: ``K c²``, ``Θ c²``).
 from __future__ import annotations
 
 import math
-from functools import cached_property
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -58,24 +58,29 @@ def _number(v: Any) -> float:
     return f
 
 
-def constant(v: Any) -> float | list | None:
+def _tuples(v: Any) -> Any:
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else float(v)
+
+
+def constant(v: Any) -> float | tuple | None:
     """A spec's ``lhs`` / ``rhs``: ``None``, a number, or a rectangular nested list of
     numbers of at most :data:`MAX_CONSTANT` entries (counted level by level before the next
-    level is read) and :data:`MAX_CONSTANT_NDIM` axes.
+    level is read) and :data:`MAX_CONSTANT_NDIM` axes, returned as nested tuples of floats
+    (hashable: the layer's map is cached on them, and the spec stays a frozen value).
 
     Raises:
         ValueError: anything else (pydantic reports it on the field).
     """
     if v is None:
         return None
-    if not isinstance(v, list):
+    if not isinstance(v, (list, tuple)):
         return _number(v)
     level, shape = [v], []
-    while isinstance(level[0], list):
+    while isinstance(level[0], (list, tuple)):
         n = len(level[0])
         if n == 0:
             raise ValueError("must not have an axis of size 0")
-        if any(not isinstance(x, list) or len(x) != n for x in level):
+        if any(not isinstance(x, (list, tuple)) or len(x) != n for x in level):
             raise ValueError("must be a rectangular nested list of numbers (every list at one "
                              f"depth of the same length), but lists at depth {len(shape)} "
                              "differ")
@@ -88,7 +93,7 @@ def constant(v: Any) -> float | list | None:
         level = [y for x in level for y in x]
     for x in level:
         _number(x)  # a list below the first leaf's depth fails here too
-    return v
+    return _tuples(v)
 
 
 def _axes(v: Any, what: str) -> tuple[int, ...]:
@@ -116,19 +121,26 @@ def _pair(v: Any, what: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return lhs, rhs
 
 
-def _ndim(v: Any) -> int:
-    n = 0
-    while isinstance(v, list):
-        v, n = v[0], n + 1
-    return n
-
-
 def _shape(v: Any) -> tuple[int, ...]:
     s = []
-    while isinstance(v, list):
+    while isinstance(v, tuple):
         s.append(len(v))
         v = v[0]
     return tuple(s)
+
+
+@lru_cache(maxsize=64)
+def _contraction(other: float | tuple | None, dims: tuple, side: str | None
+                 ) -> tuple[tuple[int, ...], np.ndarray | float | None]:
+    if other is None or not isinstance(other, tuple):
+        return (), other
+    (lc, rc), _ = dims
+    other_cs, input_cs = (rc, lc) if side == "rhs" else (lc, rc)
+    pairs = sorted(zip(input_cs, other_cs, strict=True))
+    t = np.asarray(other, dtype=np.float64).transpose([j for _, j in pairs])
+    t = np.ascontiguousarray(t)
+    t.flags.writeable = False  # shared by every call
+    return tuple(i for i, _ in pairs), t
 
 
 class DotGeneral(_Layer):
@@ -138,8 +150,8 @@ class DotGeneral(_Layer):
     spatial axis of the input, and there are no batched axes (module docstring)."""
 
     type: Literal["dot_general"] = "dot_general"
-    lhs: float | list[Any] | None = None
-    rhs: float | list[Any] | None = None
+    lhs: float | tuple[Any, ...] | None = None
+    rhs: float | tuple[Any, ...] | None = None
     dimension_numbers: tuple[tuple[tuple[int, ...], tuple[int, ...]],
                              tuple[tuple[int, ...], tuple[int, ...]]] = DEFAULT_DIMENSION_NUMBERS
 
@@ -173,7 +185,7 @@ class DotGeneral(_Layer):
             return ((lc, rc), (lb, rb))
         side = "rhs" if rhs is not None else "lhs"
         other_cs, input_cs = (rc, lc) if side == "rhs" else (lc, rc)
-        nd = _ndim(rhs if side == "rhs" else lhs)
+        nd = len(_shape(rhs if side == "rhs" else lhs))
         if any(a >= nd for a in other_cs):
             raise ValueError(f"contracts {side} axes {list(other_cs)}, but {side} has {nd} "
                              "axes")
@@ -195,7 +207,7 @@ class DotGeneral(_Layer):
         return "rhs" if self.rhs is not None else "lhs" if self.lhs is not None else None
 
     @property
-    def other(self) -> float | list | None:
+    def other(self) -> float | tuple | None:
         return self.rhs if self.rhs is not None else self.lhs
 
     @property
@@ -203,19 +215,12 @@ class DotGeneral(_Layer):
         (lc, rc), _ = self.dimension_numbers
         return lc if self.side == "rhs" else rc
 
-    @cached_property
+    @property
     def contraction(self) -> tuple[tuple[int, ...], np.ndarray | float | None]:
         """``(input axes, T)``: the contracted axes of the input in increasing order and the
-        constant with its axes in that order (float64); a scalar's axes are ``()`` and ``T``
-        a float; the identity ``((), None)``."""
-        other = self.other
-        if other is None or not isinstance(other, list):
-            return (), other
-        (lc, rc), _ = self.dimension_numbers
-        other_cs, input_cs = (rc, lc) if self.side == "rhs" else (lc, rc)
-        pairs = sorted(zip(input_cs, other_cs, strict=True))
-        t = np.asarray(other, dtype=np.float64).transpose([j for _, j in pairs])
-        return tuple(i for i, _ in pairs), np.ascontiguousarray(t)
+        constant with its axes in that order (float64, read-only, cached); a scalar's axes
+        are ``()`` and ``T`` a float; the identity ``((), None)``."""
+        return _contraction(self.other, self.dimension_numbers, self.side)
 
 
 def _perm(d: int, axes: tuple[int, ...]) -> tuple[list[int], list[int]]:
