@@ -249,6 +249,7 @@ def test_misfits_are_refused_in_the_plan_naming_the_field(layer, x_shape, field)
     (dg(rhs=[1.0, "a"]), "rhs"),
     (dg(rhs=True), "rhs"),
     (dg(rhs=1e300), "rhs"),
+    (dg(rhs=[10**400]), "rhs"),  # a JSON integer too big for a float
     (dg(rhs=float("nan")), "rhs"),
     ({**dg(rhs=1.0), "side": "rhs"}, "side"),  # unknown fields
 ])

@@ -51,10 +51,11 @@ DEFAULT_DIMENSION_NUMBERS = (((), ()), ((), ()))
 def _number(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"entries must be numbers, got {type(v).__name__} {v!r}")
-    f = float(v)
+    f = float(v) if isinstance(v, float) or abs(v) <= MAX_ENTRY else math.inf  # big ints
     if not math.isfinite(f) or abs(f) > MAX_ENTRY:
+        shown = repr(v) if len(repr(v)) <= 40 else f"{repr(v)[:20]}... ({len(repr(v))} digits)"
         raise ValueError(f"entries must be finite numbers of magnitude <= {MAX_ENTRY:g}, "
-                         f"got {v!r}")
+                         f"got {shown}")
     return f
 
 
