@@ -144,12 +144,56 @@ def catalogue():
           for m in ("linear", "nearest") for shape in ([-1, 9, 4, -1], [-1, 3, 7, -1])
           for aa in (True, False)
           for where, pre in (("first", []), ("after 2 convs", [C, {"type": "relu"}, C]))],
+        *_dot_general_cases(D, C, C1, i1, i2, s1, s2),
         ("cntk-gap-4 8x8x1 48x48", A.cntk(4), dig[:48], dig[48:96]),
         ("cntk-flatten-4 32x32x3 32x32", A.cntk(4, "flatten"), cif[:32], cif[32:64]),
         ("cntk-gap-4 32x32x3 4x4", A.cntk(4), cif[:4], cif[4:8]),
         ("myrtle-5 32x32x3 6x6", A.myrtle(5), cif[:6], cif[6:12]),
     ]
     return cases
+
+
+def _dot_general_cases(D, C, C1, i1, i2, s1, s2):
+    """dot_general: nt's docstring examples (a conv (1, 3) over two time series stacked along
+    H, then a scale, or the difference of the two series), and contractions of the spatial
+    axes of 1-D and 2-D conv nets by constants as lhs and rhs (gap, flatten and dense
+    readouts; after one conv and after two, since nt reverses its full-covariance axes at
+    each conv)."""
+    rng = np.random.default_rng(124)
+    t1, t2 = rng.standard_normal((5, 2, 10, 3)), rng.standard_normal((4, 2, 10, 3))
+
+    def dg(pairs=(), **kw):
+        return {"type": "dot_general", **kw, "dimension_numbers": [
+            [[a for a, _ in pairs], [b for _, b in pairs]], [[], []]]}
+
+    def const(*shape):
+        return np.round(rng.standard_normal(shape), 3).tolist()
+
+    C13 = {"type": "conv", "filter_shape": [1, 3], "W_std": 1.4, "b_std": 0.1}
+    R = {"type": "relu"}
+    return [
+        ("dot_general nt doc rhs=2 gap", {"layers": [C13, R, dg(rhs=2.0),
+                                                     {"type": "global_avg_pool"}]}, t1, t2),
+        ("dot_general nt doc rhs=[1,-1] H gap", {"layers": [
+            C13, R, dg([(1, 0)], rhs=[1.0, -1.0]), {"type": "global_avg_pool"}]}, t1, t2),
+        ("dot_general lhs=[1,-1] H conv flatten", {"layers": [
+            C13, R, dg([(0, 1)], lhs=[1.0, -1.0]), C1, {"type": "erf"}, {"type": "flatten"},
+            D]}, t1, t2),
+        ("dot_general 1-D rhs (7,) dense", {"layers": [
+            C1, R, C1, R, dg([(1, 0)], rhs=const(7)), D, R, D]}, s1, s2),
+        ("dot_general 1-D scalar lhs flatten", {"layers": [
+            C1, dg(lhs=-0.7), R, C1, {"type": "gelu"}, {"type": "flatten"}, D]}, s1, s2),
+        ("dot_general 2-D lhs (5,6) both axes", {"layers": [
+            C, R, C, dg([(1, 1), (0, 2)], lhs=const(5, 6)), R, D]}, i1, i2),
+        ("dot_general 2-D rhs (5,) W flatten", {"layers": [
+            C, R, dg([(2, 0)], rhs=const(5)), C1, R, {"type": "flatten"}, D]}, i1, i2),
+        ("dot_general 2-D rhs (6,) H 2 convs gap", {"layers": [
+            C, R, C, dg([(1, 0)], rhs=const(6)), R, {"type": "global_avg_pool"}, D]},
+         i1, i2),
+        ("dot_general 2-D lhs (6,) H first", {"layers": [
+            dg([(0, 1)], lhs=const(6)), C1, R, C1, R, {"type": "global_avg_pool"}, D]},
+         i1, i2),
+    ]
 
 
 def rel(a, b, mask=None):

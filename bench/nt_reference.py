@@ -88,6 +88,12 @@ def _layer(L: dict, p: str):
                   parameterization=p)
     if t == "image_resize":
         return stax.ImageResize(tuple(L["shape"]), L["method"], L.get("antialias", True))
+    if t == "dot_general":
+        dn = L.get("dimension_numbers", (((), ()), ((), ())))
+        const = {k: (jnp.asarray(L[k], dtype=jnp.float64) if isinstance(L[k], list) else L[k])
+                 for k in ("lhs", "rhs") if L.get(k) is not None}
+        return stax.DotGeneral(**const, dimension_numbers=tuple(
+            tuple(tuple(a) for a in pair) for pair in dn))
     simple = {"relu": stax.Relu, "abs": stax.Abs, "gelu": stax.Gelu, "sign": stax.Sign,
               "identity": stax.Identity, "global_avg_pool": stax.GlobalAvgPool,
               "global_sum_pool": stax.GlobalSumPool, "flatten": stax.Flatten,

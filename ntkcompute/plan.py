@@ -155,10 +155,7 @@ class _Walker:
 
 
 def _needs_full_in(layer: object, need_out: bool) -> bool:
-    cov = rule_of(layer).covariance
-    if cov == "any":  # whatever the layers after it need
-        return need_out
-    return cov == "full"
+    return rule_of(layer).needs_full_in(layer, need_out)
 
 
 def make_plan(arch: Architecture, input_shape: tuple[int, ...],

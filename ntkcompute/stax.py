@@ -37,6 +37,10 @@ What differs from stax:
   ``batch_axis`` / ``channel_axis`` / ``dimension_numbers`` arguments only at their
   defaults (batch first, channels last). ``Gelu(approximate=True)`` changes only a finite
   net's function in stax; here the finite net uses the exact GELU either way.
+- ``DotGeneral`` takes the ``dimension_numbers`` whose output keeps the batch axis first and
+  the channels last: every axis of the constant contracted against a spatial axis of the
+  input, no batch dimensions. With neither ``lhs`` nor ``rhs`` it is the identity, as stax
+  documents (nt 0.6.5 computes NaN there: it takes ``jnp.array(None)`` as the constant).
 - ``ElementwiseNumerical(fn, deg)`` takes a listed function (:data:`ntkcompute.spec.
   ELEMENTWISE_FNS`, by name or as a callable equal to one, checked on a grid, so
   ``jnp.tanh`` or ``jax.nn.gelu`` work), an expression string (``"x * tanh(x)"``), a
@@ -66,6 +70,7 @@ from .infinite import kernel as _kernel
 from .kernels import expression
 from .kernels.quadrature import FUNCTIONS
 from .layers.activations import PyFunctions, compiled
+from .layers.dot import MAX_CONSTANT
 from .layers.graph import pack_pattern
 from .plan import make_plan
 from .spec import ELEMENTWISE_FNS, Architecture, parse_arch
@@ -73,7 +78,7 @@ from .validate import check_get
 
 __all__ = [
     "ABRelu", "Abs", "Aggregate", "AvgPool", "Conv", "ConvLocal", "ConvTranspose", "Cos",
-    "Dense", "Dropout",
+    "Dense", "DotGeneral", "Dropout",
     "Elementwise", "ElementwiseNumerical", "Erf", "Exp", "FanInConcat", "FanInProd",
     "FanInSum", "FanOut", "Flatten", "Gaussian", "Gelu", "GlobalAvgPool",
     "GlobalSelfAttention", "GlobalSumPool", "Identity", "ImageResize", "Kernel", "KernelFn",
@@ -424,6 +429,55 @@ def ImageResize(shape: Sequence[int], method: Any, antialias: bool = True,
                          field="shape")
     return _layer({"type": "image_resize", "shape": [int(v) for v in shape],
                    "method": method, "antialias": bool(antialias)})
+
+
+def _constant(v: Any, name: str) -> float | list | None:
+    """A DotGeneral factor (a number, a nested sequence, a NumPy or JAX array) as the spec's
+    number or nested list, its size checked before it is converted."""
+    if v is None:
+        return None
+    try:
+        a = np.asarray(v)
+    except Exception as e:
+        raise InputError(f"must be a number or an array of numbers: {e}", field=name) from None
+    if a.size > MAX_CONSTANT:
+        raise InputError(f"has {a.size} entries, more than {MAX_CONSTANT}", field=name)
+    if a.dtype.kind not in "biuf" or a.dtype.kind == "b":
+        raise InputError(f"must hold real numbers, got dtype {a.dtype}", field=name)
+    a = a.astype(np.float64)
+    return float(a) if a.ndim == 0 else a.tolist()
+
+
+def _dimension_numbers(dn: Any) -> list:
+    try:
+        (lc, rc), (lb, rb) = dn
+        return [[[int(i) for i in lc], [int(i) for i in rc]],
+                [[int(i) for i in lb], [int(i) for i in rb]]]
+    except (TypeError, ValueError):
+        raise InputError("must be ((lhs_contracting, rhs_contracting), (lhs_batch, "
+                         f"rhs_batch)), tuples of ints, got {dn!r}",
+                         field="dimension_numbers") from None
+
+
+def DotGeneral(*, lhs: Any = None, rhs: Any = None,
+               dimension_numbers: Any = (((), ()), ((), ())), precision: Any = None,
+               batch_axis: int = 0, channel_axis: int = -1) -> StaxLayer:
+    """``lax.dot_general`` of the input with a constant, non-trainable ``rhs`` (or of a
+    constant ``lhs`` with the input) (stax.DotGeneral): at most one of them; neither is the
+    identity; a scalar scales. Every axis of an array constant must be contracted against a
+    spatial axis of the input, without batch dimensions, so that the output keeps the batch
+    axis first and the channels last (other layouts are refused). ``precision`` is ignored:
+    NumPy computes in full precision."""
+    _defaults(batch_axis=batch_axis, channel_axis=channel_axis)
+    if lhs is not None and rhs is not None:
+        raise InputError("give at most one of lhs and rhs: the layer's input is the other "
+                         "factor of the dot_general", field="rhs")
+    layer: dict[str, Any] = {"type": "dot_general"}
+    for name, v in (("lhs", lhs), ("rhs", rhs)):
+        if v is not None:
+            layer[name] = _constant(v, name)
+    layer["dimension_numbers"] = _dimension_numbers(dimension_numbers)
+    return _layer(layer)
 
 
 # --- pooling, readouts, normalisation ------------------------------------------------------

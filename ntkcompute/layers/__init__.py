@@ -5,7 +5,7 @@ Importing this package registers every family, in the order of the known layer t
 
 # isort: off
 from . import linear, pooling, activations, normalization, attention, branching  # noqa: F401
-from . import dropout, convolutions, resize, graph  # noqa: F401
+from . import dropout, convolutions, resize, dot, graph  # noqa: F401
 # isort: on
 from .registry import (
     LayerRule,

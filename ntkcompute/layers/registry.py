@@ -225,6 +225,14 @@ class LayerRule:
         return [], 1
 
     # --- plan ---
+    def needs_full_in(self, layer: Any, need_out: bool) -> bool:
+        """Whether the pair state entering ``layer`` must hold the full spatial covariance,
+        given whether the layers after it need it (``need_out``): as ``covariance`` says,
+        unless a rule's need depends on the layer's fields (dot_general)."""
+        if self.covariance == "any":
+            return need_out
+        return self.covariance == "full"
+
     def walk(self, walker: Any, layer: Any, path: str, slot: int, arity: int) -> int:
         """Shape inference of ``layer`` on slots ``slot ..`` (``arity`` of them); returns the
         arity after it. A leaf maps one slot (``walker.leaf``)."""
