@@ -4,13 +4,15 @@ from typing import Any
 
 from .empirical import empirical_kernel
 from .errors import InputError
+from .families import kernel_family, make_family
 from .features import feature_map, features
 from .infinite import kernel
 from .layers.graph import pack_pattern
+from .selection import select
 from .spec import Architecture, parse_arch
 
 __all__ = ["Architecture", "InputError", "empirical_kernel", "feature_map", "features", "kernel",
-           "pack_pattern", "parse_arch"]
+           "kernel_family", "make_family", "pack_pattern", "parse_arch", "select"]
 __version__ = "0.1.0"
 
 #: scikit-learn estimators, imported on first use: they need scikit-learn, which

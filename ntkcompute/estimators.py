@@ -42,6 +42,7 @@ from .architectures import fc
 from .errors import InputError, NotPositiveDefinite
 from .infinite import kernel as _kernel
 from .regression import Eigen, absolute_lambdas, one_hot
+from .selection import _shrink, gcv_scores, loo_residuals, selection_scores
 from .spec import Architecture, parse_arch
 
 __all__ = ["GramBackend", "InProcess", "NTKClassifier", "NTKRegressor", "gcv_scores",
@@ -91,81 +92,6 @@ class InProcess:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"InProcess({args})"
-
-
-# -- closed-form selection --------------------------------------------------------------
-
-def _shrink(eig: Eigen, lam: float) -> np.ndarray:
-    """Eigenvalues ``λ / (s + λ)`` of ``I - H``; (n,). Refuses a λ with ``K + λI`` not
-    positive definite (:class:`NotPositiveDefinite`)."""
-    eig._check(lam, "leave-one-out / GCV")
-    return lam / (eig.s + lam)
-
-
-def _as_columns(y: np.ndarray) -> np.ndarray:
-    y = np.asarray(y, dtype=np.float64)
-    return y[:, None] if y.ndim == 1 else y
-
-
-def loo_residuals(eig: Eigen, y: np.ndarray, lam: float) -> np.ndarray:
-    """Leave-one-out residuals of kernel ridge regression with absolute ridge ``lam``.
-
-    ``e_i = (y_i - ŷ_i) / (1 - H_ii)`` with ``H = U diag(s/(s+λ)) Uᵀ``: the residual at
-    point i of the fit on the other n - 1 points (same K, same λ). ``1 - H_ii`` is summed as
-    ``Σ_j U_ij² λ/(s_j+λ)`` (no cancellation). Shapes: y (n,) or (n, c) -> the same.
-    """
-    g = _shrink(eig, lam)
-    y2 = _as_columns(y)
-    resid = eig.U @ ((eig.U.T @ y2) * g[:, None])  # (I - H) y
-    e = resid / ((eig.U ** 2) @ g)[:, None]
-    return e[:, 0] if np.ndim(y) == 1 else e
-
-
-def gcv_scores(eig: Eigen, y: np.ndarray, lam: float) -> np.ndarray:
-    """Generalized cross-validation ``n ‖(I - H) y_c‖² / tr(I - H)²`` of each output column
-    c of y (n,) or (n, c), absolute ridge ``lam``; (c,)."""
-    g = _shrink(eig, lam)
-    proj = eig.U.T @ _as_columns(y)
-    n = len(eig.s)
-    return n * np.sum((proj * g[:, None]) ** 2, axis=0) / np.sum(g) ** 2
-
-
-def selection_scores(eig: Eigen, y: np.ndarray, lams: Sequence[float], criterion: str,
-                     labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The criterion at each absolute λ of ``lams``, from one decomposition; lower is better.
-
-    ``criterion``: ``"loo"`` (mean squared leave-one-out residual over points and outputs)
-    or ``"gcv"`` (GCV averaged over outputs). A λ with ``K + λI`` not positive definite
-    scores ``inf``. With ``labels`` (n,) int and ``"loo"``, also the leave-one-out accuracy
-    of ``argmax`` over the outputs (y (n, c) are then class codes).
-
-    Returns ``{"criterion": (len(lams),)}`` and, with labels, ``"loo_accuracy"``.
-    """
-    crit = np.full(len(lams), np.inf)
-    acc = np.full(len(lams), np.nan)
-    y2 = _as_columns(y)
-    proj = eig.U.T @ y2
-    u2 = eig.U ** 2
-    n = len(eig.s)
-    for j, lam in enumerate(lams):
-        try:
-            g = _shrink(eig, lam)
-        except NotPositiveDefinite:
-            continue
-        resid = eig.U @ (proj * g[:, None])
-        if criterion == "loo":
-            with np.errstate(divide="ignore", invalid="ignore"):  # λ = 0: nan
-                e = resid / (u2 @ g)[:, None]
-            crit[j] = float(np.mean(e ** 2))
-            if labels is not None:
-                acc[j] = float(np.mean(np.argmax(y2 - e, axis=1) == labels))
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                crit[j] = float(n * np.sum(resid ** 2) / y2.shape[1] / np.sum(g) ** 2)
-    out = {"criterion": crit}
-    if labels is not None and criterion == "loo":
-        out["loo_accuracy"] = acc
-    return out
 
 
 # -- argument checks --------------------------------------------------------------------

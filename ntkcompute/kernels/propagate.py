@@ -25,14 +25,16 @@ def self_statistic(lp: LayerPlan, st: State, xp: ModuleType) -> Array:
     return xp.ascontiguousarray(xp.moveaxis(v, -1, 0))
 
 
-def _to_diagonal(st: State, xp: ModuleType) -> State:
+def to_diagonal(st: State, xp: ModuleType) -> State:
+    """A full-layout state reduced to its spatial diagonal."""
+
     def diag(a: Array) -> Array:
         return xp.ascontiguousarray(spatial_diagonal(xp, a, len(st.spatial)))
 
     return st.with_(nngp=diag(st.nngp), ntk=None if st.ntk is None else diag(st.ntk), full=False)
 
 
-def _copy(st: State) -> State:
+def copy(st: State) -> State:
     """An independent copy: rules may update their input's arrays in place."""
     return st.with_(nngp=st.nngp.copy(), ntk=None if st.ntk is None else st.ntk.copy())
 
@@ -47,10 +49,21 @@ def run(plan: Plan, st: State, xp: ModuleType,
     ``st.refine`` lists (near pairs of a float32 block) are recomputed in float64 at the end.
     """
     refine = st.refine
+    out, collected = run_layers(plan.layers, st.with_(refine=None), xp, stats)
+    if refine is not None and stats is not None:
+        return _refined(plan, out, refine, xp), collected
+    return out, collected
+
+
+def run_layers(layers: Sequence[LayerPlan], st: State, xp: ModuleType,
+               stats: tuple[Sequence[Array], Sequence[Array]] | None = None
+               ) -> tuple[State, list]:
+    """Apply ``layers`` (a run of a plan's rows that starts and ends on one open branch)
+    to ``st``; ``stats`` and the returned statistics as for :func:`run`, for these layers'
+    self statistics in order."""
     collected: list[Array] = []
-    slots = [st.with_(refine=None)]  # one state per open branch
+    slots = [st]  # one state per open branch
     j = 0
-    layers = plan.layers
     skip = False
     for at, lp in enumerate(layers):
         if skip:  # the nonlinearity the layer before absorbed
@@ -58,12 +71,12 @@ def run(plan: Plan, st: State, xp: ModuleType,
             continue
         s, rule = lp.slot, rule_of(lp.layer)
         if rule.structure == "fan_out":
-            slots[s:s + 1] = [slots[s]] + [_copy(slots[s]) for _ in range(lp.arity - 1)]
+            slots[s:s + 1] = [slots[s]] + [copy(slots[s]) for _ in range(lp.arity - 1)]
             continue
         if rule.structure == "fan_in":
             ins = slots[s:s + lp.arity]
             if not lp.out_full:
-                ins = [_to_diagonal(x, xp) if x.full else x for x in ins]
+                ins = [to_diagonal(x, xp) if x.full else x for x in ins]
             slots[s:s + lp.arity] = [rule.merge(lp, ins, xp)]
         elif lp.self_stat:
             if stats is None:
@@ -84,9 +97,7 @@ def run(plan: Plan, st: State, xp: ModuleType,
                 slots[s], lp, skip = out, nxt, True
                 j += 1
         if slots[s].full and not lp.out_full:
-            slots[s] = _to_diagonal(slots[s], xp)
-    if refine is not None and stats is not None:
-        return _refined(plan, slots[0], refine, xp), collected
+            slots[s] = to_diagonal(slots[s], xp)
     return slots[0], collected
 
 

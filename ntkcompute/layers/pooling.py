@@ -159,6 +159,9 @@ class GlobalAvgPoolRule(LayerRule):
     ``(S1, S1', .., Sd, Sd') + B`` (or the diagonal ``(S1, .., Sd) + B``) -> ``B``.
     """
 
+    def keeps_input(self, lp: LayerPlan) -> bool:
+        return bool(lp.in_spatial)  # a reduction into new arrays
+
     covariance = "full"
     float32_verified = True
     has_features = True
@@ -202,6 +205,9 @@ class FlattenRule(LayerRule):
     """Mean over the spatial diagonal p == p' (the next Dense divides by C * P):
     ``(S1, .., Sd) + B`` (or the full layout) -> ``B``. Features: ``[ψ_p]_p / sqrt(P)``,
     projected to m coordinates by an SRHT when longer."""
+
+    def keeps_input(self, lp: LayerPlan) -> bool:
+        return bool(lp.in_spatial)  # a reduction into new arrays (else the state itself)
 
     covariance = "diagonal"
     float32_verified = True

@@ -243,6 +243,12 @@ class LayerRule:
         walker.leaf(layer, path, slot)
         return 1
 
+    def keeps_input(self, lp: LayerPlan) -> bool:
+        """Whether its kernel rule leaves the arrays of the state it is given untouched
+        (a reduction into new arrays), so that state may be read again after it (the
+        family pass, ``ntkcompute.families``, then skips a copy)."""
+        return False
+
     def pattern_axes(self, layer: Any, n_spatial: int) -> tuple[int, ...]:
         """The spatial axes (0 = the first) its graph spans, for inputs with ``n_spatial``
         spatial axes (rules with ``uses_pattern``)."""

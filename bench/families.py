@@ -1,0 +1,87 @@
+"""Cost of a kernel family (every depth from one pass) against separate kernels.
+
+For each architecture: the family of depths 1..D computed by ``kernel_family`` in one pass,
+its deepest member alone (``ntkcompute.kernel``), and the D members computed one by one; CPU
+time of one thread (``process_time``, BLAS on one thread; the least of three warm runs), so
+the ratios hold on a shared machine. Also checks that every member equals its separate kernel.
+
+    python bench/families.py [--n 48] [--depth 5]
+
+Inputs: the first CIFAR-10 training images of ``../shared/data`` at 16x16 (2x2 mean),
+standardised per channel (n for CNTK-GAP, 8n for CNTK-V, 32n flattened for FC).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import functools
+import time
+
+import numpy as np
+
+import ntkcompute as nc
+from ntkcompute.datasets import cifar10
+from ntkcompute.families import kernel_family, make_family
+
+CONV = {"type": "conv", "filter_shape": [3, 3], "padding": "SAME", "W_std": 2 ** 0.5}
+#: name -> (body, head, inputs as a multiple of --n: the cheap kernels get more rows)
+FAMILIES = {
+    "CNTK-GAP": ([CONV, {"type": "relu"}], [{"type": "global_avg_pool"}, {"type": "dense"}],
+                 1),
+    "CNTK-V": ([CONV, {"type": "relu"}], [{"type": "flatten"}, {"type": "dense"}], 8),
+    "FC": ([{"type": "dense", "W_std": 2 ** 0.5, "b_std": 0.1}, {"type": "relu"}],
+           [{"type": "dense"}], 32),
+}
+
+
+def _cpu(fn, repeat: int = 3):
+    """``fn()`` and its least CPU time over ``repeat`` runs (the first run also compiles
+    the fused kernels, so every timed run is warm)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.process_time()
+        out = fn()
+        best = min(best, time.process_time() - t)
+    return out, best
+
+
+def _separately(members, data):
+    return [nc.kernel(m, data, threads=1) for m in members]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--depth", type=int, default=5)
+    args = ap.parse_args()
+    n_all = args.n * max(m for *_, m in FAMILIES.values())
+    x, _ = cifar10(n_all)
+    x = x.reshape(len(x), 16, 2, 16, 2, 3).mean(axis=(2, 4))
+    x = (x - x.mean(axis=(0, 1, 2))) / x.std(axis=(0, 1, 2))
+    depths = list(range(1, args.depth + 1))
+    print(f"{'family':10s} {'n':>4s} {'D':>2s} {'family s':>9s} {'deepest s':>10s} "
+          f"{'separate s':>11s} {'fam/deepest':>12s} {'separate/fam':>13s} {'max diff':>9s}")
+    for name, (body, head, times) in FAMILIES.items():
+        data = x[:args.n * times]
+        data = data.reshape(len(data), -1) if name == "FC" else data
+        arch = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial",
+                                                                "layers": body}}, *head]}
+        fam = make_family(arch, depths)
+        k, t_fam = _cpu(functools.partial(kernel_family, fam, data, threads=1))
+        refs, t_sep = _cpu(functools.partial(_separately, fam.members, data))
+        _, t_deep = _cpu(functools.partial(nc.kernel, fam.members[-1], data, threads=1))
+        diff = max(float(np.abs(k[g][i] - r[g]).max() / np.abs(r[g]).max())
+                   for i, r in enumerate(refs) for g in ("ntk", "nngp"))
+        print(f"{name:10s} {len(data):4d} {len(depths):2d} {t_fam:9.2f} {t_deep:10.2f} "
+              f"{t_sep:11.2f} {t_fam / t_deep:11.2f}x {t_sep / t_fam:12.2f}x {diff:9.1e}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Model selection in closed form: leave-one-out and GCV of kernel ridge regression from one
+eigendecomposition per kernel, over λ and over the members of a kernel family.
+
+With ``K = U diag(s) Uᵀ`` (:class:`ntkcompute.regression.Eigen`) and the hat matrix
+``H = K (K + λI)⁻¹ = U diag(s/(s+λ)) Uᵀ``:
+
+- leave-one-out (``"loo"``): ``e_i = (y_i - ŷ_i) / (1 - H_ii)`` is exactly the residual at
+  point i of the fit on the other n - 1 points (same K, same λ); the criterion is
+  ``mean(e²)`` over points and outputs, and for labels the leave-one-out accuracy is that of
+  ``argmax(y_i - e_i)`` (``"accuracy"``);
+- generalized cross-validation (``"gcv"``): ``n ‖(I - H) y‖² / tr(I - H)²``, averaged over
+  the outputs (Golub, Heath, Wahba 1979).
+
+Each costs O(n²) per λ after the O(n³) ``eigh``. :func:`select` scores every member of a
+family (``ntkcompute.kernel_family``: each depth, NTK and NNGP) at every λ of a grid and
+returns the best with the whole table; the scikit-learn estimators use the same scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, NotPositiveDefinite
+from .regression import Eigen, absolute_lambdas, one_hot
+
+__all__ = ["CRITERIA", "DEFAULT_LAMBDAS", "Selection", "gcv_scores", "loo_residuals",
+           "select", "selection_scores"]
+
+#: The default λ grid: relative λ (multiples of mean(diag K)) from 1e-6 to 10.
+DEFAULT_LAMBDAS: tuple[float, ...] = tuple(float(v) for v in np.logspace(-6, 1, 15))
+#: What :func:`select` may rank by: ``"accuracy"`` (leave-one-out accuracy, labels only,
+#: ties broken by ``"loo"``), ``"loo"`` (mean squared leave-one-out residual), ``"gcv"``.
+CRITERIA = ("accuracy", "loo", "gcv")
+#: Most candidates (members x λ) one call may score.
+MAX_CANDIDATES = 100_000
+
+
+def _shrink(eig: Eigen, lam: float) -> np.ndarray:
+    """Eigenvalues ``λ / (s + λ)`` of ``I - H``; (n,). Refuses a λ with ``K + λI`` not
+    positive definite (:class:`NotPositiveDefinite`)."""
+    eig._check(lam, "leave-one-out / GCV")
+    return lam / (eig.s + lam)
+
+
+def _as_columns(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float64)
+    return y[:, None] if y.ndim == 1 else y
+
+
+def loo_residuals(eig: Eigen, y: np.ndarray, lam: float) -> np.ndarray:
+    """Leave-one-out residuals of kernel ridge regression with absolute ridge ``lam``.
+
+    ``e_i = (y_i - ŷ_i) / (1 - H_ii)`` with ``H = U diag(s/(s+λ)) Uᵀ``: the residual at
+    point i of the fit on the other n - 1 points (same K, same λ). ``1 - H_ii`` is summed as
+    ``Σ_j U_ij² λ/(s_j+λ)`` (no cancellation). Shapes: y (n,) or (n, c) -> the same.
+    """
+    g = _shrink(eig, lam)
+    y2 = _as_columns(y)
+    resid = eig.U @ ((eig.U.T @ y2) * g[:, None])  # (I - H) y
+    e = resid / ((eig.U ** 2) @ g)[:, None]
+    return e[:, 0] if np.ndim(y) == 1 else e
+
+
+def gcv_scores(eig: Eigen, y: np.ndarray, lam: float) -> np.ndarray:
+    """Generalized cross-validation ``n ‖(I - H) y_c‖² / tr(I - H)²`` of each output column
+    c of y (n,) or (n, c), absolute ridge ``lam``; (c,)."""
+    g = _shrink(eig, lam)
+    proj = eig.U.T @ _as_columns(y)
+    n = len(eig.s)
+    return n * np.sum((proj * g[:, None]) ** 2, axis=0) / np.sum(g) ** 2
+
+
+def selection_scores(eig: Eigen, y: np.ndarray, lams: Sequence[float], criterion: str,
+                     labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The criterion at each absolute λ of ``lams``, from one decomposition; lower is better.
+
+    ``criterion``: ``"loo"`` (mean squared leave-one-out residual over points and outputs)
+    or ``"gcv"`` (GCV averaged over outputs). A λ with ``K + λI`` not positive definite
+    scores ``inf``. With ``labels`` (n,) int and ``"loo"``, also the leave-one-out accuracy
+    of ``argmax`` over the outputs (y (n, c) are then class codes).
+
+    Returns ``{"criterion": (len(lams),)}`` and, with labels, ``"loo_accuracy"``.
+    """
+    crit = np.full(len(lams), np.inf)
+    acc = np.full(len(lams), np.nan)
+    y2 = _as_columns(y)
+    proj = eig.U.T @ y2
+    u2 = eig.U ** 2
+    n = len(eig.s)
+    for j, lam in enumerate(lams):
+        try:
+            g = _shrink(eig, lam)
+        except NotPositiveDefinite:
+            continue
+        resid = eig.U @ (proj * g[:, None])
+        if criterion == "loo":
+            with np.errstate(divide="ignore", invalid="ignore"):  # λ = 0: nan
+                e = resid / (u2 @ g)[:, None]
+            crit[j] = float(np.mean(e ** 2))
+            if labels is not None:
+                acc[j] = float(np.mean(np.argmax(y2 - e, axis=1) == labels))
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                crit[j] = float(n * np.sum(resid ** 2) / y2.shape[1] / np.sum(g) ** 2)
+    out = {"criterion": crit}
+    if labels is not None and criterion == "loo":
+        out["loo_accuracy"] = acc
+    return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What :func:`select` chose: ``best`` (a row of ``table``) and every scored candidate.
+
+    A row: ``member`` (index), ``name``, ``depth`` (None outside a family), ``kernel``
+    (``"ntk"`` / ``"nngp"`` / None), ``lam`` (as given: relative to mean(diag K) when
+    ``relative``), ``lam_absolute``, ``loo`` (mean squared leave-one-out residual), ``gcv``,
+    and for labels ``accuracy`` (leave-one-out). Non-finite where ``K + λI`` is not positive
+    definite.
+    """
+
+    best: dict[str, Any]
+    table: list[dict[str, Any]] = field(repr=False)
+    criterion: str = "loo"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "criterion": self.criterion, "table": self.table}
+
+
+def _members(kernels: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """``(description, K)`` per member: a ``kernel_family`` result (``depths`` and
+    ``ntk`` / ``nngp`` of shape (D, n, n)), or a mapping name -> (n, n) Gram matrix."""
+    if not isinstance(kernels, Mapping) or not kernels:
+        raise InputError("must be a kernel_family result or a non-empty mapping of names to "
+                         "(n, n) Gram matrices", field="kernels")
+    out = []
+    if "depths" in kernels:
+        depths = [int(d) for d in np.asarray(kernels["depths"]).reshape(-1)]
+        for kind in ("ntk", "nngp"):
+            if kind not in kernels:
+                continue
+            stack = np.asarray(kernels[kind], dtype=np.float64)
+            if stack.ndim != 3 or stack.shape[0] != len(depths):
+                raise InputError(f"{kind} must be (len(depths), n, n), got {stack.shape}",
+                                 field="kernels")
+            out += [({"name": f"{kind} depth {d}", "depth": d, "kernel": kind}, stack[i])
+                    for i, d in enumerate(depths)]
+    else:
+        for name, k in kernels.items():
+            out.append(({"name": str(name), "depth": None, "kernel": None},
+                        np.asarray(k, dtype=np.float64)))
+    n = out[0][1].shape[0] if out and out[0][1].ndim == 2 else -1
+    for desc, k in out:
+        if k.shape != (n, n):
+            raise InputError(f"{desc['name']} must be a square (n, n) Gram matrix like the "
+                             f"first, got {k.shape}", field="kernels")
+        if not np.isfinite(k).all():
+            raise InputError(f"{desc['name']} has non-finite entries", field="kernels")
+    return out
+
+
+def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+           relative: bool = True, criterion: str | None = None,
+           classes: int | None = None) -> Selection:
+    """The best (member, λ) of kernel ridge regression by leave-one-out or GCV, from one
+    eigendecomposition per member.
+
+    Args:
+        kernels: a :func:`ntkcompute.kernel_family` result (each depth's NTK and NNGP), or a
+            mapping of names to ``(n, n)`` training Gram matrices.
+        y: ``(n,)`` integer labels (classification on one-hot codes 0.9 / -0.1, as
+            :class:`ntkcompute.estimators.NTKClassifier`), or ``(n,)`` / ``(n, c)`` float
+            targets (regression).
+        lambdas: the λ grid; relative to each kernel's mean diagonal when ``relative``.
+        criterion: ``"accuracy"`` (default for labels), ``"loo"`` (default for targets) or
+            ``"gcv"``; see :data:`CRITERIA`.
+        classes: the number of classes (default: max label + 1).
+
+    Returns:
+        A :class:`Selection`: the best row (the first of equal ones, in member then λ
+        order) and the table of every candidate.
+
+    Raises:
+        InputError: bad kernels, targets, λ grid or criterion (naming the field);
+        NotPositiveDefinite: no candidate has ``K + λI`` positive definite.
+    """
+    members = _members(kernels)
+    n = members[0][1].shape[0]
+    y = np.asarray(y)
+    labels = None
+    if y.dtype.kind in "iub":
+        if y.shape != (n,) or (y < 0).any():
+            raise InputError(f"labels must be (n,) = ({n},) ints >= 0, got shape {y.shape}",
+                             field="y")
+        c = int(y.max()) + 1 if classes is None else int(classes)
+        if c < 2 or c > n or int(y.max()) >= c:
+            raise InputError(f"needs 2 to n classes covering the labels, got {c}",
+                             field="classes")
+        labels, targets = y.astype(np.int64), one_hot(y, c)
+    elif y.dtype.kind == "f" and y.shape[:1] == (n,) and y.ndim <= 2 and np.isfinite(y).all():
+        targets = y.astype(np.float64)
+    else:
+        raise InputError(f"must be (n,) int labels or (n,) / (n, c) finite floats with n = "
+                         f"{n}, got {y.dtype} {y.shape}", field="y")
+    criterion = criterion or ("accuracy" if labels is not None else "loo")
+    if criterion not in CRITERIA or (criterion == "accuracy" and labels is None):
+        raise InputError(f"must be one of {', '.join(CRITERIA)} ('accuracy' needs int "
+                         f"labels), got {criterion!r}", field="criterion")
+    grid = np.asarray(lambdas, dtype=np.float64).reshape(-1)
+    if grid.size == 0 or not np.isfinite(grid).all() or (grid <= 0).any():
+        raise InputError("must be a non-empty list of finite λ > 0 (λ = 0 has no "
+                         "leave-one-out residual)", field="lambdas")
+    if grid.size * len(members) > MAX_CANDIDATES:
+        raise InputError(f"{grid.size} λ x {len(members)} members is more than "
+                         f"{MAX_CANDIDATES} candidates", field="lambdas")
+    table: list[dict[str, Any]] = []
+    for i, (desc, k) in enumerate(members):
+        eig = Eigen.of(k)
+        absolute = absolute_lambdas([float(v) for v in grid], relative,
+                                    eig.mean_diag if relative else None)
+        loo = selection_scores(eig, targets, absolute, "loo", labels)
+        gcv = selection_scores(eig, targets, absolute, "gcv")["criterion"]
+        for j, lam in enumerate(grid):
+            row = {"member": i, **desc, "lam": float(lam), "lam_absolute": absolute[j],
+                   "loo": float(loo["criterion"][j]), "gcv": float(gcv[j])}
+            if labels is not None:
+                row["accuracy"] = float(loo["loo_accuracy"][j])
+            table.append(row)
+
+    def rank(row: dict[str, Any]) -> tuple[float, float]:
+        if criterion == "accuracy":
+            acc = row["accuracy"] if np.isfinite(row["loo"]) else -np.inf
+            return (-acc, row["loo"] if np.isfinite(row["loo"]) else np.inf)
+        v = row[criterion]
+        return (v if np.isfinite(v) else np.inf, 0.0)
+
+    best = min(table, key=rank)  # the first of equal ones
+    if not np.isfinite(rank(best)[0]):
+        raise NotPositiveDefinite("no member has K + λI positive definite at any λ of the "
+                                  "grid", exact=True)
+    return Selection(dict(best), table, criterion)

@@ -1,0 +1,115 @@
+"""Closed-form model selection: leave-one-out and GCV equal their brute-force definitions,
+and ``select`` over a kernel family reproduces an exhaustive leave-one-out search."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_iris, load_wine
+
+import ntkcompute as nc
+from ntkcompute import InputError
+from ntkcompute.datasets import digits
+from ntkcompute.regression import Eigen, one_hot
+from ntkcompute.selection import gcv_scores, loo_residuals
+
+FC = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
+    {"type": "dense", "W_std": 2 ** 0.5, "b_std": 0.1}, {"type": "relu"}]}},
+    {"type": "dense", "W_std": 2 ** 0.5, "b_std": 0.1}]}
+
+
+def _fc(depth):
+    return nc.make_family(FC, [depth]).members[0]
+
+
+def _brute_loo(k, y, lam):
+    """Refit without each point: its residual and the argmax of its prediction."""
+    n = len(k)
+    resid = np.zeros_like(y)
+    for i in range(n):
+        keep = np.arange(n) != i
+        coef = np.linalg.solve(k[np.ix_(keep, keep)] + lam * np.eye(n - 1), y[keep])
+        resid[i] = y[i] - k[i, keep] @ coef
+    return resid
+
+
+def test_loo_and_gcv_equal_their_definitions(rng):
+    x = rng.standard_normal((40, 6))
+    k = nc.kernel(_fc(3), x, get="ntk")["ntk"]
+    y = rng.standard_normal((40, 2))
+    eig = Eigen.of(k)
+    for lam in (1e-3, 0.1, 3.0):
+        want = _brute_loo(k, y, lam)
+        assert np.abs(loo_residuals(eig, y, lam) - want).max() <= 1e-10 * np.abs(want).max()
+        h = k @ np.linalg.inv(k + lam * np.eye(40))
+        r = (np.eye(40) - h) @ y
+        gcv = 40 * (r ** 2).sum(axis=0) / np.trace(np.eye(40) - h) ** 2
+        assert np.allclose(gcv_scores(eig, y, lam), gcv, rtol=1e-10, atol=0)
+
+
+def _standardised(x):
+    return (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+
+
+def _dataset(name, n):
+    if name == "digits":
+        x, y = digits()
+        x = x.reshape(len(x), -1)
+    else:
+        x, y = {"iris": load_iris, "wine": load_wine,
+                "breast cancer": load_breast_cancer}[name](return_X_y=True)
+    idx = np.random.default_rng(0).permutation(len(x))[:n]
+    return _standardised(x[idx].astype(np.float64)), y[idx].astype(np.int64)
+
+
+@pytest.mark.parametrize("name", ["iris", "wine", "breast cancer", "digits"])
+def test_select_reproduces_an_exhaustive_leave_one_out_search(name):
+    """Depths 1-4 x {NTK, NNGP} x 4 λ: ``select`` picks what refitting without each point
+    picks (leave-one-out accuracy, ties by the leave-one-out squared error), with the same
+    scores to 1e-10."""
+    x, y = _dataset(name, 90)
+    lams = [1e-4, 1e-2, 0.3, 3.0]
+    fam = nc.kernel_family(FC, x, depths=[1, 2, 3, 4])
+    got = nc.select(fam, y, lambdas=lams)
+    codes = one_hot(y, int(y.max()) + 1)
+    rows = []
+    for kind in ("ntk", "nngp"):
+        for i, d in enumerate(fam["depths"]):
+            k = fam[kind][i]
+            for lam in lams:
+                e = _brute_loo(k, codes, lam * np.mean(np.diag(k)))
+                rows.append(((-np.mean(np.argmax(codes - e, axis=1) == y),
+                              np.mean(e ** 2)), (kind, int(d), lam)))
+    (acc, mse), (kind, depth, lam) = min(rows, key=lambda r: r[0])
+    b = got.best
+    assert (b["kernel"], b["depth"], b["lam"]) == (kind, depth, lam)
+    assert b["accuracy"] == -acc and abs(b["loo"] - mse) <= 1e-10 * mse
+    assert len(got.table) == 2 * 4 * len(lams)
+    for (score, _), row in zip(sorted(rows, key=lambda r: r[1]),
+                               sorted(got.table, key=lambda r: (r["kernel"], r["depth"],
+                                                                r["lam"])), strict=True):
+        assert abs(row["loo"] - score[1]) <= 1e-10 * score[1]
+
+
+def test_regression_targets_and_named_kernels(rng):
+    x = rng.standard_normal((50, 4))
+    y = np.sin(x[:, 0]) + 0.1 * rng.standard_normal(50)
+    named = {f"fc{d}": nc.kernel(_fc(d), x, get="ntk")["ntk"] for d in (1, 3)}
+    sel = nc.select(named, y, criterion="gcv")
+    assert sel.criterion == "gcv" and sel.best["name"] in named and sel.best["depth"] is None
+    assert sel.best["gcv"] == min(r["gcv"] for r in sel.table)
+    loo = nc.select(named, y)
+    assert loo.criterion == "loo" and loo.best["loo"] == min(r["loo"] for r in loo.table)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"lambdas": []}, "lambdas"), ({"lambdas": [0.0]}, "lambdas"),
+    ({"lambdas": [np.nan]}, "lambdas"), ({"criterion": "aic"}, "criterion"),
+    ({"y": np.ones(7)}, "y"), ({"y": np.array([0, 1, 2, -1, 0, 1, 2, 0])}, "y"),
+    ({"classes": 1}, "classes"), ({"kernels": {}}, "kernels"),
+    ({"kernels": {"a": np.ones((8, 8)), "b": np.ones((7, 7))}}, "kernels"),
+    ({"kernels": {"a": np.full((8, 8), np.inf)}}, "kernels"),
+])
+def test_refusals_name_the_field(kwargs, field):
+    args = {"kernels": {"a": np.eye(8)}, "y": np.array([0, 1] * 4), **kwargs}
+    with pytest.raises(InputError) as e:
+        nc.select(args.pop("kernels"), args.pop("y"), **args)
+    assert e.value.field == field
