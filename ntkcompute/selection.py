@@ -37,6 +37,8 @@ DEFAULT_LAMBDAS: tuple[float, ...] = tuple(float(v) for v in np.logspace(-6, 1, 
 CRITERIA = ("accuracy", "loo", "gcv")
 #: Most candidates (members x λ) one call may score.
 MAX_CANDIDATES = 100_000
+#: The default C grid of ``method="svm"``.
+DEFAULT_C: tuple[float, ...] = tuple(float(v) for v in np.logspace(-2, 4, 7))
 
 
 def _shrink(eig: Eigen, lam: float) -> np.ndarray:
@@ -165,9 +167,13 @@ def _members(kernels: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
 
 def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
            relative: bool = True, criterion: str | None = None,
-           classes: int | None = None) -> Selection:
+           classes: int | None = None, method: str = "ridge",
+           C: Sequence[float] = DEFAULT_C, folds: int = 5, seed: int = 0) -> Selection:
     """The best (member, λ) of kernel ridge regression by leave-one-out or GCV, from one
-    eigendecomposition per member.
+    eigendecomposition per member; or, with ``method="svm"``, the best (member, C) of a
+    support vector classifier on the precomputed kernel (scikit-learn's ``SVC``, as Arora et
+    al. 2020) by ``folds``-fold stratified cross-validation accuracy (``seed`` shuffles the
+    folds; rows then have ``C`` and ``accuracy``, the mean over folds, and ``std``).
 
     Args:
         kernels: a :func:`ntkcompute.kernel_family` result (each depth's NTK and NNGP), or a
@@ -188,9 +194,13 @@ def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEF
         InputError: bad kernels, targets, λ grid or criterion (naming the field);
         NotPositiveDefinite: no candidate has ``K + λI`` positive definite.
     """
+    if method not in ("ridge", "svm"):
+        raise InputError(f"must be 'ridge' or 'svm', got {method!r}", field="method")
     members = _members(kernels)
     n = members[0][1].shape[0]
     y = np.asarray(y)
+    if method == "svm":
+        return _select_svm(members, y, C, folds, seed)
     labels = None
     if y.dtype.kind in "iub":
         if y.shape != (n,) or (y < 0).any():
@@ -243,3 +253,43 @@ def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEF
         raise NotPositiveDefinite("no member has K + λI positive definite at any λ of the "
                                   "grid", exact=True)
     return Selection(dict(best), table, criterion)
+
+
+def _select_svm(members: list[tuple[dict[str, Any], np.ndarray]], y: np.ndarray,
+                cs: Sequence[float], folds: int, seed: int) -> Selection:
+    """``method="svm"`` of :func:`select` (scikit-learn imported here: it is not a runtime
+    dependency of ``ntkcompute``)."""
+    try:
+        from sklearn.model_selection import StratifiedKFold
+        from sklearn.svm import SVC
+    except ImportError:  # pragma: no cover - the dev and sklearn extras have it
+        raise InputError("needs scikit-learn (pip install 'ntkcompute[sklearn]')",
+                         field="method") from None
+    n = len(members[0][1])
+    if y.dtype.kind not in "iub" or y.shape != (n,):
+        raise InputError(f"method='svm' needs (n,) = ({n},) int labels, got {y.dtype} "
+                         f"{y.shape}", field="y")
+    grid = np.asarray(cs, dtype=np.float64).reshape(-1)
+    if grid.size == 0 or not np.isfinite(grid).all() or (grid <= 0).any():
+        raise InputError("must be a non-empty list of finite C > 0", field="C")
+    if grid.size * len(members) > MAX_CANDIDATES:
+        raise InputError(f"{grid.size} C x {len(members)} members is more than "
+                         f"{MAX_CANDIDATES} candidates", field="C")
+    counts = np.bincount(y)
+    smallest = int(counts[counts > 0].min())
+    if not isinstance(folds, (int, np.integer)) or not 2 <= folds <= smallest:
+        raise InputError(f"must be an int from 2 to the smallest class's size "
+                         f"({smallest}), got {folds!r}", field="folds")
+    splits = list(StratifiedKFold(int(folds), shuffle=True, random_state=seed).split(
+        np.zeros(n), y))
+    table = []
+    for i, (desc, k) in enumerate(members):
+        for c in grid:
+            accs = []
+            for tr, te in splits:
+                svc = SVC(kernel="precomputed", C=float(c)).fit(k[np.ix_(tr, tr)], y[tr])
+                accs.append(float(np.mean(svc.predict(k[np.ix_(te, tr)]) == y[te])))
+            table.append({"member": i, **desc, "C": float(c),
+                          "accuracy": float(np.mean(accs)), "std": float(np.std(accs))})
+    best = max(table, key=lambda r: r["accuracy"])  # the first of equal ones
+    return Selection(dict(best), table, "svm_cv_accuracy")

@@ -113,3 +113,37 @@ def test_refusals_name_the_field(kwargs, field):
     with pytest.raises(InputError) as e:
         nc.select(args.pop("kernels"), args.pop("y"), **args)
     assert e.value.field == field
+
+
+def test_svm_selection_equals_grid_search_cv_per_member():
+    """``method="svm"``: each member's cross-validated accuracy at each C is scikit-learn's
+    GridSearchCV over SVC(kernel="precomputed") on the same folds; the best is the max."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.svm import SVC
+
+    x, y = _dataset("wine", 90)
+    fam = nc.kernel_family(FC, x, depths=[1, 3])
+    cs = [0.1, 1.0, 10.0]
+    sel = nc.select(fam, y, method="svm", C=cs, folds=3, seed=2)
+    assert len(sel.table) == 4 * len(cs) and sel.criterion == "svm_cv_accuracy"
+    for kind in ("ntk", "nngp"):
+        for i, d in enumerate(fam["depths"]):
+            gs = GridSearchCV(SVC(kernel="precomputed"), {"C": cs},
+                              cv=StratifiedKFold(3, shuffle=True, random_state=2)).fit(
+                fam[kind][i], y)
+            rows = [r for r in sel.table if (r["kernel"], r["depth"]) == (kind, d)]
+            assert np.allclose([r["accuracy"] for r in rows],
+                               gs.cv_results_["mean_test_score"], atol=1e-12)
+    assert sel.best["accuracy"] == max(r["accuracy"] for r in sel.table)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"method": "lasso"}, "method"), ({"method": "svm", "C": [-1.0]}, "C"),
+    ({"method": "svm", "folds": 1}, "folds"), ({"method": "svm", "folds": 5}, "folds"),
+    ({"method": "svm", "y": np.linspace(0, 1, 8)}, "y"),
+])
+def test_svm_refusals_name_the_field(kwargs, field):
+    args = {"kernels": {"a": np.eye(8)}, "y": np.array([0, 1] * 4), **kwargs}
+    with pytest.raises(InputError) as e:
+        nc.select(args.pop("kernels"), args.pop("y"), **args)
+    assert e.value.field == field
