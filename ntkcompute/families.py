@@ -38,6 +38,8 @@ from .infinite import (
     _map,
     block_budget,
     bytes_per_pair,
+    checked_inputs,
+    thread_count,
 )
 from .kernels import inputs
 from .kernels.propagate import copy, run_layers, to_diagonal
@@ -46,7 +48,7 @@ from .layers import rule_of
 from .layers.branching import Repeat
 from .plan import LayerPlan, Plan, make_plan
 from .spec import Architecture, parse_arch, spec_size
-from .validate import as_input, check_get, check_pair
+from .validate import check_get
 
 __all__ = ["Family", "FamilyPlan", "kernel_family", "make_family"]
 
@@ -229,23 +231,16 @@ def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | N
         ``{"ntk": (D, n1, n2), "nngp": (D, n1, n2), "depths": (D,)}`` (float64), member i
         at ``depths[i]``; restricted to ``get``.
     """
-    import os
-
     from .products import transpose_into
 
     fam = arch if isinstance(arch, Family) else make_family(
         arch, depths if depths is not None else [])
     get = check_get(get)
-    x1 = as_input(x1, "x1", np.dtype(np.float64))
-    symmetric = x2 is None
-    x2 = x1 if symmetric else as_input(x2, "x2", np.dtype(np.float64))
-    check_pair(x1, x2)
+    x1, x2, symmetric = checked_inputs(x1, x2, np.dtype(np.float64))
     fp = make_family_plan(fam, tuple(x1.shape))
     xp = array_module(x1)
     want_ntk = "ntk" in get
-    if threads is None:
-        threads = (os.cpu_count() or 1) if xp.__name__ == "numpy" else 1
-    threads = max(1, int(threads))
+    threads = thread_count(xp, threads)
     budget = block_budget(xp, memory, threads)
     per_pair = fp.bytes_per_pair(8)
     per = max(1, budget // per_pair)

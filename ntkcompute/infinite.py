@@ -176,6 +176,25 @@ def gram(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *, symmetric: b
     return out
 
 
+def checked_inputs(x1: Any, x2: Any | None, dtype: Any) -> tuple[Any, Any, bool]:
+    """``(x1, x2, symmetric)``: validated inputs of ``dtype`` (x2 omitted: x1 itself)."""
+    x1 = as_input(x1, "x1", dtype)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else as_input(x2, "x2", dtype)
+    check_pair(x1, x2)
+    return x1, x2, symmetric
+
+
+def thread_count(xp: Any, threads: int | None) -> int:
+    """Blocks computed at once: ``threads``, by default the CPU count for NumPy (whose
+    allocator is tuned here, once) and 1 for CuPy."""
+    if xp.__name__ == "numpy":
+        tune_allocator()
+    if threads is None:
+        threads = (os.cpu_count() or 1) if xp.__name__ == "numpy" else 1
+    return max(1, int(threads))
+
+
 def kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
            get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None,
            memory: int = DEFAULT_MEMORY, threads: int | None = None,
@@ -205,20 +224,12 @@ def kernel(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     """
     arch = parse_arch(arch)
     get = check_get(get)
-    dt = resolve_dtype(dtype, x1, arch)
-    x1 = as_input(x1, "x1", dt)
-    symmetric = x2 is None
-    x2 = x1 if symmetric else as_input(x2, "x2", dt)
-    check_pair(x1, x2)
+    x1, x2, symmetric = checked_inputs(x1, x2, resolve_dtype(dtype, x1, arch))
+    dt = x1.dtype
     plan = make_plan(arch, tuple(x1.shape))
     xp = array_module(x1)
     want_ntk = "ntk" in get
-
-    if threads is None:
-        threads = (os.cpu_count() or 1) if xp.__name__ == "numpy" else 1
-    threads = max(1, int(threads))
-    if xp.__name__ == "numpy":
-        tune_allocator()
+    threads = thread_count(xp, threads)
     budget = block_budget(xp, memory, threads)
     s1 = self_pass(plan, x1, want_ntk=want_ntk, memory=budget, threads=threads)
     s2 = s1 if symmetric else self_pass(plan, x2, want_ntk=want_ntk, memory=budget,
