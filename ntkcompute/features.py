@@ -201,6 +201,10 @@ def feature_map(arch: Architecture | dict | str, d: int | tuple[int, ...], m: in
             raise InputError(f"must be a positive integer, got {v!r}", field=field_name)
     shape = tuple(int(s) for s in shape)
     for i, layer in enumerate(spec.layers):
+        if getattr(layer, "trainable", True) is False:
+            raise InputError("random features of a layer with fixed weights (trainable: "
+                             "false) are not implemented; use the exact kernel",
+                             field="trainable", layer=i)
         if not rule_of(layer).has_features:
             covered = [c.model_fields["type"].default for c in registered()
                        if rule_of_class(c).has_features]

@@ -256,9 +256,10 @@ class ConvLocalRule(_AffineRule):
 
     def backward(self, lp: LayerPlan, data: Any, d: Any, gram: Any) -> Any:
         W, b, scale, b_scale, idx, inp = data
-        gram.add_local(inp, d, scale)
-        if b is not None:
-            gram.add_local(None, d, b_scale)
+        if lp.layer.trainable:
+            gram.add_local(inp, d, scale)
+            if b is not None:
+                gram.add_local(None, d, b_scale)
         dinp = scale * np.einsum("knpo,pfo->knpf", d, W)
         kk, nn, po, _ = dinp.shape
         dinp = dinp.reshape(kk, nn, po, idx.shape[1], -1)

@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer
 
 from ..kernels.sketch import patches, with_bias
 from ..kernels.spatial import conv_window_sum
@@ -48,6 +48,18 @@ if TYPE_CHECKING:
 class _Affine(_Layer):
     W_std: Std = 1.0
     b_std: OptionalStd = None
+    #: ``false``: the layer's weights and bias are fixed at their random initial values (not
+    #: trained), so they add no term to the NTK (Arora et al. 2020's "fixed bottom layers");
+    #: the NNGP is unchanged
+    trainable: bool = True
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # a trained layer dumps as before trainable existed: stored jobs keep their identity
+        out = handler(self)
+        if isinstance(out, dict) and out.get("trainable") is True:
+            out.pop("trainable")
+        return out
 
 
 class Dense(_Affine):
@@ -84,13 +96,15 @@ def _affine_kernel(lp: LayerPlan, st: State, window_sum: Callable[[Array], Array
     w2 = layer.W_std**2
     b2 = layer.b_std**2 if layer.b_std is not None else None
     s_k = window_sum(st.nngp)
+    trained = layer.trainable
     if lp.parameterization == "standard" and st.ntk is not None:
         fan_in = lp.in_channels * size
         s_t = window_sum(st.ntk)
         s_t *= w2 / size
-        s_t += s_k * (fan_in / size)
-        if b2 is not None:
-            s_t += 1.0
+        if trained:
+            s_t += s_k * (fan_in / size)
+            if b2 is not None:
+                s_t += 1.0
     nngp = s_k
     nngp *= w2 / size
     if b2:
@@ -98,7 +112,8 @@ def _affine_kernel(lp: LayerPlan, st: State, window_sum: Callable[[Array], Array
     if lp.parameterization != "standard" and st.ntk is not None:
         s_t = window_sum(st.ntk)
         s_t *= w2 / size
-        s_t += nngp
+        if trained:
+            s_t += nngp
     return st.with_(nngp=nngp, ntk=None if st.ntk is None else s_t, spatial=lp.out_spatial)
 
 
@@ -107,11 +122,12 @@ def _coefficients(lp: LayerPlan, size: int) -> tuple[float, ...]:
     layer = lp.layer
     w2 = layer.W_std**2
     b2 = layer.b_std**2 if layer.b_std is not None else 0.0
+    trained = 1.0 if layer.trainable else 0.0
     if lp.parameterization == "standard":
         fan_in = lp.in_channels * size
-        return (w2 / size, b2, w2 / size, 0.0, fan_in / size,
-                1.0 if layer.b_std is not None else 0.0)
-    return w2 / size, b2, w2 / size, 1.0, 0.0, 0.0
+        return (w2 / size, b2, w2 / size, 0.0, trained * fan_in / size,
+                trained if layer.b_std is not None else 0.0)
+    return w2 / size, b2, w2 / size, trained, 0.0, 0.0
 
 
 def _affine_features(xp: ModuleType, psi: Any, xi: Any, linear: Callable[[Any], Any],
@@ -189,9 +205,10 @@ class _AffineRule(LayerRule):
 
     def backward(self, lp: LayerPlan, data: Any, d: Any, gram: Any) -> Any:
         W, b, scale, b_scale, idx, inp = data
-        gram.add(inp, d, scale)
-        if b is not None:
-            gram.add_bias(d, b_scale)
+        if lp.layer.trainable:
+            gram.add(inp, d, scale)
+            if b is not None:
+                gram.add_bias(d, b_scale)
         dinp = scale * (d @ W.T)
         if idx is None:
             return dinp
