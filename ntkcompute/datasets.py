@@ -53,8 +53,10 @@ def mnist(split: str = "train", n: int | None = None, root: Path | None = None
 
 
 def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Arora et al. 2019 preprocessing: /255, then per-channel mean/std of the training set."""
+    """Arora et al. 2019 preprocessing: /255, then per-channel mean/std of the training set
+    (:class:`ntkcompute.preprocess.Standardize`)."""
+    from .preprocess import Standardize
+
     scaled = [a.astype(np.float64) / 255.0 for a in (train, *others)]
-    axes = tuple(range(train.ndim - 1))
-    mu, sd = scaled[0].mean(axis=axes), scaled[0].std(axis=axes)
-    return [(a - mu) / sd for a in scaled]
+    fit = Standardize.fit(scaled[0])
+    return [fit(a) for a in scaled]
