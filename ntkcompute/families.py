@@ -157,7 +157,9 @@ def make_family_plan(family: Family, input_shape: tuple[int, ...]) -> FamilyPlan
         if not all(_same_row(a, b) for a, b in zip(prefix, deep[:end], strict=False)) or \
                 any(a.in_full and not b.in_full for a, b in zip(prefix, deep[:end],
                                                                    strict=False)):
-            raise AssertionError("a member's layers differ from the deepest member's")
+            raise InputError(f"member {family.depths[len(segments)]}'s layers do not run as "
+                             "the deepest member's first layers (a shape or covariance layout "
+                             "differs); compute its kernel on its own", field="depths")
         segments.append(tuple(deep[start:end]))
         heads.append(head)
         start = end
