@@ -33,9 +33,9 @@ from .backend import array_module
 from .errors import InputError
 from .infinite import (
     DEFAULT_MEMORY,
-    _blocks,
     _chunks,
     _map,
+    assemble,
     block_budget,
     bytes_per_pair,
     checked_inputs,
@@ -233,8 +233,6 @@ def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | N
         ``{"ntk": (D, n1, n2), "nngp": (D, n1, n2), "depths": (D,)}`` (float64), member i
         at ``depths[i]``; restricted to ``get``.
     """
-    from .products import transpose_into
-
     fam = arch if isinstance(arch, Family) else make_family(
         arch, depths if depths is not None else [])
     get = check_get(get)
@@ -250,30 +248,18 @@ def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | N
         per = min(per, -(-x1.shape[0] // threads))
     s1 = _self_pass(fp, x1, want_ntk, per, threads)
     s2 = s1 if symmetric else _self_pass(fp, x2, want_ntk, per, threads)
-    b = max(1, math.isqrt(max(1, budget // per_pair)))
-    n1, n2, d = x1.shape[0], x2.shape[0], len(fam.depths)
-    out = {g: xp.empty((d, n1, n2), dtype=np.float64) for g in ("nngp", "ntk") if g in get}
-    blocks = list(_blocks(n1, n2, b, symmetric))
     plan = fp.deepest
+    identity = any(p.pair_identity for p in fp.plans)
 
-    def work(rc: tuple[slice, slice]) -> None:
-        r, c = rc
-        st = inputs.pair_input(xp, x1[r], x2[c], plan.input_full, want_ntk,
-                               any(p.pair_identity for p in fp.plans), plan.pattern)
+    def pair(r: slice, c: slice) -> list[tuple[Any, Any]]:
+        st = inputs.pair_input(xp, x1[r], x2[c], plan.input_full, want_ntk, identity,
+                               plan.pattern)
         outs, _ = run_family(fp, st, xp, (tuple(v[r] for v in s1[0]),
                                           tuple(v[c] for v in s2[0])))
-        for i, o in enumerate(outs):
-            for name, val in (("nngp", o.nngp), ("ntk", o.ntk)):
-                if name not in out:
-                    continue
-                if symmetric and r == c:
-                    val = xp.triu(val) + xp.triu(val, 1).T
-                out[name][i, r, c] = val
-                if symmetric and r != c:
-                    transpose_into(out[name][i, c, r], val)
+        return [(o.nngp, o.ntk) for o in outs]
 
-    for done, _ in enumerate(_map(work, blocks, threads), 1):
-        if progress:
-            progress(done, len(blocks))
+    out = assemble(pair, x1.shape[0], x2.shape[0], len(fam.depths), symmetric=symmetric,
+                   get=get, block=max(1, math.isqrt(max(1, budget // per_pair))),
+                   dtype=np.float64, xp=xp, threads=threads, progress=progress)
     out["depths"] = np.asarray(fam.depths)
     return out

@@ -149,26 +149,42 @@ def gram(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *, symmetric: b
     ``symmetric`` (x2 is x1) computes blocks on and above the diagonal and mirrors them, so
     the result is exactly symmetric. ``block`` is the side of the square block grid.
     """
+    want_ntk = "ntk" in get
+
+    def pair(r: slice, c: slice) -> list[tuple[Any, Any]]:
+        return [pair_block(plan, x1[r], x2[c], s1.rows(r), s2.rows(c), want_ntk=want_ntk)]
+
+    out = assemble(pair, x1.shape[0], x2.shape[0], None, symmetric=symmetric, get=get,
+                   block=block, dtype=x1.dtype, xp=array_module(x1), threads=threads,
+                   progress=progress)
+    return {k: v[0] for k, v in out.items()}
+
+
+def assemble(pair: Callable[[slice, slice], list[tuple[Any, Any]]], n1: int, n2: int,
+             members: int | None, *, symmetric: bool, get: tuple[str, ...], block: int,
+             dtype: Any, xp: Any, threads: int = 1,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Gram matrices ``{name: (members, n1, n2)}`` (``members`` None: one) from the pair
+    blocks ``pair(rows, cols)``, a ``(nngp, ntk)`` per member, on a grid of side ``block``;
+    ``symmetric`` computes blocks on and above the diagonal and mirrors them exactly."""
     from .products import transpose_into  # (numba: loaded with the first kernel, not the
     # package, which the CLI and the API import for specs only)
 
-    xp = array_module(x1)
-    want_ntk = "ntk" in get
-    n1, n2 = x1.shape[0], x2.shape[0]
     blocks = list(_blocks(n1, n2, block, symmetric))
-    out = {k: xp.empty((n1, n2), dtype=x1.dtype) for k in ("nngp", "ntk") if k in get}
+    out = {k: xp.empty((members or 1, n1, n2), dtype=dtype) for k in ("nngp", "ntk")
+           if k in get}
 
     def work(rc: tuple[slice, slice]) -> None:
         r, c = rc
-        nngp, ntk = pair_block(plan, x1[r], x2[c], s1.rows(r), s2.rows(c), want_ntk=want_ntk)
-        for name, val in (("nngp", nngp), ("ntk", ntk)):
-            if name not in out:
-                continue
-            if symmetric and r == c:  # keep the upper triangle, mirror it: exactly symmetric
-                val = xp.triu(val) + xp.triu(val, 1).T
-            out[name][r, c] = val
-            if symmetric and r != c:
-                transpose_into(out[name][c, r], val)
+        for i, (nngp, ntk) in enumerate(pair(r, c)):
+            for name, val in (("nngp", nngp), ("ntk", ntk)):
+                if name not in out:
+                    continue
+                if symmetric and r == c:  # keep the upper triangle, mirror it: symmetric
+                    val = xp.triu(val) + xp.triu(val, 1).T
+                out[name][i, r, c] = val
+                if symmetric and r != c:
+                    transpose_into(out[name][i, c, r], val)
 
     for done, _ in enumerate(_map(work, blocks, threads), 1):
         if progress:
