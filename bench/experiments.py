@@ -38,6 +38,7 @@ import numpy as np
 import ntkcompute as nc
 from ntkcompute import architectures as A
 from ntkcompute.datasets import digits, mnist
+from ntkcompute.preprocess import Standardize
 from ntkcompute.regression import Eigen, generalization_bound
 
 
@@ -51,7 +52,7 @@ def _figure(size=(5.0, 3.6)):
 def width(out: str) -> None:
     x, _ = digits()
     x = x.reshape(len(x), -1)[:16]
-    x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+    x = Standardize.fit(x)(x)
     widths = [32, 64, 128, 256, 512, 1024, 2048, 4096]
     fig, ax = _figure()
     print(f"{'depth':>5s} " + " ".join(f"{w:>7d}" for w in widths) + "   slope")
@@ -127,7 +128,7 @@ def spectral(out: str) -> None:
 
     x, y = digits()
     x = x.reshape(len(x), -1)[:100]
-    x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+    x = Standardize.fit(x)(x)
     target = (y[:100] == 0).astype(np.float64)
     target -= target.mean()
     w_std, b_std = 1.5, 0.1
