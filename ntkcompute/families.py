@@ -33,10 +33,9 @@ from .backend import array_module
 from .errors import InputError
 from .infinite import (
     DEFAULT_MEMORY,
-    _chunks,
-    _map,
     assemble,
     block_budget,
+    by_chunks,
     bytes_per_pair,
     checked_inputs,
     thread_count,
@@ -196,22 +195,17 @@ def run_family(fp: FamilyPlan, st: State, xp: Any,
     return outs, collected
 
 
-def _self_pass(fp: FamilyPlan, x: Any, want_ntk: bool, per: int, threads: int
-               ) -> tuple[tuple, Any, Any]:
+def _self_stats(fp: FamilyPlan, x: Any, want_ntk: bool, memory: int, threads: int
+                ) -> tuple:
+    """The self statistics of the rows of ``x`` in family pass order."""
     xp = array_module(x)
 
     def one(sl: slice) -> tuple:
         st = inputs.self_input(xp, x[sl], fp.deepest.input_full, want_ntk,
                                fp.deepest.pattern)
-        outs, stats = run_family(fp, st, xp)
-        return stats, xp.stack([o.nngp for o in outs]), \
-            xp.stack([o.ntk for o in outs]) if want_ntk else None
+        return tuple(run_family(fp, st, xp)[1])
 
-    parts = list(_map(one, _chunks(x.shape[0], per), threads))
-    cat = xp.concatenate
-    stats = tuple(cat([p[0][j] for p in parts]) for j in range(len(parts[0][0])))
-    return stats, cat([p[1] for p in parts], axis=1), \
-        cat([p[2] for p in parts], axis=1) if want_ntk else None
+    return tuple(by_chunks(one, x, fp.bytes_per_pair(x.dtype.itemsize), memory, threads))
 
 
 def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | None = None, *,
@@ -243,19 +237,16 @@ def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | N
     threads = thread_count(xp, threads)
     budget = block_budget(xp, memory, threads)
     per_pair = fp.bytes_per_pair(8)
-    per = max(1, budget // per_pair)
-    if threads > 1:
-        per = min(per, -(-x1.shape[0] // threads))
-    s1 = _self_pass(fp, x1, want_ntk, per, threads)
-    s2 = s1 if symmetric else _self_pass(fp, x2, want_ntk, per, threads)
+    s1 = _self_stats(fp, x1, want_ntk, budget, threads)
+    s2 = s1 if symmetric else _self_stats(fp, x2, want_ntk, budget, threads)
     plan = fp.deepest
     identity = any(p.pair_identity for p in fp.plans)
 
     def pair(r: slice, c: slice) -> list[tuple[Any, Any]]:
         st = inputs.pair_input(xp, x1[r], x2[c], plan.input_full, want_ntk, identity,
                                plan.pattern)
-        outs, _ = run_family(fp, st, xp, (tuple(v[r] for v in s1[0]),
-                                          tuple(v[c] for v in s2[0])))
+        outs, _ = run_family(fp, st, xp, (tuple(v[r] for v in s1),
+                                          tuple(v[c] for v in s2)))
         return [(o.nngp, o.ntk) for o in outs]
 
     out = assemble(pair, x1.shape[0], x2.shape[0], len(fam.depths), symmetric=symmetric,

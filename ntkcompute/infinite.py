@@ -88,20 +88,29 @@ def self_pass(plan: Plan, x: Any, *, want_ntk: bool = True,
     (the inputs are split into at least that many). Each input's statistics are computed
     on their own, so the result does not depend on the chunking."""
     xp = array_module(x)
-    per = max(1, memory // bytes_per_pair(plan, x.dtype.itemsize))
-    if threads > 1:
-        per = min(per, -(-x.shape[0] // threads))
 
     def one(sl: slice) -> tuple:
         st = inputs.self_input(xp, x[sl], plan.input_full, want_ntk, plan.pattern)
         st, variances = propagate.run(plan, st, xp)
-        return variances, st.nngp, st.ntk
+        return (*variances, st.nngp, st.ntk)
 
-    parts = list(_map(one, _chunks(x.shape[0], per), threads))
-    cat = xp.concatenate
-    variances = tuple(cat([p[0][j] for p in parts]) for j in range(len(parts[0][0])))
-    return SelfCov(variances, cat([p[1] for p in parts]),
-                   cat([p[2] for p in parts]) if want_ntk else None)
+    *variances, nngp, ntk = by_chunks(one, x, bytes_per_pair(plan, x.dtype.itemsize), memory,
+                                      threads)
+    return SelfCov(tuple(variances), nngp, ntk)
+
+
+def by_chunks(fn: Callable[[slice], tuple], x: Any, per_row: int, memory: int,
+              threads: int) -> list[Any]:
+    """``fn`` over chunks of the rows of ``x`` (at most ``memory // per_row`` rows each, at
+    least ``threads`` chunks, run concurrently), its results concatenated field by field
+    (a ``None`` field stays ``None``)."""
+    per = max(1, memory // per_row)
+    if threads > 1:
+        per = min(per, -(-x.shape[0] // threads))
+    parts = list(_map(fn, _chunks(x.shape[0], per), threads))
+    cat = array_module(x).concatenate
+    return [None if first is None else cat([p[j] for p in parts])
+            for j, first in enumerate(parts[0])]
 
 
 def pair_block(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *,

@@ -86,6 +86,7 @@ __all__ = [
     "serial",
 ]
 
+
 class _Graph(NamedTuple):
     """How an Aggregate layer reads stax's ``pattern``."""
 

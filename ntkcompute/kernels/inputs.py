@@ -145,8 +145,7 @@ def pairs_input(xp: ModuleType, xa: Array, xb: Array, full: bool, want_ntk: bool
     same: Array | bool = xb is xa
     if identity and not same:
         same = (xa.reshape(xa.shape[0], -1) == xb.reshape(xa.shape[0], -1)).all(axis=1)
-    xa_f, xb_f, graphs = _graphs(xp, xa, xb, pattern)
-    xa, xb = xa_f, xb_f  # (one array twice in the self pass)
+    xa, xb, graphs = _graphs(xp, xa, xb, pattern)  # (one array twice in the self pass)
     m, c = xa.shape[0], xa.shape[-1]
     spatial = tuple(xa.shape[1:-1])
     d = len(spatial)
