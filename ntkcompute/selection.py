@@ -87,8 +87,21 @@ def selection_scores(eig: Eigen, y: np.ndarray, lams: Sequence[float], criterion
 
     Returns ``{"criterion": (len(lams),)}`` and, with labels, ``"loo_accuracy"``.
     """
-    crit = np.full(len(lams), np.inf)
-    acc = np.full(len(lams), np.nan)
+    loo = criterion == "loo"
+    scores = _scores(eig, y, lams, (criterion,), labels if loo else None)
+    out = {"criterion": scores[criterion]}
+    if labels is not None and loo:
+        out["loo_accuracy"] = scores["loo_accuracy"]
+    return out
+
+
+def _scores(eig: Eigen, y: np.ndarray, lams: Sequence[float], criteria: Sequence[str],
+            labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``{"loo": .., "gcv": .., "loo_accuracy": ..}`` (those asked for; the accuracy with
+    ``labels``) at each absolute λ, one residual ``(I - H) y`` per λ serving all."""
+    out = {c: np.full(len(lams), np.inf) for c in criteria}
+    if labels is not None:
+        out["loo_accuracy"] = np.full(len(lams), np.nan)
     y2 = _as_columns(y)
     proj = eig.U.T @ y2
     u2 = eig.U ** 2
@@ -99,18 +112,15 @@ def selection_scores(eig: Eigen, y: np.ndarray, lams: Sequence[float], criterion
         except NotPositiveDefinite:
             continue
         resid = eig.U @ (proj * g[:, None])
-        if criterion == "loo":
-            with np.errstate(divide="ignore", invalid="ignore"):  # λ = 0: nan
+        with np.errstate(divide="ignore", invalid="ignore"):  # λ = 0: nan
+            if "loo" in out:
                 e = resid / (u2 @ g)[:, None]
-            crit[j] = float(np.mean(e ** 2))
-            if labels is not None:
-                acc[j] = float(np.mean(np.argmax(y2 - e, axis=1) == labels))
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                crit[j] = float(n * np.sum(resid ** 2) / y2.shape[1] / np.sum(g) ** 2)
-    out = {"criterion": crit}
-    if labels is not None and criterion == "loo":
-        out["loo_accuracy"] = acc
+                out["loo"][j] = float(np.mean(e ** 2))
+                if labels is not None:
+                    out["loo_accuracy"][j] = float(np.mean(np.argmax(y2 - e, axis=1)
+                                                           == labels))
+            if "gcv" in out:
+                out["gcv"][j] = float(n * np.sum(resid ** 2) / y2.shape[1] / np.sum(g) ** 2)
     return out
 
 
@@ -232,13 +242,12 @@ def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEF
         eig = Eigen.of(k)
         absolute = absolute_lambdas([float(v) for v in grid], relative,
                                     eig.mean_diag if relative else None)
-        loo = selection_scores(eig, targets, absolute, "loo", labels)
-        gcv = selection_scores(eig, targets, absolute, "gcv")["criterion"]
+        sc = _scores(eig, targets, absolute, ("loo", "gcv"), labels)
         for j, lam in enumerate(grid):
             row = {"member": i, **desc, "lam": float(lam), "lam_absolute": absolute[j],
-                   "loo": float(loo["criterion"][j]), "gcv": float(gcv[j])}
+                   "loo": float(sc["loo"][j]), "gcv": float(sc["gcv"][j])}
             if labels is not None:
-                row["accuracy"] = float(loo["loo_accuracy"][j])
+                row["accuracy"] = float(sc["loo_accuracy"][j])
             table.append(row)
 
     def rank(row: dict[str, Any]) -> tuple[float, float]:
