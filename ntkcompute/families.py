@@ -33,6 +33,7 @@ from .backend import array_module
 from .errors import InputError
 from .infinite import (
     DEFAULT_MEMORY,
+    SelfCov,
     assemble,
     block_budget,
     by_chunks,
@@ -49,7 +50,8 @@ from .plan import LayerPlan, Plan, make_plan
 from .spec import Architecture, parse_arch, spec_size
 from .validate import check_get
 
-__all__ = ["Family", "FamilyPlan", "kernel_family", "make_family"]
+__all__ = ["Family", "FamilyPlan", "family_gram", "family_self_pass", "kernel_family",
+           "make_family", "make_family_plan"]
 
 #: Most members a family may have (each is a Gram matrix of the result).
 MAX_MEMBERS = 64
@@ -136,6 +138,21 @@ class FamilyPlan:
     def deepest(self) -> Plan:
         return self.plans[-1]
 
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return self.family.depths
+
+    @property
+    def layers(self) -> tuple[LayerPlan, ...]:
+        """Every row the pass runs, in pass order (segment 0, head 0, segment 1, ...)."""
+        return tuple(lp for seg, head in zip(self.segments, self.heads, strict=True)
+                     for lp in (*seg, *head))
+
+    @property
+    def self_layers(self) -> tuple[LayerPlan, ...]:
+        """The rows with a self statistic, in the order the pass collects them."""
+        return tuple(lp for lp in self.layers if lp.self_stat)
+
     def bytes_per_pair(self, itemsize: int) -> int:
         """Peak working memory of one pair: the worst member's, plus the state kept at a
         member's depth while its head runs."""
@@ -195,17 +212,50 @@ def run_family(fp: FamilyPlan, st: State, xp: Any,
     return outs, collected
 
 
-def _self_stats(fp: FamilyPlan, x: Any, want_ntk: bool, memory: int, threads: int
-                ) -> tuple:
-    """The self statistics of the rows of ``x`` in family pass order."""
+def family_self_pass(fp: FamilyPlan, x: Any, *, want_ntk: bool = True,
+                     memory: int = DEFAULT_MEMORY, threads: int = 1) -> SelfCov:
+    """The family pass over every input paired with itself, ``x`` of shape
+    ``(n, *spatial, C)``: ``variances`` in pass order (:attr:`FamilyPlan.self_layers`),
+    ``nngp`` / ``ntk`` each member's diagonal, ``(n, D)``."""
     xp = array_module(x)
 
     def one(sl: slice) -> tuple:
         st = inputs.self_input(xp, x[sl], fp.deepest.input_full, want_ntk,
                                fp.deepest.pattern)
-        return tuple(run_family(fp, st, xp)[1])
+        outs, stats = run_family(fp, st, xp)
+        return (*stats, xp.stack([o.nngp for o in outs], axis=1),
+                xp.stack([o.ntk for o in outs], axis=1) if want_ntk else None)
 
-    return tuple(by_chunks(one, x, fp.bytes_per_pair(x.dtype.itemsize), memory, threads))
+    *variances, nngp, ntk = by_chunks(one, x, fp.bytes_per_pair(x.dtype.itemsize), memory,
+                                      threads)
+    return SelfCov(tuple(variances), nngp, ntk)
+
+
+def family_block(fp: FamilyPlan, itemsize: int, budget: int) -> int:
+    """Side of the square pair blocks of a family pass within ``budget`` bytes."""
+    return max(1, math.isqrt(max(1, budget // fp.bytes_per_pair(itemsize))))
+
+
+def family_gram(fp: FamilyPlan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *,
+                symmetric: bool, get: tuple[str, ...], block: int, threads: int = 1,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Every member's Gram matrices ``{name: (D, n1, n2)}`` between validated rows ``x1``,
+    ``x2`` given their :func:`family_self_pass` statistics (as :func:`ntkcompute.infinite.gram`
+    for one network; ``symmetric``: x2 is x1, blocks mirrored exactly)."""
+    xp = array_module(x1)
+    want_ntk = "ntk" in get
+    identity = any(p.pair_identity for p in fp.plans)
+
+    def pair(r: slice, c: slice) -> list[tuple[Any, Any]]:
+        st = inputs.pair_input(xp, x1[r], x2[c], fp.deepest.input_full, want_ntk, identity,
+                               fp.deepest.pattern)
+        outs, _ = run_family(fp, st, xp, (tuple(v[r] for v in s1.variances),
+                                          tuple(v[c] for v in s2.variances)))
+        return [(o.nngp, o.ntk) for o in outs]
+
+    return assemble(pair, x1.shape[0], x2.shape[0], len(fp.plans), symmetric=symmetric,
+                    get=get, block=block, dtype=x1.dtype, xp=xp, threads=threads,
+                    progress=progress)
 
 
 def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | None = None, *,
@@ -233,24 +283,12 @@ def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | N
     x1, x2, symmetric = checked_inputs(x1, x2, np.dtype(np.float64))
     fp = make_family_plan(fam, tuple(x1.shape))
     xp = array_module(x1)
-    want_ntk = "ntk" in get
     threads = thread_count(xp, threads)
     budget = block_budget(xp, memory, threads)
-    per_pair = fp.bytes_per_pair(8)
-    s1 = _self_stats(fp, x1, want_ntk, budget, threads)
-    s2 = s1 if symmetric else _self_stats(fp, x2, want_ntk, budget, threads)
-    plan = fp.deepest
-    identity = any(p.pair_identity for p in fp.plans)
-
-    def pair(r: slice, c: slice) -> list[tuple[Any, Any]]:
-        st = inputs.pair_input(xp, x1[r], x2[c], plan.input_full, want_ntk, identity,
-                               plan.pattern)
-        outs, _ = run_family(fp, st, xp, (tuple(v[r] for v in s1),
-                                          tuple(v[c] for v in s2)))
-        return [(o.nngp, o.ntk) for o in outs]
-
-    out = assemble(pair, x1.shape[0], x2.shape[0], len(fam.depths), symmetric=symmetric,
-                   get=get, block=max(1, math.isqrt(max(1, budget // per_pair))),
-                   dtype=np.float64, xp=xp, threads=threads, progress=progress)
+    s1 = family_self_pass(fp, x1, want_ntk="ntk" in get, memory=budget, threads=threads)
+    s2 = s1 if symmetric else family_self_pass(fp, x2, want_ntk="ntk" in get, memory=budget,
+                                               threads=threads)
+    out = family_gram(fp, x1, x2, s1, s2, symmetric=symmetric, get=get,
+                      block=family_block(fp, 8, budget), threads=threads, progress=progress)
     out["depths"] = np.asarray(fam.depths)
     return out

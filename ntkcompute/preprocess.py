@@ -95,7 +95,7 @@ def _flip(x: np.ndarray) -> np.ndarray:
 
 
 def flip_symmetrized(kernel_fn: Callable[..., dict[str, Any]], x1: Any, x2: Any | None = None,
-                     **kwargs: Any) -> dict[str, Any]:
+                     *, plain: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """``(K(x, x') + K(x, flip x')) / 2``: the kernel of flip-augmented training, without
     augmenting the data (which would make the Gram 4x larger).
 
@@ -104,11 +104,13 @@ def flip_symmetrized(kernel_fn: Callable[..., dict[str, Any]], x1: Any, x2: Any 
     both inputs leaves unchanged (convolutions, pooling, dense readouts on pooled features),
     ``K(x, flip x') = K(flip x, x')`` and this equals the average over all four flips; with
     ``x2`` omitted, the cross term ``K(X, flip X)`` is symmetrised as ``(C + Cᵀ) / 2``, so
-    the result is exactly symmetric.
+    the result is exactly symmetric. ``plain``, ``kernel_fn(x1, x2)`` already computed (e.g.
+    to compare against), is reused instead of computed again.
     """
     x1 = np.asarray(x1)
     sym = x2 is None
-    plain = kernel_fn(x1, None if sym else x2, **kwargs)
+    if plain is None:
+        plain = kernel_fn(x1, None if sym else x2, **kwargs)
     cross = kernel_fn(x1, _flip(x1 if sym else np.asarray(x2)), **kwargs)
     out = {}
     for name, k in plain.items():

@@ -22,6 +22,7 @@ from distributed import Client, Future, as_completed
 
 import ntkcompute
 from ntkcompute.errors import InputError
+from ntkcompute.families import FamilyPlan, family_block, make_family, make_family_plan
 from ntkcompute.infinite import (
     DEFAULT_MEMORY,
     block_budget,
@@ -43,6 +44,7 @@ from .store import (
     chunks_of,
     create_array,
     job_meta,
+    kernel_array,
     open_group,
     read,
     selection,
@@ -212,10 +214,20 @@ class GramJob:
         fails)."""
         return {k: read(v) for k, v in self.arrays.items()}
 
+    @property
+    def depths(self) -> list[int] | None:
+        """A family job's member depths, the ``depth`` coordinate (None for one network)."""
+        return job_meta(self.group).get("depths")
+
+    def member(self, depth: int) -> dict[str, np.ndarray]:
+        """Member ``depth`` of a family job: ``{"ntk", "nngp"}`` as (n1, n2) arrays, read
+        through their checksums."""
+        return {k: read(kernel_array(self.group, k, depth)) for k in self.arrays}
+
     def to_dask(self) -> dict[str, Any]:
-        """``{"ntk", "nngp"}`` as lazy ``(n1, n2)`` dask arrays, one chunk per tile, readable
-        while the job runs: a tile not done yet reads as NaN, a damaged chunk raises
-        :class:`CorruptChunk` when computed."""
+        """``{"ntk", "nngp"}`` as lazy ``(n1, n2)`` dask arrays (a family's ``(D, n1, n2)``),
+        one chunk per tile, readable while the job runs: a tile not done yet reads as NaN, a
+        damaged chunk raises :class:`CorruptChunk` when computed."""
         import dask.array as da
 
         return {name: da.from_array(Verified(arr), chunks=arr.chunks, asarray=False,
@@ -224,15 +236,16 @@ class GramJob:
 
     def to_xarray(self) -> Any:
         """The kernels as an ``xarray.Dataset`` over dims ``i`` (x1's rows) and ``j`` (x2's,
-        or x1's again), with coordinates and each array's attrs, read lazily through the
-        checksums (:meth:`to_dask`); ``xarray.open_zarr(job.url)`` opens the same arrays
-        unverified."""
+        or x1's again), and ``depth`` first for a family job, with coordinates and each
+        array's attrs, read lazily through the checksums (:meth:`to_dask`);
+        ``xarray.open_zarr(job.url)`` opens the same arrays unverified."""
         import xarray as xr
 
-        return xr.Dataset({k: xr.DataArray(v, dims=("i", "j"), attrs=dict(self.group[k].attrs))
+        dims = ("i", "j") if self.depths is None else ("depth", "i", "j")
+        coords = {d: read(self.group[d]) for d in dims}
+        return xr.Dataset({k: xr.DataArray(v, dims=dims, attrs=dict(self.group[k].attrs))
                            for k, v in self.to_dask().items()},
-                          coords={"i": read(self.group["i"]), "j": read(self.group["j"])},
-                          attrs={"ntkcompute": job_meta(self.group)})
+                          coords=coords, attrs={"ntkcompute": job_meta(self.group)})
 
 
 def _store_input(g: zarr.Group, name: str, x: Any, dtype: np.dtype, tile: int, *,
@@ -309,23 +322,31 @@ class JobPlan:
     spec: Architecture
     get: tuple[str, ...]
     dtype: np.dtype
-    plan: Plan
+    plan: Plan | FamilyPlan
     block: int
     tile: int
     n1: int
     n2: int
 
+    @property
+    def depths(self) -> list[int] | None:
+        """A family job's member depths (None for one network)."""
+        return list(self.plan.depths) if isinstance(self.plan, FamilyPlan) else None
+
 
 def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
              get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None,
-             memory: int = DEFAULT_MEMORY, tile: int | None = None) -> JobPlan:
+             memory: int = DEFAULT_MEMORY, tile: int | None = None,
+             depths: list[int] | None = None) -> JobPlan:
     """Check a Gram job (spec, shapes, dtype, budget, tile) without running it.
 
     ``x1``/``x2`` need only ``shape`` and ``dtype`` (NumPy, Zarr or memory-mapped arrays).
+    ``depths``: a family job (:func:`ntkcompute.kernel_family`): ``arch`` has one top-level
+    ``repeat``, and every member's kernels come from one pass.
 
     Raises:
         InputError: naming the offending field (``layers[i].*``, ``x1``, ``x2``, ``get``,
-            ``dtype``, ``memory``, ``tile``).
+            ``dtype``, ``memory``, ``tile``, ``depths``).
     """
     spec = parse_arch(arch)
     get = check_get(get)
@@ -334,24 +355,34 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     if x2 is not None:
         check_shape(x2.shape, "x2")
         check_pair(x1, x2)
-    plan = make_plan(spec, tuple(x1.shape))
-    if bytes_per_pair(plan, dt.itemsize) > memory:
-        raise InputError(f"one pair needs {bytes_per_pair(plan, dt.itemsize)} bytes, more "
-                         f"than the budget {memory}", field="memory")
+    if depths is None:
+        plan = make_plan(spec, tuple(x1.shape))
+        per_pair = bytes_per_pair(plan, dt.itemsize)
+    else:
+        plan = make_family_plan(make_family(spec, depths), tuple(x1.shape))
+        per_pair = plan.bytes_per_pair(dt.itemsize)
+    if per_pair > memory:
+        raise InputError(f"one pair needs {per_pair} bytes, more than the budget {memory}",
+                         field="memory")
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
+    members = 1 if depths is None else len(plan.depths)
     # a block past the matrix is one block either way (and keeps tiles, and the Zarr chunks
     # that are one tile each, no larger than the matrix)
-    block = min(block_size(plan, dt.itemsize, block_budget(np, memory, 1)), max(n1, n2))
+    budget = block_budget(np, memory, 1)
+    block = min(block_size(plan, dt.itemsize, budget) if depths is None
+                else family_block(plan, dt.itemsize, budget), max(n1, n2))
     if tile is None:
-        tile = choose_tile(plan, max(n1, n2), dt.itemsize, memory, block, len(get))
+        tile = choose_tile(plan, max(n1, n2), dt.itemsize, memory, block,
+                           len(get) * members)
     elif isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
         raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
     tile = min(tile, max(n1, n2))
-    if tile * tile * dt.itemsize * len(get) > memory:
-        raise InputError(f"a {tile} x {tile} tile of {list(get)} needs "
-                         f"{tile * tile * dt.itemsize * len(get)} bytes, more than the "
-                         f"per-task budget {memory}", field="tile")
+    tile_bytes = tile * tile * dt.itemsize * len(get) * members
+    if tile_bytes > memory:
+        raise InputError(f"a {tile} x {tile} tile of {list(get)} ({members} member(s)) needs "
+                         f"{tile_bytes} bytes, more than the per-task budget {memory}",
+                         field="tile")
     return JobPlan(spec, get, dt, plan, block, tile, n1, n2)
 
 
@@ -360,7 +391,7 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
                  scheduler: str | None = None, get: tuple[str, ...] | str = ("ntk", "nngp"),
                  dtype: Any = None, memory: int = DEFAULT_MEMORY,
                  storage_options: dict | None = None, checksums: bool = True,
-                 verify: bool = False) -> GramJob:
+                 verify: bool = False, depths: list[int] | None = None) -> GramJob:
     """Start (or resume) the tiled Gram job of ``arch`` on x1 (and x2) into ``store``.
 
     Args:
@@ -380,6 +411,10 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         verify: before resuming, check every chunk of the stored job on the workers
             (:func:`workers.verify_job`) and recompute exactly the damaged tiles, self
             statistics and input chunks, even of a finished job.
+        depths: a family job (:func:`ntkcompute.kernel_family`; ``arch`` has one top-level
+            ``repeat``): ``ntk``/``nngp`` are stored ``(D, n1, n2)``, member ``d`` at
+            ``depths[d]`` (the ``depth`` coordinate), chunks ``(1, tile, tile)``; a tile task
+            computes every member of its tile in one pass.
 
     Returns:
         a :class:`GramJob`; call ``wait()`` for the result.
@@ -389,13 +424,16 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     """
     a1 = _as_array(x1, "x1")
     a2 = None if x2 is None else _as_array(x2, "x2")
-    jp = plan_job(arch, a1, a2, get=get, dtype=dtype, memory=memory, tile=tile)
+    jp = plan_job(arch, a1, a2, get=get, dtype=dtype, memory=memory, tile=tile,
+                  depths=depths)
     spec, get, dt, plan, block, tile = jp.spec, jp.get, jp.dtype, jp.plan, jp.block, jp.tile
     n1, n2 = jp.n1, jp.n2
     opts = resolve_options(storage_options)
     identity = {"spec": spec.model_dump(mode="json"), "dtype": dt.str, "get": list(get),
                 "x_shape": list(a1.shape), "n1": n1, "n2": n2, "symmetric": a2 is None,
                 "tile": tile, "block": block}
+    if jp.depths is not None:  # (absent for one network: stored jobs keep their identity)
+        identity["depths"] = jp.depths
     g, old, cl, cluster, damage = begin_job(store, identity, opts, client, scheduler, verify)
     try:
         return _start_gram(g, store, identity, old, plan, a1, a2, cl, cluster, opts,
@@ -426,7 +464,7 @@ def begin_job(store: str, identity: dict[str, Any], opts: dict | None, client: C
 
 
 def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[str, Any],
-                plan: Plan, a1: Any, a2: Any | None, cl: Client, cluster: Any,
+                plan: Plan | FamilyPlan, a1: Any, a2: Any | None, cl: Client, cluster: Any,
                 opts: dict | None, checksum: bool, memory: int, damage: Damage) -> GramJob:
     n1, n2, tile, dt = identity["n1"], identity["n2"], identity["tile"], np.dtype(
         identity["dtype"])
@@ -440,18 +478,24 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
     changed1 = changed_chunks(old, "x1", sums1)
     changed2 = changed1 if a2 is None else changed_chunks(old, "x2", sums2)
 
+    depths = identity.get("depths")
+    lead, lead_dims = ((), ()) if depths is None else ((len(depths),), ("depth",))
     for name in identity["get"]:
         if name not in g:
-            create_array(g, name, (n1, n2), (tile, tile), dt, checksum=checksum,
-                         computed=True, dims=("i", "j"), attrs={
-                             "kind": name, "dtype": dt.name, "architecture": identity["spec"],
-                             "parameterization": identity["spec"]["parameterization"],
-                             "symmetric": a2 is None, "tile": tile,
-                             "status": Status.RUNNING})
-    for axis, n in (("i", n1), ("j", n2)):  # the coordinates: row numbers of x1 and x2
-        if axis not in g or g[axis].shape != (n,):
-            write_array(g, axis, np.arange(n, dtype=np.int64), tile, checksum=checksum,
-                        dims=(axis,))
+            attrs = {"kind": name, "dtype": dt.name, "architecture": identity["spec"],
+                     "parameterization": identity["spec"]["parameterization"],
+                     "symmetric": a2 is None, "tile": tile, "status": Status.RUNNING}
+            if depths is not None:
+                attrs["depths"] = depths
+            create_array(g, name, (*lead, n1, n2), (*(1 for _ in lead), tile, tile), dt,
+                         checksum=checksum, computed=True, dims=(*lead_dims, "i", "j"),
+                         attrs=attrs)
+    coords = [("i", np.arange(n1, dtype=np.int64)), ("j", np.arange(n2, dtype=np.int64))]
+    if depths is not None:
+        coords.append(("depth", np.asarray(depths, dtype=np.int64)))
+    for axis, values in coords:  # the coordinates: row numbers of x1 and x2, members' depths
+        if axis not in g or g[axis].shape != values.shape:
+            write_array(g, axis, values, tile, checksum=checksum, dims=(axis,))
     done = _marker(g, "done", (t1, t2), checksum, dims=("tile_i", "tile_j"))
     self_sets = [("x1", t1, changed1)] + ([] if a2 is None else [("x2", t2, changed2)])
     self_done = {}
@@ -464,10 +508,10 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
             if f"var{j}" not in sg:
                 create_array(sg, f"var{j}", shape, (tile, *shape[1:]), dt, checksum=checksum,
                              computed=True, dims=axis_names(rows, len(shape)))
-        for name in ("diag_nngp", "diag_ntk"):
+        for name in ("diag_nngp", "diag_ntk"):  # a family's: (n, D), a column per member
             if name not in sg:
-                create_array(sg, name, (nrows,), (tile,), dt, checksum=checksum,
-                             computed=True, dims=(rows,))
+                create_array(sg, name, (nrows, *lead), (tile, *lead), dt, checksum=checksum,
+                             computed=True, dims=(rows, *lead_dims))
         marks = _marker(sg, "done", (t,), checksum, dims=("tile_" + rows,))
         for k, ch in enumerate(changed):
             if ch or (which, k) in damage.self_chunks:

@@ -28,7 +28,7 @@ from distributed import Client
 
 from ntkcompute.products import compiled, matmul, matmul_sym, warm_up
 
-from .store import job_meta, open_group, read
+from .store import job_meta, kernel_array, open_group, read
 
 Tile = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1 of the kernel
 
@@ -38,14 +38,15 @@ class TileBlock:
 
     ``symmetric``: the array is a symmetric Gram and ``tiles`` lie on or above the diagonal;
     each off-diagonal tile then stands for its mirror too. ``single``: hold (or stream) a
-    float32 copy of float64 tiles as well, for float32 products. Every product returns
-    ``(lo, block)``: this actor's contribution to rows ``lo:lo + len(block)`` of the result.
+    float32 copy of float64 tiles as well, for float32 products. ``depth``: member
+    ``depth`` of a family job's kernel. Every product returns ``(lo, block)``: this actor's
+    contribution to rows ``lo:lo + len(block)`` of the result.
     """
 
     def __init__(self, url: str, name: str, tiles: list[Tile], symmetric: bool,
-                 cache_bytes: int, options: dict | None = None, single: bool = False
-                 ) -> None:
-        self.arr = open_group(url, mode="r", options=options)[name]
+                 cache_bytes: int, options: dict | None = None, single: bool = False,
+                 depth: int | None = None) -> None:
+        self.arr = kernel_array(open_group(url, mode="r", options=options), name, depth)
         self.tiles, self.symmetric = [tuple(t) for t in tiles], symmetric
         rows = [(r0, r1) for r0, r1, _, _ in self.tiles]
         if symmetric:
@@ -199,13 +200,15 @@ class DistributedKernel:
     ``symmetric``: hold only the upper triangle of tiles (default: when the group is a
     symmetric Gram job with square chunks). ``precision="single"``: the actors build their
     float32 copy of float64 tiles while loading (otherwise on the first float32 product).
+    ``depth``: member ``depth`` of a family job (:func:`workers.store.kernel_array`).
     """
 
     def __init__(self, client: Client, url: str, name: str = "ntk", *,
                  memory_fraction: float = 0.5, options: dict | None = None,
-                 symmetric: bool | None = None, precision: str = "double") -> None:
+                 symmetric: bool | None = None, precision: str = "double",
+                 depth: int | None = None) -> None:
         g = open_group(url, mode="r", options=options)
-        arr = g[name]
+        arr = kernel_array(g, name, depth)
         self.n, self.shape, self.dtype = arr.shape[0], arr.shape, arr.dtype
         s0, s1 = arr.chunks
         if symmetric is None:
@@ -235,8 +238,8 @@ class DistributedKernel:
             limit = info.get("memory_limit") or 0
             cache = int(memory_fraction * limit) if limit else 1 << 62
             futures.append(client.submit(TileBlock, url, name, run, symmetric, cache, options,
-                                         precision == "single", actor=True, workers=[addr],
-                                         pure=False))
+                                         precision == "single", depth, actor=True,
+                                         workers=[addr], pure=False))
         self.actors = [f.result() for f in futures]  # every worker loads at once
 
     def info(self) -> list[dict[str, Any]]:

@@ -41,7 +41,16 @@ from ntkcompute.regression import (
 
 from .cluster import get_client, shutdown
 from .operator import DistributedKernel
-from .store import consolidate, create_array, job_meta, open_group, read, set_meta
+from .store import (
+    consolidate,
+    create_array,
+    diagonal_of,
+    job_meta,
+    kernel_array,
+    open_group,
+    read,
+    set_meta,
+)
 
 
 @dataclass
@@ -96,14 +105,16 @@ def check_finite_result(res: SolveResult) -> SolveResult:
 
 
 def check_cross(train: Any, cross: str, name: str, n: int,
-                test_labels: np.ndarray | None, options: dict | None) -> None:
+                test_labels: np.ndarray | None, options: dict | None,
+                depth: int | None = None) -> None:
     """Refuse, before any work, a cross kernel that cannot predict for this train kernel.
 
     It must hold ``name`` as an ``(m, n)`` array, test rows x train rows (``n`` the train
     kernel's rows): a job made as ``compute_gram(arch, x_test, x_train)``, ``ntk gram --x1
-    test --x2 train``. One made the other way round, train x test ``(n, m)``, is named as
-    such, also when ``m == n`` and the stores' input checksums show its first inputs are the
-    train kernel's. ``test_labels`` must have ``m`` rows. Every refusal is an
+    test --x2 train`` (for member ``depth`` of a family job: a family with that member).
+    One made the other way round, train x test ``(n, m)``, is named as such, also when
+    ``m == n`` and the stores' input checksums show its first inputs are the train
+    kernel's. ``test_labels`` must have ``m`` rows. Every refusal is an
     :class:`InputError` on ``cross`` (or ``test_labels``).
     """
     redo = ("make it with the test rows first, compute_gram(arch, x_test, x_train) "
@@ -115,7 +126,10 @@ def check_cross(train: Any, cross: str, name: str, n: int,
                          field="cross") from None
     if name not in cgroup:
         raise InputError(f"no '{name}' array in {cross}", field="cross")
-    shape = tuple(cgroup[name].shape)
+    try:
+        shape = tuple(kernel_array(cgroup, name, depth).shape)
+    except InputError as e:
+        raise InputError(f"{cross}: {e.reason}", field="cross") from None
     if len(shape) != 2:
         raise InputError(f"{cross} holds a {len(shape)}-d '{name}', not a kernel",
                          field="cross")
@@ -136,9 +150,10 @@ def check_cross(train: Any, cross: str, name: str, n: int,
                          field="test_labels")
 
 
-def _predict(cross_url: str, name: str, coef: np.ndarray, options: dict | None) -> np.ndarray:
+def _predict(cross_url: str, name: str, coef: np.ndarray, options: dict | None,
+             depth: int | None = None) -> np.ndarray:
     """``K_cross @ coef`` streamed over the cross kernel's row chunks."""
-    arr = open_group(cross_url, mode="r", options=options)[name]
+    arr = kernel_array(open_group(cross_url, mode="r", options=options), name, depth)
     out = np.empty((arr.shape[0], coef.shape[-1]))
     step = arr.chunks[0]
     for r in range(0, arr.shape[0], step):
@@ -159,7 +174,7 @@ def _metrics(pred: np.ndarray, test_labels: np.ndarray | None, classes: int | No
 
 def _add_variances(res: SolveResult, g: Any, K: np.ndarray, name: str, Y: np.ndarray,
                    lams: list[float], times: list[float] | None, lr: float, cross: str,
-                   options: dict | None) -> None:
+                   options: dict | None, depth: int | None) -> None:
     """Predictive variances of the test outputs into ``res`` (see :func:`solve`)."""
     gc = open_group(cross, mode="r", options=options)
     if "nngp" not in g or "nngp" not in gc:
@@ -169,9 +184,11 @@ def _add_variances(res: SolveResult, g: Any, K: np.ndarray, name: str, Y: np.nda
     if "self/x1/diag_nngp" not in gc:
         raise InputError(f"{cross} stores no NNGP diagonal of its test rows",
                          field="variance")
-    nngp = K if name == "nngp" else np.asarray(read(g["nngp"]), dtype=np.float64)
-    k_td = {kind: np.asarray(read(gc[kind]), dtype=np.float64) for kind in {"nngp", name}}
-    k_tt = np.asarray(read(gc["self/x1/diag_nngp"]), dtype=np.float64)
+    nngp = K if name == "nngp" else np.asarray(read(kernel_array(g, "nngp", depth)),
+                                               dtype=np.float64)
+    k_td = {kind: np.asarray(read(kernel_array(gc, kind, depth)), dtype=np.float64)
+            for kind in {"nngp", name}}
+    k_tt = np.asarray(diagonal_of(gc, "nngp", depth), dtype=np.float64)
     ntk = K if name == "ntk" else None
     var = np.stack([Ensemble(nngp, ntk, Y, diag_reg=lam, diag_reg_absolute_scale=True)
                     .predict(None, k_td, k_tt, get=name, compute_cov=True)[name].covariance
@@ -203,7 +220,7 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
           bound: bool = False, spectrum_k: int = 0, relative: bool = False,
           min_eig: bool = False, max_rank: int | None = None,
           target: float = NYSTROM_TARGET, precision: str = "double",
-          seed: int = 0, variance: bool = False) -> SolveResult:
+          seed: int = 0, variance: bool = False, depth: int | None = None) -> SolveResult:
     """Fit ``(K + λI) α = Y`` on the stored train kernel at ``kernel`` (a job URL).
 
     Args:
@@ -247,6 +264,9 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             ``gd`` outputs; ``analyses["gd"][i]["variance"]``). Needs the NNGP stored in
             both jobs (the ensemble's spread is the NNGP at initialisation) and the test
             rows' NNGP diagonal, which every cross job stores.
+        depth: the member of a family job (``compute_gram(..., depths=...)``) to solve on,
+            and to predict with from the cross job, a family too; required for a family,
+            refused for one network (:class:`InputError`, field ``depth``).
 
     Every direct solve that decomposes K also reports in ``analyses["definiteness"]`` how
     many eigenvalues were rounding noise (clamped to 0) or negative. A system ``K + λI``
@@ -256,16 +276,17 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
     g = open_group(kernel, mode="r+", options=options)
     if name not in g:
         raise InputError(f"no '{name}' array in {kernel}", field="name")
-    n = g[name].shape[0]
+    arr = kernel_array(g, name, depth)
+    n = arr.shape[0]
     Y, classes = targets_from(labels, n)
     absolute_lambdas(lam, False)  # a bad λ fails before any read
     if cross is not None:  # a cross kernel of the wrong shape fails before the solve
-        check_cross(g, cross, name, n, test_labels, options)
+        check_cross(g, cross, name, n, test_labels, options, depth)
     if variance and cross is None:
         raise InputError("predictive variances need a cross kernel (test x train)",
                          field="variance")
     if solver == "direct":
-        K = np.asarray(read(g[name]), dtype=np.float64)
+        K = np.asarray(read(arr), dtype=np.float64)
         lams = absolute_lambdas(lam, relative, mean_diagonal(K))
         eig = Eigen.of(K) if (len(lams) > 1 or times or bound or spectrum_k or min_eig) \
             else None
@@ -290,13 +311,13 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                 res.analyses["learning_curves"] = learning_curves(s, U, Y, times, lr).tolist()
                 res.analyses["times"] = list(times)
         if times and cross is not None:
-            kc = np.asarray(read(open_group(cross, mode="r", options=options)[name]),
-                            dtype=np.float64)
+            kc = np.asarray(read(kernel_array(open_group(cross, mode="r", options=options),
+                                              name, depth)), dtype=np.float64)
             res.analyses["gd"] = [
                 {"t": t, **_metrics(f, test_labels, classes)}
                 for t, f in zip(times, gd_predictions(eig, kc, Y, times, lr), strict=True)]
         if variance:
-            _add_variances(res, g, K, name, Y, lams, times, lr, cross, options)
+            _add_variances(res, g, K, name, Y, lams, times, lr, cross, options, depth)
     elif solver == "cg":
         if variance:
             raise InputError("predictive variances need solver 'direct'", field="variance")
@@ -311,7 +332,8 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             timings: dict[str, float] = {}
             t = time.perf_counter()
             op = DistributedKernel(cl, kernel, name, options=options,
-                                   precision="single" if precision == "mixed" else "double")
+                                   precision="single" if precision == "mixed" else "double",
+                                   depth=depth)
             diag = op.diagonal()
             timings["load"] = time.perf_counter() - t
             scale = float(np.mean(diag, dtype=np.float64))
@@ -370,7 +392,7 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         raise InputError(f"must be 'cg' or 'direct', got {solver!r}", field="solver")
     if cross is not None:
         coefs = res.coefficients if res.coefficients.ndim == 3 else res.coefficients[None]
-        preds = np.stack([_predict(cross, name, c, options) for c in coefs])
+        preds = np.stack([_predict(cross, name, c, options, depth) for c in coefs])
         res.predictions = preds if res.coefficients.ndim == 3 else preds[0]
         res.metrics = _metrics(preds[0] if len(preds) == 1 else preds[-1], test_labels,
                                classes)
@@ -397,6 +419,6 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                 a[...] = val
         set_meta(sg, solver=solver, lams=lams, iterations=res.iterations,
                  converged=res.converged, metrics=res.metrics, seconds=res.seconds,
-                 kernel=name, cross=cross, analyses=res.analyses)
+                 kernel=name, cross=cross, analyses=res.analyses, depth=depth)
         consolidate(g)  # readers of the consolidated metadata see the new solve
     return res

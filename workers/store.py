@@ -20,10 +20,13 @@ Kernel job group (one per job), dimension names in brackets (what xarray reads):
       i, j            (n1,), (n2,) int64 row numbers, the coordinates [i], [j]
       ntk, nngp       (n1, n2), chunks exactly (tile, tile), uncompressed [i, j]; attrs kind,
                       dtype, architecture, parameterization, symmetric, tile, status
+                      (a family job: (D, n1, n2), chunks (1, tile, tile) [depth, i, j],
+                      attrs and metadata ``depths``; one member is :func:`kernel_array`)
+      depth           a family job's (D,) member depths, the coordinate [depth]
       done            (T1, T2) uint8, one chunk per tile: 1 once the tile's chunks are written
                       [tile_i, tile_j]
       self/x1/...     per-input self statistics: var<j> (n, *plan.self_layers[j].self_shape),
-                      diag_nngp, diag_ntk,
+                      diag_nngp, diag_ntk (n,) (a family's (n, D) [i, depth]),
                       and done (T,) per row chunk
 
 Dataset group: ``x`` (and ``y``) with attrs ``sha256``, as written by :func:`write_dataset`.
@@ -46,6 +49,8 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
+
+from ntkcompute.errors import InputError
 
 ATTR = "ntkcompute"
 
@@ -211,6 +216,9 @@ def read(arr: zarr.Array, sel: Any = None, *, missing_ok: bool = False) -> np.nd
     array; elsewhere, a chunk key that does not exist). ``sel``: None, a slice, or a tuple
     of unit-step slices / ints. ``missing_ok``: absent chunks read as the fill value
     (markers)."""
+    if isinstance(arr, Member):
+        sl = (slice(arr.index, arr.index + 1), *selection(arr, sel))
+        return read(arr.arr, sl, missing_ok=missing_ok)[0]
     sl = selection(arr, sel)
     out = _read_chunk_file(arr, sl)
     if out is None:
@@ -244,9 +252,10 @@ def _read_into(f: Any, buf: Any) -> int:
 
 
 def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | None:
-    """A selection that is exactly one chunk of a 1-D or 2-D array in a local directory
-    (bytes + CRC-32C, our layout), read straight from its file into a fresh array and
-    verified; None for anything else (Zarr reads it). Through Zarr a 5120² float64 tile
+    """A selection that is exactly one chunk of a 1-D or 2-D array (or of a family's 3-D
+    kernel, chunked one member deep) in a local directory (bytes + CRC-32C, our layout),
+    read straight from its file into a fresh array and verified; None for anything else
+    (Zarr reads it). Through Zarr a 5120² float64 tile
     takes 0.2-0.7 s here (the file read into a bytes object, the checksum over it, a copy
     into the output); this is one ``readinto`` and one checksum pass.
 
@@ -256,7 +265,8 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
     file returns None, so Zarr's fill value decides (NaN: missing). :func:`read` checks the
     values (no NaN in a computed array) either way."""
     store, codecs = arr.store, getattr(arr.metadata, "codecs", ())  # (Zarr v2: none)
-    if not (isinstance(store, LocalStore) and arr.ndim in (1, 2)
+    if not (isinstance(store, LocalStore)
+            and (arr.ndim in (1, 2) or (arr.ndim == 3 and arr.chunks[0] == 1))
             and tuple(type(c) for c in codecs) == (BytesCodec, Crc32cCodec)
             and (arr.dtype.itemsize == 1 or codecs[0].endian.value == "little")):
         return None
@@ -268,11 +278,12 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
         f = open(path, "rb", buffering=0)
     except FileNotFoundError:
         return None
-    out = np.empty(tuple(s.stop - s.start for s in sl), arr.dtype)
+    full = np.empty(tuple(s.stop - s.start for s in sl), arr.dtype)
+    out = full[0] if arr.ndim == 3 else full  # (one member: the chunk is its 2-D tile)
     item, width = arr.dtype.itemsize, arr.chunks[-1]
     crc, used, short = 0, 0, False
     with f:
-        rows = [out] if arr.ndim == 1 or out.shape[1] == width else out
+        rows = [out] if out.ndim == 1 or out.shape[1] == width else out
         pad = bytearray((width - out.shape[-1]) * item) if rows is out else bytearray()
         for row in rows:  # edge column chunk: each stored row is padded to the chunk width
             view = row.reshape(-1).view(np.uint8)  # (the checksum takes arrays, not views)
@@ -292,7 +303,7 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
     crc = google_crc32c.extend(crc, rest[:expected])
     if crc != int.from_bytes(rest[expected:], "little"):
         raise CorruptChunk(arr.path, coords, CHECKSUM_MISMATCH)
-    return out
+    return full
 
 
 def _raise_first_bad(arr: zarr.Array, sl: tuple[slice, ...], missing_ok: bool) -> None:
@@ -374,6 +385,56 @@ class Verified:
 
     def __getitem__(self, sel: Any) -> np.ndarray:
         return read(self.arr, sel, missing_ok=True)
+
+
+class Member:
+    """Member ``index`` of a family job's kernel array ``(D, n1, n2)``, read as an
+    ``(n1, n2)`` array: :func:`read` takes it wherever it takes a kernel array, and a
+    damaged chunk is named with its full coordinates ``(index, i, j)``."""
+
+    def __init__(self, arr: zarr.Array, index: int) -> None:
+        self.arr, self.index = arr, int(index)
+        self.shape, self.chunks = tuple(arr.shape[1:]), tuple(arr.chunks[1:])
+        self.dtype, self.ndim, self.path, self.attrs = arr.dtype, 2, arr.path, arr.attrs
+
+
+def member_index(group: zarr.Group, depth: int | None) -> int | None:
+    """The member index of ``depth`` in a family job's group (None for one network).
+
+    Raises:
+        InputError (field ``depth``): a family job without ``depth``, a depth that is not
+            a member, or a depth for a job of one network.
+    """
+    depths = job_meta(group).get("depths")
+    if depths is None:
+        if depth is not None:
+            raise InputError("this job is one network, not a family of depths",
+                             field="depth")
+        return None
+    if depth is None:
+        raise InputError(f"this job is a family of depths {depths}: name one", field="depth")
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) \
+            or int(depth) not in depths:
+        raise InputError(f"must be one of the family's depths {depths}, got {depth!r}",
+                         field="depth")
+    return depths.index(int(depth))
+
+
+def kernel_array(group: zarr.Group, name: str, depth: int | None = None
+                 ) -> zarr.Array | Member:
+    """The ``(n1, n2)`` kernel ``name`` of a job's group: the array itself, or member
+    ``depth`` of a family job (see :func:`member_index` for what is refused)."""
+    index = member_index(group, depth)
+    arr = group[name]
+    return arr if index is None else Member(arr, index)
+
+
+def diagonal_of(group: zarr.Group, name: str, depth: int | None = None) -> np.ndarray:
+    """``self/x1/diag_<name>`` of a job's group, verified: ``(n,)``, a family's member
+    ``depth``."""
+    index = member_index(group, depth)
+    diag = read(group[f"self/x1/diag_{name}"])
+    return diag if index is None else diag[:, index]
 
 
 def remove_group(url: str, options: dict | None = None) -> None:

@@ -16,6 +16,13 @@ from distributed import WorkerPlugin, get_worker
 
 from ntkcompute import backend
 from ntkcompute.errors import InputError
+from ntkcompute.families import (
+    FamilyPlan,
+    family_gram,
+    family_self_pass,
+    make_family,
+    make_family_plan,
+)
 from ntkcompute.infinite import SelfCov, block_budget, gram, self_pass
 from ntkcompute.plan import Plan, make_plan
 from ntkcompute.spec import parse_arch
@@ -69,12 +76,16 @@ class Planner(WorkerPlugin):
             self._plans.popitem(last=False)
         return value
 
-    def plan(self, meta: dict) -> Plan:
-        """The layer plan of a Gram job's spec on its input shape."""
+    def plan(self, meta: dict) -> Plan | FamilyPlan:
+        """The layer plan of a Gram job's spec on its input shape (a family job's: the
+        family pass of its ``depths``)."""
         spec = json.dumps(meta["spec"], sort_keys=True)
-        shape = tuple(meta["x_shape"])
-        return self._cached(("plan", spec, shape),
-                            lambda: make_plan(parse_arch(meta["spec"]), shape))
+        shape, depths = tuple(meta["x_shape"]), meta.get("depths")
+        if depths is None:
+            return self._cached(("plan", spec, shape),
+                                lambda: make_plan(parse_arch(meta["spec"]), shape))
+        return self._cached(("family", spec, shape, tuple(depths)), lambda: make_family_plan(
+            make_family(meta["spec"], depths), shape))
 
     def feature_map(self, meta: dict) -> Any:
         """The feature map of a features job (drawn from its seed, so the same everywhere)."""
@@ -128,8 +139,8 @@ def self_task(url: str, which: str, i: int, options: dict | None = None) -> dict
     ctx = planner()
     xp, plan = ctx.device(), ctx.plan(meta)
     x = _load_rows(g, meta, which, i, xp)
-    sc = self_pass(plan, x, want_ntk="ntk" in meta["get"],
-                   memory=block_budget(xp, meta["memory"], 1))
+    run = family_self_pass if isinstance(plan, FamilyPlan) else self_pass
+    sc = run(plan, x, want_ntk="ntk" in meta["get"], memory=block_budget(xp, meta["memory"], 1))
     rows = _rows(meta, which, i)
     sg = g[f"self/{which}"]
     stats = {f"var{j}": v for j, v in enumerate(sc.variances)}
@@ -143,11 +154,12 @@ def self_task(url: str, which: str, i: int, options: dict | None = None) -> dict
     return {"seconds": time.perf_counter() - t0}
 
 
-def _load_self(g, meta: dict, which: str, i: int, xp: Any, plan: Plan) -> SelfCov:
+def _load_self(g, meta: dict, which: str, i: int, xp: Any, plan: Plan | FamilyPlan
+               ) -> SelfCov:
     rows = _rows(meta, which, i)
     sg = g[f"self/{which}"]
     variances = tuple(xp.asarray(read(sg[f"var{j}"], rows))
-                      for j in range(len(plan.self_indices)))
+                      for j in range(len(plan.self_layers)))
     ntk = xp.asarray(read(sg["diag_ntk"], rows)) if "ntk" in meta["get"] else None
     return SelfCov(variances, xp.asarray(read(sg["diag_nngp"], rows)), ntk)
 
@@ -176,16 +188,17 @@ def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None)
     xb = xa if sym and i == j else _load_rows(g, meta, other, j, xp)
     sa = _load_self(g, meta, "x1", i, xp, plan)
     sb = sa if sym and i == j else _load_self(g, meta, other, j, xp, plan)
-    out = gram(plan, xa, xb, sa, sb, symmetric=sym and i == j, get=tuple(meta["get"]),
-               block=meta["block"], threads=meta["threads"])
+    run = family_gram if isinstance(plan, FamilyPlan) else gram
+    out = run(plan, xa, xb, sa, sb, symmetric=sym and i == j, get=tuple(meta["get"]),
+              block=meta["block"], threads=meta["threads"])
     r, c = _rows(meta, "x1", i), _rows(meta, other, j)
-    for name, val in out.items():
+    for name, val in out.items():  # (n1, n2), or a family's (D, n1, n2): every member
         val = backend.to_numpy(val)
         _check_finite(val, f"{name} tile rows {r.start}:{r.stop} x cols {c.start}:{c.stop}",
                       meta)
-        g[name][r, c] = val
+        g[name][..., r, c] = val
         if sym and i != j:
-            g[name][c, r] = val.T
+            g[name][..., c, r] = np.swapaxes(val, -1, -2)
     g["done"][i, j] = 1  # after the tile's chunks are written
     if sym and i != j:
         g["done"][j, i] = 1
@@ -287,9 +300,12 @@ def verify_task(url: str, i: int, options: dict | None = None) -> dict:
         if not marked:
             pending.append(list(tile))
             continue
+        members = [()] if features or "depths" not in meta else \
+            [(d,) for d in range(len(meta["depths"]))]
         for name in meta["get"]:
             for m in mirrors:
-                check(name, m if not features else (i, 0), tile)
+                for d in members:  # a family job: each member's chunk of the tile
+                    check(name, (*d, *m) if not features else (i, 0), tile)
     return {"checked": checked, "bad": bad, "pending": pending}
 
 

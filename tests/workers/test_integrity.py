@@ -145,7 +145,8 @@ def test_cli_verify_and_gram_verify(tmp_path, data):
     assert subprocess.run([*ntk, "verify", store], capture_output=True).returncode == 0
 
 
-@pytest.mark.parametrize("shape,chunks", [((50, 46), (20, 16)), ((45,), (20,))])
+@pytest.mark.parametrize("shape,chunks", [((50, 46), (20, 16)), ((45,), (20,)),
+                                          ((3, 50, 46), (1, 20, 16))])
 def test_a_whole_chunk_read_from_its_file_equals_zarr_and_is_verified(tmp_path, shape, chunks):
     # whole-chunk reads of a local array go straight to the chunk file (store.py); the edge
     # chunks are stored padded to the chunk shape, and the checksum covers the padding too

@@ -1,0 +1,149 @@
+"""Family jobs on real Dask workers and real Zarr: every member of a ``depths`` job equals
+the kernel of that network computed on its own (1e-12), the store's ``depth`` axis is named
+and read per member, damage is named per member and repaired exactly, and solves pick a
+member."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import ntkcompute as nc
+import workers
+from ntkcompute import InputError
+from ntkcompute.families import kernel_family, make_family
+from ntkcompute.regression import kernel_ridge, one_hot
+from workers.store import CorruptChunk, kernel_array, read
+
+CONV = {"type": "conv", "filter_shape": [3, 3], "padding": "SAME", "W_std": 1.4, "b_std": 0.1}
+CNTK = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
+    CONV, {"type": "relu"}]}}, {"type": "global_avg_pool"}, {"type": "dense"}]}
+FC = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
+    {"type": "dense", "W_std": 1.4, "b_std": 0.1}, {"type": "relu"}]}}, {"type": "dense"}]}
+DEPTHS = [1, 2, 4]
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(11)
+    return rng.standard_normal((13, 4, 4, 2)), rng.standard_normal((6, 4, 4, 2))
+
+
+def _close(a, b, what):
+    assert a.shape == b.shape, what
+    assert np.abs(a - b).max() <= 1e-12 * np.abs(b).max(), what
+
+
+def test_members_equal_separate_kernels_symmetric_and_cross(client, tmp_path, images):
+    x, xt = images
+    fam = make_family(CNTK, DEPTHS)
+    sym = workers.compute_gram(CNTK, x, store=str(tmp_path / "sym"), tile=5, client=client,
+                               depths=DEPTHS).wait()
+    cross = workers.compute_gram(CNTK, xt, x, store=str(tmp_path / "cross"), tile=5,
+                                 client=client, depths=DEPTHS).wait()
+    assert sym.tiles_total == 6 and cross.tiles_total == 6 and sym.depths == DEPTHS
+    got, got_c = sym.to_numpy(), cross.to_numpy()
+    assert got["ntk"].shape == (3, 13, 13) and got_c["nngp"].shape == (3, 6, 13)
+    inproc = kernel_family(fam, x)
+    for d, member in zip(DEPTHS, fam.members, strict=True):
+        ref, ref_c = nc.kernel(member, x), nc.kernel(member, xt, x)
+        one, one_c = sym.member(d), cross.member(d)
+        for g in ("ntk", "nngp"):
+            _close(one[g], ref[g], (d, g))
+            _close(one_c[g], ref_c[g], (d, g, "cross"))
+            assert np.array_equal(one[g], one[g].T)
+            _close(inproc[g][DEPTHS.index(d)], one[g], (d, g, "in-process"))
+    # a member's self statistics: its own NNGP diagonal, a column of (n, D)
+    diag = read(zarr.open_group(cross.url, mode="r")["self/x1/diag_nngp"])
+    assert diag.shape == (6, 3)
+    for k, member in enumerate(fam.members):
+        _close(diag[:, k], np.diag(nc.kernel(member, xt)["nngp"]), k)
+    # rerun: every tile is reused
+    again = workers.compute_gram(CNTK, x, store=sym.url, tile=5, client=client,
+                                 depths=DEPTHS).wait()
+    assert (again.tiles_reused, again.tiles_computed) == (6, 0)
+
+
+def test_store_names_the_depth_axis_and_refuses_unnamed_members(client, tmp_path):
+    x = np.random.default_rng(2).standard_normal((9, 5))
+    job = workers.compute_gram(FC, x, store=str(tmp_path / "fc"), tile=4, client=client,
+                               depths=[2, 3]).wait()
+    g = zarr.open_group(job.url, mode="r")
+    assert g["ntk"].shape == (2, 9, 9) and g["ntk"].chunks == (1, 4, 4)
+    assert g["ntk"].metadata.dimension_names == ("depth", "i", "j")
+    assert g["ntk"].attrs["depths"] == [2, 3]
+    ds = job.to_xarray()
+    assert ds["ntk"].dims == ("depth", "i", "j") and list(ds["depth"].values) == [2, 3]
+    np.testing.assert_array_equal(ds["ntk"].sel(depth=3).values, job.member(3)["ntk"])
+    with pytest.raises(InputError, match=r"family of depths \[2, 3\]") as e:
+        kernel_array(g, "ntk")
+    assert e.value.field == "depth"
+    with pytest.raises(InputError, match="one of the family's depths") as e:
+        kernel_array(g, "ntk", 1)
+    assert e.value.field == "depth"
+    plain = workers.compute_gram(nc.architectures.fc(2), x, store=str(tmp_path / "plain"),
+                                 tile=4, client=client).wait()
+    with pytest.raises(InputError, match="one network") as e:
+        kernel_array(plain.group, "ntk", 2)
+    assert e.value.field == "depth"
+    with pytest.raises(InputError) as e:  # a family needs one top-level repeat
+        workers.compute_gram(nc.architectures.fc(2), x, store=str(tmp_path / "bad"),
+                             client=client, depths=[1, 2])
+    assert e.value.field == "layers"
+    with pytest.raises(InputError) as e:  # the same store, another family: another job
+        workers.compute_gram(FC, x, store=job.url, tile=4, client=client, depths=[2, 4])
+    assert e.value.field == "store"
+
+
+def test_a_damaged_member_is_named_and_repaired_exactly(client, tmp_path, images):
+    x, _ = images
+    store = str(tmp_path / "job")
+    job = workers.compute_gram(CNTK, x, store=store, tile=5, client=client,
+                               depths=DEPTHS).wait()
+    original = job.to_numpy()
+    Path(store, "ntk", "c", "1", "0", "2").unlink()  # member 1 (depth 2), tile (0, 2)
+    g = zarr.open_group(store, mode="r")
+    with pytest.raises(CorruptChunk, match=r"ntk chunk \[1, 0, 2\]: missing"):
+        read(kernel_array(g, "ntk", 2))
+    np.testing.assert_array_equal(read(kernel_array(g, "ntk", 4)), original["ntk"][2])
+    rep = workers.verify_job(store, client=client)
+    assert [(b["array"], b["chunk"], b["tile"]) for b in rep.bad] == [("ntk", [1, 0, 2],
+                                                                       [0, 2])]
+    with pytest.raises(CorruptChunk):
+        workers.solve(store, np.arange(13) % 2, 1e-2, solver="direct", save=None, depth=2)
+    fixed = workers.compute_gram(CNTK, x, store=store, tile=5, client=client, depths=DEPTHS,
+                                 verify=True).wait()
+    assert (fixed.tiles_computed, fixed.tiles_reused) == (1, 5)
+    for k, v in fixed.to_numpy().items():
+        assert np.array_equal(v, original[k])
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_a_solve_picks_a_member(client, tmp_path, images, solver):
+    x, xt = images
+    y, yt = np.arange(13) % 3, np.arange(6) % 3
+    train = workers.compute_gram(CNTK, x, store=str(tmp_path / "t"), tile=5, client=client,
+                                 depths=DEPTHS).wait()
+    cross = workers.compute_gram(CNTK, xt, x, store=str(tmp_path / "c"), tile=5,
+                                 client=client, depths=DEPTHS).wait()
+    fam = make_family(CNTK, DEPTHS)
+    for d, member in zip(DEPTHS, fam.members, strict=True):
+        res = workers.solve(train.url, y, 1e-2, solver=solver, depth=d, cross=cross.url,
+                            test_labels=yt, client=client, save=None, tol=1e-12,
+                            preconditioner=None, relative=True)
+        k, kc = nc.kernel(member, x)["ntk"], nc.kernel(member, xt, x)["ntk"]
+        want = kernel_ridge(k, one_hot(y, 3), kc, lam=1e-2, relative=True)
+        tol = 1e-10 if solver == "direct" else 1e-7
+        assert np.abs(res.predictions - want).max() <= tol * np.abs(want).max(), (d, solver)
+    with pytest.raises(InputError) as e:
+        workers.solve(train.url, y, 1e-2, solver=solver, client=client, save=None)
+    assert e.value.field == "depth"
+    plain = workers.compute_gram(fam.members[0], xt, x, store=str(tmp_path / "p"), tile=5,
+                                 client=client).wait()
+    with pytest.raises(InputError, match="one network") as e:
+        workers.solve(train.url, y, 1e-2, solver=solver, depth=1, cross=plain.url,
+                      client=client, save=None)
+    assert e.value.field == "cross"
