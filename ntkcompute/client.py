@@ -150,25 +150,36 @@ class KernelJob(_Job):
         "pending", ...}, "test": ...}}``."""
         return self._c._json("POST", f"{self._path}/{self.id}/verify")
 
+    @property
+    def depths(self) -> list[int] | None:
+        """A family job's member depths (None for one network)."""
+        return self.info.get("depths")
+
     def block(self, kind: str = "ntk", rows: tuple[int, int] | None = None,
-              cols: tuple[int, int] | None = None, part: str = "train") -> np.ndarray:
-        """One block ``K[rows[0]:rows[1], cols[0]:cols[1]]`` of a stored kernel."""
-        params = {"kind": kind, "part": part}
+              cols: tuple[int, int] | None = None, part: str = "train",
+              depth: int | None = None) -> np.ndarray:
+        """One block ``K[rows[0]:rows[1], cols[0]:cols[1]]`` of a stored kernel (of member
+        ``depth`` of a family job)."""
+        params: dict[str, Any] = {"kind": kind, "part": part}
+        if depth is not None:
+            params["depth"] = depth
         if rows is not None:
             params["rows"] = f"{rows[0]}:{rows[1]}"
         if cols is not None:
             params["cols"] = f"{cols[0]}:{cols[1]}"
         return self._c._npy(f"{self._path}/{self.id}/blocks", params)
 
-    def to_numpy(self, kind: str = "ntk", part: str = "train") -> np.ndarray:
-        """The whole ``kind`` kernel of ``part`` ("train" n x n, "test" m x n), fetched in
-        row stripes within the server's block-size limit."""
+    def to_numpy(self, kind: str = "ntk", part: str = "train", depth: int | None = None
+                 ) -> np.ndarray:
+        """The whole ``kind`` kernel of ``part`` ("train" n x n, "test" m x n; of member
+        ``depth`` of a family job), fetched in row stripes within the server's block-size
+        limit."""
         rows, cols = self.info["shape"][part]
         itemsize = np.dtype(self.info["dtype"]).itemsize
         step = max(1, self._c.limits()["max_block_bytes"] // (cols * itemsize))
         out = np.empty((rows, cols), dtype=self.info["dtype"])
         for r in range(0, rows, step):
-            out[r:r + step] = self.block(kind, (r, min(rows, r + step)), None, part)
+            out[r:r + step] = self.block(kind, (r, min(rows, r + step)), None, part, depth)
         return out
 
 
@@ -262,11 +273,13 @@ class Client:
     def kernel(self, train: Dataset | str, arch: Any, test: Dataset | str | None = None,
                kernels: tuple[str, ...] = ("ntk", "nngp"), dtype: str | None = None,
                tile: int | None = None, method: str = "exact", m: int | None = None,
-               seed: int = 0) -> KernelJob:
+               seed: int = 0, depths: list[int] | None = None) -> KernelJob:
         """Start the kernel job of ``arch`` (spec object, dict or JSON) on ``train`` (and
         test x train); returns at once: call ``wait()``. ``method="features"`` stores NTK
         random features of dimension ~2m instead (ReLU nets, FC or conv); blocks and solves
-        work the same way."""
+        work the same way. ``depths``: a kernel family (``arch`` with one top-level
+        ``repeat``): every listed depth from one pass; blocks and solves then name a
+        ``depth``, or a solve selects one."""
         if hasattr(arch, "model_dump"):
             arch = arch.model_dump(mode="json")
         elif isinstance(arch, str):
@@ -276,34 +289,49 @@ class Client:
         body = {"train": _id(train), "test": None if test is None else _id(test),
                 "arch": arch, "kernels": list(kernels), "dtype": dtype, "tile": tile,
                 "method": method, "m": m, "seed": seed}
+        if depths is not None:
+            body["depths"] = [int(d) for d in depths]
         return KernelJob(self, self._json("POST", "/v1/kernels", json=body))
 
     def job(self, kernel_id: str) -> KernelJob:
         return KernelJob(self, self._json("GET", f"/v1/kernels/{kernel_id}"))
 
-    def solve(self, kernel: KernelJob | str, lambdas: float | list[float] = 0.0, *,
+    def solve(self, kernel: KernelJob | str, lambdas: float | list[float] | None = None, *,
               labels: Any = None, test_labels: Any = None, relative: bool = False,
               solver: str = "cg",
               kind: str = "ntk", tol: float = 1e-8, maxiter: int = 1000,
               preconditioner: str = "nystrom", rank: int = 100,
               times: list[float] | None = None, lr: float = 1.0, bound: bool = False,
               spectrum: int = 0, min_eigenvalue: bool = False,
-              variance: bool = False) -> SolveJob:
+              variance: bool = False, depth: int | None = None,
+              select: dict | None = None) -> SolveJob:
         """Kernel regression on a finished kernel job; labels default to the datasets' y.
         λ is absolute unless ``relative=True`` (multiples of mean(diag K)), as in every
         solver. ``min_eigenvalue``: report λmin(K) (Lanczos with cg, exact with direct).
         A system ``K + λI`` that is not positive definite makes the solve fail, its error
         naming the cause and the remedy. ``variance``: predictive variances of the test
         outputs (direct solver; :meth:`SolveJob.variances`), the NNGP posterior's or the
-        gradient-flow ensemble's, as :func:`workers.solve`."""
-        lams = [float(v) for v in (lambdas if isinstance(lambdas, (list, tuple))
-                                   else [lambdas])]
-        body = {"kernel": _id(kernel), "lambdas": lams, "relative": relative,
+        gradient-flow ensemble's, as :func:`workers.solve`. ``lambdas`` default: 0, or
+        with ``select`` the server's relative grid.
+
+        ``depth``: the member of a family job to solve on. ``select``: ``{"criterion":
+        "accuracy" | "loo" | "gcv", "kinds": [...], "depths": [...]}`` (any may be left
+        out): the best (depth, kernel, λ) by closed-form leave-one-out / GCV on the train
+        rows (``solver="direct"``), then the solve with it; the choice and the score table
+        are in ``analyses["selection"]``."""
+        body: dict[str, Any] = {"kernel": _id(kernel), "relative": relative,
                 "solver": solver, "kind": kind,
                 "tol": tol, "maxiter": maxiter, "preconditioner": preconditioner,
                 "rank": rank, "labels": _listify(labels), "test_labels": _listify(test_labels),
                 "analyses": {"times": times, "lr": lr, "bound": bound, "spectrum": spectrum,
                              "min_eigenvalue": min_eigenvalue, "variance": variance}}
+        if lambdas is not None:
+            body["lambdas"] = [float(v) for v in (lambdas if isinstance(lambdas, (list, tuple))
+                                                  else [lambdas])]
+        if depth is not None:
+            body["depth"] = int(depth)
+        if select is not None:
+            body["select"] = dict(select)
         return SolveJob(self, self._json("POST", "/v1/solves", json=body))
 
     def get_solve(self, solve_id: str) -> SolveJob:

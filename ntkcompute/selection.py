@@ -140,39 +140,76 @@ class Selection:
     criterion: str = "loo"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "criterion": self.criterion, "table": self.table}
+        """``{"best", "criterion", "table"}`` as JSON takes it: non-finite scores (a λ with
+        ``K + λI`` not positive definite) as None."""
+
+        def safe(row: dict[str, Any]) -> dict[str, Any]:
+            return {k: None if isinstance(v, float) and not np.isfinite(v) else v
+                    for k, v in row.items()}
+
+        return {"best": safe(self.best), "criterion": self.criterion,
+                "table": [safe(r) for r in self.table]}
 
 
-def _members(kernels: Any) -> list[tuple[dict[str, Any], np.ndarray]]:
-    """``(description, K)`` per member: a ``kernel_family`` result (``depths`` and
-    ``ntk`` / ``nngp`` of shape (D, n, n)), or a mapping name -> (n, n) Gram matrix."""
-    if not isinstance(kernels, Mapping) or not kernels:
-        raise InputError("must be a kernel_family result or a non-empty mapping of names to "
-                         "(n, n) Gram matrices", field="kernels")
-    out = []
-    if "depths" in kernels:
-        depths = [int(d) for d in np.asarray(kernels["depths"]).reshape(-1)]
-        for kind in ("ntk", "nngp"):
-            if kind not in kernels:
-                continue
-            stack = np.asarray(kernels[kind], dtype=np.float64)
-            if stack.ndim != 3 or stack.shape[0] != len(depths):
-                raise InputError(f"{kind} must be (len(depths), n, n), got {stack.shape}",
-                                 field="kernels")
-            out += [({"name": f"{kind} depth {d}", "depth": d, "kernel": kind}, stack[i])
-                    for i, d in enumerate(depths)]
-    else:
-        for name, k in kernels.items():
-            out.append(({"name": str(name), "depth": None, "kernel": None},
-                        np.asarray(k, dtype=np.float64)))
-    n = out[0][1].shape[0] if out and out[0][1].ndim == 2 else -1
-    for desc, k in out:
-        if k.shape != (n, n):
-            raise InputError(f"{desc['name']} must be a square (n, n) Gram matrix like the "
-                             f"first, got {k.shape}", field="kernels")
+class _Members:
+    """The members of :func:`select`'s ``kernels``, each loaded (as a float64 ``(n, n)``
+    array, checked square and finite) only when scored, so a stored family is read one
+    member at a time: a ``kernel_family`` result (``depths`` and ``ntk`` / ``nngp`` stacks
+    of shape (D, n, n): NumPy, dask, or anything with ``shape`` and ``stack[i]``), or a
+    mapping name -> (n, n) Gram matrix, or a zero-argument callable returning one (the
+    names ``"ntk"`` / ``"nngp"`` also set the rows' ``kernel``)."""
+
+    def __init__(self, kernels: Any) -> None:
+        if not isinstance(kernels, Mapping) or not kernels:
+            raise InputError("must be a kernel_family result or a non-empty mapping of "
+                             "names to (n, n) Gram matrices", field="kernels")
+        self.descs: list[dict[str, Any]] = []
+        self._get: list[Any] = []
+        if "depths" in kernels:
+            depths = [int(d) for d in np.asarray(kernels["depths"]).reshape(-1)]
+            for kind in ("ntk", "nngp"):
+                if kind not in kernels:
+                    continue
+                stack = kernels[kind]
+                shape = tuple(np.shape(stack))
+                if len(shape) != 3 or shape[0] != len(depths):
+                    raise InputError(f"{kind} must be (len(depths), n, n), got {shape}",
+                                     field="kernels")
+                for i, d in enumerate(depths):
+                    self.descs.append({"name": f"{kind} depth {d}", "depth": d,
+                                       "kernel": kind})
+                    self._get.append(lambda stack=stack, i=i: stack[i])
+        else:
+            for name, k in kernels.items():
+                self.descs.append({"name": str(name), "depth": None,
+                                   "kernel": name if name in ("ntk", "nngp") else None})
+                self._get.append(k if callable(k) else lambda k=k: k)
+        if not self.descs:
+            raise InputError("holds no ntk or nngp stack", field="kernels")
+        self._first = self._load(0, None)
+        self.n = self._first.shape[0]
+
+    def __len__(self) -> int:
+        return len(self.descs)
+
+    def _load(self, i: int, n: int | None) -> np.ndarray:
+        k = np.asarray(self._get[i](), dtype=np.float64)
+        name = self.descs[i]["name"]
+        if k.ndim != 2 or k.shape[0] != k.shape[1] or (n is not None and k.shape[0] != n):
+            raise InputError(f"{name} must be a square (n, n) Gram matrix like the first, "
+                             f"got {k.shape}", field="kernels")
         if not np.isfinite(k).all():
-            raise InputError(f"{desc['name']} has non-finite entries", field="kernels")
-    return out
+            raise InputError(f"{name} has non-finite entries", field="kernels")
+        return k
+
+    def __iter__(self) -> Any:
+        """``(i, description, K)``, one member loaded at a time."""
+        for i, desc in enumerate(self.descs):
+            if i == 0 and self._first is not None:  # (loaded for n; not kept after)
+                k, self._first = self._first, None
+            else:
+                k = self._load(i, self.n)
+            yield i, desc, k
 
 
 def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
@@ -187,7 +224,9 @@ def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEF
 
     Args:
         kernels: a :func:`ntkcompute.kernel_family` result (each depth's NTK and NNGP), or a
-            mapping of names to ``(n, n)`` training Gram matrices.
+            mapping of names to ``(n, n)`` training Gram matrices. A family's stacks may be
+            lazy (a stored job's ``to_dask()``), a mapping's values zero-argument callables
+            returning the matrix: members are then read one at a time.
         y: ``(n,)`` integer labels (classification on one-hot codes 0.9 / -0.1, as
             :class:`ntkcompute.estimators.NTKClassifier`), or ``(n,)`` / ``(n, c)`` float
             targets (regression).
@@ -206,8 +245,8 @@ def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEF
     """
     if method not in ("ridge", "svm"):
         raise InputError(f"must be 'ridge' or 'svm', got {method!r}", field="method")
-    members = _members(kernels)
-    n = members[0][1].shape[0]
+    members = _Members(kernels)
+    n = members.n
     y = np.asarray(y)
     if method == "svm":
         return _select_svm(members, y, C, folds, seed)
@@ -238,7 +277,7 @@ def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEF
         raise InputError(f"{grid.size} λ x {len(members)} members is more than "
                          f"{MAX_CANDIDATES} candidates", field="lambdas")
     table: list[dict[str, Any]] = []
-    for i, (desc, k) in enumerate(members):
+    for i, desc, k in members:
         eig = Eigen.of(k)
         absolute = absolute_lambdas([float(v) for v in grid], relative,
                                     eig.mean_diag if relative else None)
@@ -264,8 +303,8 @@ def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEF
     return Selection(dict(best), table, criterion)
 
 
-def _select_svm(members: list[tuple[dict[str, Any], np.ndarray]], y: np.ndarray,
-                cs: Sequence[float], folds: int, seed: int) -> Selection:
+def _select_svm(members: _Members, y: np.ndarray, cs: Sequence[float], folds: int,
+                seed: int) -> Selection:
     """``method="svm"`` of :func:`select` (scikit-learn imported here: it is not a runtime
     dependency of ``ntkcompute``)."""
     try:
@@ -274,7 +313,7 @@ def _select_svm(members: list[tuple[dict[str, Any], np.ndarray]], y: np.ndarray,
     except ImportError:  # pragma: no cover - the dev and sklearn extras have it
         raise InputError("needs scikit-learn (pip install 'ntkcompute[sklearn]')",
                          field="method") from None
-    n = len(members[0][1])
+    n = members.n
     if y.dtype.kind not in "iub" or y.shape != (n,):
         raise InputError(f"method='svm' needs (n,) = ({n},) int labels, got {y.dtype} "
                          f"{y.shape}", field="y")
@@ -292,7 +331,7 @@ def _select_svm(members: list[tuple[dict[str, Any], np.ndarray]], y: np.ndarray,
     splits = list(StratifiedKFold(int(folds), shuffle=True, random_state=seed).split(
         np.zeros(n), y))
     table = []
-    for i, (desc, k) in enumerate(members):
+    for i, desc, k in members:
         for c in grid:
             accs = []
             for tr, te in splits:

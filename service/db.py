@@ -98,6 +98,8 @@ class Job(Base):
     method: Mapped[str] = mapped_column(String(16), default="exact")
     m: Mapped[int | None] = mapped_column(Integer, nullable=True)
     seed: Mapped[int] = mapped_column(Integer, default=0)
+    #: a family job's member depths (None: one network)
+    depths: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class Solve(Base):
@@ -215,7 +217,8 @@ def spec_of(job: Job, train: Dataset | None = None, test: Dataset | None = None)
     return JobSpec(url=job.url, method=job.method, train=train and train.url,
                    test=test and test.url, has_test=bool(job.test), n_train=job.n_train,
                    arch=job.arch, kernels=tuple(job.kernels), dtype=job.dtype, tile=job.tile,
-                   m=job.m, seed=job.seed)
+                   m=job.m, seed=job.seed,
+                   depths=None if job.depths is None else tuple(job.depths))
 
 
 def _sqlite_pragmas(conn: Any, _record: Any) -> None:

@@ -52,6 +52,11 @@ class KernelRequest(_Body):
     m: int | None = Field(None, ge=1, le=1 << 16, description="features per layer "
                           "(method 'features')")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="random-feature seed")
+    depths: list[Annotated[int, Field(ge=1, le=1000)]] | None = Field(
+        None, min_length=1, max_length=64, description=(
+            "a kernel family (method 'exact'): arch has one top-level repeat, and the job "
+            "computes the kernels of every listed repeat count (increasing) in one pass; "
+            "blocks and solves then name a depth"))
 
 
 class KernelOut(BaseModel):
@@ -75,6 +80,7 @@ class KernelOut(BaseModel):
     method: str = "exact"
     m: int | None = None
     seed: int = 0
+    depths: list[int] | None = Field(None, description="a family job's member depths")
 
 
 class Analyses(_Body):
@@ -89,6 +95,19 @@ class Analyses(_Body):
         "predictive variance of every test output (direct solver, a job with a test set "
         "and the NNGP): the NNGP posterior's (kind nngp) or the gradient-flow ensemble's "
         "(kind ntk), per λ at t = ∞ (GET /v1/solves/{id}/variances) and at each of times"))
+
+
+class Select(_Body):
+    """Choose the member, kernel and λ by closed-form leave-one-out or GCV on the train
+    rows (one eigendecomposition per member), then solve with the choice."""
+
+    criterion: Literal["accuracy", "loo", "gcv"] | None = Field(None, description=(
+        "leave-one-out accuracy (class labels; the default for them), mean squared "
+        "leave-one-out residual (the default for real targets), or GCV"))
+    kinds: list[Literal["ntk", "nngp"]] | None = Field(
+        None, min_length=1, max_length=2, description="kernels to score (default: kind)")
+    depths: list[int] | None = Field(None, min_length=1, max_length=64, description=(
+        "members of a family job to score (default: every member)"))
 
 
 class SolveRequest(_Body):
@@ -109,6 +128,12 @@ class SolveRequest(_Body):
     preconditioner: Literal["nystrom", "randomized", "jacobi", "none"] = "nystrom"
     rank: int = Field(100, ge=1, le=10_000)
     analyses: Analyses = Field(default_factory=Analyses)
+    depth: int | None = Field(None, description="the member of a family job to solve on "
+                              "(required for a family, unless select)")
+    select: Select | None = Field(None, description=(
+        "choose depth, kernel and λ among the candidates (solver 'direct'; lambdas is the "
+        "grid, default 15 relative values from 1e-6 to 10); the choice and the whole score "
+        "table are in analyses.selection"))
 
 
 class SolveOut(BaseModel):

@@ -11,6 +11,7 @@ Coefficients, predictions and metrics are written beside the kernel, under ``sol
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +39,12 @@ from ntkcompute.regression import (
     one_hot,
     solve_direct,
 )
+from ntkcompute.selection import DEFAULT_LAMBDAS, Selection, select
 
 from .cluster import get_client, shutdown
 from .operator import DistributedKernel
 from .store import (
+    Member,
     consolidate,
     create_array,
     diagonal_of,
@@ -208,6 +211,60 @@ def _coverage(pred: np.ndarray, var: np.ndarray, test_labels: np.ndarray) -> flo
     yt = yt[:, None] if yt.ndim == 1 else yt
     sd = np.sqrt(np.maximum(var, 0.0))[:, None]
     return float(np.mean(np.abs(yt - pred) <= 2 * sd))
+
+
+class _Stack:
+    """Members ``index`` of a family job's stored kernel (D, n, n) as
+    :func:`ntkcompute.select` reads them: the i-th read through its checksums when it is
+    scored."""
+
+    def __init__(self, arr: Any, index: list[int]) -> None:
+        self.arr, self.index = arr, index
+        self.shape = (len(index), *arr.shape[1:])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return read(Member(self.arr, self.index[i]))
+
+
+def select_member(kernel: str, labels: np.ndarray, *, kinds: Sequence[str] = ("ntk",),
+                  depths: Sequence[int] | None = None,
+                  lambdas: Sequence[float] = DEFAULT_LAMBDAS, relative: bool = True,
+                  criterion: str | None = None, options: dict | None = None) -> Selection:
+    """The best (depth, kernel, λ) of kernel ridge regression on the stored train kernel at
+    ``kernel`` (a job URL) by closed-form leave-one-out or GCV (:func:`ntkcompute.select`:
+    ``criterion`` "accuracy" for class labels by default, "loo", "gcv"), one member in
+    memory at a time, each read through its checksums.
+
+    ``kinds``: the stored kernels to score ("ntk", "nngp"); ``depths``: the members of a
+    family job to score (default every member; refused for one network); ``lambdas``: the
+    grid, relative to each member's mean diagonal when ``relative``. Rows of the table
+    name ``depth`` (None for one network) and ``kernel``.
+    """
+    g = open_group(kernel, mode="r", options=options)
+    for k in kinds:
+        if k not in g:
+            raise InputError(f"no '{k}' array in {kernel}", field="kinds")
+    family = job_meta(g).get("depths")
+    n = g[kinds[0]].shape[-1] if kinds else 0
+    y = np.asarray(labels)
+    if y.shape[:1] != (n,):
+        raise InputError(f"has {y.shape[0] if y.ndim else 0} rows, the kernel has {n}",
+                         field="labels")
+    if family is None:
+        if depths:
+            raise InputError("this job is one network, not a family of depths",
+                             field="depths")
+        members: dict[str, Any] = {k: (lambda k=k: read(g[k])) for k in kinds}
+        return select(members, y, lambdas=lambdas, relative=relative, criterion=criterion)
+    keep = list(family) if depths is None else [int(d) for d in depths]
+    for d in keep:
+        if d not in family:
+            raise InputError(f"must be among the job's depths {family}, got {d}",
+                             field="depths")
+    index = [family.index(d) for d in keep]
+    stacks = {k: _Stack(g[k], index) for k in kinds}
+    return select({"depths": keep, **stacks}, y, lambdas=lambdas, relative=relative,
+                  criterion=criterion)
 
 
 def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: str = "cg",

@@ -10,6 +10,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query, Response
 
+from ntkcompute.selection import DEFAULT_LAMBDAS
 from workers.jobs import Status, layout, solves
 from workers.solve import LABEL_BOUND
 
@@ -29,6 +30,9 @@ SolveRows = Annotated[str | None, Query(max_length=40, description=(
     "a:b, rows of the coefficients (train rows, or features) / predictions (test rows)"))]
 #: Most learning-curve values (times x eigendirections) one solve reports.
 MAX_CURVE_VALUES = 100_000
+#: Most candidates (λ x kinds x depths) a selection scores: its table is stored with the
+#: solve's analyses.
+MAX_SELECT_CANDIDATES = 4096
 
 
 def solve_out(r: Solve) -> SolveOut:
@@ -65,19 +69,29 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
     elif req.test_labels is not None:
         raise ApiError(422, "test_labels", "the kernel job has no test set")
     spec = spec_of(job, train, test)
+    params = req.model_dump(mode="json")
+    if req.select is not None and "lambdas" not in req.model_fields_set:
+        params.update(lambdas=list(DEFAULT_LAMBDAS), relative=True)
+    with store_errors():
+        spec.kind.check_solve(spec, params)
+    if req.select is not None:
+        count = len(params["lambdas"]) * len(req.select.kinds or [req.kind]) * len(
+            req.select.depths or job.depths or [None])
+        if count > MAX_SELECT_CANDIDATES:
+            raise ApiError(422, "select", f"{count} candidates (λ x kinds x depths), more "
+                           f"than {MAX_SELECT_CANDIDATES}")
     rows = spec.kind.coefficient_rows(spec, req.kind) + (job.n_test or 0)
-    stored = len(req.lambdas) * rows * outputs * 8
+    kept = 1 if req.select is not None else len(req.lambdas)  # a selection solves one λ
+    stored = kept * rows * outputs * 8
     if stored > settings.max_solve_bytes:
         raise ApiError(422, "labels", f"the solve would store {stored} bytes (λ count "
-                       f"{len(req.lambdas)} x {rows} rows x {outputs} outputs x 8), more "
+                       f"{kept} x {rows} rows x {outputs} outputs x 8), more "
                        f"than the limit of {settings.max_solve_bytes} (NTK_MAX_SOLVE_BYTES)"
                        "; solve fewer λ or outputs at a time")
     curves = len(req.analyses.times or ()) * req.analyses.spectrum
     if curves > MAX_CURVE_VALUES:
         raise ApiError(422, "analyses.times", f"times x spectrum = {curves} learning-curve "
                        f"values, more than {MAX_CURVE_VALUES}")
-    with store_errors():
-        spec.kind.check_solve(req.analyses.model_dump())
     if req.analyses.spectrum >= job.n_train:
         raise ApiError(422, "analyses.spectrum", f"must be < n = {job.n_train}")
     if req.analyses.times and (req.solver != "direct" or not job.test):
@@ -89,7 +103,7 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
                        "'direct', a kernel job with a test set, and 'nngp' among its kernels")
     sid = f"s-{uuid.uuid4().hex[:16]}"
     row = Solve(id=sid, owner=key, kernel=job.id, url=layout.solve_url(job.url, sid),
-                params=req.model_dump(mode="json"), status=Status.QUEUED,
+                params=params, status=Status.QUEUED,
                 created=time.time())
     out = solve_out(row)
     admit(db, settings, key, lambda s: s.add(row))

@@ -116,8 +116,12 @@ def test_features_kind_block_is_phi_phi_transposed(tmp_path, client, data):
     np.testing.assert_allclose(got, phi_te @ phi_tr[3:9].T, rtol=1e-10, atol=1e-12)
     assert job.kind.coefficient_rows(job, "ntk") == fm.dims["ntk"]
     with pytest.raises(InputError) as e:
-        job.kind.check_solve({"spectrum": 3})
+        job.kind.check_solve(job, {"analyses": {"spectrum": 3}})
     assert e.value.field == "analyses"
+    for request, field in (({"select": {}}, "select"), ({"depth": 2}, "depth")):
+        with pytest.raises(InputError) as e:
+            job.kind.check_solve(job, request)
+        assert e.value.field == field
 
 
 def test_a_solve_of_either_kind_is_saved_and_read_back(tmp_path, client, data):

@@ -20,9 +20,9 @@ from ntkcompute.validate import check_get
 
 from ..features import compute_features, plan_features, solve_features
 from ..gram import GramJob, compute_gram, plan_job, read_marks
-from ..solve import SolveResult
+from ..solve import SolveResult, select_member
 from ..solve import solve as solve_exact
-from ..store import CorruptChunk, open_group, read
+from ..store import CorruptChunk, kernel_array, open_group, read
 from ..verify import verify_job
 from .errors import JobConflict, NotStored, PartDamaged
 from .layout import part_url, parts_of
@@ -44,6 +44,7 @@ class Planned:
     kernels: list[str]
     dtype: str
     tile: int
+    depths: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class JobSpec:
     tile: int
     m: int | None = None
     seed: int = 0
+    depths: tuple[int, ...] | None = None  # a family job's members
 
     @property
     def kind(self) -> JobKind:
@@ -87,9 +89,9 @@ class JobKind(Protocol):
 
     def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
-             seed: int = 0) -> Planned:
+             seed: int = 0, depths: list[int] | None = None) -> Planned:
         """Check the job before anything is written (``x1``/``x2`` need shape and dtype);
-        :class:`InputError` naming the field."""
+        :class:`InputError` naming the field. ``depths``: a family job."""
 
     def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
               verify: bool) -> None:
@@ -98,14 +100,18 @@ class JobKind(Protocol):
         damaged chunks."""
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
-                   cols: str | None, *, status: str, max_bytes: int) -> np.ndarray:
-        """The kernel block ``K_part[rows, cols]`` (cols index train rows)."""
+                   cols: str | None, *, status: str, max_bytes: int,
+                   depth: int | None = None) -> np.ndarray:
+        """The kernel block ``K_part[rows, cols]`` (cols index train rows); ``depth``: the
+        member of a family job."""
 
     def coefficient_rows(self, job: JobSpec, kind: str) -> int:
         """Rows of one λ's solution: n dual coefficients, or D feature weights."""
 
-    def check_solve(self, analyses: dict[str, Any]) -> None:
-        """:class:`InputError` (field ``analyses``) for analyses this kind cannot make."""
+    def check_solve(self, job: JobSpec, request: dict[str, Any]) -> None:
+        """:class:`InputError` naming the field for what of a solve ``request`` (its JSON)
+        this kind cannot do on ``job``: analyses it cannot make, a member it does not
+        have, a selection it cannot run."""
 
     def solve(self, job: JobSpec, labels: np.ndarray, test_labels: np.ndarray | None,
               params: dict[str, Any], *, client: Any) -> list[SolveResult]:
@@ -200,23 +206,28 @@ class Exact:
 
     def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
-             seed: int = 0) -> Planned:
-        jp = plan_job(arch, x1, x2, get=kernels, dtype=dtype, memory=memory, tile=tile)
-        return Planned(jp.spec.model_dump(mode="json"), list(jp.get), jp.dtype.name, jp.tile)
+             seed: int = 0, depths: list[int] | None = None) -> Planned:
+        jp = plan_job(arch, x1, x2, get=kernels, dtype=dtype, memory=memory, tile=tile,
+                      depths=depths)
+        return Planned(jp.spec.model_dump(mode="json"), list(jp.get), jp.dtype.name, jp.tile,
+                       jp.depths)
 
     def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
               verify: bool) -> None:
         common = dict(arch=job.arch, tile=job.tile, client=client, get=job.kernels,
-                      dtype=job.dtype, verify=verify, memory=memory)
+                      dtype=job.dtype, verify=verify, memory=memory,
+                      depths=None if job.depths is None else list(job.depths))
         for part, url in job.parts.items():  # test x train: rows of test, columns of train
             train, test = job.inputs()
             x1, x2 = (train, None) if part == "train" else (test, train)
             parts[part] = compute_gram(x1=x1, x2=x2, store=url, **common)
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
-                   cols: str | None, *, status: str, max_bytes: int) -> np.ndarray:
+                   cols: str | None, *, status: str, max_bytes: int,
+                   depth: int | None = None) -> np.ndarray:
         g = _open(part_url(job.url, part), status)
-        arr, done = _arrays(g, status, kind, "done")
+        _, done = _arrays(g, status, kind, "done")
+        arr = kernel_array(g, kind, depth)
         r, c = span(rows, arr.shape[0], "rows"), span(cols, arr.shape[1], "cols")
         _check_bytes(r, c, arr.dtype.itemsize, max_bytes)
         _check_marks(done, _tiles(job.tile, r, c), part, status)
@@ -225,25 +236,64 @@ class Exact:
     def coefficient_rows(self, job: JobSpec, kind: str) -> int:
         return job.n_train
 
-    def check_solve(self, analyses: dict[str, Any]) -> None:
-        return None
+    def check_solve(self, job: JobSpec, request: dict[str, Any]) -> None:
+        depths = list(job.depths or ())
+        depth, sel = request.get("depth"), request.get("select")
+        if sel is not None:
+            if depth is not None:
+                raise InputError("give depth or select, not both (select chooses the depth)",
+                                 field="depth")
+            if request.get("solver") != "direct":
+                raise InputError("selection scores closed-form leave-one-out / GCV from an "
+                                 "eigendecomposition: needs solver 'direct'",
+                                 field="select")
+            for k in sel.get("kinds") or ():
+                if k not in job.kernels:
+                    raise InputError(f"this job computed {list(job.kernels)}, not {k!r}",
+                                     field="select.kinds")
+            for d in sel.get("depths") or ():
+                if d not in depths:
+                    raise InputError(f"must be among the job's depths {depths or None}, got "
+                                     f"{d}", field="select.depths")
+            if any(v <= 0 for v in request.get("lambdas") or ()):
+                raise InputError("selection needs every λ > 0 (λ = 0 has no leave-one-out "
+                                 "residual)", field="lambdas")
+        elif depths and depth is None:
+            raise InputError(f"this job is a family of depths {depths}: name one, or "
+                             "select", field="depth")
+        elif depth is not None and depth not in depths:
+            raise InputError(f"must be one of the job's depths {depths or None}, got {depth}",
+                             field="depth")
 
     def solve(self, job: JobSpec, labels: np.ndarray, test_labels: np.ndarray | None,
               params: dict[str, Any], *, client: Any) -> list[SolveResult]:
-        p, an = params, params.get("analyses") or {}
+        p, an = dict(params), params.get("analyses") or {}
+        train = part_url(job.url, "train")
+        chosen = None
+        if p.get("select"):  # the best (member, kernel, λ) by LOO / GCV, then its solve
+            sel = p["select"]
+            chosen = select_member(train, labels, kinds=sel.get("kinds") or [p["kind"]],
+                                   depths=sel.get("depths"), lambdas=p["lambdas"],
+                                   relative=bool(p.get("relative")),
+                                   criterion=sel.get("criterion"))
+            best = chosen.best
+            p.update(kind=best["kernel"], depth=best["depth"], lambdas=[best["lam"]])
         kw = dict(solver=p["solver"], name=p["kind"], tol=p["tol"], maxiter=p["maxiter"],
                   preconditioner=None if p["preconditioner"] == "none"
                   else p["preconditioner"], rank=min(p["rank"], job.n_train),
                   cross=job.parts.get("test"), test_labels=test_labels, client=client,
-                  save=None, lr=an.get("lr", 1.0), relative=bool(p.get("relative")))
+                  save=None, lr=an.get("lr", 1.0), relative=bool(p.get("relative")),
+                  depth=p.get("depth"))
         analysis = dict(times=an.get("times"), bound=an.get("bound", False),
                         spectrum_k=an.get("spectrum", 0),
                         min_eig=an.get("min_eigenvalue", False),
                         variance=bool(an.get("variance")))
-        train = part_url(job.url, "train")
         # direct: one eigendecomposition serves every λ; CG: block CG, every λ and class
         # in one loop (one kernel product per iteration), analyses at the first λ
-        return [solve_exact(train, labels, _lambdas(p), **kw, **analysis)]
+        res = solve_exact(train, labels, _lambdas(p), **kw, **analysis)
+        if chosen is not None:
+            res.analyses["selection"] = chosen.to_dict()
+        return [res]
 
 
 class Features:
@@ -254,7 +304,9 @@ class Features:
 
     def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
-             seed: int = 0) -> Planned:
+             seed: int = 0, depths: list[int] | None = None) -> Planned:
+        if depths is not None:
+            raise InputError("families are computed by method 'exact'", field="depths")
         if m is None:
             raise InputError("required with method 'features'", field="m")
         if x2 is not None and tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
@@ -275,8 +327,12 @@ class Features:
             parts[part] = compute_features(x=x, store=url, **common)
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
-                   cols: str | None, *, status: str, max_bytes: int) -> np.ndarray:
+                   cols: str | None, *, status: str, max_bytes: int,
+                   depth: int | None = None) -> np.ndarray:
         """``Φ_part[rows] Φ_train[cols]ᵀ``."""
+        if depth is not None:
+            raise InputError("a features job is one network, not a family of depths",
+                             field="depth")
         gp = _open(part_url(job.url, part), status)
         gt = _open(part_url(job.url, "train"), status)
         (zp,), (zt,) = _arrays(gp, status, kind), _arrays(gt, status, kind)
@@ -290,7 +346,14 @@ class Features:
         meta = open_group(part_url(job.url, "train"), mode="r").attrs.get("ntkcompute", {})
         return int(meta.get("dims", {}).get(kind, job.n_train))
 
-    def check_solve(self, analyses: dict[str, Any]) -> None:
+    def check_solve(self, job: JobSpec, request: dict[str, Any]) -> None:
+        if request.get("select") is not None:
+            raise InputError("selection needs the Gram matrices of method 'exact'",
+                             field="select")
+        if request.get("depth") is not None:
+            raise InputError("a features job is one network, not a family of depths",
+                             field="depth")
+        analyses = request.get("analyses") or {}
         if analyses.get("times") or analyses.get("bound") or analyses.get("spectrum") \
                 or analyses.get("variance"):
             raise InputError("not available for a features job (its solve is ridge "

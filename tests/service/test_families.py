@@ -1,0 +1,115 @@
+"""Kernel families and selection through the real server (uvicorn, the embedded Dask
+cluster, Zarr on disk): a ``depths`` job's members, read as blocks, equal each network's
+kernel computed on its own (1e-12); solves name a member or ``select`` one by closed-form
+leave-one-out, and the choice is the in-process ``select``'s."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+import ntkcompute as nc
+from ntkcompute.client import ApiError, Client
+from ntkcompute.families import kernel_family, make_family
+from ntkcompute.regression import kernel_ridge, one_hot
+
+FC = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
+    {"type": "dense", "W_std": 1.5, "b_std": 0.1}, {"type": "relu"}]}}, {"type": "dense"}]}
+DEPTHS = [1, 2, 3, 5]
+
+
+@pytest.fixture(scope="module")
+def family_job(service):
+    rng = np.random.default_rng(5)
+    x, xt = rng.standard_normal((40, 6)), rng.standard_normal((15, 6))
+    y, yt = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0), \
+        (xt[:, 0] > 0).astype(np.int64) + (xt[:, 1] > 0)
+    with Client(service.url, service.key_a) as c:
+        job = c.kernel(c.upload(x, y), FC, test=c.upload(xt, yt), tile=16, depths=DEPTHS)
+        job.wait(progress=False)
+        yield c, job, (x, y, xt, yt)
+
+
+def test_members_read_back_equal_separate_kernels(family_job):
+    c, job, (x, _, xt, _) = family_job
+    assert job.info["depths"] == DEPTHS and job.depths == DEPTHS
+    fam = make_family(FC, DEPTHS)
+    for d, member in zip(DEPTHS, fam.members, strict=True):
+        ref, ref_c = nc.kernel(member, x), nc.kernel(member, xt, x)
+        for kind in ("ntk", "nngp"):
+            got = job.to_numpy(kind, "train", depth=d)
+            got_c = job.to_numpy(kind, "test", depth=d)
+            assert np.abs(got - ref[kind]).max() <= 1e-12 * np.abs(ref[kind]).max()
+            assert np.abs(got_c - ref_c[kind]).max() <= 1e-12 * np.abs(ref_c[kind]).max()
+    block = job.block("ntk", (3, 9), (10, 20), depth=3)
+    np.testing.assert_array_equal(block, job.to_numpy("ntk", depth=3)[3:9, 10:20])
+    for depth, field in ((None, "depth"), (4, "depth")):
+        with pytest.raises(ApiError) as e:
+            job.block("ntk", depth=depth)
+        assert e.value.status == 422 and e.value.field == field
+
+
+def test_a_solve_names_a_member_or_selects_one(family_job, service):
+    c, job, (x, y, xt, yt) = family_job
+    fam = make_family(FC, DEPTHS)
+    member = fam.member(3)
+    s = c.solve(job, 1e-2, relative=True, solver="direct", depth=3).wait()
+    want = kernel_ridge(nc.kernel(member, x)["ntk"], one_hot(y, 3),
+                        nc.kernel(member, xt, x)["ntk"], lam=1e-2, relative=True)
+    got = s.predictions()
+    assert np.abs(got - want).max() <= 1e-10 * np.abs(want).max()
+
+    grid = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    sel = c.solve(job, grid, relative=True, solver="direct",
+                  select={"kinds": ["ntk", "nngp"]}).wait()
+    chosen = sel.info["analyses"]["selection"]
+    ref = nc.select(kernel_family(fam, x), y, lambdas=grid, relative=True)
+    assert chosen["criterion"] == "accuracy" and len(chosen["table"]) == len(ref.table)
+    for key in ("depth", "kernel", "lam"):
+        assert chosen["best"][key] == ref.best[key]
+    assert abs(chosen["best"]["accuracy"] - ref.best["accuracy"]) < 1e-12
+    best = fam.member(ref.best["depth"])
+    kind = ref.best["kernel"]
+    want = kernel_ridge(nc.kernel(best, x)[kind], one_hot(y, 3), nc.kernel(best, xt, x)[kind],
+                        lam=ref.best["lam"], relative=True)
+    assert np.abs(sel.predictions() - want).max() <= 1e-10 * np.abs(want).max()
+    assert sel.metrics["per_lambda"][0]["accuracy"] == float(
+        np.mean(want.argmax(1) == yt))
+
+    # the default grid (relative), GCV, a subset of the members
+    gcv = c.solve(job, solver="direct", select={"criterion": "gcv", "depths": [1, 5]}).wait()
+    table = gcv.info["analyses"]["selection"]["table"]
+    assert {r["depth"] for r in table} == {1, 5} and len(table) == 2 * 15
+
+    refused = [({"depth": None}, "depth"),  # a family needs a member, or select
+               ({"depth": 4}, "depth"),
+               ({"select": {}, "solver": "cg"}, "select"),
+               ({"select": {"depths": [4]}}, "select.depths"),
+               ({"select": {}, "depth": 3}, "depth"),
+               ({"select": {}, "lambdas": [0.0, 1.0]}, "lambdas"),
+               ({"select": {"criterion": "best"}}, "select.criterion")]
+    for extra, field in refused:
+        body = {"kernel": job.id, "solver": "direct", **extra}
+        r = httpx.post(f"{service.url}/v1/solves", json=body,
+                       headers={"Authorization": f"Bearer {service.key_a}"})
+        assert r.status_code == 422, (extra, r.text)
+        assert r.json()["field"] == field, (extra, r.json())
+
+
+def test_family_requests_are_bounded_before_the_work(family_job, service):
+    c, job, _ = family_job
+    headers = {"Authorization": f"Bearer {service.key_a}"}
+    train = job.info["train"]
+    no_repeat = nc.architectures.fc(2)
+    for arch, depths, field in ((FC, [1, 2000], "depths[1]"), (FC, [3, 2], "depths"),
+                                (FC, list(range(1, 70)), "depths"),
+                                (no_repeat, [1, 2], "layers")):
+        r = httpx.post(f"{service.url}/v1/kernels", headers=headers,
+                       json={"train": train, "arch": arch, "depths": depths})
+        assert r.status_code == 422, (depths, r.text)
+        assert r.json()["field"] == field, (depths, r.json())
+    r = httpx.post(f"{service.url}/v1/kernels", headers=headers,
+                   json={"train": train, "arch": FC, "depths": [1, 2], "method": "features",
+                         "m": 16})
+    assert r.status_code == 422 and r.json()["field"] == "depths"
