@@ -30,7 +30,7 @@ kernel as a tiled Dask job and :class:`ntkcompute.client.ServiceBackend` as a se
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -40,6 +40,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .architectures import fc
 from .errors import InputError, NotPositiveDefinite
+from .families import kernel_family, make_family
 from .infinite import kernel as _kernel
 from .regression import Eigen, absolute_lambdas, one_hot
 from .selection import _shrink, gcv_scores, loo_residuals, selection_scores
@@ -124,11 +125,36 @@ def _architectures(arch: Any, depths: Any) -> list[tuple[int | None, Architectur
                                            and not isinstance(d, bool) for d in depths):
         raise InputError(f"must be None or a non-empty list of ints, got {depths!r}",
                          field="depths")
+    if arch is not None and _is_spec(arch):  # a family: one top-level repeat, its count
+        fam = make_family(_parse(arch), [int(d) for d in depths])
+        return list(zip(fam.depths, fam.members, strict=True))
+    if arch is not None and not callable(arch):
+        raise InputError("with depths, arch must be a spec with one top-level repeat (a "
+                         "kernel family), a callable depth -> spec, or None for "
+                         "ntkcompute.architectures.fc", field="arch")
     build = fc if arch is None else arch
-    if _is_spec(build) or not callable(build):
-        raise InputError("with depths, arch must be a callable depth -> spec (or None for "
-                         "ntkcompute.architectures.fc)", field="arch")
     return [(int(d), _parse(build(int(d)))) for d in depths]
+
+
+def _train_grams(est: _NTKRidge, backend: GramBackend, X: np.ndarray,
+                 candidates: list[tuple[int | None, Architecture]]) -> Iterator[np.ndarray]:
+    """Each candidate's train Gram matrix, one at a time; a family (a spec ``arch`` with
+    ``depths``) on the in-process float64 backend in one pass (:func:`kernel_family`)."""
+    family = est.depths is not None and est.arch is not None and _is_spec(est.arch)
+    options = getattr(backend, "options", {})
+    if family and type(backend) is InProcess and X.dtype == np.float64 \
+            and options.get("dtype") in (None, np.float64, "float64"):
+        fam = make_family(_parse(est.arch), [d for d, _ in candidates])
+        rest = {k: v for k, v in options.items() if k in ("memory", "threads")}
+        stack = kernel_family(fam, X, get=(est.kernel,), **rest)[est.kernel]
+        for k in stack:
+            if not np.isfinite(k).all():
+                raise NotPositiveDefinite(f"the kernel has {int((~np.isfinite(k)).sum())} "
+                                          "non-finite entries", finite=False)
+            yield k
+        return
+    for _, arch in candidates:
+        yield _gram(backend, arch, X, None, est.kernel)
 
 
 def _check_params(est: _NTKRidge) -> tuple[str, float | None, np.ndarray, np.dtype,
@@ -219,8 +245,10 @@ class _NTKRidge(BaseEstimator):
         rows: dict[str, list] = {"lam": [], "lam_absolute": [], "depth": [], "kernel": [],
                                  "score": []}
         best: tuple[float, float, float, Eigen, int | None, Architecture] | None = None
-        for depth, arch in _architectures(self.arch, self.depths):
-            eig = Eigen.of(_gram(backend, arch, X, None, self.kernel))
+        candidates = _architectures(self.arch, self.depths)
+        grams = _train_grams(self, backend, X, candidates)
+        for (depth, arch), k in zip(candidates, grams, strict=True):
+            eig = Eigen.of(k)
             absolute = absolute_lambdas(given, self.relative,
                                         eig.mean_diag if self.relative else None)
             table = selection_scores(eig, Y, absolute, criterion, labels)
@@ -274,17 +302,19 @@ class NTKRegressor(RegressorMixin, _NTKRidge):
     Parameters:
         arch: the architecture: a spec dict, JSON, an :class:`~ntkcompute.spec.Architecture`
             or a :mod:`ntkcompute.stax` layer (``.spec``); ``None``:
-            ``ntkcompute.architectures.fc(2)``. With ``depths``, a callable
-            ``depth -> spec`` (``None``: ``fc``).
+            ``ntkcompute.architectures.fc(2)``. With ``depths``, a spec with one top-level
+            ``repeat`` (a kernel family: every depth's train kernel from one pass, see
+            :func:`ntkcompute.kernel_family`), or a callable ``depth -> spec`` (``None``:
+            ``fc``).
         kernel: ``"ntk"`` or ``"nngp"``.
         lam: the ridge λ (``>= 0``), or ``"loo"`` / ``"gcv"`` to choose it from
             ``lam_grid`` by closed-form leave-one-out error or generalized cross-validation.
         lam_grid: the candidates for ``"loo"`` / ``"gcv"``; ``None``:
             ``np.logspace(-6, 1, 15)``.
         relative: λ (and the grid) as multiples of mean(diag K), scale-free; else absolute.
-        depths: candidate depths for a callable ``arch``: each depth's kernel is computed
-            and (depth, λ) chosen together by the same criterion (leave-one-out for a
-            fixed λ).
+        depths: candidate depths (a family's repeat counts, or a callable ``arch``'s
+            argument): each depth's kernel is computed and (depth, λ) chosen together by
+            the same criterion (leave-one-out for a fixed λ).
         dtype: float64 or float32, the inputs' dtype handed to the backend.
         backend: an object with ``gram(arch, x1, x2=None, get)`` (:class:`GramBackend`);
             ``None``: :class:`InProcess`.

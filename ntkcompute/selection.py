@@ -88,28 +88,48 @@ def selection_scores(eig: Eigen, y: np.ndarray, lams: Sequence[float], criterion
     Returns ``{"criterion": (len(lams),)}`` and, with labels, ``"loo_accuracy"``.
     """
     loo = criterion == "loo"
-    scores = _scores(eig, y, lams, (criterion,), labels if loo else None)
+    scores = _scores(eig, y, _ridge_factors(eig, lams), (criterion,), labels if loo else None)
     out = {"criterion": scores[criterion]}
     if labels is not None and loo:
         out["loo_accuracy"] = scores["loo_accuracy"]
     return out
 
 
-def _scores(eig: Eigen, y: np.ndarray, lams: Sequence[float], criteria: Sequence[str],
-            labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def _ridge_factors(eig: Eigen, lams: Sequence[float]) -> list[np.ndarray | None]:
+    """The eigenvalues of ``I - H`` of ridge at each absolute λ (None where ``K + λI`` is
+    not positive definite)."""
+    out: list[np.ndarray | None] = []
+    for lam in lams:
+        try:
+            out.append(_shrink(eig, lam))
+        except NotPositiveDefinite:
+            out.append(None)
+    return out
+
+
+def _flow_factors(eig: Eigen, times: Sequence[float], lr: float) -> list[np.ndarray]:
+    """The eigenvalues ``exp(-η s t)`` of ``I - H_t`` of gradient flow on the squared loss
+    for time t (Lee et al. 2019: the train outputs are ``(I - e^{-ηKt}) y``); directions of
+    K's null space (s <= 0 after rounding) are never learned (factor 1)."""
+    s = np.maximum(eig.s, 0.0)
+    return [np.exp(-lr * t * s) for t in times]
+
+
+def _scores(eig: Eigen, y: np.ndarray, factors: Sequence[np.ndarray | None],
+            criteria: Sequence[str], labels: np.ndarray | None = None
+            ) -> dict[str, np.ndarray]:
     """``{"loo": .., "gcv": .., "loo_accuracy": ..}`` (those asked for; the accuracy with
-    ``labels``) at each absolute λ, one residual ``(I - H) y`` per λ serving all."""
-    out = {c: np.full(len(lams), np.inf) for c in criteria}
+    ``labels``) of the linear smoother whose ``I - H`` has eigenvalues ``factors[j]`` (None:
+    not defined, scores inf), one residual ``(I - H) y`` per candidate serving all."""
+    out = {c: np.full(len(factors), np.inf) for c in criteria}
     if labels is not None:
-        out["loo_accuracy"] = np.full(len(lams), np.nan)
+        out["loo_accuracy"] = np.full(len(factors), np.nan)
     y2 = _as_columns(y)
     proj = eig.U.T @ y2
     u2 = eig.U ** 2
     n = len(eig.s)
-    for j, lam in enumerate(lams):
-        try:
-            g = _shrink(eig, lam)
-        except NotPositiveDefinite:
+    for j, g in enumerate(factors):
+        if g is None:
             continue
         resid = eig.U @ (proj * g[:, None])
         with np.errstate(divide="ignore", invalid="ignore"):  # λ = 0: nan
@@ -130,7 +150,8 @@ class Selection:
 
     A row: ``member`` (index), ``name``, ``depth`` (None outside a family), ``kernel``
     (``"ntk"`` / ``"nngp"`` / None), ``lam`` (as given: relative to mean(diag K) when
-    ``relative``), ``lam_absolute``, ``loo`` (mean squared leave-one-out residual), ``gcv``,
+    ``relative``), ``lam_absolute`` (with ``times``: ``t``, ``t_absolute``), ``loo`` (mean
+    squared leave-one-out residual), ``gcv``,
     and for labels ``accuracy`` (leave-one-out). Non-finite where ``K + λI`` is not positive
     definite.
     """
@@ -215,7 +236,8 @@ class _Members:
 def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
            relative: bool = True, criterion: str | None = None,
            classes: int | None = None, method: str = "ridge",
-           C: Sequence[float] = DEFAULT_C, folds: int = 5, seed: int = 0) -> Selection:
+           C: Sequence[float] = DEFAULT_C, folds: int = 5, seed: int = 0,
+           times: Sequence[float] | None = None, lr: float = 1.0) -> Selection:
     """The best (member, λ) of kernel ridge regression by leave-one-out or GCV, from one
     eigendecomposition per member; or, with ``method="svm"``, the best (member, C) of a
     support vector classifier on the precomputed kernel (scikit-learn's ``SVC``, as Arora et
@@ -234,6 +256,14 @@ def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEF
         criterion: ``"accuracy"`` (default for labels), ``"loo"`` (default for targets) or
             ``"gcv"``; see :data:`CRITERIA`.
         classes: the number of classes (default: max label + 1).
+        times: regularise by gradient-flow time instead of λ (Lee et al. 2019: the net
+            trained for time t on the squared loss with learning rate ``lr``; its train
+            outputs are ``(I - e^{-ηKt}) y``): candidates (member, t), rows with ``t`` and
+            ``t_absolute`` instead of ``lam``. With ``relative``, t is in units of
+            ``1 / (lr · mean(diag K))``, so one grid means the same per member. GCV is that
+            of this linear smoother exactly; its leave-one-out column is the ridge
+            shortcut ``(y_i - ŷ_i) / (1 - H_ii)`` applied to it, an approximation (refitting
+            gradient flow without point i is not a rank-one update).
 
     Returns:
         A :class:`Selection`: the best row (the first of equal ones, in member then λ
@@ -269,21 +299,34 @@ def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEF
     if criterion not in CRITERIA or (criterion == "accuracy" and labels is None):
         raise InputError(f"must be one of {', '.join(CRITERIA)} ('accuracy' needs int "
                          f"labels), got {criterion!r}", field="criterion")
-    grid = np.asarray(lambdas, dtype=np.float64).reshape(-1)
+    flow = times is not None
+    name = "t" if flow else "lam"
+    grid = np.asarray(times if flow else lambdas, dtype=np.float64).reshape(-1)
     if grid.size == 0 or not np.isfinite(grid).all() or (grid <= 0).any():
-        raise InputError("must be a non-empty list of finite λ > 0 (λ = 0 has no "
-                         "leave-one-out residual)", field="lambdas")
+        raise InputError("must be a non-empty list of finite values > 0 (λ = 0 or t = ∞ "
+                         "has no leave-one-out residual)", field="times" if flow else "lambdas")
+    if flow and (isinstance(lr, bool) or not isinstance(lr, (int, float))
+                 or not np.isfinite(lr) or lr <= 0):
+        raise InputError(f"must be a finite number > 0, got {lr!r}", field="lr")
     if grid.size * len(members) > MAX_CANDIDATES:
-        raise InputError(f"{grid.size} λ x {len(members)} members is more than "
-                         f"{MAX_CANDIDATES} candidates", field="lambdas")
+        raise InputError(f"{grid.size} values x {len(members)} members is more than "
+                         f"{MAX_CANDIDATES} candidates", field="times" if flow else "lambdas")
     table: list[dict[str, Any]] = []
     for i, desc, k in members:
         eig = Eigen.of(k)
-        absolute = absolute_lambdas([float(v) for v in grid], relative,
-                                    eig.mean_diag if relative else None)
-        sc = _scores(eig, targets, absolute, ("loo", "gcv"), labels)
-        for j, lam in enumerate(grid):
-            row = {"member": i, **desc, "lam": float(lam), "lam_absolute": absolute[j],
+        if flow:
+            scale = lr * eig.mean_diag if relative else 1.0
+            if relative and not scale > 0:
+                raise InputError("relative times need mean(diag K) > 0", field="times")
+            absolute = [float(t) / scale for t in grid]
+            factors = _flow_factors(eig, absolute, lr)
+        else:
+            absolute = absolute_lambdas([float(v) for v in grid], relative,
+                                        eig.mean_diag if relative else None)
+            factors = _ridge_factors(eig, absolute)
+        sc = _scores(eig, targets, factors, ("loo", "gcv"), labels)
+        for j, v in enumerate(grid):
+            row = {"member": i, **desc, name: float(v), f"{name}_absolute": absolute[j],
                    "loo": float(sc["loo"][j]), "gcv": float(sc["gcv"][j])}
             if labels is not None:
                 row["accuracy"] = float(sc["loo_accuracy"][j])

@@ -277,6 +277,28 @@ def test_depth_and_lambda_chosen_together_by_brute_force_loo():
     assert est.arch_ == ntkcompute.parse_arch(fc(est.depth_, b_std=0.1))
 
 
+def test_a_family_spec_chooses_depth_from_one_pass_as_the_callable_does():
+    """A spec with one top-level repeat and depths: every depth's kernel from one family
+    pass, the same choice, scores and coefficients as one kernel per depth."""
+    x, y = _regression_data(np.random.default_rng(3), n=30, d=3, noise=0.5)
+    dense = {"type": "dense", "W_std": 1.5, "b_std": 0.1}
+    spec = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
+        dense, {"type": "relu"}]}}, {"type": "dense", "W_std": 1.5, "b_std": 0.1}]}
+
+    def build(d):
+        return ntkcompute.families.make_family(spec, [d]).members[0]
+
+    grid = [1e-3, 1e-2, 1e-1]
+    fam = NTKClassifier(arch=spec, depths=[1, 2, 4], lam_grid=grid).fit(x, y > 0)
+    one = NTKClassifier(arch=build, depths=[1, 2, 4], lam_grid=grid).fit(x, y > 0)
+    assert (fam.depth_, fam.lam_) == (one.depth_, one.lam_)
+    assert fam.arch_ == one.arch_
+    for key in ("score", "lam_absolute", "depth"):
+        np.testing.assert_allclose(fam.cv_results_[key], one.cv_results_[key], rtol=1e-10)
+    np.testing.assert_allclose(fam.dual_coef_, one.dual_coef_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_array_equal(fam.predict(x[:7]), one.predict(x[:7]))
+
+
 # -- 5. predictions are the direct solve ------------------------------------------------
 
 @pytest.mark.parametrize("get", ["ntk", "nngp"])
@@ -354,7 +376,8 @@ def test_a_backend_is_checked(rng):
     ({"lam_grid": ["a"]}, "lam_grid"),
     ({"relative": "yes"}, "relative"),
     ({"dtype": np.int32}, "dtype"),
-    ({"depths": [1, 2]}, "arch"),  # a spec with depths
+    ({"depths": [1, 2]}, "layers"),  # a spec with depths but no top-level repeat
+    ({"arch": 3, "depths": [1, 2]}, "arch"),
     ({"arch": fc, "depths": None}, "arch"),  # a callable without
     ({"arch": fc, "depths": []}, "depths"),
     ({"arch": fc, "depths": [1.5]}, "depths"),

@@ -100,6 +100,40 @@ def test_regression_targets_and_named_kernels(rng):
     assert loo.criterion == "loo" and loo.best["loo"] == min(r["loo"] for r in loo.table)
 
 
+def test_gradient_flow_time_as_the_regulariser(rng):
+    """With ``times``: GCV is the linear smoother ``H_t = I - exp(-η K t)``'s exactly (the
+    matrix exponential), the LOO column is the shortcut applied to H_t, and relative times
+    scale with each member's mean diagonal."""
+    from scipy.linalg import expm
+
+    x = rng.standard_normal((30, 4))
+    y = np.sin(x[:, 0]) + 0.1 * rng.standard_normal(30)
+    fam = nc.kernel_family(FC, x, depths=[1, 3])
+    times, lr = [0.1, 1.0, 10.0, 100.0], 0.5
+    sel = nc.select(fam, y, times=times, lr=lr)
+    assert len(sel.table) == 2 * 2 * 4 and "t" in sel.best and "lam" not in sel.best
+    for row in sel.table:
+        k = fam[row["kernel"]][[1, 3].index(row["depth"])]
+        t = row["t"] / (lr * np.mean(np.diag(k)))
+        assert row["t_absolute"] == pytest.approx(t, rel=1e-12)
+        resid_op = expm(-lr * t * k)  # I - H_t
+        r = resid_op @ y
+        gcv = len(y) * r @ r / np.trace(resid_op) ** 2
+        loo = np.mean((r / np.diag(resid_op)) ** 2)
+        assert row["gcv"] == pytest.approx(gcv, rel=1e-9)
+        assert row["loo"] == pytest.approx(loo, rel=1e-9)
+    # the fit sharpens with t: the residual of the best member falls monotonically
+    best = [r for r in sel.table if r["name"] == sel.best["name"]]
+    fits = [np.sum((expm(-lr * r["t_absolute"] * fam[r["kernel"]][[1, 3].index(r["depth"])])
+                    @ y) ** 2) for r in best]
+    assert all(b < a for a, b in zip(fits, fits[1:], strict=False))
+    for kwargs, field in (({"times": [0.0]}, "times"), ({"times": [1.0], "lr": 0}, "lr"),
+                          ({"times": []}, "times")):
+        with pytest.raises(InputError) as e:
+            nc.select(fam, y, **kwargs)
+        assert e.value.field == field
+
+
 @pytest.mark.parametrize("kwargs,field", [
     ({"lambdas": []}, "lambdas"), ({"lambdas": [0.0]}, "lambdas"),
     ({"lambdas": [np.nan]}, "lambdas"), ({"criterion": "aic"}, "criterion"),
