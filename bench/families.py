@@ -5,7 +5,13 @@ its deepest member alone (``ntkcompute.kernel``), and the D members computed one
 time of one thread (``process_time``, BLAS on one thread; the least of three warm runs), so
 the ratios hold on a shared machine. Also checks that every member equals its separate kernel.
 
-    python bench/families.py [--n 48] [--depth 5]
+    python bench/families.py [--n 48] [--depth 5] [--dask]
+
+``--dask``: the same comparison as tiled jobs on one Dask worker process (one thread,
+``workers.compute_gram`` into Zarr under a temporary directory, tiles of n/2 rows): the
+family job (``depths=``), the deepest member's job, and one job per member; CPU time of
+the worker process (``time.process_time`` there, before and after each job: every tile
+task, the Zarr writes and checksums included), the least of three runs.
 
 Inputs: the first CIFAR-10 training images of ``../shared/data`` at 16x16 (2x2 mean),
 standardised per channel (n for CNTK-GAP, 8n for CNTK-V, 32n flattened for FC).
@@ -55,15 +61,40 @@ def _separately(members, data):
     return [nc.kernel(m, data, threads=1) for m in members]
 
 
+def _worker_cpu() -> float:
+    return time.process_time()
+
+
+def _dask_timer(tmp: str):
+    """``run(label, arch, data, depths)``: the least worker CPU seconds of three runs of a
+    tiled job (a new store each run: nothing reused)."""
+    from workers import compute_gram
+    from workers.cluster import get_client
+
+    client, cluster = get_client(n_workers=1, reuse_default=False)
+    count = iter(range(10**6))
+
+    def run(arch, data, depths=None):
+        best, job = float("inf"), None
+        for _ in range(3):
+            before = sum(client.run(_worker_cpu).values())
+            job = compute_gram(arch, data, store=f"{tmp}/{next(count)}", client=client,
+                               tile=-(-len(data) // 2), depths=depths).wait()
+            best = min(best, sum(client.run(_worker_cpu).values()) - before)
+        return job, best
+
+    return run, lambda: (client.close(), cluster.close())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--dask", action="store_true")
     args = ap.parse_args()
-    n_all = args.n * max(m for *_, m in FAMILIES.values())
-    x, _ = cifar10(n_all)
-    x = x.reshape(len(x), 16, 2, 16, 2, 3).mean(axis=(2, 4))
-    x = (x - x.mean(axis=(0, 1, 2))) / x.std(axis=(0, 1, 2))
+    if args.dask:
+        return _main_dask(args)
+    x = _inputs(args)
     depths = list(range(1, args.depth + 1))
     print(f"{'family':10s} {'n':>4s} {'D':>2s} {'family s':>9s} {'deepest s':>10s} "
           f"{'separate s':>11s} {'fam/deepest':>12s} {'separate/fam':>13s} {'max diff':>9s}")
@@ -81,6 +112,46 @@ def main() -> None:
         print(f"{name:10s} {len(data):4d} {len(depths):2d} {t_fam:9.2f} {t_deep:10.2f} "
               f"{t_sep:11.2f} {t_fam / t_deep:11.2f}x {t_sep / t_fam:12.2f}x {diff:9.1e}",
               flush=True)
+
+
+def _inputs(args) -> np.ndarray:
+    n_all = args.n * max(m for *_, m in FAMILIES.values())
+    x, _ = cifar10(n_all)
+    x = x.reshape(len(x), 16, 2, 16, 2, 3).mean(axis=(2, 4))
+    return (x - x.mean(axis=(0, 1, 2))) / x.std(axis=(0, 1, 2))
+
+
+def _main_dask(args) -> None:
+    import tempfile
+
+    x = _inputs(args)
+    depths = list(range(1, args.depth + 1))
+    print("tiled jobs on one Dask worker (worker CPU seconds, least of 3)")
+    print(f"{'family':10s} {'n':>4s} {'D':>2s} {'family s':>9s} {'deepest s':>10s} "
+          f"{'separate s':>11s} {'fam/deepest':>12s} {'separate/fam':>13s} {'max diff':>9s}")
+    with tempfile.TemporaryDirectory() as tmp:
+        run, close = _dask_timer(tmp)
+        try:
+            for name, (body, head, times) in FAMILIES.items():
+                data = x[:args.n * times]
+                data = data.reshape(len(data), -1) if name == "FC" else data
+                arch = {"layers": [{"type": "repeat", "n": 1, "layer": {
+                    "type": "serial", "layers": body}}, *head]}
+                fam = make_family(arch, depths)
+                job, t_fam = run(arch, data, depths)
+                _, t_deep = run(fam.members[-1], data)
+                t_sep, diff = 0.0, 0.0
+                for d, m in zip(depths, fam.members, strict=True):
+                    one, t = run(m, data)
+                    t_sep += t
+                    got, want = job.member(d), one.to_numpy()
+                    diff = max(diff, *(float(np.abs(got[g] - want[g]).max()
+                                             / np.abs(want[g]).max()) for g in want))
+                print(f"{name:10s} {len(data):4d} {len(depths):2d} {t_fam:9.2f} "
+                      f"{t_deep:10.2f} {t_sep:11.2f} {t_fam / t_deep:11.2f}x "
+                      f"{t_sep / t_fam:12.2f}x {diff:9.1e}", flush=True)
+        finally:
+            close()
 
 
 if __name__ == "__main__":

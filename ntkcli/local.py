@@ -2,12 +2,12 @@
 
     ntk gram --arch arch.json --x1 train.npy [--x2 test.npy] --out STORE [--tile T]
              [--scheduler tls://host:8786] [--dtype float32] [--memory 1GiB] [--get ntk]
-             [--verify]
+             [--verify] [--depths 1,2,3]
     ntk verify STORE | KERNEL_JOB_ID   (every chunk read back through its checksum)
     ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--relative] [--solver cg|direct]
               [--precond nystrom|randomized|jacobi|none] [--rank R] [--tol T]
               [--cross CROSS_STORE --test-labels y_test.npy]
-              [--times 0,1,10] [--bound] [--spectrum K] [--variance]
+              [--times 0,1,10] [--bound] [--spectrum K] [--variance] [--depth D]
     ntk solve --kernel k-... --lambda 1e-3 [--labels y.npy] [--wait] [...]
               (a solve of the service's kernel job, printed with its id s-...)
 
@@ -67,7 +67,7 @@ def _gram(args: argparse.Namespace) -> int:
                        load_array(args.x2, "x2", urls=True) if args.x2 else None,
                        store=args.out, tile=args.tile, scheduler=args.scheduler,
                        get=tuple(args.get.split(",")), dtype=args.dtype, memory=args.memory,
-                       verify=args.verify)
+                       verify=args.verify, depths=args.depths)
     # Ctrl-C / SIGTERM only set a flag: a KeyboardInterrupt raised inside a Dask call can be
     # swallowed there, and the job would then run on to the end.
     interrupted = threading.Event()
@@ -129,12 +129,19 @@ def _solve(args: argparse.Namespace) -> int:
                 rank=args.rank, cross=args.cross, test_labels=test_labels,
                 scheduler=args.scheduler, save=save, times=args.times,
                 bound=args.bound, spectrum_k=args.spectrum, relative=args.relative,
-                min_eig=args.min_eigenvalue, variance=args.variance)
+                min_eig=args.min_eigenvalue, variance=args.variance, depth=args.depth)
     print(json.dumps({"solver": res.solver, "lambda": res.lams, "iterations": res.iterations,
                       "converged": res.converged, "seconds": round(res.seconds, 3),
                       "metrics": res.metrics, "analyses": res.analyses,
                       "saved": f"{args.kernel}/solves/{save}"}))
     return 0 if res.converged else 1
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of ints: {text!r}") from None
 
 
 def _floats(text: str) -> list[float]:
@@ -314,6 +321,10 @@ def register(sub: Any) -> None:
                    help="before resuming, read back every stored chunk through its checksum "
                    "and recompute exactly the damaged tiles (see `ntk verify`)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--depths", type=_ints, default=None,
+                   help="a kernel family: the repeat counts of the architecture's one "
+                   "top-level repeat, comma separated; every member from one pass, stored "
+                   "(D, n1, n2)")
     g.set_defaults(func=_gram)
     s = sub.add_parser("solve", help="kernel regression on a stored kernel (ntk gram) or on "
                        "a kernel job of the service (k-...)")
@@ -353,6 +364,8 @@ def register(sub: Any) -> None:
                    help="predictive variance of every test output (direct, needs --cross "
                    "and the NNGP): the NNGP posterior's or the trained ensemble's; saved as "
                    "variances beside the solve, means in the metrics")
+    s.add_argument("--depth", type=int, default=None,
+                   help="the member of a family job (ntk gram --depths) to solve on")
     s.add_argument("--wait", action="store_true",
                    help="a remote solve: wait until it ends and print it with its metrics "
                    "(default: print it as created, status queued)")

@@ -148,7 +148,8 @@ def remote_solve(args: argparse.Namespace) -> int:
                     relative=args.relative, solver=args.solver, kind=args.name, tol=args.tol,
                     maxiter=args.maxiter, preconditioner=args.precond, rank=args.rank,
                     times=args.times, bound=args.bound, spectrum=args.spectrum,
-                    min_eigenvalue=args.min_eigenvalue, variance=args.variance)
+                    min_eigenvalue=args.min_eigenvalue, variance=args.variance,
+                    depth=args.depth)
         if args.wait:
             s.wait()
     print(json.dumps(s.info))

@@ -147,3 +147,38 @@ def test_a_solve_picks_a_member(client, tmp_path, images, solver):
         workers.solve(train.url, y, 1e-2, solver=solver, depth=1, cross=plain.url,
                       client=client, save=None)
     assert e.value.field == "cross"
+
+
+def test_cli_gram_depths_and_solve_depth(tmp_path):
+    """``ntk gram --depths`` stores the family; ``ntk solve --depth`` solves on one member
+    (the embedded cluster of each command)."""
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20, 5))
+    y = np.arange(20) % 2
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    (tmp_path / "arch.json").write_text(json.dumps(FC))
+    store = str(tmp_path / "fam")
+    ntk = [sys.executable, "-m", "ntkcli"]
+    r = subprocess.run([*ntk, "gram", "--arch", str(tmp_path / "arch.json"), "--x1",
+                        str(tmp_path / "x.npy"), "--out", store, "--depths", "1,3",
+                        "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["arrays"]["ntk"] == [2, 20, 20]
+    r = subprocess.run([*ntk, "solve", "--kernel", store, "--labels", str(tmp_path / "y.npy"),
+                        "--lambda", "1e-2", "--relative", "--solver", "direct", "--depth",
+                        "3"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    member = make_family(FC, [3]).members[0]
+    k = nc.kernel(member, x)["ntk"]
+    want = np.linalg.solve(k + 1e-2 * np.mean(np.diag(k)) * np.eye(20), one_hot(y, 2))
+    got = read(zarr.open_group(store, mode="r")["solves/default/coefficients"])
+    assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max()
+    r = subprocess.run([*ntk, "solve", "--kernel", store, "--labels", str(tmp_path / "y.npy"),
+                        "--lambda", "1e-2", "--solver", "direct"], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "depth" in r.stderr
