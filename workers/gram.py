@@ -342,7 +342,7 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
 
     ``x1``/``x2`` need only ``shape`` and ``dtype`` (NumPy, Zarr or memory-mapped arrays).
     ``depths``: a family job (:func:`ntkcompute.kernel_family`): ``arch`` has one top-level
-    ``repeat``, and every member's kernels come from one pass.
+    ``repeat``, and every member's kernels come from one pass, in float64.
 
     Raises:
         InputError: naming the offending field (``layers[i].*``, ``x1``, ``x2``, ``get``,
@@ -350,7 +350,10 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     """
     spec = parse_arch(arch)
     get = check_get(get)
-    dt = resolve_dtype(dtype, x1, spec)
+    dt = resolve_dtype(np.float64 if depths is not None and dtype is None else dtype, x1, spec)
+    if depths is not None and dt != np.float64:  # (the family pass has no float32
+        # refinement of near pairs)
+        raise InputError("a kernel family is computed in float64", field="dtype")
     check_shape(x1.shape, "x1")
     if x2 is not None:
         check_shape(x2.shape, "x2")

@@ -93,6 +93,10 @@ def test_store_names_the_depth_axis_and_refuses_unnamed_members(client, tmp_path
         workers.compute_gram(nc.architectures.fc(2), x, store=str(tmp_path / "bad"),
                              client=client, depths=[1, 2])
     assert e.value.field == "layers"
+    with pytest.raises(InputError) as e:  # families are float64 (no float32 refinement)
+        workers.plan_job(FC, x.astype(np.float32), depths=[1, 2], dtype="float32")
+    assert e.value.field == "dtype"
+    assert workers.plan_job(FC, x.astype(np.float32), depths=[1, 2]).dtype == np.float64
     with pytest.raises(InputError) as e:  # the same store, another family: another job
         workers.compute_gram(FC, x, store=job.url, tile=4, client=client, depths=[2, 4])
     assert e.value.field == "store"
