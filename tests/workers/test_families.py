@@ -186,3 +186,39 @@ def test_cli_gram_depths_and_solve_depth(tmp_path):
                         "--lambda", "1e-2", "--solver", "direct"], capture_output=True,
                        text=True)
     assert r.returncode != 0 and "depth" in r.stderr
+
+
+def test_select_member_reads_members_one_at_a_time_and_equals_select(client, tmp_path,
+                                                                      images):
+    x, _ = images
+    y = np.arange(13) % 3
+    grid = [1e-3, 1e-2, 1e-1]
+    fam_job = workers.compute_gram(CNTK, x, store=str(tmp_path / "f"), tile=5, client=client,
+                                   depths=DEPTHS).wait()
+    got = workers.select_member(fam_job.url, y, kinds=["ntk", "nngp"], depths=[2, 4],
+                                lambdas=grid)
+    fam = make_family(CNTK, [2, 4])
+    want = nc.select(kernel_family(fam, x), y, lambdas=grid)
+    assert [(r["depth"], r["kernel"], r["lam"]) for r in got.table] == \
+        [(r["depth"], r["kernel"], r["lam"]) for r in want.table]
+    np.testing.assert_allclose([r["loo"] for r in got.table], [r["loo"] for r in want.table],
+                               rtol=1e-9)
+    assert (got.best["depth"], got.best["kernel"], got.best["lam"]) == \
+        (want.best["depth"], want.best["kernel"], want.best["lam"])
+    plain = workers.compute_gram(fam.members[0], x, store=str(tmp_path / "p"), tile=5,
+                                 client=client).wait()
+    one = workers.select_member(plain.url, y, kinds=["ntk", "nngp"], lambdas=grid)
+    k = nc.kernel(fam.members[0], x)
+    ref = nc.select({"ntk": k["ntk"], "nngp": k["nngp"]}, y, lambdas=grid)
+    assert {r["kernel"] for r in one.table} == {"ntk", "nngp"}
+    assert (one.best["kernel"], one.best["lam"]) == (ref.best["kernel"], ref.best["lam"])
+    for kwargs, field in (({"depths": [3]}, "depths"), ({"kinds": ["rbf"]}, "kinds")):
+        with pytest.raises(InputError) as e:
+            workers.select_member(fam_job.url, y, **kwargs)
+        assert e.value.field == field
+    with pytest.raises(InputError) as e:
+        workers.select_member(plain.url, y, depths=[1])
+    assert e.value.field == "depths"
+    Path(fam_job.url, "nngp", "c", "1", "1", "1").unlink()  # damage: named, never scored
+    with pytest.raises(CorruptChunk, match=r"nngp chunk \[1, 1, 1\]"):
+        workers.select_member(fam_job.url, y, kinds=["nngp"])
