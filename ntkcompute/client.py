@@ -297,7 +297,7 @@ class Client:
         return KernelJob(self, self._json("GET", f"/v1/kernels/{kernel_id}"))
 
     def solve(self, kernel: KernelJob | str, lambdas: float | list[float] | None = None, *,
-              labels: Any = None, test_labels: Any = None, relative: bool = False,
+              labels: Any = None, test_labels: Any = None, relative: bool | None = None,
               solver: str = "cg",
               kind: str = "ntk", tol: float = 1e-8, maxiter: int = 1000,
               preconditioner: str = "nystrom", rank: int = 100,
@@ -312,19 +312,23 @@ class Client:
         naming the cause and the remedy. ``variance``: predictive variances of the test
         outputs (direct solver; :meth:`SolveJob.variances`), the NNGP posterior's or the
         gradient-flow ensemble's, as :func:`workers.solve`. ``lambdas`` default: 0, or
-        with ``select`` the server's relative grid.
+        with ``select`` the server's grid; ``relative`` default: False, or with ``select``
+        True.
 
         ``depth``: the member of a family job to solve on. ``select``: ``{"criterion":
-        "accuracy" | "loo" | "gcv", "kinds": [...], "depths": [...]}`` (any may be left
-        out): the best (depth, kernel, λ) by closed-form leave-one-out / GCV on the train
-        rows (``solver="direct"``), then the solve with it; the choice and the score table
-        are in ``analyses["selection"]``."""
-        body: dict[str, Any] = {"kernel": _id(kernel), "relative": relative,
+        "accuracy" | "loo" | "gcv", "kinds": [...], "depths": [...], "times": [...],
+        "lr": 1.0}`` (any may be left out): the best (depth, kernel, λ) by closed-form
+        leave-one-out / GCV on the train rows (``solver="direct"``), or with ``times`` the
+        best gradient-flow time, then the solve with it; the choice and the score table are
+        in ``analyses["selection"]``."""
+        body: dict[str, Any] = {"kernel": _id(kernel),
                 "solver": solver, "kind": kind,
                 "tol": tol, "maxiter": maxiter, "preconditioner": preconditioner,
                 "rank": rank, "labels": _listify(labels), "test_labels": _listify(test_labels),
                 "analyses": {"times": times, "lr": lr, "bound": bound, "spectrum": spectrum,
                              "min_eigenvalue": min_eigenvalue, "variance": variance}}
+        if relative is not None:  # (None: the server's default, relative for a selection)
+            body["relative"] = bool(relative)
         if lambdas is not None:
             body["lambdas"] = [float(v) for v in (lambdas if isinstance(lambdas, (list, tuple))
                                                   else [lambdas])]

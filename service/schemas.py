@@ -108,6 +108,12 @@ class Select(_Body):
         None, min_length=1, max_length=2, description="kernels to score (default: kind)")
     depths: list[int] | None = Field(None, min_length=1, max_length=64, description=(
         "members of a family job to score (default: every member)"))
+    times: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
+        None, min_length=1, max_length=1000, description=(
+            "select gradient-flow time t instead of λ (the net trained for t; relative "
+            "times are in units of 1 / (lr · mean diag K)); the solve is then that net's "
+            "(coefficients K⁻¹(I - e^(-ηKt)) y), and lambdas is not used"))
+    lr: float = Field(1.0, gt=0, allow_inf_nan=False, description="learning rate η of times")
 
 
 class SolveRequest(_Body):

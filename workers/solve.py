@@ -229,7 +229,8 @@ class _Stack:
 def select_member(kernel: str, labels: np.ndarray, *, kinds: Sequence[str] = ("ntk",),
                   depths: Sequence[int] | None = None,
                   lambdas: Sequence[float] = DEFAULT_LAMBDAS, relative: bool = True,
-                  criterion: str | None = None, options: dict | None = None) -> Selection:
+                  criterion: str | None = None, options: dict | None = None,
+                  times: Sequence[float] | None = None, lr: float = 1.0) -> Selection:
     """The best (depth, kernel, λ) of kernel ridge regression on the stored train kernel at
     ``kernel`` (a job URL) by closed-form leave-one-out or GCV (:func:`ntkcompute.select`:
     ``criterion`` "accuracy" for class labels by default, "loo", "gcv"), one member in
@@ -237,8 +238,9 @@ def select_member(kernel: str, labels: np.ndarray, *, kinds: Sequence[str] = ("n
 
     ``kinds``: the stored kernels to score ("ntk", "nngp"); ``depths``: the members of a
     family job to score (default every member; refused for one network); ``lambdas``: the
-    grid, relative to each member's mean diagonal when ``relative``. Rows of the table
-    name ``depth`` (None for one network) and ``kernel``.
+    grid, relative to each member's mean diagonal when ``relative``; ``times``, ``lr``:
+    select gradient-flow time instead of λ (as :func:`ntkcompute.select`). Rows of the
+    table name ``depth`` (None for one network) and ``kernel``.
     """
     g = open_group(kernel, mode="r", options=options)
     for k in kinds:
@@ -255,7 +257,8 @@ def select_member(kernel: str, labels: np.ndarray, *, kinds: Sequence[str] = ("n
             raise InputError("this job is one network, not a family of depths",
                              field="depths")
         members: dict[str, Any] = {k: (lambda k=k: read(g[k])) for k in kinds}
-        return select(members, y, lambdas=lambdas, relative=relative, criterion=criterion)
+        return select(members, y, lambdas=lambdas, relative=relative, criterion=criterion,
+                      times=times, lr=lr)
     keep = list(family) if depths is None else [int(d) for d in depths]
     for d in keep:
         if d not in family:
@@ -264,7 +267,7 @@ def select_member(kernel: str, labels: np.ndarray, *, kinds: Sequence[str] = ("n
     index = [family.index(d) for d in keep]
     stacks = {k: _Stack(g[k], index) for k in kinds}
     return select({"depths": keep, **stacks}, y, lambdas=lambdas, relative=relative,
-                  criterion=criterion)
+                  criterion=criterion, times=times, lr=lr)
 
 
 def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: str = "cg",
@@ -277,7 +280,8 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
           bound: bool = False, spectrum_k: int = 0, relative: bool = False,
           min_eig: bool = False, max_rank: int | None = None,
           target: float = NYSTROM_TARGET, precision: str = "double",
-          seed: int = 0, variance: bool = False, depth: int | None = None) -> SolveResult:
+          seed: int = 0, variance: bool = False, depth: int | None = None,
+          flow_time: float | None = None) -> SolveResult:
     """Fit ``(K + λI) α = Y`` on the stored train kernel at ``kernel`` (a job URL).
 
     Args:
@@ -324,6 +328,10 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         depth: the member of a family job (``compute_gram(..., depths=...)``) to solve on,
             and to predict with from the cross job, a family too; required for a family,
             refused for one network (:class:`InputError`, field ``depth``).
+        flow_time: instead of ridge, the network trained by gradient flow for this time
+            (absolute, learning rate ``lr``; Lee et al. 2019): coefficients
+            ``K⁻¹ (I - e^{-ηKt}) Y`` (direct solver; ``lam`` must be 0), reported as
+            ``analyses["flow_time"]``.
 
     Every direct solve that decomposes K also reports in ``analyses["definiteness"]`` how
     many eigenvalues were rounding noise (clamped to 0) or negative. A system ``K + λI``
@@ -342,17 +350,32 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
     if variance and cross is None:
         raise InputError("predictive variances need a cross kernel (test x train)",
                          field="variance")
+    if flow_time is not None:
+        if solver != "direct" or variance:
+            raise InputError("a gradient-flow solve needs solver 'direct' (and no variance)",
+                             field="flow_time")
+        if isinstance(flow_time, bool) or not isinstance(flow_time, (int, float)) \
+                or not np.isfinite(flow_time) or flow_time < 0:
+            raise InputError(f"must be a finite time >= 0, got {flow_time!r}",
+                             field="flow_time")
+        if np.ndim(lam) != 0 or lam != 0:
+            raise InputError("a gradient-flow solve has no ridge: λ must be 0",
+                             field="lambdas")
     if solver == "direct":
         K = np.asarray(read(arr), dtype=np.float64)
         lams = absolute_lambdas(lam, relative, mean_diagonal(K))
-        eig = Eigen.of(K) if (len(lams) > 1 or times or bound or spectrum_k or min_eig) \
-            else None
-        if len(lams) == 1 and eig is None:
+        eig = Eigen.of(K) if (len(lams) > 1 or times or bound or spectrum_k or min_eig
+                              or flow_time is not None) else None
+        if flow_time is not None:
+            coef = eig.gd_coefficients(Y, float(flow_time), lr)
+        elif len(lams) == 1 and eig is None:
             coef = solve_direct(K, Y, lams[0])
         else:
             coef = np.stack(eig.sweep(Y, lams))
             coef = coef[0] if len(lams) == 1 else coef
         res = SolveResult(coef, lams, solver)
+        if flow_time is not None:
+            res.analyses["flow_time"] = {"t": float(flow_time), "lr": lr}
         if eig is not None:
             res.analyses["definiteness"] = eig.report()
         if min_eig:

@@ -71,14 +71,17 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
     spec = spec_of(job, train, test)
     params = req.model_dump(mode="json")
     if req.select is not None and "lambdas" not in req.model_fields_set:
-        params.update(lambdas=list(DEFAULT_LAMBDAS), relative=True)
+        params["lambdas"] = list(DEFAULT_LAMBDAS)
+    if req.select is not None and "relative" not in req.model_fields_set:
+        params["relative"] = True  # a selection's grid (λ or t) is relative by default
     with store_errors():
         spec.kind.check_solve(spec, params)
     if req.select is not None:
-        count = len(params["lambdas"]) * len(req.select.kinds or [req.kind]) * len(
+        grid = req.select.times or params["lambdas"]
+        count = len(grid) * len(req.select.kinds or [req.kind]) * len(
             req.select.depths or job.depths or [None])
         if count > MAX_SELECT_CANDIDATES:
-            raise ApiError(422, "select", f"{count} candidates (λ x kinds x depths), more "
+            raise ApiError(422, "select", f"{count} candidates (λ or t x kinds x depths), more "
                            f"than {MAX_SELECT_CANDIDATES}")
     rows = spec.kind.coefficient_rows(spec, req.kind) + (job.n_test or 0)
     kept = 1 if req.select is not None else len(req.lambdas)  # a selection solves one λ

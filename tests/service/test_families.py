@@ -82,13 +82,29 @@ def test_a_solve_names_a_member_or_selects_one(family_job, service):
     table = gcv.info["analyses"]["selection"]["table"]
     assert {r["depth"] for r in table} == {1, 5} and len(table) == 2 * 15
 
+    # gradient-flow time as the regulariser: the chosen (depth, kernel, t), then that net
+    ts = [0.1, 1.0, 10.0, 100.0]
+    flow = c.solve(job, solver="direct", select={"times": ts, "lr": 0.5}).wait()
+    chosen = flow.info["analyses"]["selection"]
+    ref = nc.select(kernel_family(fam, x), y, times=ts, lr=0.5, relative=True)
+    assert chosen["best"]["t"] == ref.best["t"] and chosen["best"]["depth"] == ref.best["depth"]
+    best = fam.member(ref.best["depth"])
+    k = nc.kernel(best, x)["ntk"]
+    ev, u = np.linalg.eigh(k)
+    t_abs = ref.best["t_absolute"]
+    gain = -np.expm1(-0.5 * t_abs * ev) / ev
+    want = nc.kernel(best, xt, x)["ntk"] @ (u @ (gain[:, None] * (u.T @ one_hot(y, 3))))
+    assert flow.info["analyses"]["flow_time"] == {"t": t_abs, "lr": 0.5}
+    assert np.abs(flow.predictions() - want).max() <= 1e-9 * np.abs(want).max()
+
     refused = [({"depth": None}, "depth"),  # a family needs a member, or select
                ({"depth": 4}, "depth"),
                ({"select": {}, "solver": "cg"}, "select"),
                ({"select": {"depths": [4]}}, "select.depths"),
                ({"select": {}, "depth": 3}, "depth"),
                ({"select": {}, "lambdas": [0.0, 1.0]}, "lambdas"),
-               ({"select": {"criterion": "best"}}, "select.criterion")]
+               ({"select": {"criterion": "best"}}, "select.criterion"),
+               ({"select": {"times": [0.0]}}, "select.times[0]")]
     for extra, field in refused:
         body = {"kernel": job.id, "solver": "direct", **extra}
         r = httpx.post(f"{service.url}/v1/solves", json=body,

@@ -222,3 +222,24 @@ def test_select_member_reads_members_one_at_a_time_and_equals_select(client, tmp
     Path(fam_job.url, "nngp", "c", "1", "1", "1").unlink()  # damage: named, never scored
     with pytest.raises(CorruptChunk, match=r"nngp chunk \[1, 1, 1\]"):
         workers.select_member(fam_job.url, y, kinds=["nngp"])
+
+
+def test_a_gradient_flow_solve_and_its_refusals(client, tmp_path, images):
+    x, xt = images
+    y = np.arange(13) % 3
+    job = workers.compute_gram(CNTK, x, store=str(tmp_path / "t"), tile=5, client=client,
+                               depths=DEPTHS).wait()
+    res = workers.solve(job.url, y, 0.0, solver="direct", depth=2, flow_time=3.0, lr=0.5,
+                        save=None)
+    k = nc.kernel(make_family(CNTK, [2]).members[0], x)["ntk"]
+    ev, u = np.linalg.eigh(k)
+    want = u @ ((-np.expm1(-1.5 * ev) / ev)[:, None] * (u.T @ one_hot(y, 3)))
+    assert np.abs(res.coefficients - want).max() <= 1e-9 * np.abs(want).max()
+    assert res.analyses["flow_time"] == {"t": 3.0, "lr": 0.5}
+    for kw, field in (({"solver": "cg"}, "flow_time"), ({"lam": 1e-3}, "lambdas"),
+                      ({"flow_time": -1.0}, "flow_time")):
+        args = {"lam": 0.0, "solver": "direct", "flow_time": 3.0, **kw}
+        with pytest.raises(InputError) as e:
+            workers.solve(job.url, y, args.pop("lam"), depth=2, save=None, client=client,
+                          **args)
+        assert e.value.field == field

@@ -255,7 +255,7 @@ class Exact:
                 if d not in depths:
                     raise InputError(f"must be among the job's depths {depths or None}, got "
                                      f"{d}", field="select.depths")
-            if any(v <= 0 for v in request.get("lambdas") or ()):
+            if not sel.get("times") and any(v <= 0 for v in request.get("lambdas") or ()):
                 raise InputError("selection needs every λ > 0 (λ = 0 has no leave-one-out "
                                  "residual)", field="lambdas")
         elif depths and depth is None:
@@ -275,15 +275,21 @@ class Exact:
             chosen = select_member(train, labels, kinds=sel.get("kinds") or [p["kind"]],
                                    depths=sel.get("depths"), lambdas=p["lambdas"],
                                    relative=bool(p.get("relative")),
-                                   criterion=sel.get("criterion"))
+                                   criterion=sel.get("criterion"), times=sel.get("times"),
+                                   lr=sel.get("lr", 1.0))
             best = chosen.best
-            p.update(kind=best["kernel"], depth=best["depth"], lambdas=[best["lam"]])
+            p.update(kind=best["kernel"], depth=best["depth"])
+            if "t" in best:  # gradient flow for the chosen time, no ridge
+                p.update(lambdas=[0.0], relative=False, flow_time=best["t_absolute"])
+                an = {**an, "lr": sel.get("lr", 1.0)}
+            else:
+                p.update(lambdas=[best["lam"]])
         kw = dict(solver=p["solver"], name=p["kind"], tol=p["tol"], maxiter=p["maxiter"],
                   preconditioner=None if p["preconditioner"] == "none"
                   else p["preconditioner"], rank=min(p["rank"], job.n_train),
                   cross=job.parts.get("test"), test_labels=test_labels, client=client,
                   save=None, lr=an.get("lr", 1.0), relative=bool(p.get("relative")),
-                  depth=p.get("depth"))
+                  depth=p.get("depth"), flow_time=p.get("flow_time"))
         analysis = dict(times=an.get("times"), bound=an.get("bound", False),
                         spectrum_k=an.get("spectrum", 0),
                         min_eig=an.get("min_eigenvalue", False),
