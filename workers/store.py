@@ -255,9 +255,9 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
     """A selection that is exactly one chunk of a 1-D or 2-D array (or of a family's 3-D
     kernel, chunked one member deep) in a local directory (bytes + CRC-32C, our layout),
     read straight from its file into a fresh array and verified; None for anything else
-    (Zarr reads it). Through Zarr a 5120² float64 tile
-    takes 0.2-0.7 s here (the file read into a bytes object, the checksum over it, a copy
-    into the output); this is one ``readinto`` and one checksum pass.
+    (Zarr reads it). Through Zarr a 5120² float64 tile takes 0.2-0.7 s here (the file read
+    into a bytes object, the checksum over it, a copy into the output); this is one
+    ``readinto`` and one checksum pass.
 
     Zarr v3 stores edge chunks at the full chunk shape, so the file is the chunk's
     ``prod(chunks)`` values (the region's, then padding) and 4 checksum bytes. Raises
