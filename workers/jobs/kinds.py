@@ -255,6 +255,9 @@ class Exact:
                 if d not in depths:
                     raise InputError(f"must be among the job's depths {depths or None}, got "
                                      f"{d}", field="select.depths")
+            if sel.get("times") and (request.get("analyses") or {}).get("variance"):
+                raise InputError("a gradient-flow selection has no predictive variances",
+                                 field="analyses.variance")
             if not sel.get("times") and any(v <= 0 for v in request.get("lambdas") or ()):
                 raise InputError("selection needs every λ > 0 (λ = 0 has no leave-one-out "
                                  "residual)", field="lambdas")
@@ -270,7 +273,7 @@ class Exact:
         p, an = dict(params), params.get("analyses") or {}
         train = part_url(job.url, "train")
         chosen = None
-        if p.get("select"):  # the best (member, kernel, λ) by LOO / GCV, then its solve
+        if p.get("select") is not None:  # the best (member, kernel, λ or t), then its solve
             sel = p["select"]
             chosen = select_member(train, labels, kinds=sel.get("kinds") or [p["kind"]],
                                    depths=sel.get("depths"), lambdas=p["lambdas"],
