@@ -361,8 +361,9 @@ class ServiceBackend:
     """Gram matrices from a service, for the estimators (:mod:`ntkcompute.estimators`):
     ``NTKClassifier(backend=ServiceBackend(client))`` computes every kernel as a service
     job, in the inputs' dtype. A symmetric Gram is a job on ``x1``; ``K(x1, x2)`` is the
-    test x train part of a job whose train set is ``x2`` and whose test set is ``x1``.
-    Its uploads are deleted once the kernel is fetched (the jobs stay, as any job does)."""
+    test x train part of a job whose train set is ``x2`` and whose test set is ``x1``; a
+    family of depths (``family``) is one job with ``depths``. Its uploads are deleted once
+    the kernel is fetched (the jobs stay, as any job does)."""
 
     def __init__(self, client: Client, tile: int | None = None,
                  timeout: float | None = None) -> None:
@@ -386,3 +387,16 @@ class ServiceBackend:
             for ds in (train, test):
                 if ds is not None:
                     self.client.delete_dataset(ds)
+
+    def family(self, arch: Any, x: np.ndarray, depths: list[int], get: str = "ntk"
+               ) -> np.ndarray:
+        """``(D, n, n)``: the train Gram ``get`` of every depth of a family, from one family
+        job (``depths``) of the service, float64."""
+        train = self.client.upload(np.asarray(x))
+        try:
+            job = self.client.kernel(train, arch, kernels=(get,), tile=self.tile,
+                                     depths=list(depths))
+            job.wait(self.timeout, progress=False)
+            return np.stack([job.to_numpy(get, "train", depth=d) for d in depths])
+        finally:
+            self.client.delete_dataset(train)

@@ -68,6 +68,10 @@ class GramBackend(Protocol):
 
     Estimators deep-copy their parameters when cloned (``GridSearchCV``, ``clone``): a
     backend holding a connection should define ``__deepcopy__`` (returning ``self``).
+
+    Optional: ``family(arch, x, depths, get="ntk")`` returning ``(D, n, n)`` float64, the
+    train Gram of every depth of a family from one pass (else the estimators ask ``gram``
+    once per depth).
     """
 
     def gram(self, arch: Architecture, x1: np.ndarray, x2: np.ndarray | None = None,
@@ -89,6 +93,13 @@ class InProcess:
              get: str = "ntk") -> np.ndarray:
         """``(n1, n2)`` Gram matrix ``get`` of ``arch`` between the rows of x1 and x2."""
         return np.asarray(_kernel(arch, x1, x2, get=get, **self.options)[get])
+
+    def family(self, arch: Architecture, x: np.ndarray, depths: Sequence[int],
+               get: str = "ntk") -> np.ndarray:
+        """``(D, n, n)``: the train Gram ``get`` of every depth of a family
+        (:func:`ntkcompute.kernel_family`, one pass, float64)."""
+        rest = {k: v for k, v in self.options.items() if k in ("memory", "threads")}
+        return kernel_family(arch, x, depths=depths, get=(get,), **rest)[get]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -138,15 +149,17 @@ def _architectures(arch: Any, depths: Any) -> list[tuple[int | None, Architectur
 
 def _train_grams(est: _NTKRidge, backend: GramBackend, X: np.ndarray,
                  candidates: list[tuple[int | None, Architecture]]) -> Iterator[np.ndarray]:
-    """Each candidate's train Gram matrix, one at a time; a family (a spec ``arch`` with
-    ``depths``) on the in-process float64 backend in one pass (:func:`kernel_family`)."""
+    """Each candidate's train Gram matrix, one at a time. A family (a spec ``arch`` with
+    ``depths``) in float64 comes from one pass where the backend has a ``family(arch, x,
+    depths, get)`` method (:class:`InProcess`, ``workers.DaskBackend``,
+    ``ntkcompute.client.ServiceBackend``)."""
     family = est.depths is not None and est.arch is not None and _is_spec(est.arch)
-    options = getattr(backend, "options", {})
-    if family and type(backend) is InProcess and X.dtype == np.float64 \
-            and options.get("dtype") in (None, np.float64, "float64"):
-        fam = make_family(_parse(est.arch), [d for d, _ in candidates])
-        rest = {k: v for k, v in options.items() if k in ("memory", "threads")}
-        stack = kernel_family(fam, X, get=(est.kernel,), **rest)[est.kernel]
+    if family and X.dtype == np.float64 and callable(getattr(backend, "family", None)):
+        depths = [d for d, _ in candidates]
+        stack = np.asarray(backend.family(_parse(est.arch), X, depths, get=est.kernel))
+        if stack.shape != (len(depths), len(X), len(X)):
+            raise InputError(f"the backend returned a {stack.shape} family, expected "
+                             f"{(len(depths), len(X), len(X))}", field="backend")
         for k in stack:
             if not np.isfinite(k).all():
                 raise NotPositiveDefinite(f"the kernel has {int((~np.isfinite(k)).sum())} "

@@ -18,7 +18,8 @@ from .store import read
 
 
 class DaskBackend:
-    """``gram(arch, x1, x2=None, get)`` by :func:`workers.compute_gram`.
+    """``gram(arch, x1, x2=None, get)`` by :func:`workers.compute_gram`, and ``family(arch,
+    x, depths, get)`` by one family job (``compute_gram(..., depths=...)``).
 
     Args:
         client: the Dask client (default: as every entry point finds one, see
@@ -40,11 +41,22 @@ class DaskBackend:
         """``(n1, n2)`` kernel ``get`` of ``arch`` between the rows of x1 and x2, computed
         in x1's dtype."""
         x1 = np.asarray(x1)
+        return self._job(arch, x1, x2, get, dtype=x1.dtype)
+
+    def family(self, arch: Any, x: np.ndarray, depths: list[int], get: str = "ntk"
+               ) -> np.ndarray:
+        """``(D, n, n)``: the train Gram ``get`` of every depth of a family, one family job
+        (float64)."""
+        return self._job(arch, np.asarray(x), None, get, depths=list(depths))
+
+    def _job(self, arch: Any, x1: np.ndarray, x2: np.ndarray | None, get: str,
+             **kw: Any) -> np.ndarray:
         root = self.store or tempfile.mkdtemp(prefix="ntk-backend-")
         try:
-            kw = {} if self.memory is None else {"memory": self.memory}
+            if self.memory is not None:
+                kw["memory"] = self.memory
             job = compute_gram(arch, x1, x2, store=join(root, uuid.uuid4().hex), get=get,
-                               tile=self.tile, client=self.client, dtype=x1.dtype, **kw)
+                               tile=self.tile, client=self.client, **kw)
             return read(job.wait().arrays[get])
         finally:
             if self.store is None:

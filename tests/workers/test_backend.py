@@ -33,3 +33,34 @@ def test_classifier_on_dask_equals_in_process(tmp_path, client):
     assert dask.score(x[160:], y[160:]) > 0.8
     assert calls[1:] == [(80, 160)] * 3  # predict, decision_function, score: one job each
     assert len(list(tmp_path.iterdir())) == 4  # each kernel kept as its own job
+
+
+def test_a_family_estimator_on_dask_is_one_family_job(tmp_path, client):
+    x, y = digits()
+    x = x.reshape(len(x), -1)[:150] / 16.0
+    y = y[:150]
+    dense = {"type": "dense", "W_std": 1.5, "b_std": 0.1}
+    spec = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
+        dense, {"type": "relu"}]}}, dense]}
+    calls = []
+
+    class Counting(DaskBackend):
+        def family(self, arch, x, depths, get="ntk"):
+            calls.append(("family", len(x), tuple(depths)))
+            return super().family(arch, x, depths, get)
+
+        def gram(self, arch, x1, x2=None, get="ntk"):
+            calls.append(("gram", len(x1), None if x2 is None else len(x2)))
+            return super().gram(arch, x1, x2, get)
+
+    est = dict(arch=spec, depths=[1, 2, 4], lam_grid=[1e-3, 1e-1])
+    local = NTKClassifier(**est).fit(x[:100], y[:100])
+    dask = NTKClassifier(**est, backend=Counting(client, store=str(tmp_path), tile=40))
+    dask.fit(x[:100], y[:100])
+    assert calls == [("family", 100, (1, 2, 4))]  # every depth from one job
+    assert (dask.depth_, dask.lam_) == (local.depth_, local.lam_)
+    np.testing.assert_allclose(dask.cv_results_["score"], local.cv_results_["score"],
+                               rtol=1e-10)
+    np.testing.assert_allclose(dask.decision_function(x[100:]),
+                               local.decision_function(x[100:]), rtol=0, atol=1e-10)
+    assert calls[1:] == [("gram", 50, 100)]  # the chosen member's cross kernel only
