@@ -46,6 +46,17 @@ def read_arch(path: str, field: str = "arch") -> Any:
         raise InputError(f"cannot read the architecture JSON: {e}", field=field) from None
 
 
+def int_list(text: str) -> list[int]:
+    """An argparse type: ``1,2,3`` -> ``[1, 2, 3]``."""
+    import argparse
+
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}"
+                                         ) from None
+
+
 def size(text: str) -> int:
     """An argparse type for byte counts: ``1073741824``, ``4GiB``, ``512MB`` (dask's
     ``parse_bytes``: kB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024)."""

@@ -53,7 +53,7 @@ import numpy as np
 from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
 
-from .inputs import load_array, memory_limit, read_arch, size
+from .inputs import int_list, load_array, memory_limit, read_arch, size
 
 
 def _gram(args: argparse.Namespace) -> int:
@@ -135,13 +135,6 @@ def _solve(args: argparse.Namespace) -> int:
                       "metrics": res.metrics, "analyses": res.analyses,
                       "saved": f"{args.kernel}/solves/{save}"}))
     return 0 if res.converged else 1
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma list of ints: {text!r}") from None
 
 
 def _floats(text: str) -> list[float]:
@@ -321,7 +314,7 @@ def register(sub: Any) -> None:
                    help="before resuming, read back every stored chunk through its checksum "
                    "and recompute exactly the damaged tiles (see `ntk verify`)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g.add_argument("--depths", type=_ints, default=None,
+    g.add_argument("--depths", type=int_list, default=None,
                    help="a kernel family: the repeat counts of the architecture's one "
                    "top-level repeat, comma separated; every member from one pass, stored "
                    "(D, n1, n2)")

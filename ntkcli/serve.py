@@ -31,7 +31,7 @@ import numpy as np
 from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
 
-from .inputs import load_array, read_arch
+from .inputs import int_list, load_array, read_arch
 from .local import add_client_arguments, add_tls_arguments
 
 
@@ -121,7 +121,7 @@ def _submit(args: argparse.Namespace) -> int:
                                                                    "test_labels")) \
             if args.test else None
         job = c.kernel(train, arch, test=test, kernels=tuple(args.kernels.split(",")),
-                       dtype=args.dtype, tile=args.tile)
+                       dtype=args.dtype, tile=args.tile, depths=args.depths)
         if args.wait:
             job.wait(progress=not args.quiet)
         print(json.dumps(job.refresh()))
@@ -202,9 +202,9 @@ def _fetch(args: argparse.Namespace) -> int:
         else:
             job = c.job(args.id)
             if args.rows or args.cols:
-                a = job.block(args.kind, args.rows, args.cols, args.part)
+                a = job.block(args.kind, args.rows, args.cols, args.part, args.depth)
             else:
-                a = job.to_numpy(args.kind, args.part)
+                a = job.to_numpy(args.kind, args.part, args.depth)
     np.save(args.out, a)
     print(json.dumps({"out": args.out, "shape": list(a.shape), "dtype": a.dtype.name}))
     return 0
@@ -260,6 +260,9 @@ def register(sub: Any) -> None:
     m.add_argument("--dtype", default=None, choices=["float32", "float64"],
                    help="computation and storage dtype (default: float32 where verified)")
     m.add_argument("--tile", type=int, default=None, help="tile side (default: automatic)")
+    m.add_argument("--depths", type=int_list, default=None,
+                   help="a kernel family: the repeat counts of the architecture's one "
+                   "top-level repeat, comma separated (blocks and solves then name --depth)")
     m.add_argument("--wait", action="store_true", help="wait, with a progress bar")
     m.add_argument("--quiet", action="store_true", help="no progress bar while waiting")
     m.set_defaults(func=_submit)
@@ -287,6 +290,8 @@ def register(sub: Any) -> None:
                    help="train x train, or test x train")
     f.add_argument("--rows", type=_span, help="rows a:b of the kernel only (0-based, b excluded)")
     f.add_argument("--cols", type=_span, help="columns c:d of the kernel only")
+    f.add_argument("--depth", type=int, default=None,
+                   help="the member of a family job (ntk submit --depths)")
     f.add_argument("--what", choices=["predictions", "coefficients", "variances"],
                    default="predictions", help="which array of a solve (variances: of a "
                    "solve made with --variance)")

@@ -129,3 +129,33 @@ def test_family_requests_are_bounded_before_the_work(family_job, service):
                    json={"train": train, "arch": FC, "depths": [1, 2], "method": "features",
                          "m": 16})
     assert r.status_code == 422 and r.json()["field"] == "depths"
+
+
+def test_cli_submit_depths_fetch_and_solve_depth(service, tmp_path):
+    import json
+
+    from .test_cli import ntk
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((24, 5))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.arange(24) % 2)
+    (tmp_path / "arch.json").write_text(json.dumps(FC))
+    kw = dict(key=service.key_a, url=service.url)
+    out = ntk("submit", "--arch", str(tmp_path / "arch.json"), "--train",
+              str(tmp_path / "x.npy"), "--train-labels", str(tmp_path / "y.npy"),
+              "--depths", "2,3", "--wait", "--quiet", **kw)
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    assert job["depths"] == [2, 3] and job["status"] == "succeeded"
+    got = ntk("fetch", job["id"], "--out", str(tmp_path / "k.npy"), "--depth", "3", **kw)
+    assert got.returncode == 0, got.stderr
+    want = nc.kernel(make_family(FC, [3]).members[0], x)["ntk"]
+    k = np.load(tmp_path / "k.npy")
+    assert np.abs(k - want).max() <= 1e-12 * np.abs(want).max()
+    s = ntk("solve", "--kernel", job["id"], "--lambda", "1e-2", "--relative", "--solver",
+            "direct", "--depth", "2", "--wait", **kw)
+    assert s.returncode == 0, s.stderr
+    assert json.loads(s.stdout)["status"] == "succeeded"
+    bad = ntk("fetch", job["id"], "--out", str(tmp_path / "k2.npy"), **kw)
+    assert bad.returncode == 1 and "depth" in bad.stderr
