@@ -34,6 +34,7 @@ ENV = {
     "max_classes": "NTK_MAX_CLASSES",
     "max_lambdas": "NTK_MAX_LAMBDAS",
     "max_solve_bytes": "NTK_MAX_SOLVE_BYTES",
+    "max_direct_n": "NTK_MAX_DIRECT_N",
     **TLS_ENV,  # NTK_TLS_CA_FILE, NTK_TLS_CERT, NTK_TLS_KEY: the workers' own names
 }
 
@@ -73,6 +74,10 @@ class Settings(BaseModel):
     max_lambdas: int = Field(32, ge=1, description="most λ values in one solve (422)")
     max_solve_bytes: int = Field(256 << 20, ge=1, description="largest stored solve output: "
                                  "λ count x (n + m) x outputs x 8 bytes (422)")
+    max_direct_n: int = Field(20_000, ge=1, description="most train rows a direct solve or a "
+                              "selection decomposes in memory (its n x n float64 kernel and "
+                              "eigenvectors, ~3 n² x 8 bytes, in the service process; 422: "
+                              "use solver 'cg')")
     # TLS for Dask comms with an external scheduler (all three, or none)
     tls_ca_file: str | None = Field(None, description="CA certificate (PEM) of the cluster")
     tls_cert: str | None = Field(None, description="this client's certificate (PEM)")

@@ -185,6 +185,7 @@ class Limits(BaseModel):
     max_classes: int
     max_lambdas: int
     max_solve_bytes: int
+    max_direct_n: int = Field(description="most train rows of a direct solve or a selection")
     max_layers: int = Field(description="layers an architecture may expand to (repeat "
                             "multiplies)")
     max_nesting: int = Field(description="serial/parallel/repeat nesting depth")

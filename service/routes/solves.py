@@ -76,6 +76,10 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
         params["relative"] = True  # a selection's grid (λ or t) is relative by default
     with store_errors():
         spec.kind.check_solve(spec, params)
+    if req.solver == "direct" and job.n_train > settings.max_direct_n:
+        raise ApiError(422, "solver", f"a direct solve holds the n x n kernel and its "
+                       f"eigenvectors in memory; n = {job.n_train} is more than the limit of "
+                       f"{settings.max_direct_n} (NTK_MAX_DIRECT_N): use solver 'cg'")
     if req.select is not None:
         grid = req.select.times or params["lambdas"]
         count = len(grid) * len(req.select.kinds or [req.kind]) * len(

@@ -34,7 +34,8 @@ from .test_restart import _dask
 LIMITS = {"NTK_MAX_UPLOAD_BYTES": str(4 << 20), "NTK_MAX_N": "2000",
           "NTK_MAX_JSON_BYTES": str(256 << 10), "NTK_BODY_TIMEOUT": "0.5",
           "NTK_MAX_JOBS_PER_KEY": "4", "NTK_MAX_CLASSES": "100", "NTK_MAX_LAMBDAS": "8",
-          "NTK_MAX_SOLVE_BYTES": str(64 << 10), "NTK_MAX_BLOCK_BYTES": str(8 << 10)}
+          "NTK_MAX_SOLVE_BYTES": str(64 << 10), "NTK_MAX_BLOCK_BYTES": str(8 << 10),
+          "NTK_MAX_DIRECT_N": "100"}
 MB = 1 << 20
 
 
@@ -172,6 +173,10 @@ def _attacks(svc) -> dict:
                        (422, "lambdas")),
         "solve output past the cap": (post("/v1/solves", {
             "kernel": svc.job, "lambdas": [1e-3] * 8}), (422, "labels")),
+        "a direct solve past the in-memory n": (post("/v1/solves", {
+            "kernel": svc.job, "solver": "direct"}), (422, "solver")),
+        "a selection past the in-memory n": (post("/v1/solves", {
+            "kernel": svc.job, "solver": "direct", "select": {}}), (422, "solver")),
         "labels of 1e308": (post("/v1/solves", {"kernel": svc.job, "labels":
                                                 [1e308] * 120}), (422, "labels")),
         "coefficients past the block cap": (lambda: httpx.get(

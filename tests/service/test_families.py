@@ -32,7 +32,7 @@ def family_job(service):
 
 
 def test_members_read_back_equal_separate_kernels(family_job):
-    c, job, (x, _, xt, _) = family_job
+    _, job, (x, _, xt, _) = family_job
     assert job.info["depths"] == DEPTHS and job.depths == DEPTHS
     fam = make_family(FC, DEPTHS)
     for d, member in zip(DEPTHS, fam.members, strict=True):
@@ -114,7 +114,7 @@ def test_a_solve_names_a_member_or_selects_one(family_job, service):
 
 
 def test_family_requests_are_bounded_before_the_work(family_job, service):
-    c, job, _ = family_job
+    _, job, _ = family_job
     headers = {"Authorization": f"Bearer {service.key_a}"}
     train = job.info["train"]
     no_repeat = nc.architectures.fc(2)

@@ -225,7 +225,7 @@ def test_select_member_reads_members_one_at_a_time_and_equals_select(client, tmp
 
 
 def test_a_gradient_flow_solve_and_its_refusals(client, tmp_path, images):
-    x, xt = images
+    x, _ = images
     y = np.arange(13) % 3
     job = workers.compute_gram(CNTK, x, store=str(tmp_path / "t"), tile=5, client=client,
                                depths=DEPTHS).wait()
