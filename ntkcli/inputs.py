@@ -46,15 +46,24 @@ def read_arch(path: str, field: str = "arch") -> Any:
         raise InputError(f"cannot read the architecture JSON: {e}", field=field) from None
 
 
-def int_list(text: str) -> list[int]:
-    """An argparse type: ``1,2,3`` -> ``[1, 2, 3]``."""
+def _comma_list(text: str, kind: type, what: str) -> list:
     import argparse
 
     try:
-        return [int(v) for v in text.split(",")]
+        return [kind(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(f"must be comma-separated {what}, got {text!r}"
                                          ) from None
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: ``1,2,3`` -> ``[1, 2, 3]``."""
+    return _comma_list(text, int, "integers")
+
+
+def float_list(text: str) -> list[float]:
+    """An argparse type: ``0,1,10`` -> ``[0.0, 1.0, 10.0]``."""
+    return _comma_list(text, float, "numbers")
 
 
 def size(text: str) -> int:

@@ -53,7 +53,7 @@ import numpy as np
 from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
 
-from .inputs import int_list, load_array, memory_limit, read_arch, size
+from .inputs import float_list, int_list, load_array, memory_limit, read_arch, size
 
 
 def _gram(args: argparse.Namespace) -> int:
@@ -135,15 +135,6 @@ def _solve(args: argparse.Namespace) -> int:
                       "metrics": res.metrics, "analyses": res.analyses,
                       "saved": f"{args.kernel}/solves/{save}"}))
     return 0 if res.converged else 1
-
-
-def _floats(text: str) -> list[float]:
-    """An argparse type: ``0,1,10`` -> ``[0.0, 1.0, 10.0]``."""
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}"
-                                         ) from None
 
 
 def add_client_arguments(p: argparse.ArgumentParser) -> None:
@@ -326,7 +317,7 @@ def register(sub: Any) -> None:
                    "the service (a remote solve: prints its id s-..., see --wait)")
     s.add_argument("--labels", help=".npy: (n,) int classes or float targets (required for a "
                    "store; a service job defaults to its train dataset's y)")
-    s.add_argument("--lambda", dest="lam", required=True, type=_floats,
+    s.add_argument("--lambda", dest="lam", required=True, type=float_list,
                    help="ridge λ (absolute unless --relative); a comma list sweeps λ")
     s.add_argument("--relative", action="store_true",
                    help="λ values are multiples of mean(diag K)")
@@ -347,7 +338,7 @@ def register(sub: Any) -> None:
                    help="Dask scheduler to join (default $NTK_SCHEDULER_ADDRESS, else embedded)")
     s.add_argument("--save", default=None,
                    help="name under solves/ in the kernel store (default 'default')")
-    s.add_argument("--times", type=_floats,
+    s.add_argument("--times", type=float_list,
                    help="gradient-flow times t, comma separated (direct)")
     s.add_argument("--bound", action="store_true", help="report sqrt(2 y' K^-1 y / n)")
     s.add_argument("--spectrum", type=int, default=0, help="top-k eigenvalues of K")

@@ -25,6 +25,13 @@ def conv_net(depth, readout="global_avg_pool", w=2**0.5, b=None, padding="SAME",
     return {"layers": layers}
 
 
+def fc_family(w=1.5, b=0.1):
+    """An FC ReLU net with one top-level repeat: a kernel family's spec (depth = its n)."""
+    dense = {"type": "dense", "W_std": w, "b_std": b}
+    return {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
+        dense, {"type": "relu"}]}}, dense]}
+
+
 def fc_net(depth, w=1.5, b=0.2, act="relu"):
     layers = []
     for _ in range(depth):

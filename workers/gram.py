@@ -490,7 +490,7 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
                      "symmetric": a2 is None, "tile": tile, "status": Status.RUNNING}
             if depths is not None:
                 attrs["depths"] = depths
-            create_array(g, name, (*lead, n1, n2), (*(1 for _ in lead), tile, tile), dt,
+            create_array(g, name, (*lead, n1, n2), ((1,) * len(lead) + (tile, tile)), dt,
                          checksum=checksum, computed=True, dims=(*lead_dims, "i", "j"),
                          attrs=attrs)
     coords = [("i", np.arange(n1, dtype=np.int64)), ("j", np.arange(n2, dtype=np.int64))]

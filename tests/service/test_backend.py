@@ -8,6 +8,7 @@ from ntkcompute.architectures import fc
 from ntkcompute.client import Client, ServiceBackend
 from ntkcompute.datasets import digits
 from ntkcompute.estimators import NTKClassifier
+from tests.conftest import fc_family
 
 
 def test_classifier_through_the_service_equals_in_process(service):
@@ -33,9 +34,7 @@ def test_a_family_estimator_through_the_service_is_one_family_job(service):
     x, y = digits()
     x = x.reshape(len(x), -1)[:150] / 16.0
     y = y[:150]
-    dense = {"type": "dense", "W_std": 1.5, "b_std": 0.1}
-    spec = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
-        dense, {"type": "relu"}]}}, dense]}
+    spec = fc_family()
     est = dict(arch=spec, depths=[1, 3], lam_grid=[1e-3, 1e-1])
     local = NTKClassifier(**est).fit(x[:100], y[:100])
     with Client(service.url, service.key_a) as c:

@@ -6,6 +6,7 @@ import numpy as np
 from ntkcompute.architectures import fc
 from ntkcompute.datasets import digits
 from ntkcompute.estimators import NTKClassifier
+from tests.conftest import fc_family
 from workers import DaskBackend
 
 
@@ -39,9 +40,7 @@ def test_a_family_estimator_on_dask_is_one_family_job(tmp_path, client):
     x, y = digits()
     x = x.reshape(len(x), -1)[:150] / 16.0
     y = y[:150]
-    dense = {"type": "dense", "W_std": 1.5, "b_std": 0.1}
-    spec = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
-        dense, {"type": "relu"}]}}, dense]}
+    spec = fc_family()
     calls = []
 
     class Counting(DaskBackend):
