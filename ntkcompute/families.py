@@ -21,7 +21,6 @@ Members are computed in float64.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from .infinite import (
     SelfCov,
     assemble,
     block_budget,
+    block_side,
     by_chunks,
     bytes_per_pair,
     checked_inputs,
@@ -231,11 +231,6 @@ def family_self_pass(fp: FamilyPlan, x: Any, *, want_ntk: bool = True,
     return SelfCov(tuple(variances), nngp, ntk)
 
 
-def family_block(fp: FamilyPlan, itemsize: int, budget: int) -> int:
-    """Side of the square pair blocks of a family pass within ``budget`` bytes."""
-    return max(1, math.isqrt(max(1, budget // fp.bytes_per_pair(itemsize))))
-
-
 def family_gram(fp: FamilyPlan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *,
                 symmetric: bool, get: tuple[str, ...], block: int, threads: int = 1,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -289,6 +284,7 @@ def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | N
     s2 = s1 if symmetric else family_self_pass(fp, x2, want_ntk="ntk" in get, memory=budget,
                                                threads=threads)
     out = family_gram(fp, x1, x2, s1, s2, symmetric=symmetric, get=get,
-                      block=family_block(fp, 8, budget), threads=threads, progress=progress)
+                      block=block_side(fp.bytes_per_pair(8), budget), threads=threads,
+                      progress=progress)
     out["depths"] = np.asarray(fam.depths)
     return out

@@ -135,7 +135,12 @@ def block_size(plan: Plan, itemsize: int, budget: int) -> int:
     Blocks lie on a fixed grid (multiples of ``b`` from 0), so any tiling of the Gram matrix
     into multiples of ``b`` computes every entry exactly as one in-process call does.
     """
-    return max(1, math.isqrt(max(1, budget // bytes_per_pair(plan, itemsize))))
+    return block_side(bytes_per_pair(plan, itemsize), budget)
+
+
+def block_side(per_pair: int, budget: int) -> int:
+    """The largest ``b`` with ``b * b`` pairs of ``per_pair`` bytes in ``budget`` (>= 1)."""
+    return max(1, math.isqrt(max(1, budget // per_pair)))
 
 
 def _blocks(n1: int, n2: int, b: int, symmetric: bool) -> Iterator[tuple[slice, slice]]:

@@ -22,11 +22,11 @@ from distributed import Client, Future, as_completed
 
 import ntkcompute
 from ntkcompute.errors import InputError
-from ntkcompute.families import FamilyPlan, family_block, make_family, make_family_plan
+from ntkcompute.families import FamilyPlan, make_family, make_family_plan
 from ntkcompute.infinite import (
     DEFAULT_MEMORY,
     block_budget,
-    block_size,
+    block_side,
     bytes_per_pair,
 )
 from ntkcompute.lifecycle import Status, eta_seconds
@@ -373,8 +373,7 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     # a block past the matrix is one block either way (and keeps tiles, and the Zarr chunks
     # that are one tile each, no larger than the matrix)
     budget = block_budget(np, memory, 1)
-    block = min(block_size(plan, dt.itemsize, budget) if depths is None
-                else family_block(plan, dt.itemsize, budget), max(n1, n2))
+    block = min(block_side(per_pair, budget), max(n1, n2))
     if tile is None:
         tile = choose_tile(plan, max(n1, n2), dt.itemsize, memory, block,
                            len(get) * members)
