@@ -15,10 +15,16 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; unfinished jobs resume at the next start.
 
-    Everything the service and its embedded workers create (the SQLite file, the store's
-    directories and chunks, staged uploads) is private to its user: umask 077."""
+    The listening socket is bound before the application starts up, so the port is held from
+    the first moment. Everything the service and its embedded workers create (the SQLite file,
+    the store's directories and chunks, staged uploads) is private to its user: umask 077."""
     os.umask(0o077)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=10)
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=10)
+    # Bind before the lifespan starts the embedded cluster: its scheduler, workers and nannies
+    # take random ports and could otherwise take ours while the cluster starts; and a busy port
+    # fails here at once instead of after a cluster was started for nothing.
+    sock = config.bind_socket()
+    uvicorn.Server(config).run(sockets=[sock])

@@ -29,8 +29,13 @@ def make_key(db: str, name: str = "") -> str:
     return out.stdout.strip()
 
 
+class PortTaken(RuntimeError):
+    """``ntk serve`` could not bind its port."""
+
+
 class Service:
-    """One ``ntk serve`` process; ``restart()`` starts it again on the same port and DB."""
+    """One ``ntk serve`` process; ``start()`` after ``stop()`` starts it again on the same port
+    and DB."""
 
     def __init__(self, root: Path, env: dict[str, str] | None = None,
                  scheduler: str | None = None) -> None:
@@ -45,17 +50,34 @@ class Service:
             self.env["NTK_SCHEDULER_ADDRESS"] = scheduler
         self.proc: subprocess.Popen | None = None
         self.log = root / "service.log"
+        self.started = False
 
     def start(self, timeout: float = 90) -> Service:
+        """Start and wait for ``/readyz``. A first start whose port was taken between
+        :func:`free_port` and the bind (by another test's cluster) moves to a fresh port once."""
+        try:
+            return self._start(timeout)
+        except PortTaken:
+            if self.started:
+                raise
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> Service:
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([*NTK, "serve", "--port", str(self.port)],
                                          env=self.env, stdout=log, stderr=subprocess.STDOUT)
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited: {self.log.read_text()[-3000:]}")
+                text = self.log.read_bytes()[offset:].decode(errors="replace")
+                error = PortTaken if "address already in use" in text.lower() else RuntimeError
+                raise error(f"service exited: {text[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    self.started = True
                     return self
             except httpx.HTTPError:
                 pass
