@@ -15,6 +15,16 @@ on the same values as a kernel of that member alone (tested to 1e-12; they are u
 bit-identical), and the self statistics of every member's head come from the same pass over
 each input.
 
+Variants ("fixed bottom layers", Arora et al. 2020, Sec. 4): variant ``v`` of a member is
+its NTK with the stem and the first ``v`` repeats of the body fixed, only the layers after
+them trained (at a member of depth ``d <= v`` every body layer is fixed: only the head is
+trained). The NTK is a sum over layers of each layer's parameter contribution carried up
+through the layers above it (Jacot et al. 2018, Thm. 1), so fixing the bottom layers is the
+same recursion with the NTK restarted at zero after block ``v``; the NNGP does not depend on
+which layers are trained. The pass therefore branches at each variant's block, with the NTK
+zeroed, and carries every branch up to each member's head: a branch costs the layers above
+its block (``bench/families.py --variants``), not a pass of its own.
+
 Members are computed in float64.
 """
 
@@ -59,19 +69,44 @@ MAX_MEMBERS = 64
 MAX_REPEAT = 1000
 
 
+def fixed(layer: Any) -> Any:
+    """``layer`` (a spec model, or a list of them) with every ``trainable`` field set to
+    False, nested layers included."""
+    if isinstance(layer, list):
+        return [fixed(x) for x in layer]
+    if not hasattr(type(layer), "model_fields"):
+        return layer
+    fields = type(layer).model_fields
+    update = {name: fixed(getattr(layer, name)) for name in fields}
+    if "trainable" in fields:
+        update["trainable"] = False
+    return layer.model_copy(update=update)
+
+
 @dataclass(frozen=True)
 class Family:
-    """An architecture with one top-level ``repeat`` at ``layers[at]`` and the repeat
-    counts of its members, increasing."""
+    """An architecture with one top-level ``repeat`` at ``layers[at]``, the repeat counts of
+    its members, increasing, and the variants (numbers of fixed bottom blocks, increasing;
+    None: the NTK of every layer trained only, the kernels have no variant axis)."""
 
     arch: Architecture
     at: int
     depths: tuple[int, ...]
+    variants: tuple[int, ...] | None = None
 
-    def member(self, depth: int) -> Architecture:
-        """The network with the body repeated ``depth`` times."""
+    def member(self, depth: int, variant: int = 0) -> Architecture:
+        """The network with the body repeated ``depth`` times; ``variant`` v > 0: with the
+        stem and the first ``min(v, depth)`` repeats fixed (``trainable: false``)."""
         layers = list(self.arch.layers)
-        layers[self.at] = layers[self.at].model_copy(update={"n": depth})
+        body = layers[self.at]
+        frozen = min(variant, depth)
+        if frozen == 0:
+            layers[self.at] = body.model_copy(update={"n": depth})
+            return self.arch.model_copy(update={"layers": layers})
+        middle = [fixed(body.model_copy(update={"n": frozen}))]
+        if depth > frozen:
+            middle.append(body.model_copy(update={"n": depth - frozen}))
+        layers = [*fixed(layers[:self.at]), *middle, *layers[self.at + 1:]]
         return self.arch.model_copy(update={"layers": layers})
 
     @property
@@ -79,30 +114,47 @@ class Family:
         return [self.member(d) for d in self.depths]
 
 
-def make_family(arch: Architecture | dict | str, depths: Sequence[int]) -> Family:
+def _increasing(values: Any, field: str, least: int) -> list[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise InputError(f"must be a list of ints, got {values!r}", field=field)
+    out = []
+    for d in values:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < least:
+            raise InputError(f"must be ints >= {least}, got {d!r}", field=field)
+        out.append(int(d))
+    if not out or len(out) > MAX_MEMBERS or any(b <= a for a, b in itertools.pairwise(out)):
+        raise InputError(f"must be 1 to {MAX_MEMBERS} increasing ints, got {out}",
+                         field=field)
+    return out
+
+
+def make_family(arch: Architecture | dict | str, depths: Sequence[int],
+                variants: Sequence[int] | None = None) -> Family:
     """A :class:`Family` of ``arch`` (one top-level ``repeat`` layer; its ``n`` is ignored)
-    at ``depths`` (increasing ints >= 1, at most :data:`MAX_MEMBERS`).
+    at ``depths`` (increasing ints >= 1, at most :data:`MAX_MEMBERS`), with ``variants``
+    (increasing ints >= 0, each at most the deepest depth: the numbers of fixed bottom
+    blocks; at most :data:`MAX_MEMBERS` Gram matrices in all).
 
     Raises:
         InputError: no or several top-level repeats (field ``layers``), bad depths
-            (field ``depths``).
+            (field ``depths``), bad variants (field ``variants``).
     """
     arch = parse_arch(arch)
     at = [i for i, layer in enumerate(arch.layers) if isinstance(layer, Repeat)]
     if len(at) != 1:
         raise InputError(f"a family needs exactly one top-level repeat (the body whose "
                          f"count is the depth), found {len(at)}", field="layers")
-    if isinstance(depths, (str, bytes)) or not isinstance(depths, (Sequence, np.ndarray)):
-        raise InputError(f"must be a list of ints, got {depths!r}", field="depths")
-    ds = []
-    for d in depths:
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-            raise InputError(f"must be ints >= 1, got {d!r}", field="depths")
-        ds.append(int(d))
-    if not ds or len(ds) > MAX_MEMBERS or any(b <= a for a, b in itertools.pairwise(ds)):
-        raise InputError(f"must be 1 to {MAX_MEMBERS} increasing depths, got {ds}",
-                         field="depths")
-    fam = Family(arch, at[0], tuple(ds))
+    ds = _increasing(depths, "depths", 1)
+    vs = None
+    if variants is not None:
+        vs = tuple(_increasing(variants, "variants", 0))
+        if vs[-1] > ds[-1]:
+            raise InputError(f"variant {vs[-1]} fixes more blocks than the deepest member "
+                             f"({ds[-1]}) has", field="variants")
+        if len(ds) * len(vs) > MAX_MEMBERS:
+            raise InputError(f"{len(ds)} depths x {len(vs)} variants is more than "
+                             f"{MAX_MEMBERS} kernels", field="variants")
+    fam = Family(arch, at[0], tuple(ds), vs)
     if ds[-1] > MAX_REPEAT:
         raise InputError(f"the deepest member repeats its body {ds[-1]} times, more than "
                          f"{MAX_REPEAT}", field="depths")
@@ -133,6 +185,9 @@ class FamilyPlan:
     plans: tuple[Plan, ...]  # each member's own plan
     segments: tuple[tuple[LayerPlan, ...], ...]
     heads: tuple[tuple[LayerPlan, ...], ...]
+    # variant v -> the row of the deepest plan's prefix (stem and body) after its v-th
+    # block, where its branch starts; for 1 <= v < the deepest depth
+    restarts: tuple[tuple[int, int], ...] = ()
 
     @property
     def deepest(self) -> Plan:
@@ -141,6 +196,10 @@ class FamilyPlan:
     @property
     def depths(self) -> tuple[int, ...]:
         return self.family.depths
+
+    @property
+    def variants(self) -> tuple[int, ...] | None:
+        return self.family.variants
 
     @property
     def layers(self) -> tuple[LayerPlan, ...]:
@@ -155,60 +214,123 @@ class FamilyPlan:
 
     def bytes_per_pair(self, itemsize: int) -> int:
         """Peak working memory of one pair: the worst member's, plus the state kept at a
-        member's depth while its head runs."""
+        member's depth while its head runs, plus each variant branch's state."""
         tap = max(p.max_state_size for p in self.plans)
-        return max(bytes_per_pair(p, itemsize) for p in self.plans) + 2 * tap * itemsize
+        return max(bytes_per_pair(p, itemsize) for p in self.plans) + \
+            2 * (1 + len(self.restarts)) * tap * itemsize
+
+
+def _prefix_length(p: Plan, deep: tuple[LayerPlan, ...], at: int, what: str,
+                   field: str) -> int:
+    """How many of the deepest plan's rows ``p``'s stem and body are (they must be the
+    same rows)."""
+    prefix = [lp for lp in p.layers if _top(lp) <= at]
+    end = len(prefix)
+    if not all(_same_row(a, b) for a, b in zip(prefix, deep[:end], strict=False)) or \
+            any(a.in_full and not b.in_full for a, b in zip(prefix, deep[:end], strict=False)):
+        raise InputError(f"{what}'s layers do not run as the deepest member's first layers "
+                         "(a shape or covariance layout differs); compute its kernel on its "
+                         "own", field=field)
+    return end
 
 
 def make_family_plan(family: Family, input_shape: tuple[int, ...]) -> FamilyPlan:
     """Plan every member on inputs of ``input_shape`` and cut the deepest plan at each
-    member's depth (raises :class:`InputError` as :func:`ntkcompute.plan.make_plan`)."""
+    member's depth and each variant's block (raises :class:`InputError` as
+    :func:`ntkcompute.plan.make_plan`; a weighted layer without a ``trainable`` field below
+    a variant's block: field ``variants``)."""
     plans = tuple(make_plan(a, input_shape) for a in family.members)
     deep = plans[-1].layers
     segments, heads, start = [], [], 0
-    for p in plans:
-        prefix = [lp for lp in p.layers if _top(lp) <= family.at]
-        head = tuple(lp for lp in p.layers if _top(lp) > family.at)
-        end = len(prefix)
-        if not all(_same_row(a, b) for a, b in zip(prefix, deep[:end], strict=False)) or \
-                any(a.in_full and not b.in_full for a, b in zip(prefix, deep[:end],
-                                                                   strict=False)):
-            raise InputError(f"member {family.depths[len(segments)]}'s layers do not run as "
-                             "the deepest member's first layers (a shape or covariance layout "
-                             "differs); compute its kernel on its own", field="depths")
+    for d, p in zip(family.depths, plans, strict=True):
+        end = _prefix_length(p, deep, family.at, f"member {d}", "depths")
         segments.append(tuple(deep[start:end]))
-        heads.append(head)
+        heads.append(tuple(lp for lp in p.layers if _top(lp) > family.at))
         start = end
-    return FamilyPlan(family, plans, tuple(segments), tuple(heads))
+    restarts = []
+    for v in family.variants or ():
+        if not 0 < v < family.depths[-1]:
+            continue
+        end = _prefix_length(make_plan(family.member(v), input_shape), deep, family.at,
+                             f"variant {v}", "variants")
+        restarts.append((v, end))
+    top = max(family.variants or (0,))
+    if top:
+        stop = start if top >= family.depths[-1] else dict(restarts)[top]
+        for lp in deep[:stop]:
+            if rule_of(lp.layer).weighted and "trainable" not in type(lp.layer).model_fields:
+                raise InputError(f"{lp.path} ({lp.layer.type}) has weights that cannot be "
+                                 f"fixed (no trainable field), below variant {top}'s block",
+                                 field="variants")
+    return FamilyPlan(family, plans, tuple(segments), tuple(heads), tuple(restarts))
 
 
 def run_family(fp: FamilyPlan, st: State, xp: Any,
                stats: tuple[Sequence[Any], Sequence[Any]] | None = None
-               ) -> tuple[list[State], list]:
-    """The family pass on ``st``: each member's output state, and (without ``stats``: the
-    self pass) the self statistics in pass order."""
+               ) -> tuple[list[tuple[Any, list[Any]]], list]:
+    """The family pass on ``st``: each member's ``(nngp, [ntk of each variant])`` (one ntk
+    without variants; Nones without the NTK), and (without ``stats``: the self pass) the
+    self statistics in pass order (segment 0, head 0, segment 1, ...: the unfixed pass's;
+    a variant branch's are the same numbers, as they depend on the NNGP only)."""
     collected: list = []
-    outs: list[State] = []
-    k = 0
+    k = 0  # the pass-order index of the next self statistic
+    deep = [lp for seg in fp.segments for lp in seg]
+    restarts = dict(fp.restarts)
+    variants = fp.variants or (0,)
+    want_ntk = st.ntk is not None
+    branches: dict[int, State] = {}  # variant -> its state, once past its block
 
-    def part(layers: tuple[LayerPlan, ...], s: State) -> State:
-        nonlocal k
+    def run(layers: Sequence[LayerPlan], s: State, collect: bool) -> State:
         count = sum(1 for lp in layers if lp.self_stat)
         sub = None if stats is None else (stats[0][k:k + count], stats[1][k:k + count])
         s, c = run_layers(layers, s, xp, sub)
-        k += count
-        collected.extend(c)
+        if collect:
+            collected.extend(c)
         return s
 
-    for seg, head in zip(fp.segments, fp.heads, strict=True):
-        st = part(seg, st)
-        if head and st.full and not head[0].in_full:
-            h = to_diagonal(st, xp)  # new arrays
-        elif head and rule_of(head[0].layer).keeps_input(head[0]):
-            h = st
-        else:  # the head's rules may update the state's arrays in place
-            h = copy(st)
-        outs.append(part(head, h))
+    def head_of(s: State, head: tuple[LayerPlan, ...], collect: bool, own: bool) -> State:
+        """``head`` on ``s`` (``own``: ``s`` may be updated in place)."""
+        if head and s.full and not head[0].in_full:
+            s = to_diagonal(s, xp)  # new arrays
+        elif not own and not (head and rule_of(head[0].layer).keeps_input(head[0])):
+            s = copy(s)  # the head's rules may update the state's arrays in place
+        return run(head, s, collect)
+
+    def zeroed(s: State) -> State:  # the layers below fixed: the NTK restarts at zero
+        return s.with_(nngp=s.nngp.copy(), ntk=xp.zeros_like(s.nngp))
+
+    outs: list[tuple[Any, list[Any]]] = []
+    pos = 0
+    for d, seg, head in zip(fp.depths, fp.segments, fp.heads, strict=True):
+        end = pos + len(seg)
+        for cut in sorted({r for r in restarts.values() if pos < r < end} | {end}):
+            rows = deep[pos:cut]
+            for v in branches:
+                branches[v] = run(rows, branches[v], False)
+            st = run(rows, st, True)
+            k += sum(1 for lp in rows if lp.self_stat)
+            pos = cut
+            if want_ntk:
+                branches.update({v: zeroed(st) for v, r in restarts.items() if r == cut})
+        head_k = k
+        top = head_of(st, head, True, False)
+        ntks = [top.ntk]
+        if fp.variants is not None and want_ntk:
+            ntks, only_head = [], None
+            for v in variants:
+                k = head_k  # each branch's head reads the same statistics
+                if v == 0:
+                    ntks.append(top.ntk)
+                elif v < d:
+                    ntks.append(head_of(branches[v], head, False, False).ntk)
+                else:
+                    if only_head is None:
+                        only_head = head_of(zeroed(st), head, False, True).ntk
+                    ntks.append(only_head)
+        elif fp.variants is not None:
+            ntks = [None] * len(variants)
+        k = head_k + sum(1 for lp in head if lp.self_stat)
+        outs.append((top.nngp, ntks))
     return outs, collected
 
 
@@ -216,15 +338,19 @@ def family_self_pass(fp: FamilyPlan, x: Any, *, want_ntk: bool = True,
                      memory: int = DEFAULT_MEMORY, threads: int = 1) -> SelfCov:
     """The family pass over every input paired with itself, ``x`` of shape
     ``(n, *spatial, C)``: ``variances`` in pass order (:attr:`FamilyPlan.self_layers`),
-    ``nngp`` / ``ntk`` each member's diagonal, ``(n, D)``."""
+    ``nngp`` / ``ntk`` each member's diagonal, ``(n, D)`` (``ntk`` of a family with
+    variants: ``(n, D, V)``)."""
     xp = array_module(x)
 
     def one(sl: slice) -> tuple:
         st = inputs.self_input(xp, x[sl], fp.deepest.input_full, want_ntk,
                                fp.deepest.pattern)
         outs, stats = run_family(fp, st, xp)
-        return (*stats, xp.stack([o.nngp for o in outs], axis=1),
-                xp.stack([o.ntk for o in outs], axis=1) if want_ntk else None)
+        ntk = None
+        if want_ntk:
+            ntk = xp.stack([xp.stack(ntks, axis=1) for _, ntks in outs], axis=1)
+            ntk = ntk if fp.variants is not None else ntk[:, :, 0]
+        return (*stats, xp.stack([nngp for nngp, _ in outs], axis=1), ntk)
 
     *variances, nngp, ntk = by_chunks(one, x, fp.bytes_per_pair(x.dtype.itemsize), memory,
                                       threads)
@@ -234,27 +360,34 @@ def family_self_pass(fp: FamilyPlan, x: Any, *, want_ntk: bool = True,
 def family_gram(fp: FamilyPlan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *,
                 symmetric: bool, get: tuple[str, ...], block: int, threads: int = 1,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Every member's Gram matrices ``{name: (D, n1, n2)}`` between validated rows ``x1``,
+    """Every member's Gram matrices ``{name: (D, n1, n2)}`` (``ntk`` of a family with
+    variants: ``(D, V, n1, n2)``) between validated rows ``x1``,
     ``x2`` given their :func:`family_self_pass` statistics (as :func:`ntkcompute.infinite.gram`
     for one network; ``symmetric``: x2 is x1, blocks mirrored exactly)."""
     xp = array_module(x1)
     want_ntk = "ntk" in get
     identity = any(p.pair_identity for p in fp.plans)
 
-    def pair(r: slice, c: slice) -> list[tuple[Any, Any]]:
+    def pair(r: slice, c: slice) -> dict[str, list[Any]]:
         st = inputs.pair_input(xp, x1[r], x2[c], fp.deepest.input_full, want_ntk, identity,
                                fp.deepest.pattern)
         outs, _ = run_family(fp, st, xp, (tuple(v[r] for v in s1.variances),
                                           tuple(v[c] for v in s2.variances)))
-        return [(o.nngp, o.ntk) for o in outs]
+        return {"nngp": [nngp for nngp, _ in outs],
+                "ntk": [t for _, ntks in outs for t in ntks]}
 
-    return assemble(pair, x1.shape[0], x2.shape[0], len(fp.plans), symmetric=symmetric,
-                    get=get, block=block, dtype=x1.dtype, xp=xp, threads=threads,
-                    progress=progress)
+    D, V = len(fp.depths), len(fp.variants or (0,))
+    out = assemble(pair, x1.shape[0], x2.shape[0], {"nngp": D, "ntk": D * V},
+                   symmetric=symmetric, get=get, block=block, dtype=x1.dtype, xp=xp,
+                   threads=threads, progress=progress)
+    if fp.variants is not None and "ntk" in out:
+        out["ntk"] = out["ntk"].reshape(D, V, *out["ntk"].shape[1:])
+    return out
 
 
 def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | None = None, *,
                   depths: Sequence[int] | None = None,
+                  variants: Sequence[int] | None = None,
                   get: tuple[str, ...] | str = ("ntk", "nngp"),
                   memory: int = DEFAULT_MEMORY, threads: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -266,14 +399,20 @@ def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | N
         x1, x2: as for :func:`ntkcompute.kernel` (x2 omitted: symmetric).
         depths: the members' repeat counts, increasing (required unless ``arch`` is a
             Family).
+        variants: numbers of fixed bottom blocks, increasing (0: every layer trained; v:
+            the stem and the first v repeats fixed), each at most the deepest depth.
         get, memory, threads, progress: as for :func:`ntkcompute.kernel`.
 
     Returns:
         ``{"ntk": (D, n1, n2), "nngp": (D, n1, n2), "depths": (D,)}`` (float64), member i
-        at ``depths[i]``; restricted to ``get``.
+        at ``depths[i]``; restricted to ``get``. With ``variants``: ``"ntk"`` is
+        ``(D, V, n1, n2)``, ``[i, j]`` the member at ``depths[i]`` with ``variants[j]``
+        blocks fixed, and ``"variants"`` is ``(V,)`` (the NNGP does not depend on it).
     """
-    fam = arch if isinstance(arch, Family) else make_family(
-        arch, depths if depths is not None else [])
+    if isinstance(arch, Family):
+        fam = arch if variants is None else make_family(arch.arch, arch.depths, variants)
+    else:
+        fam = make_family(arch, depths if depths is not None else [], variants)
     get = check_get(get)
     x1, x2, symmetric = checked_inputs(x1, x2, np.dtype(np.float64))
     fp = make_family_plan(fam, tuple(x1.shape))
@@ -287,4 +426,6 @@ def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | N
                       block=block_side(fp.bytes_per_pair(8), budget), threads=threads,
                       progress=progress)
     out["depths"] = np.asarray(fam.depths)
+    if fam.variants is not None:
+        out["variants"] = np.asarray(fam.variants)
     return out

@@ -174,31 +174,35 @@ def gram(plan: Plan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *, symmetric: b
     return {k: v[0] for k, v in out.items()}
 
 
-def assemble(pair: Callable[[slice, slice], list[tuple[Any, Any]]], n1: int, n2: int,
-             members: int | None, *, symmetric: bool, get: tuple[str, ...], block: int,
-             dtype: Any, xp: Any, threads: int = 1,
+def assemble(pair: Callable[[slice, slice], Any], n1: int, n2: int,
+             members: int | dict[str, int] | None, *, symmetric: bool, get: tuple[str, ...],
+             block: int, dtype: Any, xp: Any, threads: int = 1,
              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Gram matrices ``{name: (members, n1, n2)}`` (``members`` None: one) from the pair
-    blocks ``pair(rows, cols)``, a ``(nngp, ntk)`` per member, on a grid of side ``block``;
-    ``symmetric`` computes blocks on and above the diagonal and mirrors them exactly."""
+    """Gram matrices ``{name: (members, n1, n2)}`` (``members`` None: one; a dict: a count
+    per name) from the pair blocks ``pair(rows, cols)``: a ``(nngp, ntk)`` per member, or
+    ``{name: [a block per member]}``, on a grid of side ``block``; ``symmetric`` computes
+    blocks on and above the diagonal and mirrors them exactly."""
     from .products import transpose_into  # (numba: loaded with the first kernel, not the
     # package, which the CLI and the API import for specs only)
 
     blocks = list(_blocks(n1, n2, block, symmetric))
-    out = {k: xp.empty((members or 1, n1, n2), dtype=dtype) for k in ("nngp", "ntk")
+    counts = members if isinstance(members, dict) else \
+        {"nngp": members or 1, "ntk": members or 1}
+    out = {k: xp.empty((counts[k], n1, n2), dtype=dtype) for k in ("nngp", "ntk")
            if k in get}
 
     def work(rc: tuple[slice, slice]) -> None:
         r, c = rc
-        for i, (nngp, ntk) in enumerate(pair(r, c)):
-            for name, val in (("nngp", nngp), ("ntk", ntk)):
-                if name not in out:
-                    continue
+        vals = pair(r, c)
+        if not isinstance(vals, dict):
+            vals = {"nngp": [v[0] for v in vals], "ntk": [v[1] for v in vals]}
+        for name, arr in out.items():
+            for i, val in enumerate(vals[name]):
                 if symmetric and r == c:  # keep the upper triangle, mirror it: symmetric
                     val = xp.triu(val) + xp.triu(val, 1).T
-                out[name][i, r, c] = val
+                arr[i, r, c] = val
                 if symmetric and r != c:
-                    transpose_into(out[name][i, c, r], val)
+                    transpose_into(arr[i, c, r], val)
 
     for done, _ in enumerate(_map(work, blocks, threads), 1):
         if progress:

@@ -8,6 +8,7 @@ import ntkcompute as nc
 from ntkcompute import InputError
 from ntkcompute import architectures as A
 from ntkcompute.families import kernel_family, make_family
+from ntkcompute.plan import make_plan
 
 CONV = {"type": "conv", "filter_shape": [3, 3], "padding": "SAME", "W_std": 1.4, "b_std": 0.1}
 
@@ -93,3 +94,86 @@ def test_refusals_name_the_field(arch, depths, field):
     with pytest.raises(InputError) as e:
         make_family(arch, depths)
     assert e.value.field == field
+
+
+@pytest.mark.parametrize("name", ["fc", "cntk-gap", "resnet", "pool in body, flatten head"])
+def test_variants_equal_networks_with_fixed_bottom_layers(rng, name):
+    """Every (depth, variant) member equals the kernel of the spec with the stem and the
+    first v blocks ``trainable: false``, computed on its own (1e-12), symmetric and cross;
+    at a depth d <= v only the head is trained."""
+    arch, shape = FAMILIES[name]
+    x1, x2 = rng.standard_normal(shape), rng.standard_normal((4, *shape[1:]))
+    fam = make_family(arch, [1, 2, 4], variants=[0, 1, 3, 4])
+    sym = kernel_family(fam, x1, threads=1)
+    cross = kernel_family(fam, x2, x1, threads=2, memory=40_000)
+    assert sym["ntk"].shape == (3, 4, len(x1), len(x1)) and sym["nngp"].shape[0] == 3
+    assert list(sym["variants"]) == [0, 1, 3, 4]
+    for i, d in enumerate(fam.depths):
+        plain = nc.kernel(fam.member(d), x1, threads=1)["ntk"]
+        for j, v in enumerate(fam.variants):
+            member = fam.member(d, v)
+            if v:
+                fixed = [lp for lp in make_plan(member, x1.shape).layers
+                         if getattr(lp.layer, "trainable", True) is False]
+                assert fixed, (d, v)
+            ref, ref_c = nc.kernel(member, x1, threads=1), nc.kernel(member, x2, x1, threads=1)
+            scale = np.abs(ref["ntk"]).max()
+            assert np.abs(sym["ntk"][i, j] - ref["ntk"]).max() <= 1e-12 * scale, (d, v)
+            assert np.abs(cross["ntk"][i, j] - ref_c["ntk"]).max() <= 1e-12 * scale, (d, v)
+            assert np.abs(sym["nngp"][i] - ref["nngp"]).max() <= 1e-12 * scale
+            # fixing layers takes their terms out of the NTK: it is never larger on the diagonal
+            assert (v == 0) == np.allclose(sym["ntk"][i, j], plain, rtol=1e-12, atol=0), (d, v)
+            assert np.all(np.diag(sym["ntk"][i, j]) <= np.diag(plain) * (1 + 1e-12))
+
+
+def test_variant_self_pass_diagonals(rng):
+    from ntkcompute.families import family_self_pass, make_family_plan
+
+    arch, shape = FAMILIES["cntk-gap"]
+    x = rng.standard_normal(shape)
+    fam = make_family(arch, [1, 3], variants=[0, 2])
+    fp = make_family_plan(fam, x.shape)
+    s = family_self_pass(fp, x)
+    k = kernel_family(fam, x)
+    assert s.ntk.shape == (len(x), 2, 2) and s.nngp.shape == (len(x), 2)
+    for i in range(2):
+        np.testing.assert_allclose(s.nngp[:, i], np.diag(k["nngp"][i]), rtol=1e-12)
+        for j in range(2):
+            np.testing.assert_allclose(s.ntk[:, i, j], np.diag(k["ntk"][i, j]), rtol=1e-12)
+    # the self statistics are the unfixed pass's, whatever the variants
+    plain = family_self_pass(make_family_plan(make_family(arch, [1, 3]), x.shape), x)
+    assert len(s.variances) == len(plain.variances)
+    assert all(np.array_equal(a, b) for a, b in zip(s.variances, plain.variances, strict=True))
+
+
+@pytest.mark.parametrize("variants,field", [
+    ([], "variants"), ([1, 0], "variants"), ([-1], "variants"), ([5], "variants"),
+    ([0.5], "variants"), ([0, 1, 2, 3], None),
+])
+def test_variant_refusals_name_the_field(variants, field):
+    arch = FAMILIES["fc"][0]
+    if field is None:  # 4 depths x 4 variants is fine; 17 depths x 4 is more than 64
+        make_family(arch, [1, 2, 3, 4], variants)
+        with pytest.raises(InputError) as e:
+            make_family(arch, list(range(1, 18)), variants)
+        assert e.value.field == "variants"
+        return
+    with pytest.raises(InputError) as e:
+        make_family(arch, [1, 4], variants)
+    assert e.value.field == field
+
+
+def test_variants_refuse_weights_that_cannot_be_fixed(rng):
+    """Attention has weights but no ``trainable`` field: below a variant's block it is
+    refused (above it, it is trained, and fine)."""
+    attn = {"type": "global_self_attention", "n_heads": 1}
+    arch = {"layers": [_body(CONV, {"type": "relu"}), attn, {"type": "flatten"},
+                       {"type": "dense"}]}
+    x = rng.standard_normal((3, 4, 4, 2))
+    kernel_family(arch, x, depths=[1, 2], variants=[0, 2])  # attention is in the head
+    stem = {"layers": [attn, _body(CONV, {"type": "relu"}), {"type": "flatten"},
+                       {"type": "dense"}]}
+    kernel_family(stem, x, depths=[1, 2], variants=[0])
+    with pytest.raises(InputError) as e:
+        kernel_family(stem, x, depths=[1, 2], variants=[0, 1])
+    assert e.value.field == "variants" and "global_self_attention" in str(e.value)
