@@ -5,7 +5,12 @@ its deepest member alone (``ntkcompute.kernel``), and the D members computed one
 time of one thread (``process_time``, BLAS on one thread; the least of three warm runs), so
 the ratios hold on a shared machine. Also checks that every member equals its separate kernel.
 
-    python bench/families.py [--n 48] [--depth 5] [--dask]
+    python bench/families.py [--n 48] [--depth 5] [--dask | --variants]
+
+``--variants``: the family with variants 0..D-1 too (the first v blocks fixed: Arora et al.
+2020's "fixed bottom layers", L' < L), against the family without variants, the deepest
+member alone, and the D(D+1)/2 networks with L' < L computed one by one (each a spec with
+``trainable: false`` layers).
 
 ``--dask``: the same comparison as tiled jobs on one Dask worker process (one thread,
 ``workers.compute_gram`` into Zarr under a temporary directory, tiles of n/2 rows): the
@@ -91,9 +96,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--dask", action="store_true")
+    ap.add_argument("--variants", action="store_true")
     args = ap.parse_args()
     if args.dask:
         return _main_dask(args)
+    if args.variants:
+        return _main_variants(args)
     x = _inputs(args)
     depths = list(range(1, args.depth + 1))
     print(f"{'family':10s} {'n':>4s} {'D':>2s} {'family s':>9s} {'deepest s':>10s} "
@@ -112,6 +120,33 @@ def main() -> None:
         print(f"{name:10s} {len(data):4d} {len(depths):2d} {t_fam:9.2f} {t_deep:10.2f} "
               f"{t_sep:11.2f} {t_fam / t_deep:11.2f}x {t_sep / t_fam:12.2f}x {diff:9.1e}",
               flush=True)
+
+
+def _main_variants(args) -> None:
+    x = _inputs(args)
+    depths = list(range(1, args.depth + 1))
+    variants = list(range(args.depth))
+    print(f"{'family':10s} {'n':>4s} {'kernels':>7s} {'variants s':>10s} {'depths s':>9s} "
+          f"{'deepest s':>10s} {'separate s':>11s} {'var/depths':>11s} {'var/deepest':>12s} "
+          f"{'separate/var':>13s} {'max diff':>9s}")
+    for name, (body, head, times) in FAMILIES.items():
+        data = x[:args.n * times]
+        data = data.reshape(len(data), -1) if name == "FC" else data
+        arch = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial",
+                                                                "layers": body}}, *head]}
+        fam = make_family(arch, depths, variants)
+        grid = [(i, j) for i, d in enumerate(depths) for j, v in enumerate(variants) if v < d]
+        k, t_var = _cpu(functools.partial(kernel_family, fam, data, threads=1))
+        _, t_fam = _cpu(functools.partial(kernel_family, arch, data, depths=depths, threads=1))
+        refs, t_sep = _cpu(functools.partial(
+            _separately, [fam.member(depths[i], variants[j]) for i, j in grid], data))
+        _, t_deep = _cpu(functools.partial(nc.kernel, fam.member(depths[-1]), data,
+                                           threads=1))
+        diff = max(float(np.abs(k["ntk"][i, j] - r["ntk"]).max() / np.abs(r["ntk"]).max())
+                   for (i, j), r in zip(grid, refs, strict=True))
+        print(f"{name:10s} {len(data):4d} {len(grid):7d} {t_var:10.2f} {t_fam:9.2f} "
+              f"{t_deep:10.2f} {t_sep:11.2f} {t_var / t_fam:10.2f}x {t_var / t_deep:11.2f}x "
+              f"{t_sep / t_var:12.2f}x {diff:9.1e}", flush=True)
 
 
 def _inputs(args) -> np.ndarray:

@@ -176,7 +176,8 @@ class _Members:
     """The members of :func:`select`'s ``kernels``, each loaded (as a float64 ``(n, n)``
     array, checked square and finite) only when scored, so a stored family is read one
     member at a time: a ``kernel_family`` result (``depths`` and ``ntk`` / ``nngp`` stacks
-    of shape (D, n, n): NumPy, dask, or anything with ``shape`` and ``stack[i]``), or a
+    of shape (D, n, n): NumPy, dask, or anything with ``shape`` and ``stack[i]``; with
+    ``variants``, ``ntk`` (D, V, n, n) read as ``stack[i, j]``, rows with ``variant``), or a
     mapping name -> (n, n) Gram matrix, or a zero-argument callable returning one (the
     names ``"ntk"`` / ``"nngp"`` also set the rows' ``kernel``)."""
 
@@ -188,18 +189,30 @@ class _Members:
         self._get: list[Any] = []
         if "depths" in kernels:
             depths = [int(d) for d in np.asarray(kernels["depths"]).reshape(-1)]
+            variants = None if kernels.get("variants") is None else \
+                [int(v) for v in np.asarray(kernels["variants"]).reshape(-1)]
             for kind in ("ntk", "nngp"):
                 if kind not in kernels:
                     continue
                 stack = kernels[kind]
                 shape = tuple(np.shape(stack))
-                if len(shape) != 3 or shape[0] != len(depths):
-                    raise InputError(f"{kind} must be (len(depths), n, n), got {shape}",
-                                     field="kernels")
+                by_variant = variants is not None and kind == "ntk"
+                lead = (len(depths), len(variants)) if by_variant else (len(depths),)
+                if shape[:-2] != lead or len(shape) != len(lead) + 2:
+                    what = "(len(depths), len(variants), n, n)" if by_variant else \
+                        "(len(depths), n, n)"
+                    raise InputError(f"{kind} must be {what}, got {shape}", field="kernels")
                 for i, d in enumerate(depths):
-                    self.descs.append({"name": f"{kind} depth {d}", "depth": d,
-                                       "kernel": kind})
-                    self._get.append(lambda stack=stack, i=i: stack[i])
+                    if not by_variant:
+                        extra = {} if variants is None else {"variant": None}
+                        self.descs.append({"name": f"{kind} depth {d}", "depth": d,
+                                           **extra, "kernel": kind})
+                        self._get.append(lambda stack=stack, i=i: stack[i])
+                        continue
+                    for j, v in enumerate(variants):
+                        self.descs.append({"name": f"{kind} depth {d} variant {v}",
+                                           "depth": d, "variant": v, "kernel": kind})
+                        self._get.append(lambda stack=stack, i=i, j=j: stack[i, j])
         else:
             for name, k in kernels.items():
                 self.descs.append({"name": str(name), "depth": None,
@@ -245,7 +258,8 @@ def select(kernels: Mapping[str, Any], y: Any, *, lambdas: Sequence[float] = DEF
     folds; rows then have ``C`` and ``accuracy``, the mean over folds, and ``std``).
 
     Args:
-        kernels: a :func:`ntkcompute.kernel_family` result (each depth's NTK and NNGP), or a
+        kernels: a :func:`ntkcompute.kernel_family` result (each depth's NTK and NNGP, and
+            each variant's NTK: rows then name ``variant``, None for the NNGP), or a
             mapping of names to ``(n, n)`` training Gram matrices. A family's stacks may be
             lazy (a stored job's ``to_dask()``), a mapping's values zero-argument callables
             returning the matrix: members are then read one at a time.

@@ -183,3 +183,27 @@ def test_svm_refusals_name_the_field(kwargs, field):
     with pytest.raises(InputError) as e:
         nc.select(args.pop("kernels"), args.pop("y"), **args)
     assert e.value.field == field
+
+
+def test_select_over_depths_and_variants_equals_exhaustive(rng):
+    """A family with variants: every (depth, variant) NTK and each depth's NNGP is a
+    candidate, and the choice is the exhaustive search's over those kernels."""
+    from ntkcompute.families import kernel_family, make_family
+    from tests.conftest import fc_family
+
+    x = rng.standard_normal((30, 4))
+    y = (x[:, 0] * x[:, 1] > 0).astype(int)
+    fam = make_family(fc_family(), [1, 2, 3], [0, 1, 2])
+    k = kernel_family(fam, x)
+    got = nc.select(k, y, criterion="loo")
+    assert len(got.table) == (9 + 3) * len(nc.selection.DEFAULT_LAMBDAS)
+    named = {f"ntk {d} {v}": k["ntk"][i, j] for i, d in enumerate(fam.depths)
+             for j, v in enumerate(fam.variants)}
+    named.update({f"nngp {d}": k["nngp"][i] for i, d in enumerate(fam.depths)})
+    brute = nc.select(named, y, criterion="loo")
+    b = got.best
+    key = f"ntk {b['depth']} {b['variant']}" if b["kernel"] == "ntk" else f"nngp {b['depth']}"
+    assert key == brute.best["name"] and b["lam"] == brute.best["lam"]
+    assert b["loo"] == pytest.approx(brute.best["loo"], rel=1e-12)
+    assert {r["variant"] for r in got.table if r["kernel"] == "nngp"} == {None}
+    assert {r["variant"] for r in got.table if r["kernel"] == "ntk"} == {0, 1, 2}

@@ -45,6 +45,7 @@ from .store import (
     create_array,
     job_meta,
     kernel_array,
+    member_axes,
     open_group,
     read,
     selection,
@@ -219,13 +220,20 @@ class GramJob:
         """A family job's member depths, the ``depth`` coordinate (None for one network)."""
         return job_meta(self.group).get("depths")
 
-    def member(self, depth: int) -> dict[str, np.ndarray]:
-        """Member ``depth`` of a family job: ``{"ntk", "nngp"}`` as (n1, n2) arrays, read
-        through their checksums."""
-        return {k: read(kernel_array(self.group, k, depth)) for k in self.arrays}
+    @property
+    def variants(self) -> list[int] | None:
+        """A family job's variants (fixed bottom blocks), the ``variant`` coordinate of its
+        NTK (None without)."""
+        return job_meta(self.group).get("variants")
+
+    def member(self, depth: int, variant: int | None = None) -> dict[str, np.ndarray]:
+        """Member ``depth`` (and ``variant``, for a family with variants) of a family job:
+        ``{"ntk", "nngp"}`` as (n1, n2) arrays, read through their checksums."""
+        return {k: read(kernel_array(self.group, k, depth, variant)) for k in self.arrays}
 
     def to_dask(self) -> dict[str, Any]:
-        """``{"ntk", "nngp"}`` as lazy ``(n1, n2)`` dask arrays (a family's ``(D, n1, n2)``),
+        """``{"ntk", "nngp"}`` as lazy ``(n1, n2)`` dask arrays (a family's ``(D, n1, n2)``,
+        its NTK with variants ``(D, V, n1, n2)``),
         one chunk per tile, readable while the job runs: a tile not done yet reads as NaN, a
         damaged chunk raises :class:`CorruptChunk` when computed."""
         import dask.array as da
@@ -236,16 +244,18 @@ class GramJob:
 
     def to_xarray(self) -> Any:
         """The kernels as an ``xarray.Dataset`` over dims ``i`` (x1's rows) and ``j`` (x2's,
-        or x1's again), and ``depth`` first for a family job, with coordinates and each
-        array's attrs, read lazily through the checksums (:meth:`to_dask`);
-        ``xarray.open_zarr(job.url)`` opens the same arrays unverified."""
+        or x1's again), ``depth`` first for a family job and ``variant`` after it for its
+        NTK with variants, with coordinates and each array's attrs, read lazily through the
+        checksums (:meth:`to_dask`); ``xarray.open_zarr(job.url)`` opens the same arrays
+        unverified."""
         import xarray as xr
 
-        dims = ("i", "j") if self.depths is None else ("depth", "i", "j")
-        coords = {d: read(self.group[d]) for d in dims}
-        return xr.Dataset({k: xr.DataArray(v, dims=dims, attrs=dict(self.group[k].attrs))
+        meta = job_meta(self.group)
+        dims = {k: (*member_axes(meta, k)[1], "i", "j") for k in self.arrays}
+        coords = {d: read(self.group[d]) for ds in dims.values() for d in ds}
+        return xr.Dataset({k: xr.DataArray(v, dims=dims[k], attrs=dict(self.group[k].attrs))
                            for k, v in self.to_dask().items()},
-                          coords=coords, attrs={"ntkcompute": job_meta(self.group)})
+                          coords=coords, attrs={"ntkcompute": meta})
 
 
 def _store_input(g: zarr.Group, name: str, x: Any, dtype: np.dtype, tile: int, *,
@@ -333,20 +343,28 @@ class JobPlan:
         """A family job's member depths (None for one network)."""
         return list(self.plan.depths) if isinstance(self.plan, FamilyPlan) else None
 
+    @property
+    def variants(self) -> list[int] | None:
+        """A family job's variants (None without)."""
+        variants = self.plan.variants if isinstance(self.plan, FamilyPlan) else None
+        return None if variants is None else list(variants)
+
 
 def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
              get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None,
              memory: int = DEFAULT_MEMORY, tile: int | None = None,
-             depths: list[int] | None = None) -> JobPlan:
+             depths: list[int] | None = None,
+             variants: list[int] | None = None) -> JobPlan:
     """Check a Gram job (spec, shapes, dtype, budget, tile) without running it.
 
     ``x1``/``x2`` need only ``shape`` and ``dtype`` (NumPy, Zarr or memory-mapped arrays).
     ``depths``: a family job (:func:`ntkcompute.kernel_family`): ``arch`` has one top-level
-    ``repeat``, and every member's kernels come from one pass, in float64.
+    ``repeat``, and every member's kernels come from one pass, in float64; ``variants``
+    (with ``depths``): the NTK of each member with its first v blocks fixed too.
 
     Raises:
         InputError: naming the offending field (``layers[i].*``, ``x1``, ``x2``, ``get``,
-            ``dtype``, ``memory``, ``tile``, ``depths``).
+            ``dtype``, ``memory``, ``tile``, ``depths``, ``variants``).
     """
     spec = parse_arch(arch)
     get = check_get(get)
@@ -358,31 +376,34 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     if x2 is not None:
         check_shape(x2.shape, "x2")
         check_pair(x1, x2)
+    if variants is not None and depths is None:
+        raise InputError("variants are members of a kernel family: give depths too",
+                         field="variants")
     if depths is None:
         plan = make_plan(spec, tuple(x1.shape))
         per_pair = bytes_per_pair(plan, dt.itemsize)
     else:
-        plan = make_family_plan(make_family(spec, depths), tuple(x1.shape))
+        plan = make_family_plan(make_family(spec, depths, variants), tuple(x1.shape))
         per_pair = plan.bytes_per_pair(dt.itemsize)
     if per_pair > memory:
         raise InputError(f"one pair needs {per_pair} bytes, more than the budget {memory}",
                          field="memory")
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    members = 1 if depths is None else len(plan.depths)
+    meta = {"depths": depths, "variants": None if depths is None else variants}
+    members = sum(math.prod(member_axes(meta, name)[0]) for name in get)
     # a block past the matrix is one block either way (and keeps tiles, and the Zarr chunks
     # that are one tile each, no larger than the matrix)
     budget = block_budget(np, memory, 1)
     block = min(block_side(per_pair, budget), max(n1, n2))
     if tile is None:
-        tile = choose_tile(plan, max(n1, n2), dt.itemsize, memory, block,
-                           len(get) * members)
+        tile = choose_tile(plan, max(n1, n2), dt.itemsize, memory, block, members)
     elif isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0:
         raise InputError(f"must be a positive integer, got {tile!r}", field="tile")
     tile = min(tile, max(n1, n2))
-    tile_bytes = tile * tile * dt.itemsize * len(get) * members
+    tile_bytes = tile * tile * dt.itemsize * members
     if tile_bytes > memory:
-        raise InputError(f"a {tile} x {tile} tile of {list(get)} ({members} member(s)) needs "
+        raise InputError(f"a {tile} x {tile} tile of {list(get)} ({members} matrices) needs "
                          f"{tile_bytes} bytes, more than the per-task budget {memory}",
                          field="tile")
     return JobPlan(spec, get, dt, plan, block, tile, n1, n2)
@@ -393,7 +414,8 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
                  scheduler: str | None = None, get: tuple[str, ...] | str = ("ntk", "nngp"),
                  dtype: Any = None, memory: int = DEFAULT_MEMORY,
                  storage_options: dict | None = None, checksums: bool = True,
-                 verify: bool = False, depths: list[int] | None = None) -> GramJob:
+                 verify: bool = False, depths: list[int] | None = None,
+                 variants: list[int] | None = None) -> GramJob:
     """Start (or resume) the tiled Gram job of ``arch`` on x1 (and x2) into ``store``.
 
     Args:
@@ -417,6 +439,9 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
             ``repeat``): ``ntk``/``nngp`` are stored ``(D, n1, n2)``, member ``d`` at
             ``depths[d]`` (the ``depth`` coordinate), chunks ``(1, tile, tile)``; a tile task
             computes every member of its tile in one pass.
+        variants: with ``depths``, the numbers of fixed bottom blocks
+            (:func:`ntkcompute.kernel_family`): ``ntk`` is stored ``(D, V, n1, n2)``, chunks
+            ``(1, 1, tile, tile)``, the ``variant`` coordinate; ``nngp`` stays ``(D, n1, n2)``.
 
     Returns:
         a :class:`GramJob`; call ``wait()`` for the result.
@@ -427,7 +452,7 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     a1 = _as_array(x1, "x1")
     a2 = None if x2 is None else _as_array(x2, "x2")
     jp = plan_job(arch, a1, a2, get=get, dtype=dtype, memory=memory, tile=tile,
-                  depths=depths)
+                  depths=depths, variants=variants)
     spec, get, dt, plan, block, tile = jp.spec, jp.get, jp.dtype, jp.plan, jp.block, jp.tile
     n1, n2 = jp.n1, jp.n2
     opts = resolve_options(storage_options)
@@ -436,6 +461,8 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
                 "tile": tile, "block": block}
     if jp.depths is not None:  # (absent for one network: stored jobs keep their identity)
         identity["depths"] = jp.depths
+    if jp.variants is not None:
+        identity["variants"] = jp.variants
     g, old, cl, cluster, damage = begin_job(store, identity, opts, client, scheduler, verify)
     try:
         return _start_gram(g, store, identity, old, plan, a1, a2, cl, cluster, opts,
@@ -480,21 +507,25 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
     changed1 = changed_chunks(old, "x1", sums1)
     changed2 = changed1 if a2 is None else changed_chunks(old, "x2", sums2)
 
-    depths = identity.get("depths")
-    lead, lead_dims = ((), ()) if depths is None else ((len(depths),), ("depth",))
+    depths, variants = identity.get("depths"), identity.get("variants")
     for name in identity["get"]:
         if name not in g:
+            lead, lead_dims = member_axes(identity, name)
             attrs = {"kind": name, "dtype": dt.name, "architecture": identity["spec"],
                      "parameterization": identity["spec"]["parameterization"],
                      "symmetric": a2 is None, "tile": tile, "status": Status.RUNNING}
             if depths is not None:
                 attrs["depths"] = depths
+            if variants is not None and "variant" in lead_dims:
+                attrs["variants"] = variants
             create_array(g, name, (*lead, n1, n2), ((1,) * len(lead) + (tile, tile)), dt,
                          checksum=checksum, computed=True, dims=(*lead_dims, "i", "j"),
                          attrs=attrs)
     coords = [("i", np.arange(n1, dtype=np.int64)), ("j", np.arange(n2, dtype=np.int64))]
     if depths is not None:
         coords.append(("depth", np.asarray(depths, dtype=np.int64)))
+    if variants is not None:
+        coords.append(("variant", np.asarray(variants, dtype=np.int64)))
     for axis, values in coords:  # the coordinates: row numbers of x1 and x2, members' depths
         if axis not in g or g[axis].shape != values.shape:
             write_array(g, axis, values, tile, checksum=checksum, dims=(axis,))
@@ -512,6 +543,7 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
                              computed=True, dims=axis_names(rows, len(shape)))
         for name in ("diag_nngp", "diag_ntk"):  # a family's: (n, D), a column per member
             if name not in sg:
+                lead, lead_dims = member_axes(identity, name[5:])
                 create_array(sg, name, (nrows, *lead), (tile, *lead), dt, checksum=checksum,
                              computed=True, dims=(rows, *lead_dims))
         marks = _marker(sg, "done", (t,), checksum, dims=("tile_" + rows,))

@@ -38,15 +38,16 @@ class TileBlock:
 
     ``symmetric``: the array is a symmetric Gram and ``tiles`` lie on or above the diagonal;
     each off-diagonal tile then stands for its mirror too. ``single``: hold (or stream) a
-    float32 copy of float64 tiles as well, for float32 products. ``depth``: member
-    ``depth`` of a family job's kernel. Every product returns ``(lo, block)``: this actor's
+    float32 copy of float64 tiles as well, for float32 products. ``depth``, ``variant``:
+    that member of a family job's kernel. Every product returns ``(lo, block)``: this actor's
     contribution to rows ``lo:lo + len(block)`` of the result.
     """
 
     def __init__(self, url: str, name: str, tiles: list[Tile], symmetric: bool,
                  cache_bytes: int, options: dict | None = None, single: bool = False,
-                 depth: int | None = None) -> None:
-        self.arr = kernel_array(open_group(url, mode="r", options=options), name, depth)
+                 depth: int | None = None, variant: int | None = None) -> None:
+        self.arr = kernel_array(open_group(url, mode="r", options=options), name, depth,
+                                variant)
         self.tiles, self.symmetric = [tuple(t) for t in tiles], symmetric
         rows = [(r0, r1) for r0, r1, _, _ in self.tiles]
         if symmetric:
@@ -200,15 +201,15 @@ class DistributedKernel:
     ``symmetric``: hold only the upper triangle of tiles (default: when the group is a
     symmetric Gram job with square chunks). ``precision="single"``: the actors build their
     float32 copy of float64 tiles while loading (otherwise on the first float32 product).
-    ``depth``: member ``depth`` of a family job (:func:`workers.store.kernel_array`).
+    ``depth``, ``variant``: that member of a family job (:func:`workers.store.kernel_array`).
     """
 
     def __init__(self, client: Client, url: str, name: str = "ntk", *,
                  memory_fraction: float = 0.5, options: dict | None = None,
                  symmetric: bool | None = None, precision: str = "double",
-                 depth: int | None = None) -> None:
+                 depth: int | None = None, variant: int | None = None) -> None:
         g = open_group(url, mode="r", options=options)
-        arr = kernel_array(g, name, depth)
+        arr = kernel_array(g, name, depth, variant)
         self.n, self.shape, self.dtype = arr.shape[0], arr.shape, arr.dtype
         s0, s1 = arr.chunks
         if symmetric is None:
@@ -238,7 +239,7 @@ class DistributedKernel:
             limit = info.get("memory_limit") or 0
             cache = int(memory_fraction * limit) if limit else 1 << 62
             futures.append(client.submit(TileBlock, url, name, run, symmetric, cache, options,
-                                         precision == "single", depth, actor=True,
+                                         precision == "single", depth, variant, actor=True,
                                          workers=[addr], pure=False))
         self.actors = [f.result() for f in futures]  # every worker loads at once
 

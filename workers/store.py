@@ -21,12 +21,17 @@ Kernel job group (one per job), dimension names in brackets (what xarray reads):
       ntk, nngp       (n1, n2), chunks exactly (tile, tile), uncompressed [i, j]; attrs kind,
                       dtype, architecture, parameterization, symmetric, tile, status
                       (a family job: (D, n1, n2), chunks (1, tile, tile) [depth, i, j],
-                      attrs and metadata ``depths``; one member is :func:`kernel_array`)
+                      attrs and metadata ``depths``; one member is :func:`kernel_array`;
+                      with variants, ``ntk`` is (D, V, n1, n2), chunks (1, 1, tile, tile)
+                      [depth, variant, i, j], attrs and metadata ``variants``:
+                      :func:`member_axes`)
       depth           a family job's (D,) member depths, the coordinate [depth]
+      variant         a family job's (V,) variants (fixed bottom blocks) [variant]
       done            (T1, T2) uint8, one chunk per tile: 1 once the tile's chunks are written
                       [tile_i, tile_j]
       self/x1/...     per-input self statistics: var<j> (n, *plan.self_layers[j].self_shape),
-                      diag_nngp, diag_ntk (n,) (a family's (n, D) [i, depth]),
+                      diag_nngp, diag_ntk (n,) (a family's (n, D) [i, depth], and
+                      diag_ntk (n, D, V) [i, depth, variant] with variants),
                       and done (T,) per row chunk
 
 Dataset group: ``x`` (and ``y``) with attrs ``sha256``, as written by :func:`write_dataset`.
@@ -217,8 +222,8 @@ def read(arr: zarr.Array, sel: Any = None, *, missing_ok: bool = False) -> np.nd
     of unit-step slices / ints. ``missing_ok``: absent chunks read as the fill value
     (markers)."""
     if isinstance(arr, Member):
-        sl = (slice(arr.index, arr.index + 1), *selection(arr, sel))
-        return read(arr.arr, sl, missing_ok=missing_ok)[0]
+        sl = (*(slice(k, k + 1) for k in arr.index), *selection(arr, sel))
+        return read(arr.arr, sl, missing_ok=missing_ok)[(0,) * len(arr.index)]
     sl = selection(arr, sel)
     out = _read_chunk_file(arr, sl)
     if out is None:
@@ -253,7 +258,7 @@ def _read_into(f: Any, buf: Any) -> int:
 
 def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | None:
     """A selection that is exactly one chunk of a 1-D or 2-D array (or of a family's 3-D
-    kernel, chunked one member deep) in a local directory (bytes + CRC-32C, our layout),
+    or 4-D kernel, chunked one member deep) in a local directory (bytes + CRC-32C, our layout),
     read straight from its file into a fresh array and verified; None for anything else
     (Zarr reads it). Through Zarr a 5120² float64 tile takes 0.2-0.7 s here (the file read
     into a bytes object, the checksum over it, a copy into the output); this is one
@@ -266,7 +271,7 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
     values (no NaN in a computed array) either way."""
     store, codecs = arr.store, getattr(arr.metadata, "codecs", ())  # (Zarr v2: none)
     if not (isinstance(store, LocalStore)
-            and (arr.ndim in (1, 2) or (arr.ndim == 3 and arr.chunks[0] == 1))
+            and (arr.ndim in (1, 2) or all(c == 1 for c in arr.chunks[:-2]))
             and tuple(type(c) for c in codecs) == (BytesCodec, Crc32cCodec)
             and (arr.dtype.itemsize == 1 or codecs[0].endian.value == "little")):
         return None
@@ -279,7 +284,8 @@ def _read_chunk_file(arr: zarr.Array, sl: tuple[slice, ...]) -> np.ndarray | Non
     except FileNotFoundError:
         return None
     full = np.empty(tuple(s.stop - s.start for s in sl), arr.dtype)
-    out = full[0] if arr.ndim == 3 else full  # (one member: the chunk is its 2-D tile)
+    out = full.reshape(full.shape[-2:]) if arr.ndim > 2 else full  # (one member: the
+    # chunk is its 2-D tile)
     item, width = arr.dtype.itemsize, arr.chunks[-1]
     crc, used, short = 0, 0, False
     with f:
@@ -388,53 +394,84 @@ class Verified:
 
 
 class Member:
-    """Member ``index`` of a family job's kernel array ``(D, n1, n2)``, read as an
-    ``(n1, n2)`` array: :func:`read` takes it wherever it takes a kernel array, and a
-    damaged chunk is named with its full coordinates ``(index, i, j)``."""
+    """Member ``index`` (a tuple: depth, and variant for a family's NTK with variants) of a
+    family job's kernel array ``(D, n1, n2)`` or ``(D, V, n1, n2)``, read as an ``(n1, n2)``
+    array: :func:`read` takes it wherever it takes a kernel array, and a damaged chunk is
+    named with its full coordinates ``(*index, i, j)``."""
 
-    def __init__(self, arr: zarr.Array, index: int) -> None:
-        self.arr, self.index = arr, int(index)
-        self.shape, self.chunks = tuple(arr.shape[1:]), tuple(arr.chunks[1:])
+    def __init__(self, arr: zarr.Array, index: int | tuple[int, ...]) -> None:
+        self.arr = arr
+        self.index = tuple(int(k) for k in (index if isinstance(index, tuple) else (index,)))
+        lead = len(self.index)
+        self.shape, self.chunks = tuple(arr.shape[lead:]), tuple(arr.chunks[lead:])
         self.dtype, self.ndim, self.path, self.attrs = arr.dtype, 2, arr.path, arr.attrs
 
 
-def member_index(group: zarr.Group, depth: int | None) -> int | None:
-    """The member index of ``depth`` in a family job's group (None for one network).
+def member_axes(meta: dict, name: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The member axes before a job's kernel array ``name`` (``ntk`` / ``nngp``) and their
+    dimension names: none for one network, ``(D,)`` [depth] for a family, ``(D, V)``
+    [depth, variant] for the NTK of a family with variants (its NNGP has no variant axis:
+    it does not depend on which layers are trained)."""
+    depths, variants = meta.get("depths"), meta.get("variants")
+    if depths is None:
+        return (), ()
+    if variants is not None and name == "ntk":
+        return (len(depths), len(variants)), ("depth", "variant")
+    return (len(depths),), ("depth",)
+
+
+def _choice(values: list[int] | None, value: Any, what: str, field: str) -> int | None:
+    if values is None:
+        if value is not None:
+            raise InputError(f"this job has no {what}s", field=field)
+        return None
+    if value is None:
+        raise InputError(f"this job is a family of {what}s {values}: name one", field=field)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or int(value) not in values:
+        raise InputError(f"must be one of the family's {what}s {values}, got {value!r}",
+                         field=field)
+    return values.index(int(value))
+
+
+def member_index(group: zarr.Group, depth: int | None, variant: int | None = None,
+                 name: str = "ntk") -> tuple[int, ...] | None:
+    """The member index of ``depth`` (and ``variant``) in a family job's kernel array
+    ``name`` (None for one network). ``variant`` is required for the NTK of a family with
+    variants and ignored for its NNGP (the same for every variant).
 
     Raises:
-        InputError (field ``depth``): a family job without ``depth``, a depth that is not
-            a member, or a depth for a job of one network.
+        InputError (field ``depth`` or ``variant``): a family job without one, a value that
+            is not a member, or one for a job that has no such axis.
     """
-    depths = job_meta(group).get("depths")
-    if depths is None:
-        if depth is not None:
-            raise InputError("this job is one network, not a family of depths",
-                             field="depth")
-        return None
-    if depth is None:
-        raise InputError(f"this job is a family of depths {depths}: name one", field="depth")
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) \
-            or int(depth) not in depths:
-        raise InputError(f"must be one of the family's depths {depths}, got {depth!r}",
-                         field="depth")
-    return depths.index(int(depth))
+    meta = job_meta(group)
+    depths, variants = meta.get("depths"), meta.get("variants")
+    if depths is None and depth is not None:
+        raise InputError("this job is one network, not a family of depths", field="depth")
+    d = _choice(depths, depth, "depth", "depth")
+    if variants is not None and name != "ntk":
+        return None if d is None else (d,)
+    v = _choice(variants, variant, "variant", "variant")
+    return None if d is None else (d,) if v is None else (d, v)
 
 
-def kernel_array(group: zarr.Group, name: str, depth: int | None = None
-                 ) -> zarr.Array | Member:
+def kernel_array(group: zarr.Group, name: str, depth: int | None = None,
+                 variant: int | None = None) -> zarr.Array | Member:
     """The ``(n1, n2)`` kernel ``name`` of a job's group: the array itself, or member
-    ``depth`` of a family job (see :func:`member_index` for what is refused)."""
-    index = member_index(group, depth)
+    ``depth`` (and ``variant``) of a family job (see :func:`member_index` for what is
+    refused)."""
+    index = member_index(group, depth, variant, name)
     arr = group[name]
     return arr if index is None else Member(arr, index)
 
 
-def diagonal_of(group: zarr.Group, name: str, depth: int | None = None) -> np.ndarray:
+def diagonal_of(group: zarr.Group, name: str, depth: int | None = None,
+                variant: int | None = None) -> np.ndarray:
     """``self/x1/diag_<name>`` of a job's group, verified: ``(n,)``, a family's member
-    ``depth``."""
-    index = member_index(group, depth)
+    ``depth`` (and ``variant``)."""
+    index = member_index(group, depth, variant, name)
     diag = read(group[f"self/x1/diag_{name}"])
-    return diag if index is None else diag[:, index]
+    return diag if index is None else diag[(slice(None), *index)]
 
 
 def remove_group(url: str, options: dict | None = None) -> None:

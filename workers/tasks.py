@@ -5,6 +5,7 @@ same whole chunks with the same values, then the same marker.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -28,7 +29,7 @@ from ntkcompute.plan import Plan, make_plan
 from ntkcompute.spec import parse_arch
 from ntkcompute.validate import as_input
 
-from .store import check_chunk, job_meta, open_group, read
+from .store import check_chunk, job_meta, member_axes, open_group, read
 
 
 def _pick_device() -> Any:
@@ -78,14 +79,17 @@ class Planner(WorkerPlugin):
 
     def plan(self, meta: dict) -> Plan | FamilyPlan:
         """The layer plan of a Gram job's spec on its input shape (a family job's: the
-        family pass of its ``depths``)."""
+        family pass of its ``depths`` and ``variants``)."""
         spec = json.dumps(meta["spec"], sort_keys=True)
-        shape, depths = tuple(meta["x_shape"]), meta.get("depths")
+        shape, depths, variants = tuple(meta["x_shape"]), meta.get("depths"), \
+            meta.get("variants")
         if depths is None:
             return self._cached(("plan", spec, shape),
                                 lambda: make_plan(parse_arch(meta["spec"]), shape))
-        return self._cached(("family", spec, shape, tuple(depths)), lambda: make_family_plan(
-            make_family(meta["spec"], depths), shape))
+        key = ("family", spec, shape, tuple(depths), None if variants is None
+               else tuple(variants))
+        return self._cached(key, lambda: make_family_plan(
+            make_family(meta["spec"], depths, variants), shape))
 
     def feature_map(self, meta: dict) -> Any:
         """The feature map of a features job (drawn from its seed, so the same everywhere)."""
@@ -192,7 +196,7 @@ def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None)
     out = run(plan, xa, xb, sa, sb, symmetric=sym and i == j, get=tuple(meta["get"]),
               block=meta["block"], threads=meta["threads"])
     r, c = _rows(meta, "x1", i), _rows(meta, other, j)
-    for name, val in out.items():  # (n1, n2), or a family's (D, n1, n2): every member
+    for name, val in out.items():  # (n1, n2), or a family's (D, [V,] n1, n2): every member
         val = backend.to_numpy(val)
         _check_finite(val, f"{name} tile rows {r.start}:{r.stop} x cols {c.start}:{c.stop}",
                       meta)
@@ -300,9 +304,9 @@ def verify_task(url: str, i: int, options: dict | None = None) -> dict:
         if not marked:
             pending.append(list(tile))
             continue
-        members = [()] if features or "depths" not in meta else \
-            [(d,) for d in range(len(meta["depths"]))]
         for name in meta["get"]:
+            members = [()] if features else \
+                list(itertools.product(*map(range, member_axes(meta, name)[0])))
             for m in mirrors:
                 for d in members:  # a family job: each member's chunk of the tile
                     check(name, (*d, *m) if not features else (i, 0), tile)

@@ -243,3 +243,103 @@ def test_a_gradient_flow_solve_and_its_refusals(client, tmp_path, images):
             workers.solve(job.url, y, args.pop("lam"), depth=2, save=None, client=client,
                           **args)
         assert e.value.field == field
+
+
+def test_variants_are_an_axis_of_the_ntk_read_named_and_repaired(client, tmp_path, images):
+    """A ``variants`` job: ``ntk`` (D, V, n1, n2) [depth, variant, i, j], every (depth,
+    variant) member equal to the spec with its bottom blocks fixed, computed on its own
+    (1e-12); ``nngp`` keeps (D, n1, n2); a deleted member chunk is named with all four
+    coordinates and repaired bit for bit."""
+    x, xt = images
+    variants = [0, 1, 3]
+    fam = make_family(CNTK, DEPTHS, variants)
+    store = str(tmp_path / "var")
+    job = workers.compute_gram(CNTK, x, store=store, tile=5, client=client, depths=DEPTHS,
+                               variants=variants).wait()
+    cross = workers.compute_gram(CNTK, xt, x, store=str(tmp_path / "varc"), tile=5,
+                                 client=client, depths=DEPTHS, variants=variants).wait()
+    g = zarr.open_group(store, mode="r")
+    assert g["ntk"].shape == (3, 3, 13, 13) and g["ntk"].chunks == (1, 1, 5, 5)
+    assert g["ntk"].metadata.dimension_names == ("depth", "variant", "i", "j")
+    assert g["nngp"].shape == (3, 13, 13) and g["ntk"].attrs["variants"] == variants
+    assert g["self/x1/diag_ntk"].shape == (13, 3, 3) and job.variants == variants
+    for d in DEPTHS:
+        for v in variants:
+            member = fam.member(d, v)
+            ref, ref_c = nc.kernel(member, x), nc.kernel(member, xt, x)
+            one, one_c = job.member(d, v), cross.member(d, v)
+            for k in ("ntk", "nngp"):
+                _close(one[k], ref[k], (d, v, k))
+                _close(one_c[k], ref_c[k], (d, v, k, "cross"))
+            np.testing.assert_allclose(read(g["self/x1/diag_ntk"])[:, DEPTHS.index(d),
+                                                                  variants.index(v)],
+                                       np.diag(ref["ntk"]), rtol=1e-12)
+    ds = job.to_xarray()
+    assert ds["ntk"].dims == ("depth", "variant", "i", "j") and ds["nngp"].dims[0] == "depth"
+    np.testing.assert_array_equal(ds["ntk"].sel(depth=4, variant=1).values,
+                                  job.member(4, 1)["ntk"])
+    for bad, field in (((2, None), "variant"), ((2, 2), "variant"), ((None, 1), "depth")):
+        with pytest.raises(InputError) as e:
+            kernel_array(g, "ntk", *bad)
+        assert e.value.field == field, bad
+    np.testing.assert_array_equal(read(kernel_array(g, "nngp", 2)), job.member(2, 3)["nngp"])
+    with pytest.raises(InputError) as e:  # variants are members of a family
+        workers.plan_job(CNTK, x, variants=[0, 1])
+    assert e.value.field == "variants"
+    with pytest.raises(InputError) as e:
+        workers.plan_job(CNTK, x, depths=DEPTHS, variants=[0, 5])
+    assert e.value.field == "variants"
+
+    original = job.to_numpy()
+    Path(store, "ntk", "c", "2", "1", "0", "1").unlink()  # depth 4, variant 1, tile (0, 1)
+    with pytest.raises(CorruptChunk, match=r"ntk chunk \[2, 1, 0, 1\]: missing"):
+        read(kernel_array(g, "ntk", 4, 1))
+    np.testing.assert_array_equal(read(kernel_array(g, "ntk", 4, 3)), original["ntk"][2, 2])
+    rep = workers.verify_job(store, client=client)
+    assert [(b["array"], b["chunk"], b["tile"]) for b in rep.bad] == [
+        ("ntk", [2, 1, 0, 1], [0, 1])]
+    fixed = workers.compute_gram(CNTK, x, store=store, tile=5, client=client, depths=DEPTHS,
+                                 variants=variants, verify=True).wait()
+    assert (fixed.tiles_computed, fixed.tiles_reused) == (1, 5)
+    for k, v in fixed.to_numpy().items():
+        assert np.array_equal(v, original[k])
+
+
+def test_solves_and_selection_over_variants(client, tmp_path, images):
+    """``solve(depth=, variant=)`` equals kernel ridge on that network's kernels;
+    ``select_member`` over depths x variants equals the in-process ``select``."""
+    x, xt = images
+    y, yt = np.arange(13) % 3, np.arange(6) % 3
+    variants = [0, 2]
+    fam = make_family(FC, [1, 3], variants)
+    xf, xtf = x.reshape(13, -1), xt.reshape(6, -1)
+    kw = dict(tile=5, client=client, depths=[1, 3], variants=variants)
+    train = workers.compute_gram(FC, xf, store=str(tmp_path / "t"), **kw).wait()
+    cross = workers.compute_gram(FC, xtf, xf, store=str(tmp_path / "c"), **kw).wait()
+    for solver in ("direct", "cg"):
+        res = workers.solve(train.url, y, 1e-2, solver=solver, depth=3, variant=2,
+                            cross=cross.url, test_labels=yt, client=client, save=None,
+                            tol=1e-12, preconditioner=None, relative=True)
+        member = fam.member(3, 2)
+        want = kernel_ridge(nc.kernel(member, xf)["ntk"], one_hot(y, 3),
+                            nc.kernel(member, xtf, xf)["ntk"], lam=1e-2, relative=True)
+        tol = 1e-10 if solver == "direct" else 1e-7
+        assert np.abs(res.predictions - want).max() <= tol * np.abs(want).max(), solver
+    for kwargs, field in (({"depth": 3}, "variant"), ({"depth": 3, "variant": 1}, "variant")):
+        with pytest.raises(InputError) as e:
+            workers.solve(train.url, y, 1e-2, solver="direct", save=None, **kwargs)
+        assert e.value.field == field
+    grid = [1e-3, 1e-1]
+    got = workers.select_member(train.url, y, kinds=["ntk", "nngp"], lambdas=grid,
+                                variants=[2])
+    k = kernel_family(fam, xf)
+    want = nc.select({"depths": [1, 3], "variants": [2], "ntk": k["ntk"][:, 1:],
+                      "nngp": k["nngp"]}, y, lambdas=grid)
+    assert [(r["depth"], r["variant"], r["kernel"], r["lam"]) for r in got.table] == \
+        [(r["depth"], r["variant"], r["kernel"], r["lam"]) for r in want.table]
+    np.testing.assert_allclose([r["loo"] for r in got.table], [r["loo"] for r in want.table],
+                               rtol=1e-9)
+    assert len(got.table) == (2 + 2) * 2
+    with pytest.raises(InputError) as e:
+        workers.select_member(train.url, y, variants=[1])
+    assert e.value.field == "variants"
