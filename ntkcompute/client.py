@@ -155,31 +155,39 @@ class KernelJob(_Job):
         """A family job's member depths (None for one network)."""
         return self.info.get("depths")
 
+    @property
+    def variants(self) -> list[int] | None:
+        """A family job's NTK variants (fixed bottom blocks; None without)."""
+        return self.info.get("variants")
+
     def block(self, kind: str = "ntk", rows: tuple[int, int] | None = None,
               cols: tuple[int, int] | None = None, part: str = "train",
-              depth: int | None = None) -> np.ndarray:
+              depth: int | None = None, variant: int | None = None) -> np.ndarray:
         """One block ``K[rows[0]:rows[1], cols[0]:cols[1]]`` of a stored kernel (of member
-        ``depth`` of a family job)."""
+        ``depth``, and NTK ``variant``, of a family job)."""
         params: dict[str, Any] = {"kind": kind, "part": part}
         if depth is not None:
             params["depth"] = depth
+        if variant is not None:
+            params["variant"] = variant
         if rows is not None:
             params["rows"] = f"{rows[0]}:{rows[1]}"
         if cols is not None:
             params["cols"] = f"{cols[0]}:{cols[1]}"
         return self._c._npy(f"{self._path}/{self.id}/blocks", params)
 
-    def to_numpy(self, kind: str = "ntk", part: str = "train", depth: int | None = None
-                 ) -> np.ndarray:
+    def to_numpy(self, kind: str = "ntk", part: str = "train", depth: int | None = None,
+                 variant: int | None = None) -> np.ndarray:
         """The whole ``kind`` kernel of ``part`` ("train" n x n, "test" m x n; of member
-        ``depth`` of a family job), fetched in row stripes within the server's block-size
-        limit."""
+        ``depth``, and NTK ``variant``, of a family job), fetched in row stripes within the
+        server's block-size limit."""
         rows, cols = self.info["shape"][part]
         itemsize = np.dtype(self.info["dtype"]).itemsize
         step = max(1, self._c.limits()["max_block_bytes"] // (cols * itemsize))
         out = np.empty((rows, cols), dtype=self.info["dtype"])
         for r in range(0, rows, step):
-            out[r:r + step] = self.block(kind, (r, min(rows, r + step)), None, part, depth)
+            out[r:r + step] = self.block(kind, (r, min(rows, r + step)), None, part, depth,
+                                         variant)
         return out
 
 
@@ -273,13 +281,16 @@ class Client:
     def kernel(self, train: Dataset | str, arch: Any, test: Dataset | str | None = None,
                kernels: tuple[str, ...] = ("ntk", "nngp"), dtype: str | None = None,
                tile: int | None = None, method: str = "exact", m: int | None = None,
-               seed: int = 0, depths: list[int] | None = None) -> KernelJob:
+               seed: int = 0, depths: list[int] | None = None,
+               variants: list[int] | None = None) -> KernelJob:
         """Start the kernel job of ``arch`` (spec object, dict or JSON) on ``train`` (and
         test x train); returns at once: call ``wait()``. ``method="features"`` stores NTK
         random features of dimension ~2m instead (ReLU nets, FC or conv); blocks and solves
         work the same way. ``depths``: a kernel family (``arch`` with one top-level
         ``repeat``): every listed depth from one pass; blocks and solves then name a
-        ``depth``, or a solve selects one."""
+        ``depth``, or a solve selects one. ``variants``: with ``depths``, each member's NTK
+        also with its stem and first v repeats fixed (its blocks and solves name a
+        ``variant``)."""
         if hasattr(arch, "model_dump"):
             arch = arch.model_dump(mode="json")
         elif isinstance(arch, str):
@@ -291,6 +302,8 @@ class Client:
                 "method": method, "m": m, "seed": seed}
         if depths is not None:
             body["depths"] = [int(d) for d in depths]
+        if variants is not None:
+            body["variants"] = [int(v) for v in variants]
         return KernelJob(self, self._json("POST", "/v1/kernels", json=body))
 
     def job(self, kernel_id: str) -> KernelJob:
@@ -304,7 +317,7 @@ class Client:
               times: list[float] | None = None, lr: float = 1.0, bound: bool = False,
               spectrum: int = 0, min_eigenvalue: bool = False,
               variance: bool = False, depth: int | None = None,
-              select: dict | None = None) -> SolveJob:
+              select: dict | None = None, variant: int | None = None) -> SolveJob:
         """Kernel regression on a finished kernel job; labels default to the datasets' y.
         λ is absolute unless ``relative=True`` (multiples of mean(diag K)), as in every
         solver. ``min_eigenvalue``: report λmin(K) (Lanczos with cg, exact with direct).
@@ -315,9 +328,10 @@ class Client:
         with ``select`` the server's grid; ``relative`` default: False, or with ``select``
         True.
 
-        ``depth``: the member of a family job to solve on. ``select``: ``{"criterion":
-        "accuracy" | "loo" | "gcv", "kinds": [...], "depths": [...], "times": [...],
-        "lr": 1.0}`` (any may be left out): the best (depth, kernel, λ) by closed-form
+        ``depth`` (and ``variant``): the member of a family job to solve on. ``select``:
+        ``{"criterion": "accuracy" | "loo" | "gcv", "kinds": [...], "depths": [...],
+        "variants": [...], "times": [...], "lr": 1.0}`` (any may be left out): the best
+        (depth, variant, kernel, λ) by closed-form
         leave-one-out / GCV on the train rows (``solver="direct"``), or with ``times`` the
         best gradient-flow time, then the solve with it; the choice and the score table are
         in ``analyses["selection"]``."""
@@ -334,6 +348,8 @@ class Client:
                                                   else [lambdas])]
         if depth is not None:
             body["depth"] = int(depth)
+        if variant is not None:
+            body["variant"] = int(variant)
         if select is not None:
             body["select"] = dict(select)
         return SolveJob(self, self._json("POST", "/v1/solves", json=body))

@@ -100,6 +100,8 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer, default=0)
     #: a family job's member depths (None: one network)
     depths: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    #: a family job's variants (fixed bottom blocks of its NTK; None: none)
+    variants: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class Solve(Base):
@@ -218,7 +220,8 @@ def spec_of(job: Job, train: Dataset | None = None, test: Dataset | None = None)
                    test=test and test.url, has_test=bool(job.test), n_train=job.n_train,
                    arch=job.arch, kernels=tuple(job.kernels), dtype=job.dtype, tile=job.tile,
                    m=job.m, seed=job.seed,
-                   depths=None if job.depths is None else tuple(job.depths))
+                   depths=None if job.depths is None else tuple(job.depths),
+                   variants=None if job.variants is None else tuple(job.variants))
 
 
 def _sqlite_pragmas(conn: Any, _record: Any) -> None:

@@ -57,6 +57,12 @@ class KernelRequest(_Body):
             "a kernel family (method 'exact'): arch has one top-level repeat, and the job "
             "computes the kernels of every listed repeat count (increasing) in one pass; "
             "blocks and solves then name a depth"))
+    variants: list[Annotated[int, Field(ge=0, le=1000)]] | None = Field(
+        None, min_length=1, max_length=64, description=(
+            "with depths: the NTK of every member also with its stem and first v repeats "
+            "fixed, for each listed v (increasing; 0: every layer trained; Arora et al. "
+            "2020's fixed bottom layers), depths x variants <= 64 kernels; blocks and solves "
+            "of the NTK then name a variant (the NNGP does not depend on it)"))
 
 
 class KernelOut(BaseModel):
@@ -81,6 +87,7 @@ class KernelOut(BaseModel):
     m: int | None = None
     seed: int = 0
     depths: list[int] | None = Field(None, description="a family job's member depths")
+    variants: list[int] | None = Field(None, description="a family job's NTK variants")
 
 
 class Analyses(_Body):
@@ -108,6 +115,8 @@ class Select(_Body):
         None, min_length=1, max_length=2, description="kernels to score (default: kind)")
     depths: list[int] | None = Field(None, min_length=1, max_length=64, description=(
         "members of a family job to score (default: every member)"))
+    variants: list[int] | None = Field(None, min_length=1, max_length=64, description=(
+        "NTK variants of a family job with variants to score (default: every one)"))
     times: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
         None, min_length=1, max_length=1000, description=(
             "select gradient-flow time t instead of λ (the net trained for t; relative "
@@ -136,8 +145,11 @@ class SolveRequest(_Body):
     analyses: Analyses = Field(default_factory=Analyses)
     depth: int | None = Field(None, description="the member of a family job to solve on "
                               "(required for a family, unless select)")
+    variant: int | None = Field(None, description="with depth: the NTK variant of a family "
+                                "job with variants (required for its NTK, unless select)")
     select: Select | None = Field(None, description=(
-        "choose depth, kernel and λ among the candidates (solver 'direct'; lambdas is the "
+        "choose depth, variant, kernel and λ among the candidates (solver 'direct'; lambdas "
+        "is the "
         "grid, default 15 relative values from 1e-6 to 10); the choice and the whole score "
         "table are in analyses.selection"))
 

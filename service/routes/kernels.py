@@ -54,7 +54,8 @@ def kernel_out(r: Job) -> KernelOut:
                      tiles_total=r.tiles_total, tiles_reused=r.tiles_reused,
                      eta_seconds=r.eta_seconds, error=redacted(r.error), created=r.created,
                      started=r.started, finished=r.finished, arch=r.arch,
-                     method=r.method or "exact", m=r.m, seed=r.seed or 0, depths=r.depths)
+                     method=r.method or "exact", m=r.m, seed=r.seed or 0, depths=r.depths,
+                     variants=r.variants)
 
 
 KERNELS = Resource(Job, "kernel job", kernel_out)
@@ -71,14 +72,15 @@ def submit_kernel(req: KernelRequest, response: Response, key: Owner, db: DB,
         planned = kind_of(req.method).plan(
             req.arch, _shape(train), _shape(test) if test else None,
             kernels=tuple(req.kernels), dtype=req.dtype, tile=req.tile,
-            memory=settings.task_memory, m=req.m, seed=req.seed, depths=req.depths)
+            memory=settings.task_memory, m=req.m, seed=req.seed, depths=req.depths,
+            variants=req.variants)
     jid = f"k-{uuid.uuid4().hex[:16]}"
     row = Job(id=jid, owner=key, train=train.id, test=test.id if test else None,
               n_train=train.n, n_test=test.n if test else None,
               url=layout.kernel_url(settings.store, jid), arch=planned.arch,
               kernels=planned.kernels, dtype=planned.dtype, tile=planned.tile,
               status=Status.QUEUED, method=req.method, m=req.m, seed=req.seed,
-              depths=planned.depths,
+              depths=planned.depths, variants=planned.variants,
               tiles_done=0, tiles_total=0, tiles_reused=0, runs=0, created=time.time())
     out = kernel_out(row)
     out.model_dump_json()  # the answer can be produced before the job exists
@@ -162,9 +164,12 @@ def get_block(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
               cols: Annotated[str | None, Query(description="c:d (default all)",
                                                 max_length=40)] = None,
               depth: Annotated[int | None, Query(ge=1, le=1000, description=(
-                  "the member of a family job (required for one)"))] = None) -> Response:
+                  "the member of a family job (required for one)"))] = None,
+              variant: Annotated[int | None, Query(ge=0, le=1000, description=(
+                  "the NTK variant of a family job with variants (required for its "
+                  "NTK)"))] = None) -> Response:
     """A block of a stored kernel as ``.npy``; 409 until every tile under it is done,
-    422 past the block-size limit or for a depth the job does not have."""
+    422 past the block-size limit or for a depth or variant the job does not have."""
     row = KERNELS.get(db, kernel_id, key)
     if kind not in row.kernels:
         raise ApiError(422, "kind", f"this job computed {row.kernels}, not {kind!r}")
@@ -173,7 +178,8 @@ def get_block(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
     job = spec_of(row)
     with store_errors(row.id):
         return npy(job.kind.read_block(job, kind, part, rows, cols, status=row.status,
-                                       max_bytes=settings.max_block_bytes, depth=depth))
+                                       max_bytes=settings.max_block_bytes, depth=depth,
+                                       variant=variant))
 
 
 def _shape(ds: Dataset) -> Shape:

@@ -131,7 +131,63 @@ def test_family_requests_are_bounded_before_the_work(family_job, service):
     assert r.status_code == 422 and r.json()["field"] == "depths"
 
 
-def test_cli_submit_depths_fetch_and_solve_depth(service, tmp_path):
+def test_variants_through_the_service(family_job, service):
+    """A ``variants`` job: every (depth, variant) NTK read back equals the network with its
+    bottom blocks fixed (1e-12); solves name a variant or select over them; requests that
+    name a variant wrongly are refused before the work."""
+    c, _, (x, y, xt, yt) = family_job
+    variants = [0, 1, 2]
+    fam = make_family(FC, [1, 3], variants)
+    job = c.kernel(c.upload(x, y), FC, test=c.upload(xt, yt), tile=16, depths=[1, 3],
+                   variants=variants)
+    job.wait(progress=False)
+    assert job.variants == variants and job.info["variants"] == variants
+    for d in (1, 3):
+        for v in variants:
+            member = fam.member(d, v)
+            ref, ref_c = nc.kernel(member, x)["ntk"], nc.kernel(member, xt, x)["ntk"]
+            got = job.to_numpy("ntk", "train", depth=d, variant=v)
+            got_c = job.to_numpy("ntk", "test", depth=d, variant=v)
+            assert np.abs(got - ref).max() <= 1e-12 * np.abs(ref).max(), (d, v)
+            assert np.abs(got_c - ref_c).max() <= 1e-12 * np.abs(ref_c).max(), (d, v)
+    np.testing.assert_array_equal(job.to_numpy("nngp", depth=3),
+                                  nc.kernel(fam.member(3), x)["nngp"])
+    for params, field in (({"depth": 3}, "variant"), ({"depth": 3, "variant": 5}, "variant")):
+        with pytest.raises(ApiError) as e:
+            job.block("ntk", **params)
+        assert e.value.status == 422 and e.value.field == field, params
+
+    s = c.solve(job, 1e-2, relative=True, solver="direct", depth=3, variant=1).wait()
+    member = fam.member(3, 1)
+    want = kernel_ridge(nc.kernel(member, x)["ntk"], one_hot(y, 3),
+                        nc.kernel(member, xt, x)["ntk"], lam=1e-2, relative=True)
+    assert np.abs(s.predictions() - want).max() <= 1e-10 * np.abs(want).max()
+    grid = [1e-3, 1e-1]
+    sel = c.solve(job, grid, solver="direct", select={"kinds": ["ntk", "nngp"]}).wait()
+    chosen = sel.info["analyses"]["selection"]
+    ref = nc.select(kernel_family(fam, x), y, lambdas=grid, relative=True)
+    assert len(chosen["table"]) == len(ref.table) == (2 * 3 + 2) * 2
+    for key in ("depth", "variant", "kernel", "lam"):
+        assert chosen["best"][key] == ref.best[key], key
+    headers = {"Authorization": f"Bearer {service.key_a}"}
+    for body, field in (({"depth": 3}, "variant"), ({"depth": 3, "variant": 4}, "variant"),
+                        ({"select": {"variants": [4]}, "solver": "direct"},
+                         "select.variants"),
+                        ({"select": {}, "variant": 1, "solver": "direct"}, "variant")):
+        r = httpx.post(f"{service.url}/v1/solves", headers=headers,
+                       json={"kernel": job.id, "lambdas": [0.1], **body})
+        assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
+    train = job.info["train"]
+    for body, field in (({"variants": [0, 1]}, "variants"),
+                        ({"depths": [1, 2], "variants": [3]}, "variants"),
+                        ({"depths": [1, 2], "variants": [1, 0]}, "variants"),
+                        ({"depths": [1, 2], "variants": [-1]}, "variants[0]")):
+        r = httpx.post(f"{service.url}/v1/kernels", headers=headers,
+                       json={"train": train, "arch": FC, **body})
+        assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
+
+
+def test_cli_submit_depths_variants_fetch_and_solve(service, tmp_path):
     import json
 
     from .test_cli import ntk
@@ -144,17 +200,19 @@ def test_cli_submit_depths_fetch_and_solve_depth(service, tmp_path):
     kw = dict(key=service.key_a, url=service.url)
     out = ntk("submit", "--arch", str(tmp_path / "arch.json"), "--train",
               str(tmp_path / "x.npy"), "--train-labels", str(tmp_path / "y.npy"),
-              "--depths", "2,3", "--wait", "--quiet", **kw)
+              "--depths", "2,3", "--variants", "0,1", "--wait", "--quiet", **kw)
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
-    assert job["depths"] == [2, 3] and job["status"] == "succeeded"
-    got = ntk("fetch", job["id"], "--out", str(tmp_path / "k.npy"), "--depth", "3", **kw)
+    assert job["depths"] == [2, 3] and job["variants"] == [0, 1]
+    assert job["status"] == "succeeded"
+    got = ntk("fetch", job["id"], "--out", str(tmp_path / "k.npy"), "--depth", "3",
+              "--variant", "1", **kw)
     assert got.returncode == 0, got.stderr
-    want = nc.kernel(make_family(FC, [3]).members[0], x)["ntk"]
+    want = nc.kernel(make_family(FC, [3], [1]).member(3, 1), x)["ntk"]
     k = np.load(tmp_path / "k.npy")
     assert np.abs(k - want).max() <= 1e-12 * np.abs(want).max()
     s = ntk("solve", "--kernel", job["id"], "--lambda", "1e-2", "--relative", "--solver",
-            "direct", "--depth", "2", "--wait", **kw)
+            "direct", "--depth", "2", "--variant", "0", "--wait", **kw)
     assert s.returncode == 0, s.stderr
     assert json.loads(s.stdout)["status"] == "succeeded"
     bad = ntk("fetch", job["id"], "--out", str(tmp_path / "k2.npy"), **kw)

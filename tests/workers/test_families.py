@@ -154,8 +154,8 @@ def test_a_solve_picks_a_member(client, tmp_path, images, solver):
 
 
 def test_cli_gram_depths_and_solve_depth(tmp_path):
-    """``ntk gram --depths`` stores the family; ``ntk solve --depth`` solves on one member
-    (the embedded cluster of each command)."""
+    """``ntk gram --depths --variants`` stores the family; ``ntk solve --depth --variant``
+    solves on one member (the embedded cluster of each command)."""
     import json
     import subprocess
     import sys
@@ -170,14 +170,15 @@ def test_cli_gram_depths_and_solve_depth(tmp_path):
     ntk = [sys.executable, "-m", "ntkcli"]
     r = subprocess.run([*ntk, "gram", "--arch", str(tmp_path / "arch.json"), "--x1",
                         str(tmp_path / "x.npy"), "--out", store, "--depths", "1,3",
-                        "--quiet"], capture_output=True, text=True)
+                        "--variants", "0,2", "--quiet"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.splitlines()[-1])["arrays"]["ntk"] == [2, 20, 20]
+    arrays = json.loads(r.stdout.splitlines()[-1])["arrays"]
+    assert arrays["ntk"] == [2, 2, 20, 20] and arrays["nngp"] == [2, 20, 20]
     r = subprocess.run([*ntk, "solve", "--kernel", store, "--labels", str(tmp_path / "y.npy"),
                         "--lambda", "1e-2", "--relative", "--solver", "direct", "--depth",
-                        "3"], capture_output=True, text=True)
+                        "3", "--variant", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    member = make_family(FC, [3]).members[0]
+    member = make_family(FC, [3], [2]).member(3, 2)
     k = nc.kernel(member, x)["ntk"]
     want = np.linalg.solve(k + 1e-2 * np.mean(np.diag(k)) * np.eye(20), one_hot(y, 2))
     got = read(zarr.open_group(store, mode="r")["solves/default/coefficients"])

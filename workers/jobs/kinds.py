@@ -45,6 +45,7 @@ class Planned:
     dtype: str
     tile: int
     depths: list[int] | None = None
+    variants: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class JobSpec:
     m: int | None = None
     seed: int = 0
     depths: tuple[int, ...] | None = None  # a family job's members
+    variants: tuple[int, ...] | None = None  # and its NTK's fixed-bottom-block variants
 
     @property
     def kind(self) -> JobKind:
@@ -89,9 +91,11 @@ class JobKind(Protocol):
 
     def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
-             seed: int = 0, depths: list[int] | None = None) -> Planned:
+             seed: int = 0, depths: list[int] | None = None,
+             variants: list[int] | None = None) -> Planned:
         """Check the job before anything is written (``x1``/``x2`` need shape and dtype);
-        :class:`InputError` naming the field. ``depths``: a family job."""
+        :class:`InputError` naming the field. ``depths``: a family job; ``variants``: its
+        NTK with the bottom blocks fixed too."""
 
     def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
               verify: bool) -> None:
@@ -101,9 +105,9 @@ class JobKind(Protocol):
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
                    cols: str | None, *, status: str, max_bytes: int,
-                   depth: int | None = None) -> np.ndarray:
-        """The kernel block ``K_part[rows, cols]`` (cols index train rows); ``depth``: the
-        member of a family job."""
+                   depth: int | None = None, variant: int | None = None) -> np.ndarray:
+        """The kernel block ``K_part[rows, cols]`` (cols index train rows); ``depth`` (and
+        ``variant``): the member of a family job."""
 
     def coefficient_rows(self, job: JobSpec, kind: str) -> int:
         """Rows of one λ's solution: n dual coefficients, or D feature weights."""
@@ -206,17 +210,19 @@ class Exact:
 
     def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
-             seed: int = 0, depths: list[int] | None = None) -> Planned:
+             seed: int = 0, depths: list[int] | None = None,
+             variants: list[int] | None = None) -> Planned:
         jp = plan_job(arch, x1, x2, get=kernels, dtype=dtype, memory=memory, tile=tile,
-                      depths=depths)
+                      depths=depths, variants=variants)
         return Planned(jp.spec.model_dump(mode="json"), list(jp.get), jp.dtype.name, jp.tile,
-                       jp.depths)
+                       jp.depths, jp.variants)
 
     def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
               verify: bool) -> None:
         common = dict(arch=job.arch, tile=job.tile, client=client, get=job.kernels,
                       dtype=job.dtype, verify=verify, memory=memory,
-                      depths=None if job.depths is None else list(job.depths))
+                      depths=None if job.depths is None else list(job.depths),
+                      variants=None if job.variants is None else list(job.variants))
         for part, url in job.parts.items():  # test x train: rows of test, columns of train
             train, test = job.inputs()
             x1, x2 = (train, None) if part == "train" else (test, train)
@@ -224,10 +230,10 @@ class Exact:
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
                    cols: str | None, *, status: str, max_bytes: int,
-                   depth: int | None = None) -> np.ndarray:
+                   depth: int | None = None, variant: int | None = None) -> np.ndarray:
         g = _open(part_url(job.url, part), status)
         _, done = _arrays(g, status, kind, "done")
-        arr = kernel_array(g, kind, depth)
+        arr = kernel_array(g, kind, depth, variant)
         r, c = span(rows, arr.shape[0], "rows"), span(cols, arr.shape[1], "cols")
         _check_bytes(r, c, arr.dtype.itemsize, max_bytes)
         _check_marks(done, _tiles(job.tile, r, c), part, status)
@@ -237,12 +243,19 @@ class Exact:
         return job.n_train
 
     def check_solve(self, job: JobSpec, request: dict[str, Any]) -> None:
-        depths = list(job.depths or ())
-        depth, sel = request.get("depth"), request.get("select")
+        depths, variants = list(job.depths or ()), job.variants
+        depth, sel, variant = request.get("depth"), request.get("select"), \
+            request.get("variant")
+        if variant is not None and variants is None:
+            raise InputError("this job has no variants", field="variant")
+        if variant is not None and variant not in variants:
+            raise InputError(f"must be one of the job's variants {list(variants)}, got "
+                             f"{variant}", field="variant")
         if sel is not None:
-            if depth is not None:
-                raise InputError("give depth or select, not both (select chooses the depth)",
-                                 field="depth")
+            if depth is not None or variant is not None:
+                raise InputError("give depth (and variant) or select, not both (select "
+                                 "chooses them)", field="depth" if depth is not None
+                                 else "variant")
             if request.get("solver") != "direct":
                 raise InputError("selection scores closed-form leave-one-out / GCV from an "
                                  "eigendecomposition: needs solver 'direct'",
@@ -255,6 +268,11 @@ class Exact:
                 if d not in depths:
                     raise InputError(f"must be among the job's depths {depths or None}, got "
                                      f"{d}", field="select.depths")
+            for v in sel.get("variants") or ():
+                if v not in (variants or ()):
+                    raise InputError(f"must be among the job's variants "
+                                     f"{None if variants is None else list(variants)}, got "
+                                     f"{v}", field="select.variants")
             if sel.get("times") and (request.get("analyses") or {}).get("variance"):
                 raise InputError("a gradient-flow selection has no predictive variances",
                                  field="analyses.variance")
@@ -267,6 +285,9 @@ class Exact:
         elif depth is not None and depth not in depths:
             raise InputError(f"must be one of the job's depths {depths or None}, got {depth}",
                              field="depth")
+        elif variants is not None and variant is None and request.get("kind") == "ntk":
+            raise InputError(f"this job's NTK has variants {list(variants)}: name one, or "
+                             "select", field="variant")
 
     def solve(self, job: JobSpec, labels: np.ndarray, test_labels: np.ndarray | None,
               params: dict[str, Any], *, client: Any) -> list[SolveResult]:
@@ -276,12 +297,13 @@ class Exact:
         if p.get("select") is not None:  # the best (member, kernel, λ or t), then its solve
             sel = p["select"]
             chosen = select_member(train, labels, kinds=sel.get("kinds") or [p["kind"]],
-                                   depths=sel.get("depths"), lambdas=p["lambdas"],
+                                   depths=sel.get("depths"), variants=sel.get("variants"),
+                                   lambdas=p["lambdas"],
                                    relative=bool(p.get("relative")),
                                    criterion=sel.get("criterion"), times=sel.get("times"),
                                    lr=sel.get("lr", 1.0))
             best = chosen.best
-            p.update(kind=best["kernel"], depth=best["depth"])
+            p.update(kind=best["kernel"], depth=best["depth"], variant=best.get("variant"))
             if "t" in best:  # gradient flow for the chosen time, no ridge
                 p.update(lambdas=[0.0], relative=False, flow_time=best["t_absolute"])
                 an = {**an, "lr": sel.get("lr", 1.0)}
@@ -292,7 +314,8 @@ class Exact:
                   else p["preconditioner"], rank=min(p["rank"], job.n_train),
                   cross=job.parts.get("test"), test_labels=test_labels, client=client,
                   save=None, lr=an.get("lr", 1.0), relative=bool(p.get("relative")),
-                  depth=p.get("depth"), flow_time=p.get("flow_time"))
+                  depth=p.get("depth"), variant=p.get("variant"),
+                  flow_time=p.get("flow_time"))
         analysis = dict(times=an.get("times"), bound=an.get("bound", False),
                         spectrum_k=an.get("spectrum", 0),
                         min_eig=an.get("min_eigenvalue", False),
@@ -313,9 +336,11 @@ class Features:
 
     def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
-             seed: int = 0, depths: list[int] | None = None) -> Planned:
-        if depths is not None:
-            raise InputError("families are computed by method 'exact'", field="depths")
+             seed: int = 0, depths: list[int] | None = None,
+             variants: list[int] | None = None) -> Planned:
+        for name, value in (("depths", depths), ("variants", variants)):
+            if value is not None:
+                raise InputError("families are computed by method 'exact'", field=name)
         if m is None:
             raise InputError("required with method 'features'", field="m")
         if x2 is not None and tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
@@ -337,11 +362,12 @@ class Features:
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
                    cols: str | None, *, status: str, max_bytes: int,
-                   depth: int | None = None) -> np.ndarray:
+                   depth: int | None = None, variant: int | None = None) -> np.ndarray:
         """``Φ_part[rows] Φ_train[cols]ᵀ``."""
-        if depth is not None:
-            raise InputError("a features job is one network, not a family of depths",
-                             field="depth")
+        for name, value in (("depth", depth), ("variant", variant)):
+            if value is not None:
+                raise InputError("a features job is one network, not a family of depths",
+                                 field=name)
         gp = _open(part_url(job.url, part), status)
         gt = _open(part_url(job.url, "train"), status)
         (zp,), (zt,) = _arrays(gp, status, kind), _arrays(gt, status, kind)
@@ -359,9 +385,10 @@ class Features:
         if request.get("select") is not None:
             raise InputError("selection needs the Gram matrices of method 'exact'",
                              field="select")
-        if request.get("depth") is not None:
-            raise InputError("a features job is one network, not a family of depths",
-                             field="depth")
+        for name in ("depth", "variant"):
+            if request.get(name) is not None:
+                raise InputError("a features job is one network, not a family of depths",
+                                 field=name)
         analyses = request.get("analyses") or {}
         if analyses.get("times") or analyses.get("bound") or analyses.get("spectrum") \
                 or analyses.get("variance"):
