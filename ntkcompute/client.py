@@ -404,15 +404,20 @@ class ServiceBackend:
                 if ds is not None:
                     self.client.delete_dataset(ds)
 
-    def family(self, arch: Any, x: np.ndarray, depths: list[int], get: str = "ntk"
-               ) -> np.ndarray:
+    def family(self, arch: Any, x: np.ndarray, depths: list[int], get: str = "ntk",
+               variants: list[int] | None = None) -> np.ndarray:
         """``(D, n, n)``: the train Gram ``get`` of every depth of a family, from one family
-        job (``depths``) of the service, float64."""
+        job (``depths``) of the service, float64; with ``variants``, the NTK's
+        ``(D, V, n, n)``."""
         train = self.client.upload(np.asarray(x))
         try:
             job = self.client.kernel(train, arch, kernels=(get,), tile=self.tile,
-                                     depths=list(depths))
+                                     depths=list(depths),
+                                     variants=None if variants is None else list(variants))
             job.wait(self.timeout, progress=False)
-            return np.stack([job.to_numpy(get, "train", depth=d) for d in depths])
+            if variants is None:
+                return np.stack([job.to_numpy(get, "train", depth=d) for d in depths])
+            return np.stack([np.stack([job.to_numpy(get, "train", depth=d, variant=v)
+                                       for v in variants]) for d in depths])
         finally:
             self.client.delete_dataset(train)

@@ -69,9 +69,9 @@ class GramBackend(Protocol):
     Estimators deep-copy their parameters when cloned (``GridSearchCV``, ``clone``): a
     backend holding a connection should define ``__deepcopy__`` (returning ``self``).
 
-    Optional: ``family(arch, x, depths, get="ntk")`` returning ``(D, n, n)`` float64, the
-    train Gram of every depth of a family from one pass (else the estimators ask ``gram``
-    once per depth).
+    Optional: ``family(arch, x, depths, get="ntk", variants=None)`` returning ``(D, n, n)``
+    float64, the train Gram of every depth of a family from one pass (with ``variants``
+    the NTK's ``(D, V, n, n)``; else the estimators ask ``gram`` once per candidate).
     """
 
     def gram(self, arch: Architecture, x1: np.ndarray, x2: np.ndarray | None = None,
@@ -95,11 +95,13 @@ class InProcess:
         return np.asarray(_kernel(arch, x1, x2, get=get, **self.options)[get])
 
     def family(self, arch: Architecture, x: np.ndarray, depths: Sequence[int],
-               get: str = "ntk") -> np.ndarray:
+               get: str = "ntk", variants: Sequence[int] | None = None) -> np.ndarray:
         """``(D, n, n)``: the train Gram ``get`` of every depth of a family
-        (:func:`ntkcompute.kernel_family`, one pass, float64)."""
+        (:func:`ntkcompute.kernel_family`, one pass, float64); with ``variants``, the NTK's
+        ``(D, V, n, n)``."""
         rest = {k: v for k, v in self.options.items() if k in ("memory", "threads")}
-        return kernel_family(arch, x, depths=depths, get=(get,), **rest)[get]
+        return kernel_family(arch, x, depths=depths, variants=variants, get=(get,),
+                             **rest)[get]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -119,54 +121,80 @@ def _parse(arch: Any) -> Architecture:
     return parse_arch(arch)
 
 
-def _architectures(arch: Any, depths: Any) -> list[tuple[int | None, Architecture]]:
-    """``(depth, Architecture)`` candidates: one without ``depths``, else one per depth of
-    ``arch(depth)`` (``fc`` when ``arch`` is None)."""
+Candidate = tuple[int | None, int | None, Architecture]  # (depth, variant, network)
+
+
+def _architectures(arch: Any, depths: Any, variants: Any = None,
+                   kernel: str = "ntk") -> list[Candidate]:
+    """``(depth, variant, Architecture)`` candidates: one without ``depths``, else one per
+    depth of ``arch(depth)`` (``fc`` when ``arch`` is None), and with ``variants`` (a
+    family's NTK) one per (depth, variant)."""
+    if variants is not None:
+        if depths is None or arch is None or not _is_spec(arch):
+            raise InputError("variants are members of a kernel family: give a spec with one "
+                             "top-level repeat and depths", field="variants")
+        if kernel != "ntk":
+            raise InputError("variants fix bottom layers of the NTK; the NNGP does not "
+                             "depend on which layers are trained", field="variants")
+        if isinstance(variants, (str, bytes)):
+            raise InputError(f"must be a list of ints, got {variants!r}", field="variants")
+        fam = make_family(_parse(arch), _ints(depths), [v for v in variants])
+        return [(d, v, fam.member(d, v)) for d in fam.depths for v in fam.variants]
     if depths is None:
         if arch is None:
-            return [(None, parse_arch(fc(DEFAULT_DEPTH)))]
+            return [(None, None, parse_arch(fc(DEFAULT_DEPTH)))]
         if not _is_spec(arch):
             kind = "a callable" if callable(arch) else type(arch).__name__
             raise InputError(f"must be a spec dict, JSON, an Architecture or a stax layer "
                              f"(got {kind}); a callable depth -> spec needs depths=[...]",
                              field="arch")
-        return [(None, _parse(arch))]
-    if isinstance(depths, (str, bytes)) or not isinstance(depths, (Sequence, np.ndarray)) \
-            or len(depths) == 0 or not all(isinstance(d, numbers.Integral)
-                                           and not isinstance(d, bool) for d in depths):
-        raise InputError(f"must be None or a non-empty list of ints, got {depths!r}",
-                         field="depths")
+        return [(None, None, _parse(arch))]
+    depths = _ints(depths)
     if arch is not None and _is_spec(arch):  # a family: one top-level repeat, its count
-        fam = make_family(_parse(arch), [int(d) for d in depths])
-        return list(zip(fam.depths, fam.members, strict=True))
+        fam = make_family(_parse(arch), depths)
+        return [(d, None, m) for d, m in zip(fam.depths, fam.members, strict=True)]
     if arch is not None and not callable(arch):
         raise InputError("with depths, arch must be a spec with one top-level repeat (a "
                          "kernel family), a callable depth -> spec, or None for "
                          "ntkcompute.architectures.fc", field="arch")
     build = fc if arch is None else arch
-    return [(int(d), _parse(build(int(d)))) for d in depths]
+    return [(d, None, _parse(build(d))) for d in depths]
+
+
+def _ints(depths: Any) -> list[int]:
+    if isinstance(depths, (str, bytes)) or not isinstance(depths, (Sequence, np.ndarray)) \
+            or len(depths) == 0 or not all(isinstance(d, numbers.Integral)
+                                           and not isinstance(d, bool) for d in depths):
+        raise InputError(f"must be None or a non-empty list of ints, got {depths!r}",
+                         field="depths")
+    return [int(d) for d in depths]
 
 
 def _train_grams(est: _NTKRidge, backend: GramBackend, X: np.ndarray,
-                 candidates: list[tuple[int | None, Architecture]]) -> Iterator[np.ndarray]:
+                 candidates: list[Candidate]) -> Iterator[np.ndarray]:
     """Each candidate's train Gram matrix, one at a time. A family (a spec ``arch`` with
-    ``depths``) in float64 comes from one pass where the backend has a ``family(arch, x,
-    depths, get)`` method (:class:`InProcess`, ``workers.DaskBackend``,
-    ``ntkcompute.client.ServiceBackend``)."""
+    ``depths``, and ``variants``) in float64 comes from one pass where the backend has a
+    ``family(arch, x, depths, get, variants)`` method (:class:`InProcess`,
+    ``workers.DaskBackend``, ``ntkcompute.client.ServiceBackend``)."""
     family = est.depths is not None and est.arch is not None and _is_spec(est.arch)
     if family and X.dtype == np.float64 and callable(getattr(backend, "family", None)):
-        depths = [d for d, _ in candidates]
-        stack = np.asarray(backend.family(_parse(est.arch), X, depths, get=est.kernel))
-        if stack.shape != (len(depths), len(X), len(X)):
+        depths = list(dict.fromkeys(d for d, _, _ in candidates))
+        variants = None if est.variants is None else \
+            list(dict.fromkeys(v for _, v, _ in candidates))
+        extra = {} if variants is None else {"variants": variants}
+        stack = np.asarray(backend.family(_parse(est.arch), X, depths, get=est.kernel,
+                                          **extra))
+        lead = (len(depths),) if variants is None else (len(depths), len(variants))
+        if stack.shape != (*lead, len(X), len(X)):
             raise InputError(f"the backend returned a {stack.shape} family, expected "
-                             f"{(len(depths), len(X), len(X))}", field="backend")
-        for k in stack:
+                             f"{(*lead, len(X), len(X))}", field="backend")
+        for k in stack.reshape(-1, len(X), len(X)):
             if not np.isfinite(k).all():
                 raise NotPositiveDefinite(f"the kernel has {int((~np.isfinite(k)).sum())} "
                                           "non-finite entries", finite=False)
             yield k
         return
-    for _, arch in candidates:
+    for _, _, arch in candidates:
         yield _gram(backend, arch, X, None, est.kernel)
 
 
@@ -232,7 +260,8 @@ class _NTKRidge(BaseEstimator):
     def __init__(self, arch: Any = None, kernel: str = "ntk", lam: float | str = "loo",
                  lam_grid: Sequence[float] | None = None, relative: bool = True,
                  depths: Sequence[int] | None = None, dtype: Any = np.float64,
-                 backend: GramBackend | None = None) -> None:
+                 backend: GramBackend | None = None,
+                 variants: Sequence[int] | None = None) -> None:
         self.arch = arch
         self.kernel = kernel
         self.lam = lam
@@ -241,6 +270,7 @@ class _NTKRidge(BaseEstimator):
         self.depths = depths
         self.dtype = dtype
         self.backend = backend
+        self.variants = variants
 
     def _validate_X(self, X: Any, y: Any = None, reset: bool = True, **kw: Any) -> Any:
         dtype = np.dtype(self.dtype) if reset else self.X_fit_.dtype
@@ -255,12 +285,12 @@ class _NTKRidge(BaseEstimator):
         indices (the classifier)."""
         criterion, fixed, grid, _, backend = params
         given = [fixed] if fixed is not None else [float(v) for v in grid]
-        rows: dict[str, list] = {"lam": [], "lam_absolute": [], "depth": [], "kernel": [],
-                                 "score": []}
-        best: tuple[float, float, float, Eigen, int | None, Architecture] | None = None
-        candidates = _architectures(self.arch, self.depths)
+        rows: dict[str, list] = {"lam": [], "lam_absolute": [], "depth": [], "variant": [],
+                                 "kernel": [], "score": []}
+        best: tuple[float, float, float, Eigen, Candidate] | None = None
+        candidates = _architectures(self.arch, self.depths, self.variants, self.kernel)
         grams = _train_grams(self, backend, X, candidates)
-        for (depth, arch), k in zip(candidates, grams, strict=True):
+        for cand, k in zip(candidates, grams, strict=True):
             eig = Eigen.of(k)
             absolute = absolute_lambdas(given, self.relative,
                                         eig.mean_diag if self.relative else None)
@@ -270,12 +300,13 @@ class _NTKRidge(BaseEstimator):
             scores = -table["criterion"]
             rows["lam"] += given
             rows["lam_absolute"] += absolute
-            rows["depth"] += [depth] * len(given)
+            rows["depth"] += [cand[0]] * len(given)
+            rows["variant"] += [cand[1]] * len(given)
             rows["kernel"] += [self.kernel] * len(given)
             rows["score"] += list(scores)
             j = int(np.argmax(np.where(np.isfinite(scores), scores, -np.inf)))
             if np.isfinite(scores[j]) and (best is None or scores[j] > best[0]):
-                best = (float(scores[j]), absolute[j], given[j], eig, depth, arch)
+                best = (float(scores[j]), absolute[j], given[j], eig, cand)
             last = (eig, max(absolute))
         if best is None:
             _shrink(*last)  # raises NotPositiveDefinite where that is the cause
@@ -283,15 +314,17 @@ class _NTKRidge(BaseEstimator):
                 raise InputError("no candidate gives a finite score (λ = 0 has no "
                                  "leave-one-out residual)", field="lam")
             # one fixed λ = 0 (interpolation): nothing to choose, the score is undefined
-            best = (float("nan"), absolute[0], given[0], eig, depth, arch)
-        score, lam_abs, lam, eig, depth, arch = best
-        types = {"kernel": object, "depth": np.int64}
+            best = (float("nan"), absolute[0], given[0], eig, cand)
+        score, lam_abs, lam, eig, (depth, variant, arch) = best
+        types = {"kernel": object, "depth": np.int64, "variant": np.int64}
+        given_axes = {"depth": self.depths, "variant": self.variants}
         self.cv_results_ = {k: np.asarray(v, dtype=types.get(k, np.float64))
-                            for k, v in rows.items() if k != "depth" or self.depths is not None}
+                            for k, v in rows.items() if given_axes.get(k, ()) is not None}
         self.best_score_ = score
         self.lam_ = float(lam)
         self.lam_absolute_ = float(lam_abs)
         self.depth_ = depth
+        self.variant_ = variant
         self.arch_ = arch
         self.kernel_ = self.kernel
         self.backend_ = backend
@@ -331,18 +364,22 @@ class NTKRegressor(RegressorMixin, _NTKRidge):
         dtype: float64 or float32, the inputs' dtype handed to the backend.
         backend: an object with ``gram(arch, x1, x2=None, get)`` (:class:`GramBackend`);
             ``None``: :class:`InProcess`.
+        variants: with a family (a spec ``arch`` and ``depths``) and the NTK: numbers of
+            fixed bottom blocks (Arora et al. 2020's "fixed bottom layers": the stem and
+            the first v repeats not trained); (depth, variant, λ) are chosen together.
 
     Attributes:
         dual_coef_: ``(K + λI)⁻¹ y``, (n,) or (n, n_outputs) like y.
         X_fit_: the training inputs (n, n_features) (or (n, *spatial, channels)).
         lam_: the chosen λ as given (relative when ``relative``); ``lam_absolute_`` the
             ridge actually added.
-        depth_: the chosen depth (None without ``depths``); ``arch_`` its Architecture.
+        depth_: the chosen depth (None without ``depths``), ``variant_`` the chosen variant
+            (None without ``variants``); ``arch_`` its Architecture.
         best_score_: the chosen candidate's score: minus its criterion (greater is better,
             as in scikit-learn's searches): -(mean squared leave-one-out residual) or -GCV.
         cv_results_: one row per candidate: ``lam``, ``lam_absolute``, ``depth`` (with
-            ``depths``), ``kernel``, ``score`` (``-inf`` where K + λI is not positive
-            definite); arrays of equal length.
+            ``depths``), ``variant`` (with ``variants``), ``kernel``, ``score`` (``-inf``
+            where K + λI is not positive definite); arrays of equal length.
         n_features_in_, feature_names_in_ (pandas input): as scikit-learn.
     """
 

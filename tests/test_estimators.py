@@ -299,6 +299,50 @@ def test_a_family_spec_chooses_depth_from_one_pass_as_the_callable_does():
     np.testing.assert_array_equal(fam.predict(x[:7]), one.predict(x[:7]))
 
 
+class _PerCandidate:
+    """A backend without ``family``: the estimator asks ``gram`` once per candidate."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def gram(self, arch, x1, x2=None, get="ntk"):
+        self.calls += x2 is None
+        return kernel(arch, x1, x2, get=get)[get]
+
+
+def test_variants_choose_depth_and_fixed_bottom_blocks_from_one_pass():
+    """``variants``: the (depth, variant) candidates are the networks with bottom blocks
+    fixed; one family pass gives the same choice, scores and coefficients as one kernel per
+    candidate, and the chosen network's predictions."""
+    x, y = _regression_data(np.random.default_rng(4), n=30, d=3, noise=0.5)
+    dense = {"type": "dense", "W_std": 1.5, "b_std": 0.1}
+    spec = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
+        dense, {"type": "relu"}]}}, {"type": "dense", "W_std": 1.5, "b_std": 0.1}]}
+    grid = [1e-3, 1e-2, 1e-1]
+    backend = _PerCandidate()
+    fam = NTKRegressor(arch=spec, depths=[1, 3], variants=[0, 1, 2], lam_grid=grid).fit(x, y)
+    one = NTKRegressor(arch=spec, depths=[1, 3], variants=[0, 1, 2], lam_grid=grid,
+                       backend=backend).fit(x.astype(np.float64), y)
+    assert backend.calls == 6
+    assert (fam.depth_, fam.variant_, fam.lam_) == (one.depth_, one.variant_, one.lam_)
+    assert fam.cv_results_["variant"].tolist() == [v for _ in (1, 3) for v in (0, 1, 2)
+                                                   for _ in grid]
+    for key in ("score", "lam_absolute", "depth", "variant"):
+        np.testing.assert_allclose(fam.cv_results_[key], one.cv_results_[key], rtol=1e-10)
+    member = ntkcompute.families.make_family(spec, [1, 3], [0, 1, 2]).member(
+        fam.depth_, fam.variant_)
+    assert fam.arch_ == member
+    k, kc = kernel(member, x)["ntk"], kernel(member, x[:7], x)["ntk"]
+    want = kc @ np.linalg.solve(k + fam.lam_absolute_ * np.eye(len(x)), y)
+    np.testing.assert_allclose(fam.predict(x[:7]), want, rtol=1e-8, atol=1e-10)
+    for params in ({"variants": [0, 1]}, {"arch": fc, "depths": [1, 2], "variants": [0]},
+                   {"arch": spec, "depths": [1, 2], "variants": [0], "kernel": "nngp"},
+                   {"arch": spec, "depths": [1, 2], "variants": [3]}):
+        with pytest.raises(InputError) as e:
+            NTKRegressor(**params).fit(x, y)
+        assert e.value.field == "variants", params
+
+
 # -- 5. predictions are the direct solve ------------------------------------------------
 
 @pytest.mark.parametrize("get", ["ntk", "nngp"])

@@ -43,11 +43,12 @@ class DaskBackend:
         x1 = np.asarray(x1)
         return self._job(arch, x1, x2, get, dtype=x1.dtype)
 
-    def family(self, arch: Any, x: np.ndarray, depths: list[int], get: str = "ntk"
-               ) -> np.ndarray:
+    def family(self, arch: Any, x: np.ndarray, depths: list[int], get: str = "ntk",
+               variants: list[int] | None = None) -> np.ndarray:
         """``(D, n, n)``: the train Gram ``get`` of every depth of a family, one family job
-        (float64)."""
-        return self._job(arch, np.asarray(x), None, get, depths=list(depths))
+        (float64); with ``variants``, the NTK's ``(D, V, n, n)``."""
+        return self._job(arch, np.asarray(x), None, get, depths=list(depths),
+                         variants=None if variants is None else list(variants))
 
     def _job(self, arch: Any, x1: np.ndarray, x2: np.ndarray | None, get: str,
              **kw: Any) -> np.ndarray:

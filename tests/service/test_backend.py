@@ -30,20 +30,22 @@ def test_classifier_through_the_service_equals_in_process(service):
         assert [d["id"] for d in c._json("GET", "/v1/datasets")] == [d["id"] for d in before]
 
 
-def test_a_family_estimator_through_the_service_is_one_family_job(service):
+def test_a_family_estimator_with_variants_through_the_service_is_one_job(service):
     x, y = digits()
     x = x.reshape(len(x), -1)[:150] / 16.0
     y = y[:150]
     spec = fc_family()
-    est = dict(arch=spec, depths=[1, 3], lam_grid=[1e-3, 1e-1])
+    est = dict(arch=spec, depths=[1, 3], lam_grid=[1e-3, 1e-1], variants=[0, 1])
     local = NTKClassifier(**est).fit(x[:100], y[:100])
     with Client(service.url, service.key_a) as c:
         jobs = len(c._json("GET", "/v1/kernels"))
         remote = NTKClassifier(**est, backend=ServiceBackend(c, timeout=120))
         remote.fit(x[:100], y[:100])
         made = c._json("GET", "/v1/kernels")[jobs:]
-        assert [j["depths"] for j in made] == [[1, 3]]  # one family job for the fit
-        assert (remote.depth_, remote.lam_) == (local.depth_, local.lam_)
+        # one family job for the fit, every (depth, variant) from it
+        assert [(j["depths"], j["variants"]) for j in made] == [([1, 3], [0, 1])]
+        assert (remote.depth_, remote.variant_, remote.lam_) == \
+            (local.depth_, local.variant_, local.lam_)
         np.testing.assert_allclose(remote.cv_results_["score"], local.cv_results_["score"],
                                    rtol=1e-10)
         np.testing.assert_allclose(remote.decision_function(x[100:]),

@@ -2,6 +2,7 @@
 kernel a real tiled job on the cluster's worker processes."""
 
 import numpy as np
+import pytest
 
 from ntkcompute.architectures import fc
 from ntkcompute.datasets import digits
@@ -36,7 +37,8 @@ def test_classifier_on_dask_equals_in_process(tmp_path, client):
     assert len(list(tmp_path.iterdir())) == 4  # each kernel kept as its own job
 
 
-def test_a_family_estimator_on_dask_is_one_family_job(tmp_path, client):
+@pytest.mark.parametrize("variants", [None, [0, 2]])
+def test_a_family_estimator_on_dask_is_one_family_job(tmp_path, client, variants):
     x, y = digits()
     x = x.reshape(len(x), -1)[:150] / 16.0
     y = y[:150]
@@ -44,20 +46,21 @@ def test_a_family_estimator_on_dask_is_one_family_job(tmp_path, client):
     calls = []
 
     class Counting(DaskBackend):
-        def family(self, arch, x, depths, get="ntk"):
-            calls.append(("family", len(x), tuple(depths)))
-            return super().family(arch, x, depths, get)
+        def family(self, arch, x, depths, get="ntk", **kw):
+            calls.append(("family", len(x), tuple(depths), kw.get("variants")))
+            return super().family(arch, x, depths, get, **kw)
 
         def gram(self, arch, x1, x2=None, get="ntk"):
             calls.append(("gram", len(x1), None if x2 is None else len(x2)))
             return super().gram(arch, x1, x2, get)
 
-    est = dict(arch=spec, depths=[1, 2, 4], lam_grid=[1e-3, 1e-1])
+    est = dict(arch=spec, depths=[1, 2, 4], lam_grid=[1e-3, 1e-1], variants=variants)
     local = NTKClassifier(**est).fit(x[:100], y[:100])
     dask = NTKClassifier(**est, backend=Counting(client, store=str(tmp_path), tile=40))
     dask.fit(x[:100], y[:100])
-    assert calls == [("family", 100, (1, 2, 4))]  # every depth from one job
-    assert (dask.depth_, dask.lam_) == (local.depth_, local.lam_)
+    assert calls == [("family", 100, (1, 2, 4), variants)]  # every member from one job
+    assert (dask.depth_, dask.variant_, dask.lam_) == (local.depth_, local.variant_,
+                                                       local.lam_)
     np.testing.assert_allclose(dask.cv_results_["score"], local.cv_results_["score"],
                                rtol=1e-10)
     np.testing.assert_allclose(dask.decision_function(x[100:]),
