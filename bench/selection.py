@@ -4,14 +4,17 @@ and does a wider family help or overfit?
 Protocol (stated in the README): for each data set, 8 random stratified splits into half
 train / half test (features standardised on the train half); on the train half only,
 ``ntkcompute.select`` ranks every candidate by its closed-form leave-one-out accuracy (ties:
-leave-one-out squared error), and the chosen (kernel, depth, b_std, λ) is refit on the whole
+leave-one-out squared error), and the chosen (kernel, depth, b_std, variant, λ) is refit on
+the whole
 train half and scored on the test half. The test half never enters the choice. Search
 spaces, each containing the one before:
 
 - ``NTK d3``: the 3-hidden-layer ReLU NTK, 15 λ from 1e-6 to 10 (relative to mean diag K);
 - ``+ depth``: depths 1 to 5 (one family pass);
 - ``+ NNGP``: the NNGP of each depth too;
-- ``+ b_std``: all of that for b_std 0 and 1 (two passes).
+- ``+ b_std``: all of that for b_std 0 and 1 (two passes);
+- ``+ fixed``: all of that and each NTK with its first v layers fixed, 1 <= v < depth
+  (Arora et al. 2020's "fixed bottom layers", L' < L: the same two passes, ``variants``).
 
 Prints, per data set and space, the mean test accuracy over the splits with its standard
 error, and the mean leave-one-out accuracy of the chosen candidate.
@@ -47,10 +50,13 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float64), y
 
 
-SPACES = {"NTK d3": ((3,), ("ntk",), (0.0,)),
-          "+ depth": ((1, 2, 3, 4, 5), ("ntk",), (0.0,)),
-          "+ NNGP": ((1, 2, 3, 4, 5), ("ntk", "nngp"), (0.0,)),
-          "+ b_std": ((1, 2, 3, 4, 5), ("ntk", "nngp"), (0.0, 1.0))}
+DEPTHS = (1, 2, 3, 4, 5)
+#: space -> (depths, kinds, b_stds, variants of the NTK)
+SPACES = {"NTK d3": ((3,), ("ntk",), (0.0,), (0,)),
+          "+ depth": (DEPTHS, ("ntk",), (0.0,), (0,)),
+          "+ NNGP": (DEPTHS, ("ntk", "nngp"), (0.0,), (0,)),
+          "+ b_std": (DEPTHS, ("ntk", "nngp"), (0.0, 1.0), (0,)),
+          "+ fixed": (DEPTHS, ("ntk", "nngp"), (0.0, 1.0), (0, 1, 2, 3, 4))}
 
 
 def one_split(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
@@ -61,16 +67,20 @@ def one_split(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
     kernels: dict[str, np.ndarray] = {}
     cross: dict[str, np.ndarray] = {}
     for b in (0.0, 1.0):
-        fam = nc.make_family(fc_family(b), [1, 2, 3, 4, 5])
+        fam = nc.make_family(fc_family(b), DEPTHS, variants=range(max(DEPTHS)))
         k, kc = nc.kernel_family(fam, xtr), nc.kernel_family(fam, xte, xtr)
-        for kind in ("ntk", "nngp"):
-            for i, d in enumerate(fam.depths):
-                kernels[f"{kind} d{d} b{b:g}"] = k[kind][i]
-                cross[f"{kind} d{d} b{b:g}"] = kc[kind][i]
+        for i, d in enumerate(fam.depths):
+            kernels[f"nngp d{d} b{b:g}"] = k["nngp"][i]
+            cross[f"nngp d{d} b{b:g}"] = kc["nngp"][i]
+            for j, v in enumerate(fam.variants):
+                kernels[f"ntk d{d} b{b:g} v{v}"] = k["ntk"][i, j]
+                cross[f"ntk d{d} b{b:g} v{v}"] = kc["ntk"][i, j]
     codes = one_hot(y[train], int(y.max()) + 1)
     out = {}
-    for space, (depths, kinds, bs) in SPACES.items():
-        names = [f"{kind} d{d} b{b:g}" for b in bs for kind in kinds for d in depths]
+    for space, (depths, kinds, bs, vs) in SPACES.items():
+        names = [f"nngp d{d} b{b:g}" if kind == "nngp" else f"ntk d{d} b{b:g} v{v}"
+                 for b in bs for kind in kinds for d in depths
+                 for v in (vs if kind == "ntk" else (0,)) if v < d or v == 0]
         sel = nc.select({n: kernels[n] for n in names}, y[train])
         best = sel.best["name"]
         coef = Eigen.of(kernels[best]).solve(codes, sel.best["lam_absolute"])
