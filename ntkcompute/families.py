@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -67,36 +67,62 @@ __all__ = ["Family", "FamilyPlan", "family_gram", "family_self_pass", "kernel_fa
 MAX_MEMBERS = 64
 #: Most repeats of the body (a ``repeat``'s own bound).
 MAX_REPEAT = 1000
+#: Most values of a bias grid (each a pass of its own over the shared inputs).
+MAX_BIASES = 8
+
+
+def _with_field(layer: Any, field: str, value: Any) -> Any:
+    """``layer`` (a spec model, or a list of them) with every ``field`` it and its nested
+    layers have set to ``value``."""
+    if isinstance(layer, list):
+        return [_with_field(x, field, value) for x in layer]
+    if not hasattr(type(layer), "model_fields"):
+        return layer
+    fields = type(layer).model_fields
+    update = {name: _with_field(getattr(layer, name), field, value) for name in fields}
+    if field in fields:
+        update[field] = value
+    return layer.model_copy(update=update)
 
 
 def fixed(layer: Any) -> Any:
     """``layer`` (a spec model, or a list of them) with every ``trainable`` field set to
     False, nested layers included."""
-    if isinstance(layer, list):
-        return [fixed(x) for x in layer]
-    if not hasattr(type(layer), "model_fields"):
-        return layer
-    fields = type(layer).model_fields
-    update = {name: fixed(getattr(layer, name)) for name in fields}
-    if "trainable" in fields:
-        update["trainable"] = False
-    return layer.model_copy(update=update)
+    return _with_field(layer, "trainable", False)
+
+
+def with_bias(arch: Architecture, b_std: float) -> Architecture:
+    """``arch`` with every layer's ``b_std`` (dense, conv, attention; nested ones too) set
+    to ``b_std``."""
+    return arch.model_copy(update={"layers": _with_field(list(arch.layers), "b_std",
+                                                         float(b_std))})
 
 
 @dataclass(frozen=True)
 class Family:
     """An architecture with one top-level ``repeat`` at ``layers[at]``, the repeat counts of
-    its members, increasing, and the variants (numbers of fixed bottom blocks, increasing;
-    None: the NTK of every layer trained only, the kernels have no variant axis)."""
+    its members, increasing, the variants (numbers of fixed bottom blocks, increasing;
+    None: the NTK of every layer trained only, the kernels have no variant axis) and the
+    bias grid (``b_std`` values given to every layer with a bias field, increasing; None:
+    the architecture's own, no ``b_std`` axis)."""
 
     arch: Architecture
     at: int
     depths: tuple[int, ...]
     variants: tuple[int, ...] | None = None
+    b_stds: tuple[float, ...] | None = None
 
-    def member(self, depth: int, variant: int = 0) -> Architecture:
+    def biased(self, b_std: float) -> Family:
+        """The family of one value of the bias grid (no ``b_std`` axis)."""
+        return Family(with_bias(self.arch, b_std), self.at, self.depths, self.variants)
+
+    def member(self, depth: int, variant: int = 0, b_std: float | None = None
+               ) -> Architecture:
         """The network with the body repeated ``depth`` times; ``variant`` v > 0: with the
-        stem and the first ``min(v, depth)`` repeats fixed (``trainable: false``)."""
+        stem and the first ``min(v, depth)`` repeats fixed (``trainable: false``);
+        ``b_std``: with every layer's ``b_std`` set to it."""
+        if b_std is not None:
+            return self.biased(b_std).member(depth, variant)
         layers = list(self.arch.layers)
         body = layers[self.at]
         frozen = min(variant, depth)
@@ -128,16 +154,34 @@ def _increasing(values: Any, field: str, least: int) -> list[int]:
     return out
 
 
+def _bias_grid(values: Any) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise InputError(f"must be a list of numbers, got {values!r}", field="b_stds")
+    out = []
+    for b in values:
+        if isinstance(b, bool) or not isinstance(b, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(b) or b < 0:
+            raise InputError(f"must be finite numbers >= 0, got {b!r}", field="b_stds")
+        out.append(float(b))
+    if not out or len(out) > MAX_BIASES or any(b <= a for a, b in itertools.pairwise(out)):
+        raise InputError(f"must be 1 to {MAX_BIASES} increasing values, got {out}",
+                         field="b_stds")
+    return tuple(out)
+
+
 def make_family(arch: Architecture | dict | str, depths: Sequence[int],
-                variants: Sequence[int] | None = None) -> Family:
+                variants: Sequence[int] | None = None,
+                b_stds: Sequence[float] | None = None) -> Family:
     """A :class:`Family` of ``arch`` (one top-level ``repeat`` layer; its ``n`` is ignored)
     at ``depths`` (increasing ints >= 1, at most :data:`MAX_MEMBERS`), with ``variants``
     (increasing ints >= 0, each at most the deepest depth: the numbers of fixed bottom
-    blocks; at most :data:`MAX_MEMBERS` Gram matrices in all).
+    blocks) and ``b_stds`` (increasing values >= 0, at most :data:`MAX_BIASES`: every
+    layer's ``b_std``); at most :data:`MAX_MEMBERS` NTK Gram matrices in all.
 
     Raises:
         InputError: no or several top-level repeats (field ``layers``), bad depths
-            (field ``depths``), bad variants (field ``variants``).
+            (field ``depths``), bad variants (field ``variants``), a bad bias grid or one
+            for a network without a layer that has a bias (field ``b_stds``).
     """
     arch = parse_arch(arch)
     at = [i for i, layer in enumerate(arch.layers) if isinstance(layer, Repeat)]
@@ -154,7 +198,17 @@ def make_family(arch: Architecture | dict | str, depths: Sequence[int],
         if len(ds) * len(vs) > MAX_MEMBERS:
             raise InputError(f"{len(ds)} depths x {len(vs)} variants is more than "
                              f"{MAX_MEMBERS} kernels", field="variants")
-    fam = Family(arch, at[0], tuple(ds), vs)
+    bs = None
+    if b_stds is not None:
+        bs = _bias_grid(b_stds)
+        kernels = len(bs) * len(ds) * len(vs or (0,))
+        if kernels > MAX_MEMBERS:
+            raise InputError(f"{len(bs)} b_stds x {len(ds)} depths x {len(vs or (0,))} "
+                             f"variants is more than {MAX_MEMBERS} kernels", field="b_stds")
+        if with_bias(arch, 1.0) == arch and with_bias(arch, 0.0) == arch:
+            raise InputError("no layer of the architecture has a bias (b_std)",
+                             field="b_stds")
+    fam = Family(arch, at[0], tuple(ds), vs, bs)
     if ds[-1] > MAX_REPEAT:
         raise InputError(f"the deepest member repeats its body {ds[-1]} times, more than "
                          f"{MAX_REPEAT}", field="depths")
@@ -188,6 +242,9 @@ class FamilyPlan:
     # variant v -> the row of the deepest plan's prefix (stem and body) after its v-th
     # block, where its branch starts; for 1 <= v < the deepest depth
     restarts: tuple[tuple[int, int], ...] = ()
+    # a bias grid: one plan per b_std (the same rows, other biases), run on shared inputs;
+    # this plan's own fields are the first's
+    biased: tuple[FamilyPlan, ...] = ()
 
     @property
     def deepest(self) -> Plan:
@@ -200,6 +257,16 @@ class FamilyPlan:
     @property
     def variants(self) -> tuple[int, ...] | None:
         return self.family.variants
+
+    @property
+    def b_stds(self) -> tuple[float, ...] | None:
+        return self.family.b_stds
+
+    def lead(self, name: str) -> tuple[int, ...]:
+        """The member axes of kernel ``name``: ``([B,] D[, V])`` (V for the NTK only)."""
+        bias = () if self.b_stds is None else (len(self.b_stds),)
+        variant = () if self.variants is None or name != "ntk" else (len(self.variants),)
+        return (*bias, len(self.depths), *variant)
 
     @property
     def layers(self) -> tuple[LayerPlan, ...]:
@@ -216,6 +283,9 @@ class FamilyPlan:
         """Peak working memory of one pair: the worst member's, plus the state kept at a
         member's depth while its head runs, plus each variant branch's state."""
         tap = max(p.max_state_size for p in self.plans)
+        if self.biased:  # and the shared input state, copied for each b_std
+            return max(p.bytes_per_pair(itemsize) for p in self.biased) + \
+                2 * tap * itemsize
         return max(bytes_per_pair(p, itemsize) for p in self.plans) + \
             2 * (1 + len(self.restarts)) * tap * itemsize
 
@@ -238,7 +308,11 @@ def make_family_plan(family: Family, input_shape: tuple[int, ...]) -> FamilyPlan
     """Plan every member on inputs of ``input_shape`` and cut the deepest plan at each
     member's depth and each variant's block (raises :class:`InputError` as
     :func:`ntkcompute.plan.make_plan`; a weighted layer without a ``trainable`` field below
-    a variant's block: field ``variants``)."""
+    a variant's block: field ``variants``); with a bias grid, one such plan per value."""
+    if family.b_stds is not None:
+        biased = tuple(make_family_plan(family.biased(b), input_shape)
+                       for b in family.b_stds)
+        return replace(biased[0], family=family, biased=biased)
     plans = tuple(make_plan(a, input_shape) for a in family.members)
     deep = plans[-1].layers
     segments, heads, start = [], [], 0
@@ -339,18 +413,26 @@ def family_self_pass(fp: FamilyPlan, x: Any, *, want_ntk: bool = True,
     """The family pass over every input paired with itself, ``x`` of shape
     ``(n, *spatial, C)``: ``variances`` in pass order (:attr:`FamilyPlan.self_layers`),
     ``nngp`` / ``ntk`` each member's diagonal, ``(n, D)`` (``ntk`` of a family with
-    variants: ``(n, D, V)``)."""
+    variants: ``(n, D, V)``); with a bias grid every field has ``B`` after ``n``."""
     xp = array_module(x)
 
-    def one(sl: slice) -> tuple:
-        st = inputs.self_input(xp, x[sl], fp.deepest.input_full, want_ntk,
-                               fp.deepest.pattern)
-        outs, stats = run_family(fp, st, xp)
+    def run(p: FamilyPlan, st: State) -> tuple:
+        outs, stats = run_family(p, st, xp)
         ntk = None
         if want_ntk:
             ntk = xp.stack([xp.stack(ntks, axis=1) for _, ntks in outs], axis=1)
             ntk = ntk if fp.variants is not None else ntk[:, :, 0]
         return (*stats, xp.stack([nngp for nngp, _ in outs], axis=1), ntk)
+
+    def one(sl: slice) -> tuple:
+        st = inputs.self_input(xp, x[sl], fp.deepest.input_full, want_ntk,
+                               fp.deepest.pattern)
+        if not fp.biased:
+            return run(fp, st)
+        # the data pass is shared; each b_std's statistics stacked on axis 1
+        parts = [run(p, copy(st)) for p in fp.biased]
+        return tuple(None if part[0] is None else xp.stack(part, axis=1)
+                     for part in zip(*parts, strict=True))
 
     *variances, nngp, ntk = by_chunks(one, x, fp.bytes_per_pair(x.dtype.itemsize), memory,
                                       threads)
@@ -361,33 +443,39 @@ def family_gram(fp: FamilyPlan, x1: Any, x2: Any, s1: SelfCov, s2: SelfCov, *,
                 symmetric: bool, get: tuple[str, ...], block: int, threads: int = 1,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Every member's Gram matrices ``{name: (D, n1, n2)}`` (``ntk`` of a family with
-    variants: ``(D, V, n1, n2)``) between validated rows ``x1``,
+    variants: ``(D, V, n1, n2)``; with a bias grid ``B`` first) between validated rows ``x1``,
     ``x2`` given their :func:`family_self_pass` statistics (as :func:`ntkcompute.infinite.gram`
     for one network; ``symmetric``: x2 is x1, blocks mirrored exactly)."""
     xp = array_module(x1)
     want_ntk = "ntk" in get
     identity = any(p.pair_identity for p in fp.plans)
 
+    plans = fp.biased or (fp,)
+
     def pair(r: slice, c: slice) -> dict[str, list[Any]]:
         st = inputs.pair_input(xp, x1[r], x2[c], fp.deepest.input_full, want_ntk, identity,
                                fp.deepest.pattern)
-        outs, _ = run_family(fp, st, xp, (tuple(v[r] for v in s1.variances),
-                                          tuple(v[c] for v in s2.variances)))
-        return {"nngp": [nngp for nngp, _ in outs],
-                "ntk": [t for _, ntks in outs for t in ntks]}
+        out: dict[str, list[Any]] = {"nngp": [], "ntk": []}
+        for k, p in enumerate(plans):  # a bias grid: the data pass is shared
+            va = tuple(v[r][:, k] if fp.biased else v[r] for v in s1.variances)
+            vb = tuple(v[c][:, k] if fp.biased else v[c] for v in s2.variances)
+            outs, _ = run_family(p, copy(st) if fp.biased else st, xp, (va, vb))
+            out["nngp"] += [nngp for nngp, _ in outs]
+            out["ntk"] += [t for _, ntks in outs for t in ntks]
+        return out
 
-    D, V = len(fp.depths), len(fp.variants or (0,))
-    out = assemble(pair, x1.shape[0], x2.shape[0], {"nngp": D, "ntk": D * V},
-                   symmetric=symmetric, get=get, block=block, dtype=x1.dtype, xp=xp,
-                   threads=threads, progress=progress)
-    if fp.variants is not None and "ntk" in out:
-        out["ntk"] = out["ntk"].reshape(D, V, *out["ntk"].shape[1:])
-    return out
+    lead = {name: fp.lead(name) for name in ("nngp", "ntk")}
+    out = assemble(pair, x1.shape[0], x2.shape[0],
+                   {name: int(np.prod(v)) for name, v in lead.items()}, symmetric=symmetric,
+                   get=get, block=block, dtype=x1.dtype, xp=xp, threads=threads,
+                   progress=progress)
+    return {name: v.reshape(*lead[name], *v.shape[1:]) for name, v in out.items()}
 
 
 def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | None = None, *,
                   depths: Sequence[int] | None = None,
                   variants: Sequence[int] | None = None,
+                  b_stds: Sequence[float] | None = None,
                   get: tuple[str, ...] | str = ("ntk", "nngp"),
                   memory: int = DEFAULT_MEMORY, threads: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -401,18 +489,24 @@ def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | N
             Family).
         variants: numbers of fixed bottom blocks, increasing (0: every layer trained; v:
             the stem and the first v repeats fixed), each at most the deepest depth.
+        b_stds: a bias grid: every layer's ``b_std`` set to each value in turn, increasing
+            (each value a family pass of its own; the inputs' pass is shared).
         get, memory, threads, progress: as for :func:`ntkcompute.kernel`.
 
     Returns:
         ``{"ntk": (D, n1, n2), "nngp": (D, n1, n2), "depths": (D,)}`` (float64), member i
         at ``depths[i]``; restricted to ``get``. With ``variants``: ``"ntk"`` is
         ``(D, V, n1, n2)``, ``[i, j]`` the member at ``depths[i]`` with ``variants[j]``
-        blocks fixed, and ``"variants"`` is ``(V,)`` (the NNGP does not depend on it).
+        blocks fixed, and ``"variants"`` is ``(V,)`` (the NNGP does not depend on it). With
+        ``b_stds``: every array has ``B`` first (``[k]`` at ``b_stds[k]``), and
+        ``"b_stds"`` is ``(B,)``.
     """
     if isinstance(arch, Family):
-        fam = arch if variants is None else make_family(arch.arch, arch.depths, variants)
+        fam = arch if variants is None and b_stds is None else make_family(
+            arch.arch, arch.depths, variants if variants is not None else arch.variants,
+            b_stds if b_stds is not None else arch.b_stds)
     else:
-        fam = make_family(arch, depths if depths is not None else [], variants)
+        fam = make_family(arch, depths if depths is not None else [], variants, b_stds)
     get = check_get(get)
     x1, x2, symmetric = checked_inputs(x1, x2, np.dtype(np.float64))
     fp = make_family_plan(fam, tuple(x1.shape))
@@ -428,4 +522,6 @@ def kernel_family(arch: Architecture | dict | str | Family, x1: Any, x2: Any | N
     out["depths"] = np.asarray(fam.depths)
     if fam.variants is not None:
         out["variants"] = np.asarray(fam.variants)
+    if fam.b_stds is not None:
+        out["b_stds"] = np.asarray(fam.b_stds)
     return out

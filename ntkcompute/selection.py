@@ -18,6 +18,7 @@ returns the best with the whole table; the scikit-learn estimators use the same 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,31 +189,39 @@ class _Members:
         self.descs: list[dict[str, Any]] = []
         self._get: list[Any] = []
         if "depths" in kernels:
-            depths = [int(d) for d in np.asarray(kernels["depths"]).reshape(-1)]
-            variants = None if kernels.get("variants") is None else \
-                [int(v) for v in np.asarray(kernels["variants"]).reshape(-1)]
+            def values(key: str, cast: Any) -> list | None:
+                if kernels.get(key) is None:
+                    return None
+                return [cast(v) for v in np.asarray(kernels[key]).reshape(-1)]
+
+            depths, variants = values("depths", int), values("variants", int)
+            b_stds = values("b_stds", float)
             for kind in ("ntk", "nngp"):
                 if kind not in kernels:
                     continue
                 stack = kernels[kind]
                 shape = tuple(np.shape(stack))
-                by_variant = variants is not None and kind == "ntk"
-                lead = (len(depths), len(variants)) if by_variant else (len(depths),)
+                axes = [("b_std", b_stds), ("depth", depths)]
+                if kind == "ntk":
+                    axes.append(("variant", variants))
+                axes = [(a, v) for a, v in axes if v is not None]
+                lead = tuple(len(v) for _, v in axes)
                 if shape[:-2] != lead or len(shape) != len(lead) + 2:
-                    what = "(len(depths), len(variants), n, n)" if by_variant else \
-                        "(len(depths), n, n)"
-                    raise InputError(f"{kind} must be {what}, got {shape}", field="kernels")
-                for i, d in enumerate(depths):
-                    if not by_variant:
-                        extra = {} if variants is None else {"variant": None}
-                        self.descs.append({"name": f"{kind} depth {d}", "depth": d,
-                                           **extra, "kernel": kind})
-                        self._get.append(lambda stack=stack, i=i: stack[i])
-                        continue
-                    for j, v in enumerate(variants):
-                        self.descs.append({"name": f"{kind} depth {d} variant {v}",
-                                           "depth": d, "variant": v, "kernel": kind})
-                        self._get.append(lambda stack=stack, i=i, j=j: stack[i, j])
+                    what = ", ".join(f"len({a}s)" for a, _ in axes)
+                    raise InputError(f"{kind} must be ({what}, n, n), got {shape}",
+                                     field="kernels")
+                for index in itertools.product(*(range(n) for n in lead)):
+                    desc = dict(zip((a for a, _ in axes),
+                                    (v[k] for (_, v), k in zip(axes, index, strict=True)),
+                                    strict=True))
+                    if variants is not None and kind == "nngp":
+                        desc["variant"] = None
+                    name = " ".join([kind, *(f"{a.replace('_', ' ')} {v:g}"
+                                             for a, v in desc.items() if v is not None)])
+                    self.descs.append({"name": name, **{a: desc.get(a) for a in
+                                                        ("b_std", "depth", "variant")
+                                                        if a in desc}, "kernel": kind})
+                    self._get.append(lambda stack=stack, index=index: stack[index])
         else:
             for name, k in kernels.items():
                 self.descs.append({"name": str(name), "depth": None,

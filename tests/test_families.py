@@ -177,3 +177,55 @@ def test_variants_refuse_weights_that_cannot_be_fixed(rng):
     with pytest.raises(InputError) as e:
         kernel_family(stem, x, depths=[1, 2], variants=[0, 1])
     assert e.value.field == "variants" and "global_self_attention" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["fc", "cntk-gap", "resnet"])
+def test_a_bias_grid_equals_each_b_std_computed_alone(rng, name):
+    """``b_stds``: every (b_std, depth[, variant]) member equals the network with every
+    layer's b_std set to that value, computed on its own (1e-12); the inputs' pass is
+    shared, each value's pass its own; the self-pass diagonals carry the same axis."""
+    from ntkcompute.families import family_self_pass, make_family_plan
+
+    arch, shape = FAMILIES[name]
+    x1, x2 = rng.standard_normal(shape), rng.standard_normal((4, *shape[1:]))
+    fam = make_family(arch, [1, 3], variants=[0, 1], b_stds=[0, 0.5])
+    sym = kernel_family(fam, x1, threads=1)
+    cross = kernel_family(fam, x2, x1, threads=2, memory=40_000)
+    assert sym["ntk"].shape == (2, 2, 2, len(x1), len(x1))
+    assert sym["nngp"].shape == (2, 2, len(x1), len(x1)) and list(sym["b_stds"]) == [0, 0.5]
+    s = family_self_pass(make_family_plan(fam, x1.shape), x1)
+    assert s.ntk.shape == (len(x1), 2, 2, 2) and s.nngp.shape == (len(x1), 2, 2)
+    for k, b in enumerate(fam.b_stds):
+        for i, d in enumerate(fam.depths):
+            for j, v in enumerate(fam.variants):
+                member = fam.member(d, v, b)
+                assert all(lp.layer.b_std == b for lp in make_plan(member, x1.shape).layers
+                           if "b_std" in type(lp.layer).model_fields)
+                ref, ref_c = nc.kernel(member, x1, threads=1), nc.kernel(member, x2, x1,
+                                                                         threads=1)
+                for g, got, got_c in (("ntk", sym["ntk"][k, i, j], cross["ntk"][k, i, j]),
+                                      ("nngp", sym["nngp"][k, i], cross["nngp"][k, i])):
+                    scale = np.abs(ref[g]).max()
+                    assert np.abs(got - ref[g]).max() <= 1e-12 * scale, (b, d, v, g)
+                    assert np.abs(got_c - ref_c[g]).max() <= 1e-12 * scale, (b, d, v, g)
+                np.testing.assert_allclose(s.ntk[:, k, i, j], np.diag(ref["ntk"]), rtol=1e-12)
+    assert not np.allclose(sym["nngp"][0], sym["nngp"][1])  # the grid changes the kernel
+
+
+@pytest.mark.parametrize("b_stds", [[], [1, 0], [-1], [float("nan")], [0.5] * 9, "01",
+                                    [True]])
+def test_bias_grid_refusals_name_the_field(b_stds):
+    with pytest.raises(InputError) as e:
+        make_family(FAMILIES["fc"][0], [1, 2], b_stds=b_stds)
+    assert e.value.field == "b_stds"
+
+
+def test_a_bias_grid_is_bounded_and_needs_a_bias():
+    with pytest.raises(InputError) as e:  # 4 x 4 x 5 = 80 NTK matrices
+        make_family(FAMILIES["fc"][0], [1, 2, 3, 4], variants=[0, 1, 2, 3],
+                    b_stds=[0, 1, 2, 3, 4])
+    assert e.value.field == "b_stds"
+    no_bias = {"layers": [_body({"type": "relu"}), {"type": "relu"}]}
+    with pytest.raises(InputError) as e:
+        make_family(no_bias, [1, 2], b_stds=[0, 1])
+    assert e.value.field == "b_stds"

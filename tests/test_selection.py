@@ -207,3 +207,24 @@ def test_select_over_depths_and_variants_equals_exhaustive(rng):
     assert b["loo"] == pytest.approx(brute.best["loo"], rel=1e-12)
     assert {r["variant"] for r in got.table if r["kernel"] == "nngp"} == {None}
     assert {r["variant"] for r in got.table if r["kernel"] == "ntk"} == {0, 1, 2}
+
+
+def test_select_over_a_bias_grid_equals_exhaustive(rng):
+    """A family with a bias grid: every (b_std, depth) NTK and NNGP is a candidate, the
+    choice is the exhaustive search's over those kernels, and rows name ``b_std``."""
+    from ntkcompute.families import kernel_family, make_family
+    from tests.conftest import fc_family
+
+    x = rng.standard_normal((30, 4))
+    y = (x[:, 0] * x[:, 1] > 0).astype(int)
+    fam = make_family(fc_family(), [1, 2], b_stds=[0, 1])
+    k = kernel_family(fam, x)
+    got = nc.select(k, y, criterion="gcv")
+    named = {f"{g} {b} {d}": k[g][i, j] for g in ("ntk", "nngp")
+             for i, b in enumerate(fam.b_stds) for j, d in enumerate(fam.depths)}
+    brute = nc.select(named, y, criterion="gcv")
+    assert len(got.table) == len(brute.table) == 8 * len(nc.selection.DEFAULT_LAMBDAS)
+    b = got.best
+    assert f"{b['kernel']} {b['b_std']} {b['depth']}" == brute.best["name"]
+    assert b["gcv"] == pytest.approx(brute.best["gcv"], rel=1e-12)
+    assert {r["b_std"] for r in got.table} == {0.0, 1.0}
