@@ -226,10 +226,18 @@ class GramJob:
         NTK (None without)."""
         return job_meta(self.group).get("variants")
 
-    def member(self, depth: int, variant: int | None = None) -> dict[str, np.ndarray]:
-        """Member ``depth`` (and ``variant``, for a family with variants) of a family job:
-        ``{"ntk", "nngp"}`` as (n1, n2) arrays, read through their checksums."""
-        return {k: read(kernel_array(self.group, k, depth, variant)) for k in self.arrays}
+    @property
+    def b_stds(self) -> list[float] | None:
+        """A family job's bias grid, the ``b_std`` coordinate (None without)."""
+        return job_meta(self.group).get("b_stds")
+
+    def member(self, depth: int, variant: int | None = None, b_std: float | None = None
+               ) -> dict[str, np.ndarray]:
+        """Member ``depth`` (and ``variant``, ``b_std``, for a family with variants or a bias
+        grid) of a family job: ``{"ntk", "nngp"}`` as (n1, n2) arrays, read through their
+        checksums."""
+        return {k: read(kernel_array(self.group, k, depth, variant, b_std))
+                for k in self.arrays}
 
     def to_dask(self) -> dict[str, Any]:
         """``{"ntk", "nngp"}`` as lazy ``(n1, n2)`` dask arrays (a family's ``(D, n1, n2)``,
@@ -349,22 +357,30 @@ class JobPlan:
         variants = self.plan.variants if isinstance(self.plan, FamilyPlan) else None
         return None if variants is None else list(variants)
 
+    @property
+    def b_stds(self) -> list[float] | None:
+        """A family job's bias grid (None without)."""
+        b_stds = self.plan.b_stds if isinstance(self.plan, FamilyPlan) else None
+        return None if b_stds is None else list(b_stds)
+
 
 def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
              get: tuple[str, ...] | str = ("ntk", "nngp"), dtype: Any = None,
              memory: int = DEFAULT_MEMORY, tile: int | None = None,
              depths: list[int] | None = None,
-             variants: list[int] | None = None) -> JobPlan:
+             variants: list[int] | None = None,
+             b_stds: list[float] | None = None) -> JobPlan:
     """Check a Gram job (spec, shapes, dtype, budget, tile) without running it.
 
     ``x1``/``x2`` need only ``shape`` and ``dtype`` (NumPy, Zarr or memory-mapped arrays).
     ``depths``: a family job (:func:`ntkcompute.kernel_family`): ``arch`` has one top-level
     ``repeat``, and every member's kernels come from one pass, in float64; ``variants``
-    (with ``depths``): the NTK of each member with its first v blocks fixed too.
+    (with ``depths``): the NTK of each member with its first v blocks fixed too; ``b_stds``
+    (with ``depths``): every member for each value of every layer's ``b_std``.
 
     Raises:
         InputError: naming the offending field (``layers[i].*``, ``x1``, ``x2``, ``get``,
-            ``dtype``, ``memory``, ``tile``, ``depths``, ``variants``).
+            ``dtype``, ``memory``, ``tile``, ``depths``, ``variants``, ``b_stds``).
     """
     spec = parse_arch(arch)
     get = check_get(get)
@@ -376,21 +392,23 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     if x2 is not None:
         check_shape(x2.shape, "x2")
         check_pair(x1, x2)
-    if variants is not None and depths is None:
-        raise InputError("variants are members of a kernel family: give depths too",
-                         field="variants")
+    for field, value in (("variants", variants), ("b_stds", b_stds)):
+        if value is not None and depths is None:
+            raise InputError(f"{field} are members of a kernel family: give depths too",
+                             field=field)
     if depths is None:
         plan = make_plan(spec, tuple(x1.shape))
         per_pair = bytes_per_pair(plan, dt.itemsize)
     else:
-        plan = make_family_plan(make_family(spec, depths, variants), tuple(x1.shape))
+        plan = make_family_plan(make_family(spec, depths, variants, b_stds), tuple(x1.shape))
         per_pair = plan.bytes_per_pair(dt.itemsize)
     if per_pair > memory:
         raise InputError(f"one pair needs {per_pair} bytes, more than the budget {memory}",
                          field="memory")
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    meta = {"depths": depths, "variants": None if depths is None else variants}
+    meta = {"depths": depths, "variants": None if depths is None else variants,
+            "b_stds": None if depths is None else b_stds}
     members = sum(math.prod(member_axes(meta, name)[0]) for name in get)
     # a block past the matrix is one block either way (and keeps tiles, and the Zarr chunks
     # that are one tile each, no larger than the matrix)
@@ -415,7 +433,8 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
                  dtype: Any = None, memory: int = DEFAULT_MEMORY,
                  storage_options: dict | None = None, checksums: bool = True,
                  verify: bool = False, depths: list[int] | None = None,
-                 variants: list[int] | None = None) -> GramJob:
+                 variants: list[int] | None = None,
+                 b_stds: list[float] | None = None) -> GramJob:
     """Start (or resume) the tiled Gram job of ``arch`` on x1 (and x2) into ``store``.
 
     Args:
@@ -442,6 +461,9 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         variants: with ``depths``, the numbers of fixed bottom blocks
             (:func:`ntkcompute.kernel_family`): ``ntk`` is stored ``(D, V, n1, n2)``, chunks
             ``(1, 1, tile, tile)``, the ``variant`` coordinate; ``nngp`` stays ``(D, n1, n2)``.
+        b_stds: with ``depths``, a bias grid (every layer's ``b_std`` set to each value):
+            every kernel array gets a leading ``b_std`` axis (chunks 1 deep), and the self
+            statistics a ``B`` axis after the rows.
 
     Returns:
         a :class:`GramJob`; call ``wait()`` for the result.
@@ -452,7 +474,7 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     a1 = _as_array(x1, "x1")
     a2 = None if x2 is None else _as_array(x2, "x2")
     jp = plan_job(arch, a1, a2, get=get, dtype=dtype, memory=memory, tile=tile,
-                  depths=depths, variants=variants)
+                  depths=depths, variants=variants, b_stds=b_stds)
     spec, get, dt, plan, block, tile = jp.spec, jp.get, jp.dtype, jp.plan, jp.block, jp.tile
     n1, n2 = jp.n1, jp.n2
     opts = resolve_options(storage_options)
@@ -463,6 +485,8 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         identity["depths"] = jp.depths
     if jp.variants is not None:
         identity["variants"] = jp.variants
+    if jp.b_stds is not None:
+        identity["b_stds"] = jp.b_stds
     g, old, cl, cluster, damage = begin_job(store, identity, opts, client, scheduler, verify)
     try:
         return _start_gram(g, store, identity, old, plan, a1, a2, cl, cluster, opts,
@@ -518,6 +542,8 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
                 attrs["depths"] = depths
             if variants is not None and "variant" in lead_dims:
                 attrs["variants"] = variants
+            if identity.get("b_stds") is not None:
+                attrs["b_stds"] = identity["b_stds"]
             create_array(g, name, (*lead, n1, n2), ((1,) * len(lead) + (tile, tile)), dt,
                          checksum=checksum, computed=True, dims=(*lead_dims, "i", "j"),
                          attrs=attrs)
@@ -526,6 +552,8 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
         coords.append(("depth", np.asarray(depths, dtype=np.int64)))
     if variants is not None:
         coords.append(("variant", np.asarray(variants, dtype=np.int64)))
+    if identity.get("b_stds") is not None:
+        coords.append(("b_std", np.asarray(identity["b_stds"], dtype=np.float64)))
     for axis, values in coords:  # the coordinates: row numbers of x1 and x2, members' depths
         if axis not in g or g[axis].shape != values.shape:
             write_array(g, axis, values, tile, checksum=checksum, dims=(axis,))
@@ -536,8 +564,9 @@ def _start_gram(g: zarr.Group, store: str, identity: dict[str, Any], old: dict[s
         sg = g.require_group(f"self/{which}")
         nrows = n1 if which == "x1" else n2
         rows = "i" if which == "x1" else "j"
+        bias = () if identity.get("b_stds") is None else (len(identity["b_stds"]),)
         for j, lp in enumerate(plan.self_layers):
-            shape = (nrows, *lp.self_shape)
+            shape = (nrows, *bias, *lp.self_shape)
             if f"var{j}" not in sg:
                 create_array(sg, f"var{j}", shape, (tile, *shape[1:]), dt, checksum=checksum,
                              computed=True, dims=axis_names(rows, len(shape)))

@@ -38,16 +38,18 @@ class TileBlock:
 
     ``symmetric``: the array is a symmetric Gram and ``tiles`` lie on or above the diagonal;
     each off-diagonal tile then stands for its mirror too. ``single``: hold (or stream) a
-    float32 copy of float64 tiles as well, for float32 products. ``depth``, ``variant``:
+    float32 copy of float64 tiles as well, for float32 products. ``depth``, ``variant``,
+    ``b_std``:
     that member of a family job's kernel. Every product returns ``(lo, block)``: this actor's
     contribution to rows ``lo:lo + len(block)`` of the result.
     """
 
     def __init__(self, url: str, name: str, tiles: list[Tile], symmetric: bool,
                  cache_bytes: int, options: dict | None = None, single: bool = False,
-                 depth: int | None = None, variant: int | None = None) -> None:
+                 depth: int | None = None, variant: int | None = None,
+                 b_std: float | None = None) -> None:
         self.arr = kernel_array(open_group(url, mode="r", options=options), name, depth,
-                                variant)
+                                variant, b_std)
         self.tiles, self.symmetric = [tuple(t) for t in tiles], symmetric
         rows = [(r0, r1) for r0, r1, _, _ in self.tiles]
         if symmetric:
@@ -201,15 +203,17 @@ class DistributedKernel:
     ``symmetric``: hold only the upper triangle of tiles (default: when the group is a
     symmetric Gram job with square chunks). ``precision="single"``: the actors build their
     float32 copy of float64 tiles while loading (otherwise on the first float32 product).
-    ``depth``, ``variant``: that member of a family job (:func:`workers.store.kernel_array`).
+    ``depth``, ``variant``, ``b_std``: that member of a family job
+    (:func:`workers.store.kernel_array`).
     """
 
     def __init__(self, client: Client, url: str, name: str = "ntk", *,
                  memory_fraction: float = 0.5, options: dict | None = None,
                  symmetric: bool | None = None, precision: str = "double",
-                 depth: int | None = None, variant: int | None = None) -> None:
+                 depth: int | None = None, variant: int | None = None,
+                 b_std: float | None = None) -> None:
         g = open_group(url, mode="r", options=options)
-        arr = kernel_array(g, name, depth, variant)
+        arr = kernel_array(g, name, depth, variant, b_std)
         self.n, self.shape, self.dtype = arr.shape[0], arr.shape, arr.dtype
         s0, s1 = arr.chunks
         if symmetric is None:
@@ -239,7 +243,8 @@ class DistributedKernel:
             limit = info.get("memory_limit") or 0
             cache = int(memory_fraction * limit) if limit else 1 << 62
             futures.append(client.submit(TileBlock, url, name, run, symmetric, cache, options,
-                                         precision == "single", depth, variant, actor=True,
+                                         precision == "single", depth, variant, b_std,
+                                         actor=True,
                                          workers=[addr], pure=False))
         self.actors = [f.result() for f in futures]  # every worker loads at once
 

@@ -109,13 +109,14 @@ def check_finite_result(res: SolveResult) -> SolveResult:
 
 def check_cross(train: Any, cross: str, name: str, n: int,
                 test_labels: np.ndarray | None, options: dict | None,
-                depth: int | None = None, variant: int | None = None) -> None:
+                depth: int | None = None, variant: int | None = None,
+                b_std: float | None = None) -> None:
     """Refuse, before any work, a cross kernel that cannot predict for this train kernel.
 
     It must hold ``name`` as an ``(m, n)`` array, test rows x train rows (``n`` the train
     kernel's rows): a job made as ``compute_gram(arch, x_test, x_train)``, ``ntk gram --x1
-    test --x2 train`` (for member ``depth``, ``variant`` of a family job: a family with that
-    member).
+    test --x2 train`` (for member ``depth``, ``variant``, ``b_std`` of a family job: a
+    family with that member).
     One made the other way round, train x test ``(n, m)``, is named as such, also when
     ``m == n`` and the stores' input checksums show its first inputs are the train
     kernel's. ``test_labels`` must have ``m`` rows. Every refusal is an
@@ -131,7 +132,7 @@ def check_cross(train: Any, cross: str, name: str, n: int,
     if name not in cgroup:
         raise InputError(f"no '{name}' array in {cross}", field="cross")
     try:
-        shape = tuple(kernel_array(cgroup, name, depth, variant).shape)
+        shape = tuple(kernel_array(cgroup, name, depth, variant, b_std).shape)
     except InputError as e:
         raise InputError(f"{cross}: {e.reason}", field="cross") from None
     if len(shape) != 2:
@@ -155,9 +156,11 @@ def check_cross(train: Any, cross: str, name: str, n: int,
 
 
 def _predict(cross_url: str, name: str, coef: np.ndarray, options: dict | None,
-             depth: int | None = None, variant: int | None = None) -> np.ndarray:
+             depth: int | None = None, variant: int | None = None,
+             b_std: float | None = None) -> np.ndarray:
     """``K_cross @ coef`` streamed over the cross kernel's row chunks."""
-    arr = kernel_array(open_group(cross_url, mode="r", options=options), name, depth, variant)
+    arr = kernel_array(open_group(cross_url, mode="r", options=options), name, depth, variant,
+                       b_std)
     out = np.empty((arr.shape[0], coef.shape[-1]))
     step = arr.chunks[0]
     for r in range(0, arr.shape[0], step):
@@ -178,7 +181,8 @@ def _metrics(pred: np.ndarray, test_labels: np.ndarray | None, classes: int | No
 
 def _add_variances(res: SolveResult, g: Any, K: np.ndarray, name: str, Y: np.ndarray,
                    lams: list[float], times: list[float] | None, lr: float, cross: str,
-                   options: dict | None, depth: int | None, variant: int | None) -> None:
+                   options: dict | None, depth: int | None, variant: int | None,
+                   b_std: float | None) -> None:
     """Predictive variances of the test outputs into ``res`` (see :func:`solve`)."""
     gc = open_group(cross, mode="r", options=options)
     if "nngp" not in g or "nngp" not in gc:
@@ -188,11 +192,11 @@ def _add_variances(res: SolveResult, g: Any, K: np.ndarray, name: str, Y: np.nda
     if "self/x1/diag_nngp" not in gc:
         raise InputError(f"{cross} stores no NNGP diagonal of its test rows",
                          field="variance")
-    nngp = K if name == "nngp" else np.asarray(read(kernel_array(g, "nngp", depth)),
-                                               dtype=np.float64)
-    k_td = {kind: np.asarray(read(kernel_array(gc, kind, depth, variant)), dtype=np.float64)
-            for kind in {"nngp", name}}
-    k_tt = np.asarray(diagonal_of(gc, "nngp", depth), dtype=np.float64)
+    nngp = K if name == "nngp" else np.asarray(
+        read(kernel_array(g, "nngp", depth, b_std=b_std)), dtype=np.float64)
+    k_td = {kind: np.asarray(read(kernel_array(gc, kind, depth, variant, b_std)),
+                             dtype=np.float64) for kind in {"nngp", name}}
+    k_tt = np.asarray(diagonal_of(gc, "nngp", depth, b_std=b_std), dtype=np.float64)
     ntk = K if name == "ntk" else None
     var = np.stack([Ensemble(nngp, ntk, Y, diag_reg=lam, diag_reg_absolute_scale=True)
                     .predict(None, k_td, k_tt, get=name, compute_cov=True)[name].covariance
@@ -215,9 +219,9 @@ def _coverage(pred: np.ndarray, var: np.ndarray, test_labels: np.ndarray) -> flo
 
 
 class _Stack:
-    """Members ``index`` (lists of depth indices, and of variant indices for a family's
-    NTK with variants) of a family job's stored kernel as :func:`ntkcompute.select` reads
-    them: ``stack[i]`` / ``stack[i, j]`` read through its checksums when it is scored."""
+    """Members ``index`` (a list of kept indices per member axis: bias grid, depths,
+    variants) of a family job's stored kernel as :func:`ntkcompute.select` reads them:
+    ``stack[i]`` / ``stack[i, j]`` ... read through its checksums when it is scored."""
 
     def __init__(self, arr: Any, *index: list[int]) -> None:
         self.arr, self.index = arr, index
@@ -229,8 +233,8 @@ class _Stack:
                                                                   strict=True))))
 
 
-def _among(values: Sequence[int] | None, stored: list[int], what: str) -> list[int]:
-    keep = list(stored) if values is None else [int(v) for v in values]
+def _among(values: Sequence | None, stored: list, what: str) -> list:
+    keep = list(stored) if values is None else list(values)
     for v in keep:
         if v not in stored:
             raise InputError(f"must be among the job's {what} {stored}, got {v}", field=what)
@@ -242,7 +246,8 @@ def select_member(kernel: str, labels: np.ndarray, *, kinds: Sequence[str] = ("n
                   lambdas: Sequence[float] = DEFAULT_LAMBDAS, relative: bool = True,
                   criterion: str | None = None, options: dict | None = None,
                   times: Sequence[float] | None = None, lr: float = 1.0,
-                  variants: Sequence[int] | None = None) -> Selection:
+                  variants: Sequence[int] | None = None,
+                  b_stds: Sequence[float] | None = None) -> Selection:
     """The best (depth, kernel, λ) of kernel ridge regression on the stored train kernel at
     ``kernel`` (a job URL) by closed-form leave-one-out or GCV (:func:`ntkcompute.select`:
     ``criterion`` "accuracy" for class labels by default, "loo", "gcv"), one member in
@@ -250,25 +255,27 @@ def select_member(kernel: str, labels: np.ndarray, *, kinds: Sequence[str] = ("n
 
     ``kinds``: the stored kernels to score ("ntk", "nngp"); ``depths``: the members of a
     family job to score (default every member; refused for one network); ``variants``: of
-    a family job with variants, the NTK variants to score (default every one; refused
-    without); ``lambdas``: the grid, relative to each member's mean diagonal when
-    ``relative``; ``times``, ``lr``: select gradient-flow time instead of λ (as
-    :func:`ntkcompute.select`). Rows of the table name ``depth`` (None for one network),
-    ``variant`` (a family with variants: None for the NNGP) and ``kernel``.
+    a family job with variants, the NTK variants to score, ``b_stds``: of one with a bias
+    grid, its values to score (default every one; refused without); ``lambdas``: the grid,
+    relative to each member's mean diagonal when ``relative``; ``times``, ``lr``: select
+    gradient-flow time instead of λ (as :func:`ntkcompute.select`). Rows of the table name
+    ``depth`` (None for one network), ``variant`` (a family with variants: None for the
+    NNGP), ``b_std`` (a bias grid) and ``kernel``.
     """
     g = open_group(kernel, mode="r", options=options)
     for k in kinds:
         if k not in g:
             raise InputError(f"no '{k}' array in {kernel}", field="kinds")
     meta = job_meta(g)
-    family, stored_variants = meta.get("depths"), meta.get("variants")
+    family = meta.get("depths")
     n = g[kinds[0]].shape[-1] if kinds else 0
     y = np.asarray(labels)
     if y.shape[:1] != (n,):
         raise InputError(f"has {y.shape[0] if y.ndim else 0} rows, the kernel has {n}",
                          field="labels")
-    if stored_variants is None and variants:
-        raise InputError("this job has no variants", field="variants")
+    for what, asked in (("variants", variants), ("b_stds", b_stds)):
+        if meta.get(what) is None and asked:
+            raise InputError(f"this job has no {what}", field=what)
     if family is None:
         if depths:
             raise InputError("this job is one network, not a family of depths",
@@ -276,16 +283,17 @@ def select_member(kernel: str, labels: np.ndarray, *, kinds: Sequence[str] = ("n
         members: dict[str, Any] = {k: (lambda k=k: read(g[k])) for k in kinds}
         return select(members, y, lambdas=lambdas, relative=relative, criterion=criterion,
                       times=times, lr=lr)
-    keep = _among(depths, family, "depths")
-    index = [family.index(d) for d in keep]
-    stacks: dict[str, Any] = {"depths": keep}
-    if stored_variants is not None:
-        chosen = _among(variants, stored_variants, "variants")
-        stacks["variants"] = chosen
-        v_index = [stored_variants.index(v) for v in chosen]
+    stacks: dict[str, Any] = {}
+    index: dict[str, list[int]] = {}  # axis -> the stored indices kept
+    for what, asked in (("b_stds", b_stds), ("depths", depths), ("variants", variants)):
+        stored = meta.get(what)
+        if stored is not None:
+            stacks[what] = _among(asked, stored, what)
+            index[what] = [stored.index(v) for v in stacks[what]]
     for k in kinds:
-        by_variant = stored_variants is not None and k == "ntk"
-        stacks[k] = _Stack(g[k], index, v_index) if by_variant else _Stack(g[k], index)
+        axes = [a for a in ("b_stds", "depths", "variants") if a in index
+                and (a != "variants" or k == "ntk")]
+        stacks[k] = _Stack(g[k], *(index[a] for a in axes))
     return select(stacks, y, lambdas=lambdas, relative=relative, criterion=criterion,
                   times=times, lr=lr)
 
@@ -301,7 +309,8 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
           min_eig: bool = False, max_rank: int | None = None,
           target: float = NYSTROM_TARGET, precision: str = "double",
           seed: int = 0, variance: bool = False, depth: int | None = None,
-          flow_time: float | None = None, variant: int | None = None) -> SolveResult:
+          flow_time: float | None = None, variant: int | None = None,
+          b_std: float | None = None) -> SolveResult:
     """Fit ``(K + λI) α = Y`` on the stored train kernel at ``kernel`` (a job URL).
 
     Args:
@@ -352,6 +361,8 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             variants (``compute_gram(..., variants=...)``); required for its NTK, ignored for
             its NNGP (the same for every variant), refused without variants (field
             ``variant``).
+        b_std: with ``depth``, the value of a family job's bias grid (``compute_gram(...,
+            b_stds=...)``); required for one, refused without (field ``b_std``).
         flow_time: instead of ridge, the network trained by gradient flow for this time
             (absolute, learning rate ``lr``; Lee et al. 2019): coefficients
             ``K⁻¹ (I - e^{-ηKt}) Y`` (direct solver; ``lam`` must be 0), reported as
@@ -365,12 +376,12 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
     g = open_group(kernel, mode="r+", options=options)
     if name not in g:
         raise InputError(f"no '{name}' array in {kernel}", field="name")
-    arr = kernel_array(g, name, depth, variant)
+    arr = kernel_array(g, name, depth, variant, b_std)
     n = arr.shape[0]
     Y, classes = targets_from(labels, n)
     absolute_lambdas(lam, False)  # a bad λ fails before any read
     if cross is not None:  # a cross kernel of the wrong shape fails before the solve
-        check_cross(g, cross, name, n, test_labels, options, depth, variant)
+        check_cross(g, cross, name, n, test_labels, options, depth, variant, b_std)
     if variance and cross is None:
         raise InputError("predictive variances need a cross kernel (test x train)",
                          field="variance")
@@ -416,13 +427,14 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
                 res.analyses["times"] = list(times)
         if times and cross is not None:
             kc = np.asarray(read(kernel_array(open_group(cross, mode="r", options=options),
-                                              name, depth, variant)), dtype=np.float64)
+                                              name, depth, variant, b_std)),
+                            dtype=np.float64)
             res.analyses["gd"] = [
                 {"t": t, **_metrics(f, test_labels, classes)}
                 for t, f in zip(times, gd_predictions(eig, kc, Y, times, lr), strict=True)]
         if variance:
             _add_variances(res, g, K, name, Y, lams, times, lr, cross, options, depth,
-                           variant)
+                           variant, b_std)
     elif solver == "cg":
         if variance:
             raise InputError("predictive variances need solver 'direct'", field="variance")
@@ -438,7 +450,7 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
             t = time.perf_counter()
             op = DistributedKernel(cl, kernel, name, options=options,
                                    precision="single" if precision == "mixed" else "double",
-                                   depth=depth, variant=variant)
+                                   depth=depth, variant=variant, b_std=b_std)
             diag = op.diagonal()
             timings["load"] = time.perf_counter() - t
             scale = float(np.mean(diag, dtype=np.float64))
@@ -497,7 +509,8 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         raise InputError(f"must be 'cg' or 'direct', got {solver!r}", field="solver")
     if cross is not None:
         coefs = res.coefficients if res.coefficients.ndim == 3 else res.coefficients[None]
-        preds = np.stack([_predict(cross, name, c, options, depth, variant) for c in coefs])
+        preds = np.stack([_predict(cross, name, c, options, depth, variant, b_std)
+                          for c in coefs])
         res.predictions = preds if res.coefficients.ndim == 3 else preds[0]
         res.metrics = _metrics(preds[0] if len(preds) == 1 else preds[-1], test_labels,
                                classes)
@@ -525,6 +538,6 @@ def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: 
         set_meta(sg, solver=solver, lams=lams, iterations=res.iterations,
                  converged=res.converged, metrics=res.metrics, seconds=res.seconds,
                  kernel=name, cross=cross, analyses=res.analyses, depth=depth,
-                 variant=variant)
+                 variant=variant, b_std=b_std)
         consolidate(g)  # readers of the consolidated metadata see the new solve
     return res

@@ -23,15 +23,18 @@ Kernel job group (one per job), dimension names in brackets (what xarray reads):
                       (a family job: (D, n1, n2), chunks (1, tile, tile) [depth, i, j],
                       attrs and metadata ``depths``; one member is :func:`kernel_array`;
                       with variants, ``ntk`` is (D, V, n1, n2), chunks (1, 1, tile, tile)
-                      [depth, variant, i, j], attrs and metadata ``variants``:
-                      :func:`member_axes`)
+                      [depth, variant, i, j], attrs and metadata ``variants``; with a
+                      bias grid, ``b_std`` before every member axis [b_std, depth, ...],
+                      metadata ``b_stds``: :func:`member_axes`)
       depth           a family job's (D,) member depths, the coordinate [depth]
       variant         a family job's (V,) variants (fixed bottom blocks) [variant]
+      b_std           a family job's (B,) bias grid [b_std]
       done            (T1, T2) uint8, one chunk per tile: 1 once the tile's chunks are written
                       [tile_i, tile_j]
       self/x1/...     per-input self statistics: var<j> (n, *plan.self_layers[j].self_shape),
                       diag_nngp, diag_ntk (n,) (a family's (n, D) [i, depth], and
-                      diag_ntk (n, D, V) [i, depth, variant] with variants),
+                      diag_ntk (n, D, V) [i, depth, variant] with variants; a bias grid
+                      adds B after n to these and to every var<j>),
                       and done (T,) per row chunk
 
 Dataset group: ``x`` (and ``y``) with attrs ``sha256``, as written by :func:`write_dataset`.
@@ -411,65 +414,72 @@ def member_axes(meta: dict, name: str) -> tuple[tuple[int, ...], tuple[str, ...]
     """The member axes before a job's kernel array ``name`` (``ntk`` / ``nngp``) and their
     dimension names: none for one network, ``(D,)`` [depth] for a family, ``(D, V)``
     [depth, variant] for the NTK of a family with variants (its NNGP has no variant axis:
-    it does not depend on which layers are trained)."""
-    depths, variants = meta.get("depths"), meta.get("variants")
+    it does not depend on which layers are trained), and ``B`` [b_std] first with a bias
+    grid."""
+    depths, variants, b_stds = meta.get("depths"), meta.get("variants"), meta.get("b_stds")
     if depths is None:
         return (), ()
+    axes = [] if b_stds is None else [(len(b_stds), "b_std")]
+    axes.append((len(depths), "depth"))
     if variants is not None and name == "ntk":
-        return (len(depths), len(variants)), ("depth", "variant")
-    return (len(depths),), ("depth",)
+        axes.append((len(variants), "variant"))
+    return tuple(n for n, _ in axes), tuple(a for _, a in axes)
 
 
-def _choice(values: list[int] | None, value: Any, what: str, field: str) -> int | None:
+def _choice(values: list | None, value: Any, what: str, field: str) -> int | None:
     if values is None:
         if value is not None:
             raise InputError(f"this job has no {what}s", field=field)
         return None
     if value is None:
         raise InputError(f"this job is a family of {what}s {values}: name one", field=field)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-            or int(value) not in values:
+    kinds = (int, float, np.integer, np.floating) if what == "b_std" else (int, np.integer)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value not in values:
         raise InputError(f"must be one of the family's {what}s {values}, got {value!r}",
                          field=field)
-    return values.index(int(value))
+    return values.index(value)
 
 
 def member_index(group: zarr.Group, depth: int | None, variant: int | None = None,
-                 name: str = "ntk") -> tuple[int, ...] | None:
-    """The member index of ``depth`` (and ``variant``) in a family job's kernel array
-    ``name`` (None for one network). ``variant`` is required for the NTK of a family with
-    variants and ignored for its NNGP (the same for every variant).
+                 name: str = "ntk", b_std: float | None = None) -> tuple[int, ...] | None:
+    """The member index of ``depth`` (and ``variant``, ``b_std``) in a family job's kernel
+    array ``name`` (None for one network). ``variant`` is required for the NTK of a family
+    with variants and ignored for its NNGP (the same for every variant); ``b_std`` is
+    required for a family with a bias grid.
 
     Raises:
-        InputError (field ``depth`` or ``variant``): a family job without one, a value that
-            is not a member, or one for a job that has no such axis.
+        InputError (field ``depth``, ``variant`` or ``b_std``): a family job without one, a
+            value that is not a member, or one for a job that has no such axis.
     """
     meta = job_meta(group)
-    depths, variants = meta.get("depths"), meta.get("variants")
+    depths, variants, b_stds = meta.get("depths"), meta.get("variants"), meta.get("b_stds")
     if depths is None and depth is not None:
         raise InputError("this job is one network, not a family of depths", field="depth")
     d = _choice(depths, depth, "depth", "depth")
+    b = _choice(b_stds, b_std, "b_std", "b_std")
+    head = () if b is None else (b,)
     if variants is not None and name != "ntk":
-        return None if d is None else (d,)
+        return None if d is None else (*head, d)
     v = _choice(variants, variant, "variant", "variant")
-    return None if d is None else (d,) if v is None else (d, v)
+    return None if d is None else (*head, d) if v is None else (*head, d, v)
 
 
 def kernel_array(group: zarr.Group, name: str, depth: int | None = None,
-                 variant: int | None = None) -> zarr.Array | Member:
+                 variant: int | None = None, b_std: float | None = None
+                 ) -> zarr.Array | Member:
     """The ``(n1, n2)`` kernel ``name`` of a job's group: the array itself, or member
-    ``depth`` (and ``variant``) of a family job (see :func:`member_index` for what is
-    refused)."""
-    index = member_index(group, depth, variant, name)
+    ``depth`` (and ``variant``, ``b_std``) of a family job (see :func:`member_index` for
+    what is refused)."""
+    index = member_index(group, depth, variant, name, b_std)
     arr = group[name]
     return arr if index is None else Member(arr, index)
 
 
 def diagonal_of(group: zarr.Group, name: str, depth: int | None = None,
-                variant: int | None = None) -> np.ndarray:
+                variant: int | None = None, b_std: float | None = None) -> np.ndarray:
     """``self/x1/diag_<name>`` of a job's group, verified: ``(n,)``, a family's member
-    ``depth`` (and ``variant``)."""
-    index = member_index(group, depth, variant, name)
+    ``depth`` (and ``variant``, ``b_std``)."""
+    index = member_index(group, depth, variant, name, b_std)
     diag = read(group[f"self/x1/diag_{name}"])
     return diag if index is None else diag[(slice(None), *index)]
 

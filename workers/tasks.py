@@ -79,17 +79,17 @@ class Planner(WorkerPlugin):
 
     def plan(self, meta: dict) -> Plan | FamilyPlan:
         """The layer plan of a Gram job's spec on its input shape (a family job's: the
-        family pass of its ``depths`` and ``variants``)."""
+        family pass of its ``depths``, ``variants`` and ``b_stds``)."""
         spec = json.dumps(meta["spec"], sort_keys=True)
-        shape, depths, variants = tuple(meta["x_shape"]), meta.get("depths"), \
-            meta.get("variants")
+        shape, depths = tuple(meta["x_shape"]), meta.get("depths")
+        variants, b_stds = meta.get("variants"), meta.get("b_stds")
         if depths is None:
             return self._cached(("plan", spec, shape),
                                 lambda: make_plan(parse_arch(meta["spec"]), shape))
         key = ("family", spec, shape, tuple(depths), None if variants is None
-               else tuple(variants))
+               else tuple(variants), None if b_stds is None else tuple(b_stds))
         return self._cached(key, lambda: make_family_plan(
-            make_family(meta["spec"], depths, variants), shape))
+            make_family(meta["spec"], depths, variants, b_stds), shape))
 
     def feature_map(self, meta: dict) -> Any:
         """The feature map of a features job (drawn from its seed, so the same everywhere)."""

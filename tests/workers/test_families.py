@@ -344,3 +344,62 @@ def test_solves_and_selection_over_variants(client, tmp_path, images):
     with pytest.raises(InputError) as e:
         workers.select_member(train.url, y, variants=[1])
     assert e.value.field == "variants"
+
+
+def test_a_bias_grid_job_stores_solves_and_selects_every_b_std(client, tmp_path, images):
+    """``b_stds``: a leading ``b_std`` axis on every kernel array (and B after the rows of
+    the self statistics); every (b_std, depth, variant) member equals that network alone
+    (1e-12); damage is named with all five coordinates and repaired; solves and
+    ``select_member`` name or choose a b_std."""
+    x, xt = images
+    y, yt = np.arange(13) % 3, np.arange(6) % 3
+    fam = make_family(CNTK, [1, 2], [0, 1], [0.0, 0.5])
+    kw = dict(tile=5, client=client, depths=[1, 2], variants=[0, 1], b_stds=[0.0, 0.5])
+    store = str(tmp_path / "b")
+    job = workers.compute_gram(CNTK, x, store=store, **kw).wait()
+    cross = workers.compute_gram(CNTK, xt, x, store=str(tmp_path / "bc"), **kw).wait()
+    g = zarr.open_group(store, mode="r")
+    assert g["ntk"].shape == (2, 2, 2, 13, 13) and g["nngp"].shape == (2, 2, 13, 13)
+    assert g["ntk"].metadata.dimension_names == ("b_std", "depth", "variant", "i", "j")
+    assert g["self/x1/var0"].shape[:2] == (13, 2) and g["self/x1/diag_nngp"].shape == (13, 2, 2)
+    assert job.b_stds == [0.0, 0.5]
+    for b in (0.0, 0.5):
+        for d in (1, 2):
+            for v in (0, 1):
+                ref = nc.kernel(fam.member(d, v, b), xt, x)
+                for k in ("ntk", "nngp"):
+                    _close(cross.member(d, v, b)[k], ref[k], (b, d, v, k))
+    ds = job.to_xarray()
+    np.testing.assert_array_equal(ds["ntk"].sel(b_std=0.5, depth=2, variant=1).values,
+                                  job.member(2, 1, 0.5)["ntk"])
+    for bad, field in (({"depth": 2, "variant": 1}, "b_std"),
+                       ({"depth": 2, "variant": 1, "b_std": 2.0}, "b_std")):
+        with pytest.raises(InputError) as e:
+            kernel_array(g, "ntk", **bad)
+        assert e.value.field == field, bad
+    res = workers.solve(job.url, y, 1e-2, solver="direct", depth=2, variant=1, b_std=0.5,
+                        cross=cross.url, test_labels=yt, save=None, relative=True)
+    member = fam.member(2, 1, 0.5)
+    want = kernel_ridge(nc.kernel(member, x)["ntk"], one_hot(y, 3),
+                        nc.kernel(member, xt, x)["ntk"], lam=1e-2, relative=True)
+    assert np.abs(res.predictions - want).max() <= 1e-10 * np.abs(want).max()
+    got = workers.select_member(job.url, y, kinds=["ntk", "nngp"], lambdas=[1e-2],
+                                b_stds=[0.5])
+    k = kernel_family(fam, x)
+    want = nc.select({"b_stds": [0.5], "depths": [1, 2], "variants": [0, 1],
+                      "ntk": k["ntk"][1:], "nngp": k["nngp"][1:]}, y, lambdas=[1e-2])
+    assert [(r["b_std"], r["depth"], r["variant"], r["kernel"]) for r in got.table] == \
+        [(r["b_std"], r["depth"], r["variant"], r["kernel"]) for r in want.table]
+    np.testing.assert_allclose([r["loo"] for r in got.table], [r["loo"] for r in want.table],
+                               rtol=1e-9)
+
+    original = job.to_numpy()
+    Path(store, "nngp", "c", "1", "0", "2", "1").unlink()  # b 0.5, depth 1, tile (2, 1)
+    with pytest.raises(CorruptChunk, match=r"nngp chunk \[1, 0, 2, 1\]: missing"):
+        read(kernel_array(g, "nngp", 1, b_std=0.5))
+    rep = workers.verify_job(store, client=client)
+    assert [(b["array"], b["chunk"]) for b in rep.bad] == [("nngp", [1, 0, 2, 1])]
+    fixed = workers.compute_gram(CNTK, x, store=store, verify=True, **kw).wait()
+    assert fixed.tiles_computed == 1
+    for name, v in fixed.to_numpy().items():
+        assert np.array_equal(v, original[name])
