@@ -2,13 +2,13 @@
 
     ntk gram --arch arch.json --x1 train.npy [--x2 test.npy] --out STORE [--tile T]
              [--scheduler tls://host:8786] [--dtype float32] [--memory 1GiB] [--get ntk]
-             [--verify] [--depths 1,2,3 [--variants 0,1,2]]
+             [--verify] [--depths 1,2,3 [--variants 0,1,2] [--b-stds 0,1]]
     ntk verify STORE | KERNEL_JOB_ID   (every chunk read back through its checksum)
     ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--relative] [--solver cg|direct]
               [--precond nystrom|randomized|jacobi|none] [--rank R] [--tol T]
               [--cross CROSS_STORE --test-labels y_test.npy]
               [--times 0,1,10] [--bound] [--spectrum K] [--variance] [--depth D]
-              [--variant V]
+              [--variant V] [--b-std B]
     ntk solve --kernel k-... --lambda 1e-3 [--labels y.npy] [--wait] [...]
               (a solve of the service's kernel job, printed with its id s-...)
 
@@ -68,7 +68,8 @@ def _gram(args: argparse.Namespace) -> int:
                        load_array(args.x2, "x2", urls=True) if args.x2 else None,
                        store=args.out, tile=args.tile, scheduler=args.scheduler,
                        get=tuple(args.get.split(",")), dtype=args.dtype, memory=args.memory,
-                       verify=args.verify, depths=args.depths, variants=args.variants)
+                       verify=args.verify, depths=args.depths, variants=args.variants,
+                       b_stds=args.b_stds)
     # Ctrl-C / SIGTERM only set a flag: a KeyboardInterrupt raised inside a Dask call can be
     # swallowed there, and the job would then run on to the end.
     interrupted = threading.Event()
@@ -131,7 +132,7 @@ def _solve(args: argparse.Namespace) -> int:
                 scheduler=args.scheduler, save=save, times=args.times,
                 bound=args.bound, spectrum_k=args.spectrum, relative=args.relative,
                 min_eig=args.min_eigenvalue, variance=args.variance, depth=args.depth,
-                variant=args.variant)
+                variant=args.variant, b_std=args.b_std)
     print(json.dumps({"solver": res.solver, "lambda": res.lams, "iterations": res.iterations,
                       "converged": res.converged, "seconds": round(res.seconds, 3),
                       "metrics": res.metrics, "analyses": res.analyses,
@@ -315,6 +316,9 @@ def register(sub: Any) -> None:
                    help="with --depths: each member's NTK also with its stem and first v "
                    "repeats fixed, for each v, comma separated (0: every layer trained); "
                    "the NTK is stored (D, V, n1, n2)")
+    g.add_argument("--b-stds", type=float_list, default=None,
+                   help="with --depths: a bias grid, every member for each value of every "
+                   "layer's b_std, comma separated (a leading b_std axis)")
     g.set_defaults(func=_gram)
     s = sub.add_parser("solve", help="kernel regression on a stored kernel (ntk gram) or on "
                        "a kernel job of the service (k-...)")
@@ -358,6 +362,8 @@ def register(sub: Any) -> None:
                    help="the member of a family job (ntk gram --depths) to solve on")
     s.add_argument("--variant", type=int, default=None,
                    help="with --depth: the NTK variant of a family job with --variants")
+    s.add_argument("--b-std", type=float, default=None,
+                   help="with --depth: the value of a family job's bias grid (--b-stds)")
     s.add_argument("--wait", action="store_true",
                    help="a remote solve: wait until it ends and print it with its metrics "
                    "(default: print it as created, status queued)")

@@ -8,12 +8,12 @@
     ntk keys rotate ID [--db URL]
     ntk submit --arch arch.json --train x.npy [--train-labels y.npy]
                [--test x_test.npy] [--test-labels y_test.npy] [--kernels ntk,nngp]
-               [--dtype float32] [--depths 1,2,3 [--variants 0,1]] [--wait]
+               [--dtype float32] [--depths 1,2,3 [--variants 0,1] [--b-stds 0,1]] [--wait]
     ntk solve --kernel k-... --lambda 1e-3 [--labels y.npy] [--wait] ...
                                        (a solve of a kernel job; prints its id s-...)
     ntk status ID                      (a kernel job k-... or a solve s-...)
     ntk fetch ID --out K.npy [--kind ntk] [--part train|test] [--rows a:b] [--cols c:d]
-                             [--depth D [--variant V]]
+                             [--depth D [--variant V] [--b-std B]]
     ntk fetch SOLVE_ID --out P.npy [--what predictions|coefficients|variances]
     ntk verify KERNEL_JOB_ID | STORE   (exit 1 if a chunk is damaged; resume repairs it)
 
@@ -32,7 +32,7 @@ import numpy as np
 from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
 
-from .inputs import int_list, load_array, read_arch
+from .inputs import float_list, int_list, load_array, read_arch
 from .local import add_client_arguments, add_tls_arguments
 
 
@@ -123,7 +123,7 @@ def _submit(args: argparse.Namespace) -> int:
             if args.test else None
         job = c.kernel(train, arch, test=test, kernels=tuple(args.kernels.split(",")),
                        dtype=args.dtype, tile=args.tile, depths=args.depths,
-                       variants=args.variants)
+                       variants=args.variants, b_stds=args.b_stds)
         if args.wait:
             job.wait(progress=not args.quiet)
         print(json.dumps(job.refresh()))
@@ -151,7 +151,7 @@ def remote_solve(args: argparse.Namespace) -> int:
                     maxiter=args.maxiter, preconditioner=args.precond, rank=args.rank,
                     times=args.times, bound=args.bound, spectrum=args.spectrum,
                     min_eigenvalue=args.min_eigenvalue, variance=args.variance,
-                    depth=args.depth, variant=args.variant)
+                    depth=args.depth, variant=args.variant, b_std=args.b_std)
         if args.wait:
             s.wait()
     print(json.dumps(s.info))
@@ -205,9 +205,9 @@ def _fetch(args: argparse.Namespace) -> int:
             job = c.job(args.id)
             if args.rows or args.cols:
                 a = job.block(args.kind, args.rows, args.cols, args.part, args.depth,
-                              args.variant)
+                              args.variant, args.b_std)
             else:
-                a = job.to_numpy(args.kind, args.part, args.depth, args.variant)
+                a = job.to_numpy(args.kind, args.part, args.depth, args.variant, args.b_std)
     np.save(args.out, a)
     print(json.dumps({"out": args.out, "shape": list(a.shape), "dtype": a.dtype.name}))
     return 0
@@ -269,6 +269,9 @@ def register(sub: Any) -> None:
     m.add_argument("--variants", type=int_list, default=None,
                    help="with --depths: each member's NTK also with its stem and first v "
                    "repeats fixed, comma separated (its blocks and solves name --variant)")
+    m.add_argument("--b-stds", type=float_list, default=None,
+                   help="with --depths: a bias grid, every member for each value of every "
+                   "layer's b_std, comma separated (blocks and solves name --b-std)")
     m.add_argument("--wait", action="store_true", help="wait, with a progress bar")
     m.add_argument("--quiet", action="store_true", help="no progress bar while waiting")
     m.set_defaults(func=_submit)
@@ -301,6 +304,8 @@ def register(sub: Any) -> None:
     f.add_argument("--variant", type=int, default=None,
                    help="with --depth: the NTK variant of a family job (ntk submit "
                    "--variants)")
+    f.add_argument("--b-std", type=float, default=None,
+                   help="with --depth: the value of a family job's bias grid (--b-stds)")
     f.add_argument("--what", choices=["predictions", "coefficients", "variances"],
                    default="predictions", help="which array of a solve (variances: of a "
                    "solve made with --variance)")

@@ -160,16 +160,21 @@ class KernelJob(_Job):
         """A family job's NTK variants (fixed bottom blocks; None without)."""
         return self.info.get("variants")
 
+    @property
+    def b_stds(self) -> list[float] | None:
+        """A family job's bias grid (None without)."""
+        return self.info.get("b_stds")
+
     def block(self, kind: str = "ntk", rows: tuple[int, int] | None = None,
               cols: tuple[int, int] | None = None, part: str = "train",
-              depth: int | None = None, variant: int | None = None) -> np.ndarray:
+              depth: int | None = None, variant: int | None = None,
+              b_std: float | None = None) -> np.ndarray:
         """One block ``K[rows[0]:rows[1], cols[0]:cols[1]]`` of a stored kernel (of member
-        ``depth``, and NTK ``variant``, of a family job)."""
+        ``depth``, NTK ``variant`` and ``b_std`` of a family job)."""
         params: dict[str, Any] = {"kind": kind, "part": part}
-        if depth is not None:
-            params["depth"] = depth
-        if variant is not None:
-            params["variant"] = variant
+        for name, value in (("depth", depth), ("variant", variant), ("b_std", b_std)):
+            if value is not None:
+                params[name] = value
         if rows is not None:
             params["rows"] = f"{rows[0]}:{rows[1]}"
         if cols is not None:
@@ -177,17 +182,17 @@ class KernelJob(_Job):
         return self._c._npy(f"{self._path}/{self.id}/blocks", params)
 
     def to_numpy(self, kind: str = "ntk", part: str = "train", depth: int | None = None,
-                 variant: int | None = None) -> np.ndarray:
+                 variant: int | None = None, b_std: float | None = None) -> np.ndarray:
         """The whole ``kind`` kernel of ``part`` ("train" n x n, "test" m x n; of member
-        ``depth``, and NTK ``variant``, of a family job), fetched in row stripes within the
-        server's block-size limit."""
+        ``depth``, NTK ``variant`` and ``b_std`` of a family job), fetched in row stripes
+        within the server's block-size limit."""
         rows, cols = self.info["shape"][part]
         itemsize = np.dtype(self.info["dtype"]).itemsize
         step = max(1, self._c.limits()["max_block_bytes"] // (cols * itemsize))
         out = np.empty((rows, cols), dtype=self.info["dtype"])
         for r in range(0, rows, step):
             out[r:r + step] = self.block(kind, (r, min(rows, r + step)), None, part, depth,
-                                         variant)
+                                         variant, b_std)
         return out
 
 
@@ -282,7 +287,8 @@ class Client:
                kernels: tuple[str, ...] = ("ntk", "nngp"), dtype: str | None = None,
                tile: int | None = None, method: str = "exact", m: int | None = None,
                seed: int = 0, depths: list[int] | None = None,
-               variants: list[int] | None = None) -> KernelJob:
+               variants: list[int] | None = None,
+               b_stds: list[float] | None = None) -> KernelJob:
         """Start the kernel job of ``arch`` (spec object, dict or JSON) on ``train`` (and
         test x train); returns at once: call ``wait()``. ``method="features"`` stores NTK
         random features of dimension ~2m instead (ReLU nets, FC or conv); blocks and solves
@@ -290,7 +296,8 @@ class Client:
         ``repeat``): every listed depth from one pass; blocks and solves then name a
         ``depth``, or a solve selects one. ``variants``: with ``depths``, each member's NTK
         also with its stem and first v repeats fixed (its blocks and solves name a
-        ``variant``)."""
+        ``variant``); ``b_stds``: with ``depths``, every member for each value of every
+        layer's ``b_std`` (blocks and solves name a ``b_std``)."""
         if hasattr(arch, "model_dump"):
             arch = arch.model_dump(mode="json")
         elif isinstance(arch, str):
@@ -304,6 +311,8 @@ class Client:
             body["depths"] = [int(d) for d in depths]
         if variants is not None:
             body["variants"] = [int(v) for v in variants]
+        if b_stds is not None:
+            body["b_stds"] = [float(b) for b in b_stds]
         return KernelJob(self, self._json("POST", "/v1/kernels", json=body))
 
     def job(self, kernel_id: str) -> KernelJob:
@@ -317,7 +326,8 @@ class Client:
               times: list[float] | None = None, lr: float = 1.0, bound: bool = False,
               spectrum: int = 0, min_eigenvalue: bool = False,
               variance: bool = False, depth: int | None = None,
-              select: dict | None = None, variant: int | None = None) -> SolveJob:
+              select: dict | None = None, variant: int | None = None,
+              b_std: float | None = None) -> SolveJob:
         """Kernel regression on a finished kernel job; labels default to the datasets' y.
         λ is absolute unless ``relative=True`` (multiples of mean(diag K)), as in every
         solver. ``min_eigenvalue``: report λmin(K) (Lanczos with cg, exact with direct).
@@ -328,10 +338,10 @@ class Client:
         with ``select`` the server's grid; ``relative`` default: False, or with ``select``
         True.
 
-        ``depth`` (and ``variant``): the member of a family job to solve on. ``select``:
-        ``{"criterion": "accuracy" | "loo" | "gcv", "kinds": [...], "depths": [...],
-        "variants": [...], "times": [...], "lr": 1.0}`` (any may be left out): the best
-        (depth, variant, kernel, λ) by closed-form
+        ``depth`` (and ``variant``, ``b_std``): the member of a family job to solve on.
+        ``select``: ``{"criterion": "accuracy" | "loo" | "gcv", "kinds": [...], "depths":
+        [...], "variants": [...], "b_stds": [...], "times": [...], "lr": 1.0}`` (any may be
+        left out): the best (b_std, depth, variant, kernel, λ) by closed-form
         leave-one-out / GCV on the train rows (``solver="direct"``), or with ``times`` the
         best gradient-flow time, then the solve with it; the choice and the score table are
         in ``analyses["selection"]``."""
@@ -350,6 +360,8 @@ class Client:
             body["depth"] = int(depth)
         if variant is not None:
             body["variant"] = int(variant)
+        if b_std is not None:
+            body["b_std"] = float(b_std)
         if select is not None:
             body["select"] = dict(select)
         return SolveJob(self, self._json("POST", "/v1/solves", json=body))
@@ -405,19 +417,26 @@ class ServiceBackend:
                     self.client.delete_dataset(ds)
 
     def family(self, arch: Any, x: np.ndarray, depths: list[int], get: str = "ntk",
-               variants: list[int] | None = None) -> np.ndarray:
+               variants: list[int] | None = None,
+               b_stds: list[float] | None = None) -> np.ndarray:
         """``(D, n, n)``: the train Gram ``get`` of every depth of a family, from one family
-        job (``depths``) of the service, float64; with ``variants``, the NTK's
-        ``(D, V, n, n)``."""
+        job (``depths``) of the service, float64; with ``variants`` the NTK's
+        ``(D, V, n, n)``, with ``b_stds`` ``B`` first."""
+        import itertools
+
         train = self.client.upload(np.asarray(x))
         try:
             job = self.client.kernel(train, arch, kernels=(get,), tile=self.tile,
                                      depths=list(depths),
-                                     variants=None if variants is None else list(variants))
+                                     variants=None if variants is None else list(variants),
+                                     b_stds=None if b_stds is None else list(b_stds))
             job.wait(self.timeout, progress=False)
-            if variants is None:
-                return np.stack([job.to_numpy(get, "train", depth=d) for d in depths])
-            return np.stack([np.stack([job.to_numpy(get, "train", depth=d, variant=v)
-                                       for v in variants]) for d in depths])
+            axes = [("b_std", b_stds), ("depth", depths), ("variant", variants)]
+            axes = [(a, list(v)) for a, v in axes if v is not None]
+            out = [job.to_numpy(get, "train", **dict(zip((a for a, _ in axes), key,
+                                                         strict=True)))
+                   for key in itertools.product(*(v for _, v in axes))]
+            n = len(x)
+            return np.stack(out).reshape(*(len(v) for _, v in axes), n, n)
         finally:
             self.client.delete_dataset(train)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -95,13 +95,14 @@ class InProcess:
         return np.asarray(_kernel(arch, x1, x2, get=get, **self.options)[get])
 
     def family(self, arch: Architecture, x: np.ndarray, depths: Sequence[int],
-               get: str = "ntk", variants: Sequence[int] | None = None) -> np.ndarray:
+               get: str = "ntk", variants: Sequence[int] | None = None,
+               b_stds: Sequence[float] | None = None) -> np.ndarray:
         """``(D, n, n)``: the train Gram ``get`` of every depth of a family
-        (:func:`ntkcompute.kernel_family`, one pass, float64); with ``variants``, the NTK's
-        ``(D, V, n, n)``."""
+        (:func:`ntkcompute.kernel_family`, one pass, float64); with ``variants`` the NTK's
+        ``(D, V, n, n)``, with ``b_stds`` ``B`` first."""
         rest = {k: v for k, v in self.options.items() if k in ("memory", "threads")}
-        return kernel_family(arch, x, depths=depths, variants=variants, get=(get,),
-                             **rest)[get]
+        return kernel_family(arch, x, depths=depths, variants=variants, b_stds=b_stds,
+                             get=(get,), **rest)[get]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
@@ -121,44 +122,56 @@ def _parse(arch: Any) -> Architecture:
     return parse_arch(arch)
 
 
-Candidate = tuple[int | None, int | None, Architecture]  # (depth, variant, network)
+class Candidate(NamedTuple):
+    """One network the estimators score: its depth, variant and b_std where searched."""
+
+    depth: int | None
+    variant: int | None
+    b_std: float | None
+    arch: Architecture
 
 
-def _architectures(arch: Any, depths: Any, variants: Any = None,
-                   kernel: str = "ntk") -> list[Candidate]:
-    """``(depth, variant, Architecture)`` candidates: one without ``depths``, else one per
-    depth of ``arch(depth)`` (``fc`` when ``arch`` is None), and with ``variants`` (a
-    family's NTK) one per (depth, variant)."""
-    if variants is not None:
+def _architectures(arch: Any, depths: Any, variants: Any = None, kernel: str = "ntk",
+                   b_stds: Any = None) -> list[Candidate]:
+    """The candidates: one without ``depths``, else one per depth of ``arch(depth)`` (``fc``
+    when ``arch`` is None), and with ``variants`` (a family's NTK) and ``b_stds`` one per
+    (b_std, depth, variant), in the order of a family's arrays."""
+    if variants is not None or b_stds is not None:
+        field = "variants" if variants is not None else "b_stds"
         if depths is None or arch is None or not _is_spec(arch):
-            raise InputError("variants are members of a kernel family: give a spec with one "
-                             "top-level repeat and depths", field="variants")
-        if kernel != "ntk":
+            raise InputError(f"{field} are members of a kernel family: give a spec with one "
+                             "top-level repeat and depths", field=field)
+        if variants is not None and kernel != "ntk":
             raise InputError("variants fix bottom layers of the NTK; the NNGP does not "
                              "depend on which layers are trained", field="variants")
-        if isinstance(variants, (str, bytes)):
-            raise InputError(f"must be a list of ints, got {variants!r}", field="variants")
-        fam = make_family(_parse(arch), _ints(depths), [v for v in variants])
-        return [(d, v, fam.member(d, v)) for d in fam.depths for v in fam.variants]
+        for name, values in (("variants", variants), ("b_stds", b_stds)):
+            if isinstance(values, (str, bytes)):
+                raise InputError(f"must be a list of numbers, got {values!r}", field=name)
+        fam = make_family(_parse(arch), _ints(depths),
+                          None if variants is None else list(variants),
+                          None if b_stds is None else list(b_stds))
+        return [Candidate(d, v, b, fam.member(d, v or 0, b)) for b in fam.b_stds or (None,)
+                for d in fam.depths for v in fam.variants or (None,)]
     if depths is None:
         if arch is None:
-            return [(None, None, parse_arch(fc(DEFAULT_DEPTH)))]
+            return [Candidate(None, None, None, parse_arch(fc(DEFAULT_DEPTH)))]
         if not _is_spec(arch):
             kind = "a callable" if callable(arch) else type(arch).__name__
             raise InputError(f"must be a spec dict, JSON, an Architecture or a stax layer "
                              f"(got {kind}); a callable depth -> spec needs depths=[...]",
                              field="arch")
-        return [(None, None, _parse(arch))]
+        return [Candidate(None, None, None, _parse(arch))]
     depths = _ints(depths)
     if arch is not None and _is_spec(arch):  # a family: one top-level repeat, its count
         fam = make_family(_parse(arch), depths)
-        return [(d, None, m) for d, m in zip(fam.depths, fam.members, strict=True)]
+        return [Candidate(d, None, None, m)
+                for d, m in zip(fam.depths, fam.members, strict=True)]
     if arch is not None and not callable(arch):
         raise InputError("with depths, arch must be a spec with one top-level repeat (a "
                          "kernel family), a callable depth -> spec, or None for "
                          "ntkcompute.architectures.fc", field="arch")
     build = fc if arch is None else arch
-    return [(d, None, _parse(build(d))) for d in depths]
+    return [Candidate(d, None, None, _parse(build(d))) for d in depths]
 
 
 def _ints(depths: Any) -> list[int]:
@@ -173,18 +186,20 @@ def _ints(depths: Any) -> list[int]:
 def _train_grams(est: _NTKRidge, backend: GramBackend, X: np.ndarray,
                  candidates: list[Candidate]) -> Iterator[np.ndarray]:
     """Each candidate's train Gram matrix, one at a time. A family (a spec ``arch`` with
-    ``depths``, and ``variants``) in float64 comes from one pass where the backend has a
-    ``family(arch, x, depths, get, variants)`` method (:class:`InProcess`,
-    ``workers.DaskBackend``, ``ntkcompute.client.ServiceBackend``)."""
+    ``depths``, and ``variants``, ``b_stds``) in float64 comes from one pass where the
+    backend has a ``family(arch, x, depths, get, variants=, b_stds=)`` method
+    (:class:`InProcess`, ``workers.DaskBackend``, ``ntkcompute.client.ServiceBackend``)."""
     family = est.depths is not None and est.arch is not None and _is_spec(est.arch)
     if family and X.dtype == np.float64 and callable(getattr(backend, "family", None)):
-        depths = list(dict.fromkeys(d for d, _, _ in candidates))
-        variants = None if est.variants is None else \
-            list(dict.fromkeys(v for _, v, _ in candidates))
-        extra = {} if variants is None else {"variants": variants}
+        depths = list(dict.fromkeys(c.depth for c in candidates))
+        extra: dict[str, list] = {}
+        for name, key in (("b_stds", "b_std"), ("variants", "variant")):
+            if getattr(est, name) is not None:
+                extra[name] = list(dict.fromkeys(getattr(c, key) for c in candidates))
         stack = np.asarray(backend.family(_parse(est.arch), X, depths, get=est.kernel,
                                           **extra))
-        lead = (len(depths),) if variants is None else (len(depths), len(variants))
+        lead = tuple(len(v) for v in (extra.get("b_stds"), depths, extra.get("variants"))
+                     if v is not None)
         if stack.shape != (*lead, len(X), len(X)):
             raise InputError(f"the backend returned a {stack.shape} family, expected "
                              f"{(*lead, len(X), len(X))}", field="backend")
@@ -194,8 +209,8 @@ def _train_grams(est: _NTKRidge, backend: GramBackend, X: np.ndarray,
                                           "non-finite entries", finite=False)
             yield k
         return
-    for _, _, arch in candidates:
-        yield _gram(backend, arch, X, None, est.kernel)
+    for c in candidates:
+        yield _gram(backend, c.arch, X, None, est.kernel)
 
 
 def _check_params(est: _NTKRidge) -> tuple[str, float | None, np.ndarray, np.dtype,
@@ -261,7 +276,8 @@ class _NTKRidge(BaseEstimator):
                  lam_grid: Sequence[float] | None = None, relative: bool = True,
                  depths: Sequence[int] | None = None, dtype: Any = np.float64,
                  backend: GramBackend | None = None,
-                 variants: Sequence[int] | None = None) -> None:
+                 variants: Sequence[int] | None = None,
+                 b_stds: Sequence[float] | None = None) -> None:
         self.arch = arch
         self.kernel = kernel
         self.lam = lam
@@ -271,6 +287,7 @@ class _NTKRidge(BaseEstimator):
         self.dtype = dtype
         self.backend = backend
         self.variants = variants
+        self.b_stds = b_stds
 
     def _validate_X(self, X: Any, y: Any = None, reset: bool = True, **kw: Any) -> Any:
         dtype = np.dtype(self.dtype) if reset else self.X_fit_.dtype
@@ -286,9 +303,10 @@ class _NTKRidge(BaseEstimator):
         criterion, fixed, grid, _, backend = params
         given = [fixed] if fixed is not None else [float(v) for v in grid]
         rows: dict[str, list] = {"lam": [], "lam_absolute": [], "depth": [], "variant": [],
-                                 "kernel": [], "score": []}
+                                 "b_std": [], "kernel": [], "score": []}
         best: tuple[float, float, float, Eigen, Candidate] | None = None
-        candidates = _architectures(self.arch, self.depths, self.variants, self.kernel)
+        candidates = _architectures(self.arch, self.depths, self.variants, self.kernel,
+                                    self.b_stds)
         grams = _train_grams(self, backend, X, candidates)
         for cand, k in zip(candidates, grams, strict=True):
             eig = Eigen.of(k)
@@ -300,8 +318,9 @@ class _NTKRidge(BaseEstimator):
             scores = -table["criterion"]
             rows["lam"] += given
             rows["lam_absolute"] += absolute
-            rows["depth"] += [cand[0]] * len(given)
-            rows["variant"] += [cand[1]] * len(given)
+            rows["depth"] += [cand.depth] * len(given)
+            rows["variant"] += [cand.variant] * len(given)
+            rows["b_std"] += [cand.b_std] * len(given)
             rows["kernel"] += [self.kernel] * len(given)
             rows["score"] += list(scores)
             j = int(np.argmax(np.where(np.isfinite(scores), scores, -np.inf)))
@@ -315,9 +334,9 @@ class _NTKRidge(BaseEstimator):
                                  "leave-one-out residual)", field="lam")
             # one fixed λ = 0 (interpolation): nothing to choose, the score is undefined
             best = (float("nan"), absolute[0], given[0], eig, cand)
-        score, lam_abs, lam, eig, (depth, variant, arch) = best
+        score, lam_abs, lam, eig, (depth, variant, b_std, arch) = best
         types = {"kernel": object, "depth": np.int64, "variant": np.int64}
-        given_axes = {"depth": self.depths, "variant": self.variants}
+        given_axes = {"depth": self.depths, "variant": self.variants, "b_std": self.b_stds}
         self.cv_results_ = {k: np.asarray(v, dtype=types.get(k, np.float64))
                             for k, v in rows.items() if given_axes.get(k, ()) is not None}
         self.best_score_ = score
@@ -325,6 +344,7 @@ class _NTKRidge(BaseEstimator):
         self.lam_absolute_ = float(lam_abs)
         self.depth_ = depth
         self.variant_ = variant
+        self.b_std_ = b_std
         self.arch_ = arch
         self.kernel_ = self.kernel
         self.backend_ = backend
@@ -367,6 +387,8 @@ class NTKRegressor(RegressorMixin, _NTKRidge):
         variants: with a family (a spec ``arch`` and ``depths``) and the NTK: numbers of
             fixed bottom blocks (Arora et al. 2020's "fixed bottom layers": the stem and
             the first v repeats not trained); (depth, variant, λ) are chosen together.
+        b_stds: with a family: a bias grid, every layer's ``b_std`` set to each value
+            (Arora et al. 2020's bias family); (b_std, depth, ..., λ) are chosen together.
 
     Attributes:
         dual_coef_: ``(K + λI)⁻¹ y``, (n,) or (n, n_outputs) like y.
@@ -374,12 +396,14 @@ class NTKRegressor(RegressorMixin, _NTKRidge):
         lam_: the chosen λ as given (relative when ``relative``); ``lam_absolute_`` the
             ridge actually added.
         depth_: the chosen depth (None without ``depths``), ``variant_`` the chosen variant
-            (None without ``variants``); ``arch_`` its Architecture.
+            (None without ``variants``), ``b_std_`` the chosen b_std (None without
+            ``b_stds``); ``arch_`` its Architecture.
         best_score_: the chosen candidate's score: minus its criterion (greater is better,
             as in scikit-learn's searches): -(mean squared leave-one-out residual) or -GCV.
         cv_results_: one row per candidate: ``lam``, ``lam_absolute``, ``depth`` (with
-            ``depths``), ``variant`` (with ``variants``), ``kernel``, ``score`` (``-inf``
-            where K + λI is not positive definite); arrays of equal length.
+            ``depths``), ``variant`` (with ``variants``), ``b_std`` (with ``b_stds``),
+            ``kernel``, ``score`` (``-inf`` where K + λI is not positive definite); arrays
+            of equal length.
         n_features_in_, feature_names_in_ (pandas input): as scikit-learn.
     """
 

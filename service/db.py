@@ -102,6 +102,8 @@ class Job(Base):
     depths: Mapped[list | None] = mapped_column(JSON, nullable=True)
     #: a family job's variants (fixed bottom blocks of its NTK; None: none)
     variants: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    #: a family job's bias grid (None: none)
+    b_stds: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class Solve(Base):
@@ -221,7 +223,8 @@ def spec_of(job: Job, train: Dataset | None = None, test: Dataset | None = None)
                    arch=job.arch, kernels=tuple(job.kernels), dtype=job.dtype, tile=job.tile,
                    m=job.m, seed=job.seed,
                    depths=None if job.depths is None else tuple(job.depths),
-                   variants=None if job.variants is None else tuple(job.variants))
+                   variants=None if job.variants is None else tuple(job.variants),
+                   b_stds=None if job.b_stds is None else tuple(job.b_stds))
 
 
 def _sqlite_pragmas(conn: Any, _record: Any) -> None:

@@ -63,6 +63,11 @@ class KernelRequest(_Body):
             "fixed, for each listed v (increasing; 0: every layer trained; Arora et al. "
             "2020's fixed bottom layers), depths x variants <= 64 kernels; blocks and solves "
             "of the NTK then name a variant (the NNGP does not depend on it)"))
+    b_stds: list[Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] | None = Field(
+        None, min_length=1, max_length=8, description=(
+            "with depths: a bias grid, every member for each value of every layer's b_std "
+            "(increasing; one family pass per value on a shared data pass), b_stds x depths "
+            "x variants <= 64 kernels; blocks and solves then name a b_std"))
 
 
 class KernelOut(BaseModel):
@@ -88,6 +93,7 @@ class KernelOut(BaseModel):
     seed: int = 0
     depths: list[int] | None = Field(None, description="a family job's member depths")
     variants: list[int] | None = Field(None, description="a family job's NTK variants")
+    b_stds: list[float] | None = Field(None, description="a family job's bias grid")
 
 
 class Analyses(_Body):
@@ -117,6 +123,8 @@ class Select(_Body):
         "members of a family job to score (default: every member)"))
     variants: list[int] | None = Field(None, min_length=1, max_length=64, description=(
         "NTK variants of a family job with variants to score (default: every one)"))
+    b_stds: list[float] | None = Field(None, min_length=1, max_length=8, description=(
+        "values of a family job's bias grid to score (default: every one)"))
     times: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
         None, min_length=1, max_length=1000, description=(
             "select gradient-flow time t instead of λ (the net trained for t; relative "
@@ -147,6 +155,9 @@ class SolveRequest(_Body):
                               "(required for a family, unless select)")
     variant: int | None = Field(None, description="with depth: the NTK variant of a family "
                                 "job with variants (required for its NTK, unless select)")
+    b_std: float | None = Field(None, allow_inf_nan=False, description=(
+        "with depth: the value of a family job's bias grid (required for one, unless "
+        "select)"))
     select: Select | None = Field(None, description=(
         "choose depth, variant, kernel and λ among the candidates (solver 'direct'; lambdas "
         "is the "

@@ -343,6 +343,32 @@ def test_variants_choose_depth_and_fixed_bottom_blocks_from_one_pass():
         assert e.value.field == "variants", params
 
 
+def test_a_bias_grid_chooses_b_std_with_depth_from_one_pass_per_value():
+    """``b_stds``: candidates (b_std, depth); the family pass gives the same choice and
+    scores as one kernel per candidate, and the chosen network's predictions."""
+    x, y = _regression_data(np.random.default_rng(5), n=30, d=3, noise=0.5)
+    dense = {"type": "dense", "W_std": 1.5}
+    spec = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
+        dense, {"type": "relu"}]}}, dense]}
+    kw = dict(arch=spec, depths=[1, 3], b_stds=[0.0, 1.0], lam_grid=[1e-3, 1e-1])
+    backend = _PerCandidate()
+    fam = NTKClassifier(**kw).fit(x, y > 0)
+    one = NTKClassifier(**kw, backend=backend).fit(x, y > 0)
+    assert backend.calls == 4
+    assert (fam.b_std_, fam.depth_, fam.lam_) == (one.b_std_, one.depth_, one.lam_)
+    assert fam.cv_results_["b_std"].tolist() == [b for b in (0, 1) for _ in (1, 3)
+                                                 for _ in range(2)]
+    np.testing.assert_allclose(fam.cv_results_["score"], one.cv_results_["score"],
+                               rtol=1e-10)
+    assert fam.arch_ == ntkcompute.families.make_family(spec, [1, 3], b_stds=[0, 1]).member(
+        fam.depth_, 0, fam.b_std_)
+    np.testing.assert_allclose(fam.decision_function(x[:5]), one.decision_function(x[:5]),
+                               rtol=1e-8, atol=1e-10)
+    with pytest.raises(InputError) as e:
+        NTKClassifier(arch=fc, depths=[1, 2], b_stds=[0, 1]).fit(x, y > 0)
+    assert e.value.field == "b_stds"
+
+
 # -- 5. predictions are the direct solve ------------------------------------------------
 
 @pytest.mark.parametrize("get", ["ntk", "nngp"])

@@ -44,11 +44,14 @@ class DaskBackend:
         return self._job(arch, x1, x2, get, dtype=x1.dtype)
 
     def family(self, arch: Any, x: np.ndarray, depths: list[int], get: str = "ntk",
-               variants: list[int] | None = None) -> np.ndarray:
+               variants: list[int] | None = None,
+               b_stds: list[float] | None = None) -> np.ndarray:
         """``(D, n, n)``: the train Gram ``get`` of every depth of a family, one family job
-        (float64); with ``variants``, the NTK's ``(D, V, n, n)``."""
+        (float64); with ``variants`` the NTK's ``(D, V, n, n)``, with ``b_stds`` ``B``
+        first."""
         return self._job(arch, np.asarray(x), None, get, depths=list(depths),
-                         variants=None if variants is None else list(variants))
+                         variants=None if variants is None else list(variants),
+                         b_stds=None if b_stds is None else list(b_stds))
 
     def _job(self, arch: Any, x1: np.ndarray, x2: np.ndarray | None, get: str,
              **kw: Any) -> np.ndarray:

@@ -55,7 +55,7 @@ def kernel_out(r: Job) -> KernelOut:
                      eta_seconds=r.eta_seconds, error=redacted(r.error), created=r.created,
                      started=r.started, finished=r.finished, arch=r.arch,
                      method=r.method or "exact", m=r.m, seed=r.seed or 0, depths=r.depths,
-                     variants=r.variants)
+                     variants=r.variants, b_stds=r.b_stds)
 
 
 KERNELS = Resource(Job, "kernel job", kernel_out)
@@ -73,14 +73,14 @@ def submit_kernel(req: KernelRequest, response: Response, key: Owner, db: DB,
             req.arch, _shape(train), _shape(test) if test else None,
             kernels=tuple(req.kernels), dtype=req.dtype, tile=req.tile,
             memory=settings.task_memory, m=req.m, seed=req.seed, depths=req.depths,
-            variants=req.variants)
+            variants=req.variants, b_stds=req.b_stds)
     jid = f"k-{uuid.uuid4().hex[:16]}"
     row = Job(id=jid, owner=key, train=train.id, test=test.id if test else None,
               n_train=train.n, n_test=test.n if test else None,
               url=layout.kernel_url(settings.store, jid), arch=planned.arch,
               kernels=planned.kernels, dtype=planned.dtype, tile=planned.tile,
               status=Status.QUEUED, method=req.method, m=req.m, seed=req.seed,
-              depths=planned.depths, variants=planned.variants,
+              depths=planned.depths, variants=planned.variants, b_stds=planned.b_stds,
               tiles_done=0, tiles_total=0, tiles_reused=0, runs=0, created=time.time())
     out = kernel_out(row)
     out.model_dump_json()  # the answer can be produced before the job exists
@@ -167,9 +167,13 @@ def get_block(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
                   "the member of a family job (required for one)"))] = None,
               variant: Annotated[int | None, Query(ge=0, le=1000, description=(
                   "the NTK variant of a family job with variants (required for its "
-                  "NTK)"))] = None) -> Response:
+                  "NTK)"))] = None,
+              b_std: Annotated[float | None, Query(ge=0, le=1e6, allow_inf_nan=False,
+                                                   description=(
+                  "the value of a family job's bias grid (required for one)"))] = None
+              ) -> Response:
     """A block of a stored kernel as ``.npy``; 409 until every tile under it is done,
-    422 past the block-size limit or for a depth or variant the job does not have."""
+    422 past the block-size limit or for a depth, variant or b_std the job does not have."""
     row = KERNELS.get(db, kernel_id, key)
     if kind not in row.kernels:
         raise ApiError(422, "kind", f"this job computed {row.kernels}, not {kind!r}")
@@ -179,7 +183,7 @@ def get_block(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
     with store_errors(row.id):
         return npy(job.kind.read_block(job, kind, part, rows, cols, status=row.status,
                                        max_bytes=settings.max_block_bytes, depth=depth,
-                                       variant=variant))
+                                       variant=variant, b_std=b_std))
 
 
 def _shape(ds: Dataset) -> Shape:

@@ -84,11 +84,12 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
         grid = req.select.times or params["lambdas"]
         depths = len(req.select.depths or job.depths or [None])
         variants = len(req.select.variants or job.variants or [None])
-        count = len(grid) * sum(depths * (variants if kind == "ntk" else 1)
-                                for kind in req.select.kinds or [req.kind])
+        biases = len(req.select.b_stds or job.b_stds or [None])
+        count = len(grid) * biases * sum(depths * (variants if kind == "ntk" else 1)
+                                         for kind in req.select.kinds or [req.kind])
         if count > MAX_SELECT_CANDIDATES:
-            raise ApiError(422, "select", f"{count} candidates (λ or t x kernels x depths x "
-                           f"variants), more than {MAX_SELECT_CANDIDATES}")
+            raise ApiError(422, "select", f"{count} candidates (λ or t x kernels x b_stds x "
+                           f"depths x variants), more than {MAX_SELECT_CANDIDATES}")
     rows = spec.kind.coefficient_rows(spec, req.kind) + (job.n_test or 0)
     kept = 1 if req.select is not None else len(req.lambdas)  # a selection solves one λ
     stored = kept * rows * outputs * 8

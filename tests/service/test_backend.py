@@ -30,12 +30,13 @@ def test_classifier_through_the_service_equals_in_process(service):
         assert [d["id"] for d in c._json("GET", "/v1/datasets")] == [d["id"] for d in before]
 
 
-def test_a_family_estimator_with_variants_through_the_service_is_one_job(service):
+def test_a_family_estimator_with_variants_and_biases_through_the_service_is_one_job(service):
     x, y = digits()
     x = x.reshape(len(x), -1)[:150] / 16.0
     y = y[:150]
     spec = fc_family()
-    est = dict(arch=spec, depths=[1, 3], lam_grid=[1e-3, 1e-1], variants=[0, 1])
+    est = dict(arch=spec, depths=[1, 3], lam_grid=[1e-3, 1e-1], variants=[0, 1],
+               b_stds=[0.0, 0.5])
     local = NTKClassifier(**est).fit(x[:100], y[:100])
     with Client(service.url, service.key_a) as c:
         jobs = len(c._json("GET", "/v1/kernels"))
@@ -43,9 +44,10 @@ def test_a_family_estimator_with_variants_through_the_service_is_one_job(service
         remote.fit(x[:100], y[:100])
         made = c._json("GET", "/v1/kernels")[jobs:]
         # one family job for the fit, every (depth, variant) from it
-        assert [(j["depths"], j["variants"]) for j in made] == [([1, 3], [0, 1])]
-        assert (remote.depth_, remote.variant_, remote.lam_) == \
-            (local.depth_, local.variant_, local.lam_)
+        assert [(j["depths"], j["variants"], j["b_stds"]) for j in made] == [
+            ([1, 3], [0, 1], [0.0, 0.5])]
+        assert (remote.b_std_, remote.depth_, remote.variant_, remote.lam_) == \
+            (local.b_std_, local.depth_, local.variant_, local.lam_)
         np.testing.assert_allclose(remote.cv_results_["score"], local.cv_results_["score"],
                                    rtol=1e-10)
         np.testing.assert_allclose(remote.decision_function(x[100:]),

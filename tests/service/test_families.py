@@ -187,7 +187,52 @@ def test_variants_through_the_service(family_job, service):
         assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
 
 
-def test_cli_submit_depths_variants_fetch_and_solve(service, tmp_path):
+def test_a_bias_grid_through_the_service(family_job, service):
+    """``b_stds``: members read back equal each network alone (1e-12); a solve names a
+    b_std or a selection chooses one (the in-process choice); wrong names are refused."""
+    c, _, (x, y, xt, yt) = family_job
+    fam = make_family(FC, [1, 2], b_stds=[0.0, 1.0])
+    job = c.kernel(c.upload(x, y), FC, test=c.upload(xt, yt), tile=16, depths=[1, 2],
+                   b_stds=[0, 1])
+    job.wait(progress=False)
+    assert job.b_stds == [0.0, 1.0]
+    for b in (0.0, 1.0):
+        for d in (1, 2):
+            ref = nc.kernel(fam.member(d, 0, b), xt, x)
+            for kind in ("ntk", "nngp"):
+                got = job.to_numpy(kind, "test", depth=d, b_std=b)
+                assert np.abs(got - ref[kind]).max() <= 1e-12 * np.abs(ref[kind]).max()
+    s = c.solve(job, 1e-2, relative=True, solver="direct", depth=2, b_std=1).wait()
+    member = fam.member(2, 0, 1.0)
+    want = kernel_ridge(nc.kernel(member, x)["ntk"], one_hot(y, 3),
+                        nc.kernel(member, xt, x)["ntk"], lam=1e-2, relative=True)
+    assert np.abs(s.predictions() - want).max() <= 1e-10 * np.abs(want).max()
+    sel = c.solve(job, [1e-3, 1e-1], solver="direct", select={"kinds": ["ntk", "nngp"]}).wait()
+    chosen = sel.info["analyses"]["selection"]
+    ref = nc.select(kernel_family(fam, x), y, lambdas=[1e-3, 1e-1], relative=True)
+    assert len(chosen["table"]) == len(ref.table) == 2 * 2 * 2 * 2
+    for key in ("b_std", "depth", "kernel", "lam"):
+        assert chosen["best"][key] == ref.best[key], key
+    with pytest.raises(ApiError) as e:
+        job.block("ntk", depth=2)
+    assert e.value.status == 422 and e.value.field == "b_std"
+    headers = {"Authorization": f"Bearer {service.key_a}"}
+    for body, field in (({"depth": 2}, "b_std"), ({"depth": 2, "b_std": 0.5}, "b_std"),
+                        ({"select": {"b_stds": [2.0]}, "solver": "direct"},
+                         "select.b_stds")):
+        r = httpx.post(f"{service.url}/v1/solves", headers=headers,
+                       json={"kernel": job.id, "lambdas": [0.1], **body})
+        assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
+    for body, field in (({"b_stds": [0, 1]}, "b_stds"),
+                        ({"depths": [1], "b_stds": [1, 0]}, "b_stds"),
+                        ({"depths": [1], "b_stds": [-1]}, "b_stds[0]"),
+                        ({"depths": [1], "b_stds": list(range(9))}, "b_stds")):
+        r = httpx.post(f"{service.url}/v1/kernels", headers=headers,
+                       json={"train": job.info["train"], "arch": FC, **body})
+        assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
+
+
+def test_cli_submit_a_family_fetch_and_solve_a_member(service, tmp_path):
     import json
 
     from .test_cli import ntk
@@ -200,19 +245,20 @@ def test_cli_submit_depths_variants_fetch_and_solve(service, tmp_path):
     kw = dict(key=service.key_a, url=service.url)
     out = ntk("submit", "--arch", str(tmp_path / "arch.json"), "--train",
               str(tmp_path / "x.npy"), "--train-labels", str(tmp_path / "y.npy"),
-              "--depths", "2,3", "--variants", "0,1", "--wait", "--quiet", **kw)
+              "--depths", "2,3", "--variants", "0,1", "--b-stds", "0,1", "--wait", "--quiet",
+              **kw)
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
-    assert job["depths"] == [2, 3] and job["variants"] == [0, 1]
+    assert job["depths"] == [2, 3] and job["variants"] == [0, 1] and job["b_stds"] == [0, 1]
     assert job["status"] == "succeeded"
     got = ntk("fetch", job["id"], "--out", str(tmp_path / "k.npy"), "--depth", "3",
-              "--variant", "1", **kw)
+              "--variant", "1", "--b-std", "1", **kw)
     assert got.returncode == 0, got.stderr
-    want = nc.kernel(make_family(FC, [3], [1]).member(3, 1), x)["ntk"]
+    want = nc.kernel(make_family(FC, [3], [1]).member(3, 1, 1.0), x)["ntk"]
     k = np.load(tmp_path / "k.npy")
     assert np.abs(k - want).max() <= 1e-12 * np.abs(want).max()
     s = ntk("solve", "--kernel", job["id"], "--lambda", "1e-2", "--relative", "--solver",
-            "direct", "--depth", "2", "--variant", "0", "--wait", **kw)
+            "direct", "--depth", "2", "--variant", "0", "--b-std", "0", "--wait", **kw)
     assert s.returncode == 0, s.stderr
     assert json.loads(s.stdout)["status"] == "succeeded"
     bad = ntk("fetch", job["id"], "--out", str(tmp_path / "k2.npy"), **kw)

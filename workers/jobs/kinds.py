@@ -46,6 +46,7 @@ class Planned:
     tile: int
     depths: list[int] | None = None
     variants: list[int] | None = None
+    b_stds: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class JobSpec:
     seed: int = 0
     depths: tuple[int, ...] | None = None  # a family job's members
     variants: tuple[int, ...] | None = None  # and its NTK's fixed-bottom-block variants
+    b_stds: tuple[float, ...] | None = None  # and its bias grid
 
     @property
     def kind(self) -> JobKind:
@@ -92,10 +94,11 @@ class JobKind(Protocol):
     def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
              seed: int = 0, depths: list[int] | None = None,
-             variants: list[int] | None = None) -> Planned:
+             variants: list[int] | None = None,
+             b_stds: list[float] | None = None) -> Planned:
         """Check the job before anything is written (``x1``/``x2`` need shape and dtype);
         :class:`InputError` naming the field. ``depths``: a family job; ``variants``: its
-        NTK with the bottom blocks fixed too."""
+        NTK with the bottom blocks fixed too; ``b_stds``: for each value of the bias."""
 
     def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
               verify: bool) -> None:
@@ -105,9 +108,10 @@ class JobKind(Protocol):
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
                    cols: str | None, *, status: str, max_bytes: int,
-                   depth: int | None = None, variant: int | None = None) -> np.ndarray:
+                   depth: int | None = None, variant: int | None = None,
+                   b_std: float | None = None) -> np.ndarray:
         """The kernel block ``K_part[rows, cols]`` (cols index train rows); ``depth`` (and
-        ``variant``): the member of a family job."""
+        ``variant``, ``b_std``): the member of a family job."""
 
     def coefficient_rows(self, job: JobSpec, kind: str) -> int:
         """Rows of one λ's solution: n dual coefficients, or D feature weights."""
@@ -211,18 +215,20 @@ class Exact:
     def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
              seed: int = 0, depths: list[int] | None = None,
-             variants: list[int] | None = None) -> Planned:
+             variants: list[int] | None = None,
+             b_stds: list[float] | None = None) -> Planned:
         jp = plan_job(arch, x1, x2, get=kernels, dtype=dtype, memory=memory, tile=tile,
-                      depths=depths, variants=variants)
+                      depths=depths, variants=variants, b_stds=b_stds)
         return Planned(jp.spec.model_dump(mode="json"), list(jp.get), jp.dtype.name, jp.tile,
-                       jp.depths, jp.variants)
+                       jp.depths, jp.variants, jp.b_stds)
 
     def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
               verify: bool) -> None:
         common = dict(arch=job.arch, tile=job.tile, client=client, get=job.kernels,
                       dtype=job.dtype, verify=verify, memory=memory,
                       depths=None if job.depths is None else list(job.depths),
-                      variants=None if job.variants is None else list(job.variants))
+                      variants=None if job.variants is None else list(job.variants),
+                      b_stds=None if job.b_stds is None else list(job.b_stds))
         for part, url in job.parts.items():  # test x train: rows of test, columns of train
             train, test = job.inputs()
             x1, x2 = (train, None) if part == "train" else (test, train)
@@ -230,10 +236,11 @@ class Exact:
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
                    cols: str | None, *, status: str, max_bytes: int,
-                   depth: int | None = None, variant: int | None = None) -> np.ndarray:
+                   depth: int | None = None, variant: int | None = None,
+                   b_std: float | None = None) -> np.ndarray:
         g = _open(part_url(job.url, part), status)
         _, done = _arrays(g, status, kind, "done")
-        arr = kernel_array(g, kind, depth, variant)
+        arr = kernel_array(g, kind, depth, variant, b_std)
         r, c = span(rows, arr.shape[0], "rows"), span(cols, arr.shape[1], "cols")
         _check_bytes(r, c, arr.dtype.itemsize, max_bytes)
         _check_marks(done, _tiles(job.tile, r, c), part, status)
@@ -246,16 +253,20 @@ class Exact:
         depths, variants = list(job.depths or ()), job.variants
         depth, sel, variant = request.get("depth"), request.get("select"), \
             request.get("variant")
-        if variant is not None and variants is None:
-            raise InputError("this job has no variants", field="variant")
-        if variant is not None and variant not in variants:
-            raise InputError(f"must be one of the job's variants {list(variants)}, got "
-                             f"{variant}", field="variant")
+        b_stds, b_std = job.b_stds, request.get("b_std")
+        for field, value, values in (("variant", variant, variants),
+                                     ("b_std", b_std, b_stds)):
+            if value is not None and values is None:
+                raise InputError(f"this job has no {field}s", field=field)
+            if value is not None and value not in values:
+                raise InputError(f"must be one of the job's {field}s {list(values)}, got "
+                                 f"{value}", field=field)
         if sel is not None:
-            if depth is not None or variant is not None:
-                raise InputError("give depth (and variant) or select, not both (select "
-                                 "chooses them)", field="depth" if depth is not None
-                                 else "variant")
+            given = [f for f, v in (("depth", depth), ("variant", variant), ("b_std", b_std))
+                     if v is not None]
+            if given:
+                raise InputError("give depth (and variant, b_std) or select, not both "
+                                 "(select chooses them)", field=given[0])
             if request.get("solver") != "direct":
                 raise InputError("selection scores closed-form leave-one-out / GCV from an "
                                  "eigendecomposition: needs solver 'direct'",
@@ -268,11 +279,12 @@ class Exact:
                 if d not in depths:
                     raise InputError(f"must be among the job's depths {depths or None}, got "
                                      f"{d}", field="select.depths")
-            for v in sel.get("variants") or ():
-                if v not in (variants or ()):
-                    raise InputError(f"must be among the job's variants "
-                                     f"{None if variants is None else list(variants)}, got "
-                                     f"{v}", field="select.variants")
+            for field, values in (("variants", variants), ("b_stds", b_stds)):
+                for v in sel.get(field) or ():
+                    if v not in (values or ()):
+                        raise InputError(f"must be among the job's {field} "
+                                         f"{None if values is None else list(values)}, got "
+                                         f"{v}", field=f"select.{field}")
             if sel.get("times") and (request.get("analyses") or {}).get("variance"):
                 raise InputError("a gradient-flow selection has no predictive variances",
                                  field="analyses.variance")
@@ -288,6 +300,9 @@ class Exact:
         elif variants is not None and variant is None and request.get("kind") == "ntk":
             raise InputError(f"this job's NTK has variants {list(variants)}: name one, or "
                              "select", field="variant")
+        elif b_stds is not None and b_std is None:
+            raise InputError(f"this job is a family of b_stds {list(b_stds)}: name one, or "
+                             "select", field="b_std")
 
     def solve(self, job: JobSpec, labels: np.ndarray, test_labels: np.ndarray | None,
               params: dict[str, Any], *, client: Any) -> list[SolveResult]:
@@ -298,12 +313,14 @@ class Exact:
             sel = p["select"]
             chosen = select_member(train, labels, kinds=sel.get("kinds") or [p["kind"]],
                                    depths=sel.get("depths"), variants=sel.get("variants"),
+                                   b_stds=sel.get("b_stds"),
                                    lambdas=p["lambdas"],
                                    relative=bool(p.get("relative")),
                                    criterion=sel.get("criterion"), times=sel.get("times"),
                                    lr=sel.get("lr", 1.0))
             best = chosen.best
-            p.update(kind=best["kernel"], depth=best["depth"], variant=best.get("variant"))
+            p.update(kind=best["kernel"], depth=best["depth"], variant=best.get("variant"),
+                     b_std=best.get("b_std"))
             if "t" in best:  # gradient flow for the chosen time, no ridge
                 p.update(lambdas=[0.0], relative=False, flow_time=best["t_absolute"])
                 an = {**an, "lr": sel.get("lr", 1.0)}
@@ -314,7 +331,7 @@ class Exact:
                   else p["preconditioner"], rank=min(p["rank"], job.n_train),
                   cross=job.parts.get("test"), test_labels=test_labels, client=client,
                   save=None, lr=an.get("lr", 1.0), relative=bool(p.get("relative")),
-                  depth=p.get("depth"), variant=p.get("variant"),
+                  depth=p.get("depth"), variant=p.get("variant"), b_std=p.get("b_std"),
                   flow_time=p.get("flow_time"))
         analysis = dict(times=an.get("times"), bound=an.get("bound", False),
                         spectrum_k=an.get("spectrum", 0),
@@ -337,8 +354,9 @@ class Features:
     def plan(self, arch: Any, x1: Any, x2: Any | None, *, kernels: tuple[str, ...],
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
              seed: int = 0, depths: list[int] | None = None,
-             variants: list[int] | None = None) -> Planned:
-        for name, value in (("depths", depths), ("variants", variants)):
+             variants: list[int] | None = None,
+             b_stds: list[float] | None = None) -> Planned:
+        for name, value in (("depths", depths), ("variants", variants), ("b_stds", b_stds)):
             if value is not None:
                 raise InputError("families are computed by method 'exact'", field=name)
         if m is None:
@@ -362,9 +380,10 @@ class Features:
 
     def read_block(self, job: JobSpec, kind: str, part: str, rows: str | None,
                    cols: str | None, *, status: str, max_bytes: int,
-                   depth: int | None = None, variant: int | None = None) -> np.ndarray:
+                   depth: int | None = None, variant: int | None = None,
+                   b_std: float | None = None) -> np.ndarray:
         """``Φ_part[rows] Φ_train[cols]ᵀ``."""
-        for name, value in (("depth", depth), ("variant", variant)):
+        for name, value in (("depth", depth), ("variant", variant), ("b_std", b_std)):
             if value is not None:
                 raise InputError("a features job is one network, not a family of depths",
                                  field=name)
@@ -385,7 +404,7 @@ class Features:
         if request.get("select") is not None:
             raise InputError("selection needs the Gram matrices of method 'exact'",
                              field="select")
-        for name in ("depth", "variant"):
+        for name in ("depth", "variant", "b_std"):
             if request.get(name) is not None:
                 raise InputError("a features job is one network, not a family of depths",
                                  field=name)
