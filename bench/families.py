@@ -5,12 +5,16 @@ its deepest member alone (``ntkcompute.kernel``), and the D members computed one
 time of one thread (``process_time``, BLAS on one thread; the least of three warm runs), so
 the ratios hold on a shared machine. Also checks that every member equals its separate kernel.
 
-    python bench/families.py [--n 48] [--depth 5] [--dask | --variants]
+    python bench/families.py [--n 48] [--depth 5] [--dask | --variants | --grid]
 
 ``--variants``: the family with variants 0..D-1 too (the first v blocks fixed: Arora et al.
 2020's "fixed bottom layers", L' < L), against the family without variants, the deepest
 member alone, and the D(D+1)/2 networks with L' < L computed one by one (each a spec with
 ``trainable: false`` layers).
+
+``--grid``: the whole search of issue 19's protocol in one family, variants 0..D-1 and the
+bias grid b_std in {0, 1} (``b_stds``: one pass per value over shared inputs), against the
+two variant families of one b_std each and the 2 D(D+1)/2 networks one by one.
 
 ``--dask``: the same comparison as tiled jobs on one Dask worker process (one thread,
 ``workers.compute_gram`` into Zarr under a temporary directory, tiles of n/2 rows): the
@@ -97,11 +101,14 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--dask", action="store_true")
     ap.add_argument("--variants", action="store_true")
+    ap.add_argument("--grid", action="store_true")
     args = ap.parse_args()
     if args.dask:
         return _main_dask(args)
     if args.variants:
         return _main_variants(args)
+    if args.grid:
+        return _main_grid(args)
     x = _inputs(args)
     depths = list(range(1, args.depth + 1))
     print(f"{'family':10s} {'n':>4s} {'D':>2s} {'family s':>9s} {'deepest s':>10s} "
@@ -147,6 +154,31 @@ def _main_variants(args) -> None:
         print(f"{name:10s} {len(data):4d} {len(grid):7d} {t_var:10.2f} {t_fam:9.2f} "
               f"{t_deep:10.2f} {t_sep:11.2f} {t_var / t_fam:10.2f}x {t_var / t_deep:11.2f}x "
               f"{t_sep / t_var:12.2f}x {diff:9.1e}", flush=True)
+
+
+def _main_grid(args) -> None:
+    x = _inputs(args)
+    depths, variants, biases = list(range(1, args.depth + 1)), list(range(args.depth)), [0, 1]
+    print(f"{'family':10s} {'n':>4s} {'networks':>8s} {'grid s':>7s} {'2 families s':>13s} "
+          f"{'separate s':>11s} {'separate/grid':>14s} {'max diff':>9s}")
+    for name, (body, head, times) in FAMILIES.items():
+        data = x[:args.n * times]
+        data = data.reshape(len(data), -1) if name == "FC" else data
+        body = [{**layer, "b_std": 0.0} if "W_std" in layer else layer for layer in body]
+        arch = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial",
+                                                                "layers": body}}, *head]}
+        fam = make_family(arch, depths, variants, biases)
+        grid = [(k, i, j) for k in range(len(biases)) for i, d in enumerate(depths)
+                for j, v in enumerate(variants) if v < d]
+        k, t_grid = _cpu(functools.partial(kernel_family, fam, data, threads=1))
+        _, t_two = _cpu(lambda data=data, fam=fam: [
+            kernel_family(fam.biased(b), data, threads=1) for b in biases])
+        refs, t_sep = _cpu(functools.partial(_separately, [
+            fam.member(depths[i], variants[j], biases[b]) for b, i, j in grid], data))
+        diff = max(float(np.abs(k["ntk"][b, i, j] - r["ntk"]).max() / np.abs(r["ntk"]).max())
+                   for (b, i, j), r in zip(grid, refs, strict=True))
+        print(f"{name:10s} {len(data):4d} {len(grid):8d} {t_grid:7.2f} {t_two:13.2f} "
+              f"{t_sep:11.2f} {t_sep / t_grid:13.2f}x {diff:9.1e}", flush=True)
 
 
 def _inputs(args) -> np.ndarray:

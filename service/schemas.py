@@ -114,9 +114,15 @@ class Select(_Body):
     """Choose the member, kernel and λ by closed-form leave-one-out or GCV on the train
     rows (one eigendecomposition per member), then solve with the choice."""
 
-    criterion: Literal["accuracy", "loo", "gcv"] | None = Field(None, description=(
-        "leave-one-out accuracy (class labels; the default for them), mean squared "
-        "leave-one-out residual (the default for real targets), or GCV"))
+    criterion: Literal["accuracy", "loo", "gcv", "validation"] | None = Field(
+        None, description=(
+            "leave-one-out accuracy (class labels; the default for them), mean squared "
+            "leave-one-out residual (the default for real targets), GCV, or 'validation': "
+            "each candidate fit by distributed CG on the rows kept and scored on a held-out "
+            "split (any solver, any n: for kernels past NTK_MAX_DIRECT_N)"))
+    validation: float = Field(0.2, gt=0, le=0.5, allow_inf_nan=False, description=(
+        "criterion 'validation': the fraction held out (of each class for class labels)"))
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="draws the validation split")
     kinds: list[Literal["ntk", "nngp"]] | None = Field(
         None, min_length=1, max_length=2, description="kernels to score (default: kind)")
     depths: list[int] | None = Field(None, min_length=1, max_length=64, description=(

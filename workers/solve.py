@@ -298,6 +298,134 @@ def select_member(kernel: str, labels: np.ndarray, *, kinds: Sequence[str] = ("n
                   times=times, lr=lr)
 
 
+def _members(meta: dict, kinds: Sequence[str], depths: Sequence[int] | None,
+             variants: Sequence[int] | None, b_stds: Sequence[float] | None
+             ) -> list[dict[str, Any]]:
+    """The (kernel, b_std, depth, variant) members of a stored job to score, in the order
+    :func:`select_member` scores them (each axis refused where the job has none, or for a
+    value it lacks)."""
+    import itertools
+
+    for what, asked in (("variants", variants), ("b_stds", b_stds), ("depths", depths)):
+        if meta.get(what) is None and asked:
+            raise InputError(f"this job has no {what}", field=what)
+    axes = []
+    for what, key, asked in (("b_stds", "b_std", b_stds), ("depths", "depth", depths),
+                             ("variants", "variant", variants)):
+        if meta.get(what) is not None:
+            axes.append((key, _among(asked, meta[what], what)))
+    out = []
+    for kind in kinds:
+        mine = [(k, v) for k, v in axes if k != "variant" or kind == "ntk"]
+        for values in itertools.product(*(v for _, v in mine)):
+            desc = dict(zip((k for k, _ in mine), values, strict=True))
+            name = " ".join([kind, *(f"{k.replace('_', ' ')} {v:g}" for k, v in desc.items())])
+            out.append({"name": name, **desc, "kernel": kind})
+    return out
+
+
+def _validation_split(y: np.ndarray, classes: int | None, fraction: float, seed: int
+                      ) -> np.ndarray:
+    """A boolean mask of the held-out rows: ``fraction`` of each class (of all rows for real
+    targets), at least one, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(y), dtype=bool)
+    groups = [np.flatnonzero(y == c) for c in range(classes)] if classes else [
+        np.arange(len(y))]
+    for rows in groups:
+        k = round(fraction * len(rows))
+        if len(rows) > 1 and k:
+            mask[rng.choice(rows, size=min(k, len(rows) - 1), replace=False)] = True
+    if not mask.any() or mask.all():
+        raise InputError(f"a validation fraction of {fraction} leaves no rows on one side",
+                         field="validation")
+    return mask
+
+
+def select_by_validation(kernel: str, labels: np.ndarray, *, kinds: Sequence[str] = ("ntk",),
+                         depths: Sequence[int] | None = None,
+                         variants: Sequence[int] | None = None,
+                         b_stds: Sequence[float] | None = None,
+                         lambdas: Sequence[float] = DEFAULT_LAMBDAS, relative: bool = True,
+                         validation: float = 0.2, seed: int = 0, tol: float = 1e-6,
+                         maxiter: int = 1000, client: Client | None = None,
+                         scheduler: str | None = None, options: dict | None = None
+                         ) -> Selection:
+    """The best member and λ of kernel ridge regression on the stored train kernel at
+    ``kernel`` by the score on a held-out validation split, each fit by distributed CG: for
+    n past what a closed-form selection (:func:`select_member`, an n x n
+    eigendecomposition in memory) holds.
+
+    ``validation`` of the rows (of each class, for class labels; drawn with ``seed``) are
+    held out; for each member (``kinds`` x the job's ``b_stds``, ``depths``, ``variants``,
+    or those given) the kernel is loaded once into the workers' memory, ``(K_tt + λI) α =
+    Y_t`` is solved for every λ of the grid in one block-CG loop (Jacobi preconditioner;
+    the train-block product is the stored kernel's product with the held-out rows zeroed,
+    so nothing is copied), and the held-out rows are predicted with one more product. The
+    rows of the table name the member (as :func:`select_member`), ``lam``,
+    ``lam_absolute``, ``accuracy`` (class labels) and ``mse`` on the held-out rows,
+    ``iterations`` and ``converged``; the best is the highest accuracy (ties: lowest mse),
+    or the lowest mse for real targets. Criterion ``"validation"``.
+    """
+    if isinstance(validation, bool) or not isinstance(validation, (int, float)) \
+            or not 0 < validation <= 0.5:
+        raise InputError(f"must be a fraction in (0, 0.5], got {validation!r}",
+                         field="validation")
+    g = open_group(kernel, mode="r", options=options)
+    for k in kinds:
+        if k not in g:
+            raise InputError(f"no '{k}' array in {kernel}", field="kinds")
+    members = _members(job_meta(g), kinds, depths, variants, b_stds)
+    n = g[kinds[0]].shape[-1]
+    Y, classes = targets_from(labels, n)
+    y = np.asarray(labels)
+    held = _validation_split(y, classes, float(validation), seed)
+    keep = ~held
+    grid = [float(v) for v in lambdas]
+    if not grid or not all(np.isfinite(v) and v > 0 for v in grid):
+        raise InputError("must be a non-empty list of finite values > 0", field="lambdas")
+    table: list[dict[str, Any]] = []
+    cl, cluster = get_client(client, scheduler)
+    try:
+        for i, desc in enumerate(members):
+            op = DistributedKernel(cl, kernel, desc["kernel"], options=options,
+                                   depth=desc.get("depth"), variant=desc.get("variant"),
+                                   b_std=desc.get("b_std"))
+
+            def train_block(V: np.ndarray, op: DistributedKernel = op) -> np.ndarray:
+                full = np.zeros((n, V.shape[1]))
+                full[keep] = V
+                return op.matvec(full)[keep]
+
+            diag = op.diagonal()[keep]
+            lams = absolute_lambdas(grid, relative, float(np.mean(diag)))
+            c = Y.shape[1]
+            r = cg(train_block, Y[keep], lams if len(lams) > 1 else lams[0], tol=tol,
+                   maxiter=maxiter, precond=Jacobi(diag, np.repeat(lams, c)))
+            X = r.x if len(lams) > 1 else r.x[None]  # (L, n_kept, c)
+            W = np.zeros((n, len(lams) * c))
+            W[keep] = X.transpose(1, 0, 2).reshape(int(keep.sum()), -1)
+            pred = op.matvec(W)[held].reshape(int(held.sum()), len(lams), c)
+            del op  # the next member's tiles take the workers' memory
+            for j, lam in enumerate(grid):
+                p = pred[:, j]
+                row = {"member": i, **desc, "lam": lam, "lam_absolute": lams[j],
+                       "mse": float(np.mean((p - Y[held]) ** 2)),
+                       "iterations": int(r.iterations),
+                       "converged": bool(np.all(r.converged))}
+                if classes:
+                    row["accuracy"] = float(np.mean(p.argmax(1) == y[held]))
+                table.append(row)
+    finally:
+        shutdown(cl, cluster)
+
+    def rank(row: dict[str, Any]) -> tuple[float, float]:
+        mse = row["mse"] if np.isfinite(row["mse"]) else np.inf
+        return (-row["accuracy"], mse) if classes else (mse, 0.0)
+
+    return Selection(min(table, key=rank), table, "validation")
+
+
 def solve(kernel: str, labels: np.ndarray, lam: float | list[float], *, solver: str = "cg",
           name: str = "ntk", tol: float = 1e-8, maxiter: int = 1000,
           preconditioner: str | None = "nystrom", rank: int = 100,

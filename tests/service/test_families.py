@@ -232,6 +232,32 @@ def test_a_bias_grid_through_the_service(family_job, service):
         assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
 
 
+def test_a_selection_by_validation_runs_on_cg(family_job, service):
+    """``select: {criterion: validation}`` with solver 'cg': every candidate fit by CG on
+    the kept rows and scored on the held-out split; the solve is then CG at the choice."""
+    c, job, (x, y, xt, _) = family_job
+    grid = [1e-3, 1e-1]
+    sel = c.solve(job, grid, relative=True, solver="cg", tol=1e-10,
+                  select={"criterion": "validation", "validation": 0.25, "seed": 1,
+                          "kinds": ["ntk"], "depths": [1, 3]}).wait()
+    chosen = sel.info["analyses"]["selection"]
+    assert chosen["criterion"] == "validation" and len(chosen["table"]) == 2 * 2
+    assert chosen["best"] == max(chosen["table"], key=lambda r: (r["accuracy"], -r["mse"]))
+    member = make_family(FC, DEPTHS).member(chosen["best"]["depth"])
+    want = kernel_ridge(nc.kernel(member, x)["ntk"], one_hot(y, 3),
+                        nc.kernel(member, xt, x)["ntk"], lam=chosen["best"]["lam"],
+                        relative=True)
+    assert np.abs(sel.predictions() - want).max() <= 1e-6 * np.abs(want).max()
+    headers = {"Authorization": f"Bearer {service.key_a}"}
+    for body, field in (({"select": {"criterion": "validation", "times": [1.0]}},
+                         "select.times"),
+                        ({"select": {"criterion": "validation", "validation": 0.7}},
+                         "select.validation")):
+        r = httpx.post(f"{service.url}/v1/solves", headers=headers,
+                       json={"kernel": job.id, "solver": "cg", **body})
+        assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
+
+
 def test_cli_submit_a_family_fetch_and_solve_a_member(service, tmp_path):
     import json
 

@@ -403,3 +403,38 @@ def test_a_bias_grid_job_stores_solves_and_selects_every_b_std(client, tmp_path,
     assert fixed.tiles_computed == 1
     for name, v in fixed.to_numpy().items():
         assert np.array_equal(v, original[name])
+
+
+def test_selection_by_cg_on_a_validation_split(client, tmp_path, images):
+    """``select_by_validation``: every (b_std, depth, kernel, λ) fit by distributed CG on
+    the kept rows and scored on the held-out ones equals kernel ridge on those blocks of the
+    in-process kernels (accuracy exactly, mse to 1e-6), and the best is the table's best."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((40, 5))
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
+    fam = make_family(FC, [1, 2], b_stds=[0.0, 1.0])
+    job = workers.compute_gram(FC, x, store=str(tmp_path / "v"), tile=16, client=client,
+                               depths=[1, 2], b_stds=[0.0, 1.0]).wait()
+    grid = [1e-3, 1e-1]
+    got = workers.select_by_validation(job.url, y, kinds=["ntk", "nngp"], lambdas=grid,
+                                       validation=0.25, seed=3, tol=1e-10, client=client)
+    assert got.criterion == "validation" and len(got.table) == 2 * 2 * 2 * 2
+    from workers.solve import _validation_split
+
+    held = _validation_split(y, 3, 0.25, 3)
+    assert held.sum() == sum(round(0.25 * np.sum(y == c)) for c in range(3))
+    k = kernel_family(fam, x)
+    for row in got.table:
+        K = k[row["kernel"]][fam.b_stds.index(row["b_std"]), fam.depths.index(row["depth"])]
+        coef = kernel_ridge(K[~held][:, ~held], one_hot(y[~held], 3), K[held][:, ~held],
+                            lam=row["lam"], relative=True)
+        assert row["accuracy"] == np.mean(coef.argmax(1) == y[held]), row["name"]
+        mse = np.mean((coef - one_hot(y[held], 3)) ** 2)
+        assert abs(row["mse"] - mse) <= 1e-6 * mse and row["converged"]
+    best = max(got.table, key=lambda r: (r["accuracy"], -r["mse"]))
+    assert got.best == best
+    for kwargs, field in (({"validation": 0.9}, "validation"), ({"variants": [1]}, "variants"),
+                          ({"b_stds": [2.0]}, "b_stds")):
+        with pytest.raises(InputError) as e:
+            workers.select_by_validation(job.url, y, client=client, **kwargs)
+        assert e.value.field == field

@@ -20,7 +20,7 @@ from ntkcompute.validate import check_get
 
 from ..features import compute_features, plan_features, solve_features
 from ..gram import GramJob, compute_gram, plan_job, read_marks
-from ..solve import SolveResult, select_member
+from ..solve import SolveResult, select_by_validation, select_member
 from ..solve import solve as solve_exact
 from ..store import CorruptChunk, kernel_array, open_group, read
 from ..verify import verify_job
@@ -267,10 +267,14 @@ class Exact:
             if given:
                 raise InputError("give depth (and variant, b_std) or select, not both "
                                  "(select chooses them)", field=given[0])
-            if request.get("solver") != "direct":
+            by_validation = sel.get("criterion") == "validation"
+            if request.get("solver") != "direct" and not by_validation:
                 raise InputError("selection scores closed-form leave-one-out / GCV from an "
-                                 "eigendecomposition: needs solver 'direct'",
-                                 field="select")
+                                 "eigendecomposition: needs solver 'direct' (or criterion "
+                                 "'validation', by CG)", field="select")
+            if by_validation and sel.get("times"):
+                raise InputError("a validation selection chooses λ, not gradient-flow time",
+                                 field="select.times")
             for k in sel.get("kinds") or ():
                 if k not in job.kernels:
                     raise InputError(f"this job computed {list(job.kernels)}, not {k!r}",
@@ -311,13 +315,18 @@ class Exact:
         chosen = None
         if p.get("select") is not None:  # the best (member, kernel, λ or t), then its solve
             sel = p["select"]
-            chosen = select_member(train, labels, kinds=sel.get("kinds") or [p["kind"]],
-                                   depths=sel.get("depths"), variants=sel.get("variants"),
-                                   b_stds=sel.get("b_stds"),
-                                   lambdas=p["lambdas"],
-                                   relative=bool(p.get("relative")),
-                                   criterion=sel.get("criterion"), times=sel.get("times"),
-                                   lr=sel.get("lr", 1.0))
+            members = dict(kinds=sel.get("kinds") or [p["kind"]], depths=sel.get("depths"),
+                           variants=sel.get("variants"), b_stds=sel.get("b_stds"),
+                           lambdas=p["lambdas"], relative=bool(p.get("relative")))
+            if sel.get("criterion") == "validation":  # distributed CG, any n
+                chosen = select_by_validation(train, labels, **members,
+                                              validation=sel.get("validation", 0.2),
+                                              seed=sel.get("seed", 0), tol=p["tol"],
+                                              maxiter=p["maxiter"], client=client)
+            else:
+                chosen = select_member(train, labels, **members,
+                                       criterion=sel.get("criterion"),
+                                       times=sel.get("times"), lr=sel.get("lr", 1.0))
             best = chosen.best
             p.update(kind=best["kernel"], depth=best["depth"], variant=best.get("variant"),
                      b_std=best.get("b_std"))
