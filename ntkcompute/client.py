@@ -340,8 +340,10 @@ class Client:
 
         ``depth`` (and ``variant``, ``b_std``): the member of a family job to solve on.
         ``select``: ``{"criterion": "accuracy" | "loo" | "gcv", "kinds": [...], "depths":
-        [...], "variants": [...], "b_stds": [...], "times": [...], "lr": 1.0}`` (any may be
-        left out): the best (b_std, depth, variant, kernel, λ) by closed-form
+        [...], "variants": [...], "b_stds": [...], "times": [...], "lr": 1.0, "validation":
+        0.2, "seed": 0}`` (any may be left out; criterion "validation" scores each candidate
+        fit by CG on a held-out split, with any solver): the best (b_std, depth, variant,
+        kernel, λ) by closed-form
         leave-one-out / GCV on the train rows (``solver="direct"``), or with ``times`` the
         best gradient-flow time, then the solve with it; the choice and the score table are
         in ``analyses["selection"]``."""
