@@ -8,7 +8,7 @@ shapes the transform.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,8 @@ import numpy as np
 from .errors import InputError
 from .validate import as_input
 
-__all__ = ["MAX_ZCA_DIM", "ZCA", "Standardize", "flip_symmetrized"]
+__all__ = ["MAX_ZCA_DIM", "ZCA", "Standardize", "check_preprocess", "fit_preprocess",
+           "flip_symmetrized"]
 
 #: Most input dimensions (H·W·C) ZCA whitens: it decomposes a d x d covariance, O(d³).
 MAX_ZCA_DIM = 1 << 14
@@ -119,3 +120,58 @@ def flip_symmetrized(kernel_fn: Callable[..., dict[str, Any]], x1: Any, x2: Any 
             c = (c + c.T) / 2
         out[name] = (k + c) / 2
     return out
+
+
+def check_preprocess(options: Mapping[str, Any] | None, shape: tuple[int, ...]
+                     ) -> dict[str, Any] | None:
+    """A job's ``preprocess`` options, checked before any work for inputs of ``shape``
+    ``(n, ...)``: ``{"zca": strength >= 0 or None, "standardize": bool}`` (None or both off:
+    None). Raises :class:`InputError` naming ``preprocess.<key>``."""
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise InputError(f"must be an object, got {options!r}", field="preprocess")
+    extra = set(options) - {"zca", "standardize"}
+    if extra:
+        raise InputError(f"unknown keys {sorted(extra)} (zca, standardize)",
+                         field="preprocess")
+    zca, std = options.get("zca"), options.get("standardize", False)
+    if zca is not None:
+        if isinstance(zca, bool) or not isinstance(zca, (int, float)) or \
+                not np.isfinite(zca) or zca < 0:
+            raise InputError(f"must be a finite number >= 0, got {zca!r}",
+                             field="preprocess.zca")
+        d = int(np.prod(shape[1:]))
+        if d > MAX_ZCA_DIM:
+            raise InputError(f"inputs of {d} dimensions, more than {MAX_ZCA_DIM}: ZCA "
+                             "decomposes a d x d covariance", field="preprocess.zca")
+    if not isinstance(std, bool):
+        raise InputError(f"must be true or false, got {std!r}", field="preprocess.standardize")
+    if zca is None and not std:
+        return None
+    return {"zca": None if zca is None else float(zca), "standardize": std}
+
+
+def fit_preprocess(options: Mapping[str, Any] | None, train: Any
+                   ) -> Callable[[Any], np.ndarray] | None:
+    """The input transform of checked ``preprocess`` options fit on the training inputs
+    ``train``: ZCA (if ``zca``), then per-channel standardisation (if ``standardize``), as
+    float64; None without options."""
+    options = check_preprocess(options, np.shape(train))
+    if options is None:
+        return None
+    steps: list[Callable[[Any], np.ndarray]] = []
+    x = as_input(train, "x", np.float64)
+    if options["zca"] is not None:
+        steps.append(ZCA.fit(x, options["zca"]))
+        x = steps[-1](x)
+    if options["standardize"]:
+        steps.append(Standardize.fit(x))
+
+    def transform(v: Any) -> np.ndarray:
+        v = as_input(v, "x", np.float64)
+        for step in steps:
+            v = step(v)
+        return v
+
+    return transform

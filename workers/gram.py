@@ -31,6 +31,7 @@ from ntkcompute.infinite import (
 )
 from ntkcompute.lifecycle import Status, eta_seconds
 from ntkcompute.plan import Plan, make_plan
+from ntkcompute.preprocess import check_preprocess, fit_preprocess
 from ntkcompute.spec import Architecture, parse_arch
 from ntkcompute.validate import check_get, check_pair, check_shape, resolve_dtype
 
@@ -293,11 +294,19 @@ def _store_input(g: zarr.Group, name: str, x: Any, dtype: np.dtype, tile: int, *
     return sums
 
 
+#: Identity keys a Gram job records only when it has them (stored jobs keep their identity).
+OPTIONAL_IDENTITY = ("depths", "variants", "b_stds", "preprocess")
+
+
 def same_job(g: zarr.Group, store: str, identity: dict[str, Any]) -> dict[str, Any]:
     """The metadata of the job already in ``g`` (empty if none); InputError (field
     ``store``) if it is a different job."""
     old = job_meta(g)
     diff = [k for k, v in identity.items() if old and old.get(k) != v]
+    # the keys a job has only when it uses them: absent on one side, present on the other
+    # is another job too (a plain job into a family's store, a family without its grid)
+    diff += [k for k in OPTIONAL_IDENTITY if old and k not in identity
+             and old.get(k) is not None]
     if diff:
         raise InputError(f"{store} holds a different job (differs in {diff}); use a new "
                          "store URL", field="store")
@@ -434,7 +443,8 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
                  storage_options: dict | None = None, checksums: bool = True,
                  verify: bool = False, depths: list[int] | None = None,
                  variants: list[int] | None = None,
-                 b_stds: list[float] | None = None) -> GramJob:
+                 b_stds: list[float] | None = None,
+                 preprocess: dict | None = None) -> GramJob:
     """Start (or resume) the tiled Gram job of ``arch`` on x1 (and x2) into ``store``.
 
     Args:
@@ -464,6 +474,11 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         b_stds: with ``depths``, a bias grid (every layer's ``b_std`` set to each value):
             every kernel array gets a leading ``b_std`` axis (chunks 1 deep), and the self
             statistics a ``B`` axis after the rows.
+        preprocess: ``{"zca": strength, "standardize": true}`` (either may be left out):
+            the inputs are transformed before they are stored, by ZCA and/or per-channel
+            standardisation fit on the training rows (x2 for a cross job, else x1;
+            :mod:`ntkcompute.preprocess`), in the inputs' float dtype; recorded in the
+            job's identity.
 
     Returns:
         a :class:`GramJob`; call ``wait()`` for the result.
@@ -473,6 +488,14 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     """
     a1 = _as_array(x1, "x1")
     a2 = None if x2 is None else _as_array(x2, "x2")
+    prep = check_preprocess(preprocess, tuple(a1.shape))
+    if prep is not None:  # fit on the training rows, applied to every input
+        transform = fit_preprocess(prep, np.asarray((a1 if a2 is None else a2)[...]))
+        dtypes = [a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
+                  for a in (a1, a2) if a is not None]
+        a1 = transform(np.asarray(a1[...])).astype(dtypes[0], copy=False)
+        a2 = None if a2 is None else transform(np.asarray(a2[...])).astype(dtypes[1],
+                                                                             copy=False)
     jp = plan_job(arch, a1, a2, get=get, dtype=dtype, memory=memory, tile=tile,
                   depths=depths, variants=variants, b_stds=b_stds)
     spec, get, dt, plan, block, tile = jp.spec, jp.get, jp.dtype, jp.plan, jp.block, jp.tile
@@ -487,6 +510,8 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         identity["variants"] = jp.variants
     if jp.b_stds is not None:
         identity["b_stds"] = jp.b_stds
+    if prep is not None:
+        identity["preprocess"] = prep
     g, old, cl, cluster, damage = begin_job(store, identity, opts, client, scheduler, verify)
     try:
         return _start_gram(g, store, identity, old, plan, a1, a2, cl, cluster, opts,

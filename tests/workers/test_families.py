@@ -97,9 +97,10 @@ def test_store_names_the_depth_axis_and_refuses_unnamed_members(client, tmp_path
         workers.plan_job(FC, x.astype(np.float32), depths=[1, 2], dtype="float32")
     assert e.value.field == "dtype"
     assert workers.plan_job(FC, x.astype(np.float32), depths=[1, 2]).dtype == np.float64
-    with pytest.raises(InputError) as e:  # the same store, another family: another job
-        workers.compute_gram(FC, x, store=job.url, tile=4, client=client, depths=[2, 4])
-    assert e.value.field == "store"
+    for other in ({"depths": [2, 4]}, {}, {"depths": [2, 3], "variants": [0]}):
+        with pytest.raises(InputError) as e:  # the same store, another family: another job
+            workers.compute_gram(FC, x, store=job.url, tile=4, client=client, **other)
+        assert e.value.field == "store", other
 
 
 def test_a_damaged_member_is_named_and_repaired_exactly(client, tmp_path, images):

@@ -228,3 +228,38 @@ def test_overflowing_kernel_fails_the_job_clearly(client, tmp_path):
                        {"type": "dense", "W_std": 1e100}]}
     with pytest.raises(workers.GramJobError, match="non-finite entries"):
         workers.compute_gram(arch, x, store=str(tmp_path / "j"), client=client).wait()
+
+
+def test_preprocess_transforms_the_inputs_fit_on_the_training_rows(client, tmp_path):
+    """``preprocess={"zca", "standardize"}``: the train job and the test x train job equal
+    ``nc.kernel`` on the inputs transformed by ZCA then standardisation, both fit on the
+    training rows only (1e-12); the options are part of the job's identity."""
+    import ntkcompute as nc
+    from ntkcompute import InputError
+    from ntkcompute.preprocess import ZCA, Standardize
+
+    rng = np.random.default_rng(6)
+    x, xt = rng.standard_normal((12, 4, 4, 2)) * 3 + 1, rng.standard_normal((5, 4, 4, 2))
+    arch = nc.architectures.cntk(1)
+    prep = {"zca": 0.1, "standardize": True}
+    train = workers.compute_gram(arch, x, store=str(tmp_path / "t"), tile=5, client=client,
+                                 preprocess=prep).wait()
+    cross = workers.compute_gram(arch, xt, x, store=str(tmp_path / "c"), tile=5,
+                                 client=client, preprocess=prep).wait()
+    zca = ZCA.fit(x, 0.1)
+    std = Standardize.fit(zca(x))
+    for job, args in ((train, (std(zca(x)),)), (cross, (std(zca(xt)), std(zca(x))))):
+        ref = nc.kernel(arch, *args)
+        got = job.to_numpy()
+        for k in ("ntk", "nngp"):
+            assert np.abs(got[k] - ref[k]).max() <= 1e-12 * np.abs(ref[k]).max()
+    assert train.to_xarray().attrs["ntkcompute"]["preprocess"] == prep
+    with pytest.raises(InputError) as e:  # the same store with other options: another job
+        workers.compute_gram(arch, x, store=train.url, tile=5, client=client)
+    assert e.value.field == "store"
+    for bad, field in (({"zca": -1}, "preprocess.zca"), ({"whiten": 1}, "preprocess"),
+                       ({"standardize": "yes"}, "preprocess.standardize")):
+        with pytest.raises(InputError) as e:
+            workers.compute_gram(arch, x, store=str(tmp_path / "bad"), client=client,
+                                 preprocess=bad)
+        assert e.value.field == field
