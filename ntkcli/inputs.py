@@ -87,3 +87,20 @@ def memory_limit(text: str) -> str:
     """An argparse type for ``ntk worker --memory-limit``: ``auto`` or a size (see
     :func:`size`), passed on to ``dask worker`` as written."""
     return text if text == "auto" else str(size(text))
+
+
+def preprocess_of(args: Any) -> dict[str, Any] | None:
+    """``--zca S`` / ``--standardize`` as a job's ``preprocess`` options (None without)."""
+    if args.zca is None and not args.standardize:
+        return None
+    return {"zca": args.zca, "standardize": bool(args.standardize)}
+
+
+def preprocess_args(p: Any) -> None:
+    """The ``--zca`` and ``--standardize`` flags of a kernel job."""
+    p.add_argument("--zca", type=float, default=None, metavar="STRENGTH",
+                   help="ZCA-whiten the inputs with this regularisation strength, fit on the "
+                   "train rows")
+    p.add_argument("--standardize", action="store_true",
+                   help="standardise the inputs per channel (after --zca), fit on the train "
+                   "rows")

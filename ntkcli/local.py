@@ -3,6 +3,7 @@
     ntk gram --arch arch.json --x1 train.npy [--x2 test.npy] --out STORE [--tile T]
              [--scheduler tls://host:8786] [--dtype float32] [--memory 1GiB] [--get ntk]
              [--verify] [--depths 1,2,3 [--variants 0,1,2] [--b-stds 0,1]]
+             [--zca 0.1] [--standardize]
     ntk verify STORE | KERNEL_JOB_ID   (every chunk read back through its checksum)
     ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--relative] [--solver cg|direct]
               [--precond nystrom|randomized|jacobi|none] [--rank R] [--tol T]
@@ -54,7 +55,16 @@ import numpy as np
 from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
 
-from .inputs import float_list, int_list, load_array, memory_limit, read_arch, size
+from .inputs import (
+    float_list,
+    int_list,
+    load_array,
+    memory_limit,
+    preprocess_args,
+    preprocess_of,
+    read_arch,
+    size,
+)
 
 
 def _gram(args: argparse.Namespace) -> int:
@@ -69,7 +79,7 @@ def _gram(args: argparse.Namespace) -> int:
                        store=args.out, tile=args.tile, scheduler=args.scheduler,
                        get=tuple(args.get.split(",")), dtype=args.dtype, memory=args.memory,
                        verify=args.verify, depths=args.depths, variants=args.variants,
-                       b_stds=args.b_stds)
+                       b_stds=args.b_stds, preprocess=preprocess_of(args))
     # Ctrl-C / SIGTERM only set a flag: a KeyboardInterrupt raised inside a Dask call can be
     # swallowed there, and the job would then run on to the end.
     interrupted = threading.Event()
@@ -319,6 +329,7 @@ def register(sub: Any) -> None:
     g.add_argument("--b-stds", type=float_list, default=None,
                    help="with --depths: a bias grid, every member for each value of every "
                    "layer's b_std, comma separated (a leading b_std axis)")
+    preprocess_args(g)
     g.set_defaults(func=_gram)
     s = sub.add_parser("solve", help="kernel regression on a stored kernel (ntk gram) or on "
                        "a kernel job of the service (k-...)")

@@ -8,7 +8,8 @@
     ntk keys rotate ID [--db URL]
     ntk submit --arch arch.json --train x.npy [--train-labels y.npy]
                [--test x_test.npy] [--test-labels y_test.npy] [--kernels ntk,nngp]
-               [--dtype float32] [--depths 1,2,3 [--variants 0,1] [--b-stds 0,1]] [--wait]
+               [--dtype float32] [--depths 1,2,3 [--variants 0,1] [--b-stds 0,1]]
+               [--zca 0.1] [--standardize] [--wait]
     ntk solve --kernel k-... --lambda 1e-3 [--labels y.npy] [--wait] ...
                                        (a solve of a kernel job; prints its id s-...)
     ntk status ID                      (a kernel job k-... or a solve s-...)
@@ -32,7 +33,7 @@ import numpy as np
 from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
 
-from .inputs import float_list, int_list, load_array, read_arch
+from .inputs import float_list, int_list, load_array, preprocess_args, preprocess_of, read_arch
 from .local import add_client_arguments, add_tls_arguments
 
 
@@ -123,7 +124,8 @@ def _submit(args: argparse.Namespace) -> int:
             if args.test else None
         job = c.kernel(train, arch, test=test, kernels=tuple(args.kernels.split(",")),
                        dtype=args.dtype, tile=args.tile, depths=args.depths,
-                       variants=args.variants, b_stds=args.b_stds)
+                       variants=args.variants, b_stds=args.b_stds,
+                       preprocess=preprocess_of(args))
         if args.wait:
             job.wait(progress=not args.quiet)
         print(json.dumps(job.refresh()))
@@ -272,6 +274,7 @@ def register(sub: Any) -> None:
     m.add_argument("--b-stds", type=float_list, default=None,
                    help="with --depths: a bias grid, every member for each value of every "
                    "layer's b_std, comma separated (blocks and solves name --b-std)")
+    preprocess_args(m)
     m.add_argument("--wait", action="store_true", help="wait, with a progress bar")
     m.add_argument("--quiet", action="store_true", help="no progress bar while waiting")
     m.set_defaults(func=_submit)

@@ -288,7 +288,8 @@ class Client:
                tile: int | None = None, method: str = "exact", m: int | None = None,
                seed: int = 0, depths: list[int] | None = None,
                variants: list[int] | None = None,
-               b_stds: list[float] | None = None) -> KernelJob:
+               b_stds: list[float] | None = None,
+               preprocess: dict | None = None) -> KernelJob:
         """Start the kernel job of ``arch`` (spec object, dict or JSON) on ``train`` (and
         test x train); returns at once: call ``wait()``. ``method="features"`` stores NTK
         random features of dimension ~2m instead (ReLU nets, FC or conv); blocks and solves
@@ -297,7 +298,8 @@ class Client:
         ``depth``, or a solve selects one. ``variants``: with ``depths``, each member's NTK
         also with its stem and first v repeats fixed (its blocks and solves name a
         ``variant``); ``b_stds``: with ``depths``, every member for each value of every
-        layer's ``b_std`` (blocks and solves name a ``b_std``)."""
+        layer's ``b_std`` (blocks and solves name a ``b_std``). ``preprocess``: ``{"zca":
+        strength, "standardize": True}``, input transforms fit on the train rows."""
         if hasattr(arch, "model_dump"):
             arch = arch.model_dump(mode="json")
         elif isinstance(arch, str):
@@ -313,6 +315,8 @@ class Client:
             body["variants"] = [int(v) for v in variants]
         if b_stds is not None:
             body["b_stds"] = [float(b) for b in b_stds]
+        if preprocess is not None:
+            body["preprocess"] = dict(preprocess)
         return KernelJob(self, self._json("POST", "/v1/kernels", json=body))
 
     def job(self, kernel_id: str) -> KernelJob:

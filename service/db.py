@@ -104,6 +104,8 @@ class Job(Base):
     variants: Mapped[list | None] = mapped_column(JSON, nullable=True)
     #: a family job's bias grid (None: none)
     b_stds: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    #: input transforms fit on the train rows ({zca, standardize}; None: none)
+    preprocess: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Solve(Base):
@@ -224,7 +226,8 @@ def spec_of(job: Job, train: Dataset | None = None, test: Dataset | None = None)
                    m=job.m, seed=job.seed,
                    depths=None if job.depths is None else tuple(job.depths),
                    variants=None if job.variants is None else tuple(job.variants),
-                   b_stds=None if job.b_stds is None else tuple(job.b_stds))
+                   b_stds=None if job.b_stds is None else tuple(job.b_stds),
+                   preprocess=job.preprocess)
 
 
 def _sqlite_pragmas(conn: Any, _record: Any) -> None:

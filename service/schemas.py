@@ -36,6 +36,17 @@ class DatasetOut(BaseModel):
     created: float
 
 
+class Preprocess(_Body):
+    """Input transforms of a kernel job, fit on the train rows and applied to every input
+    before the kernel (:mod:`ntkcompute.preprocess`): ZCA first, then standardisation."""
+
+    zca: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description=(
+        "whole-input ZCA whitening with this regularisation strength (ε = strength · "
+        "mean eigenvalue; Shankar et al. 2020); at most 2^14 input dimensions"))
+    standardize: bool = Field(False, description="per-channel standardisation (Arora et "
+                              "al. 2019)")
+
+
 class KernelRequest(_Body):
     train: str = Field(description="dataset id: the kernel's rows and columns")
     test: str | None = Field(None, description="dataset id: extra rows (test x train)")
@@ -68,6 +79,8 @@ class KernelRequest(_Body):
             "with depths: a bias grid, every member for each value of every layer's b_std "
             "(increasing; one family pass per value on a shared data pass), b_stds x depths "
             "x variants <= 64 kernels; blocks and solves then name a b_std"))
+    preprocess: Preprocess | None = Field(None, description=(
+        "input transforms fit on the train rows (method 'exact')"))
 
 
 class KernelOut(BaseModel):
@@ -94,6 +107,7 @@ class KernelOut(BaseModel):
     depths: list[int] | None = Field(None, description="a family job's member depths")
     variants: list[int] | None = Field(None, description="a family job's NTK variants")
     b_stds: list[float] | None = Field(None, description="a family job's bias grid")
+    preprocess: dict | None = Field(None, description="the input transforms")
 
 
 class Analyses(_Body):

@@ -55,7 +55,7 @@ def kernel_out(r: Job) -> KernelOut:
                      eta_seconds=r.eta_seconds, error=redacted(r.error), created=r.created,
                      started=r.started, finished=r.finished, arch=r.arch,
                      method=r.method or "exact", m=r.m, seed=r.seed or 0, depths=r.depths,
-                     variants=r.variants, b_stds=r.b_stds)
+                     variants=r.variants, b_stds=r.b_stds, preprocess=r.preprocess)
 
 
 KERNELS = Resource(Job, "kernel job", kernel_out)
@@ -73,7 +73,8 @@ def submit_kernel(req: KernelRequest, response: Response, key: Owner, db: DB,
             req.arch, _shape(train), _shape(test) if test else None,
             kernels=tuple(req.kernels), dtype=req.dtype, tile=req.tile,
             memory=settings.task_memory, m=req.m, seed=req.seed, depths=req.depths,
-            variants=req.variants, b_stds=req.b_stds)
+            variants=req.variants, b_stds=req.b_stds,
+            preprocess=None if req.preprocess is None else req.preprocess.model_dump())
     jid = f"k-{uuid.uuid4().hex[:16]}"
     row = Job(id=jid, owner=key, train=train.id, test=test.id if test else None,
               n_train=train.n, n_test=test.n if test else None,
@@ -81,6 +82,7 @@ def submit_kernel(req: KernelRequest, response: Response, key: Owner, db: DB,
               kernels=planned.kernels, dtype=planned.dtype, tile=planned.tile,
               status=Status.QUEUED, method=req.method, m=req.m, seed=req.seed,
               depths=planned.depths, variants=planned.variants, b_stds=planned.b_stds,
+              preprocess=planned.preprocess,
               tiles_done=0, tiles_total=0, tiles_reused=0, runs=0, created=time.time())
     out = kernel_out(row)
     out.model_dump_json()  # the answer can be produced before the job exists

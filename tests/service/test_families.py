@@ -258,6 +258,33 @@ def test_a_selection_by_validation_runs_on_cg(family_job, service):
         assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
 
 
+def test_preprocessing_is_an_option_of_a_kernel_job(family_job, service):
+    """``preprocess``: the stored kernels are those of the inputs transformed by ZCA and
+    standardisation fit on the train rows (1e-12); refusals name the field."""
+    from ntkcompute.preprocess import ZCA, Standardize
+
+    c, _, (x, y, xt, yt) = family_job
+    arch = nc.architectures.fc(2)
+    job = c.kernel(c.upload(x, y), arch, test=c.upload(xt, yt), tile=16,
+                   preprocess={"zca": 0.1, "standardize": True})
+    job.wait(progress=False)
+    assert job.info["preprocess"] == {"zca": 0.1, "standardize": True}
+    zca = ZCA.fit(x, 0.1)
+    std = Standardize.fit(zca(x))
+    ref = nc.kernel(arch, std(zca(xt)), std(zca(x)))
+    for kind in ("ntk", "nngp"):
+        got = job.to_numpy(kind, "test")
+        assert np.abs(got - ref[kind]).max() <= 1e-12 * np.abs(ref[kind]).max()
+    headers = {"Authorization": f"Bearer {service.key_a}"}
+    for prep, field, extra in (({"zca": -1}, "preprocess.zca", {}),
+                               ({"whiten": True}, "preprocess.whiten", {}),
+                               ({"zca": 0.1}, "preprocess", {"method": "features", "m": 8})):
+        r = httpx.post(f"{service.url}/v1/kernels", headers=headers,
+                       json={"train": job.info["train"], "arch": arch, "preprocess": prep,
+                             **extra})
+        assert r.status_code == 422 and r.json()["field"] == field, (prep, r.text)
+
+
 def test_cli_submit_a_family_fetch_and_solve_a_member(service, tmp_path):
     import json
 

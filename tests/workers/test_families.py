@@ -155,8 +155,9 @@ def test_a_solve_picks_a_member(client, tmp_path, images, solver):
 
 
 def test_cli_gram_depths_and_solve_depth(tmp_path):
-    """``ntk gram --depths --variants`` stores the family; ``ntk solve --depth --variant``
-    solves on one member (the embedded cluster of each command)."""
+    """``ntk gram --depths --variants --zca --standardize`` stores the family of the
+    transformed inputs; ``ntk solve --depth --variant`` solves on one member (the embedded
+    cluster of each command)."""
     import json
     import subprocess
     import sys
@@ -171,7 +172,8 @@ def test_cli_gram_depths_and_solve_depth(tmp_path):
     ntk = [sys.executable, "-m", "ntkcli"]
     r = subprocess.run([*ntk, "gram", "--arch", str(tmp_path / "arch.json"), "--x1",
                         str(tmp_path / "x.npy"), "--out", store, "--depths", "1,3",
-                        "--variants", "0,2", "--quiet"], capture_output=True, text=True)
+                        "--variants", "0,2", "--zca", "0.5", "--standardize", "--quiet"],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     arrays = json.loads(r.stdout.splitlines()[-1])["arrays"]
     assert arrays["ntk"] == [2, 2, 20, 20] and arrays["nngp"] == [2, 20, 20]
@@ -179,8 +181,11 @@ def test_cli_gram_depths_and_solve_depth(tmp_path):
                         "--lambda", "1e-2", "--relative", "--solver", "direct", "--depth",
                         "3", "--variant", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    from ntkcompute.preprocess import ZCA, Standardize
+
     member = make_family(FC, [3], [2]).member(3, 2)
-    k = nc.kernel(member, x)["ntk"]
+    zca = ZCA.fit(x, 0.5)
+    k = nc.kernel(member, Standardize.fit(zca(x))(zca(x)))["ntk"]
     want = np.linalg.solve(k + 1e-2 * np.mean(np.diag(k)) * np.eye(20), one_hot(y, 2))
     got = read(zarr.open_group(store, mode="r")["solves/default/coefficients"])
     assert np.abs(got - want).max() <= 1e-9 * np.abs(want).max()

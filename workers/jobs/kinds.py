@@ -16,6 +16,7 @@ import numpy as np
 
 from ntkcompute.errors import InputError
 from ntkcompute.lifecycle import Status
+from ntkcompute.preprocess import check_preprocess
 from ntkcompute.validate import check_get
 
 from ..features import compute_features, plan_features, solve_features
@@ -47,6 +48,7 @@ class Planned:
     depths: list[int] | None = None
     variants: list[int] | None = None
     b_stds: list[float] | None = None
+    preprocess: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class JobSpec:
     depths: tuple[int, ...] | None = None  # a family job's members
     variants: tuple[int, ...] | None = None  # and its NTK's fixed-bottom-block variants
     b_stds: tuple[float, ...] | None = None  # and its bias grid
+    preprocess: dict[str, Any] | None = None  # input transforms fit on the train rows
 
     @property
     def kind(self) -> JobKind:
@@ -95,10 +98,12 @@ class JobKind(Protocol):
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
              seed: int = 0, depths: list[int] | None = None,
              variants: list[int] | None = None,
-             b_stds: list[float] | None = None) -> Planned:
+             b_stds: list[float] | None = None,
+             preprocess: dict[str, Any] | None = None) -> Planned:
         """Check the job before anything is written (``x1``/``x2`` need shape and dtype);
         :class:`InputError` naming the field. ``depths``: a family job; ``variants``: its
-        NTK with the bottom blocks fixed too; ``b_stds``: for each value of the bias."""
+        NTK with the bottom blocks fixed too; ``b_stds``: for each value of the bias;
+        ``preprocess``: input transforms fit on the train rows."""
 
     def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
               verify: bool) -> None:
@@ -216,11 +221,13 @@ class Exact:
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
              seed: int = 0, depths: list[int] | None = None,
              variants: list[int] | None = None,
-             b_stds: list[float] | None = None) -> Planned:
+             b_stds: list[float] | None = None,
+             preprocess: dict[str, Any] | None = None) -> Planned:
+        prep = check_preprocess(preprocess, tuple(x1.shape))
         jp = plan_job(arch, x1, x2, get=kernels, dtype=dtype, memory=memory, tile=tile,
                       depths=depths, variants=variants, b_stds=b_stds)
         return Planned(jp.spec.model_dump(mode="json"), list(jp.get), jp.dtype.name, jp.tile,
-                       jp.depths, jp.variants, jp.b_stds)
+                       jp.depths, jp.variants, jp.b_stds, prep)
 
     def start(self, job: JobSpec, parts: dict[str, GramJob], *, client: Any, memory: int,
               verify: bool) -> None:
@@ -228,7 +235,8 @@ class Exact:
                       dtype=job.dtype, verify=verify, memory=memory,
                       depths=None if job.depths is None else list(job.depths),
                       variants=None if job.variants is None else list(job.variants),
-                      b_stds=None if job.b_stds is None else list(job.b_stds))
+                      b_stds=None if job.b_stds is None else list(job.b_stds),
+                      preprocess=job.preprocess)
         for part, url in job.parts.items():  # test x train: rows of test, columns of train
             train, test = job.inputs()
             x1, x2 = (train, None) if part == "train" else (test, train)
@@ -364,7 +372,11 @@ class Features:
              dtype: Any, tile: int | None, memory: int, m: int | None = None,
              seed: int = 0, depths: list[int] | None = None,
              variants: list[int] | None = None,
-             b_stds: list[float] | None = None) -> Planned:
+             b_stds: list[float] | None = None,
+             preprocess: dict[str, Any] | None = None) -> Planned:
+        if check_preprocess(preprocess, tuple(x1.shape)) is not None:
+            raise InputError("preprocessing is an option of method 'exact'",
+                             field="preprocess")
         for name, value in (("depths", depths), ("variants", variants), ("b_stds", b_stds)):
             if value is not None:
                 raise InputError("families are computed by method 'exact'", field=name)
