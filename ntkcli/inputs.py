@@ -90,17 +90,20 @@ def memory_limit(text: str) -> str:
 
 
 def preprocess_of(args: Any) -> dict[str, Any] | None:
-    """``--zca S`` / ``--standardize`` as a job's ``preprocess`` options (None without)."""
-    if args.zca is None and not args.standardize:
+    """``--zca S`` / ``--standardize`` / ``--flip`` as a job's ``preprocess`` options (None
+    without)."""
+    if args.zca is None and not args.standardize and not args.flip:
         return None
-    return {"zca": args.zca, "standardize": bool(args.standardize)}
+    return {"zca": args.zca, "standardize": bool(args.standardize), "flip": bool(args.flip)}
 
 
 def preprocess_args(p: Any) -> None:
-    """The ``--zca`` and ``--standardize`` flags of a kernel job."""
+    """The ``--zca``, ``--standardize`` and ``--flip`` flags of a kernel job."""
     p.add_argument("--zca", type=float, default=None, metavar="STRENGTH",
                    help="ZCA-whiten the inputs with this regularisation strength, fit on the "
                    "train rows")
     p.add_argument("--standardize", action="store_true",
                    help="standardise the inputs per channel (after --zca), fit on the train "
                    "rows")
+    p.add_argument("--flip", action="store_true",
+                   help="store the flip-symmetrised kernel (K(x, x') + K(x, flip x')) / 2")

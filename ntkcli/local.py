@@ -3,7 +3,7 @@
     ntk gram --arch arch.json --x1 train.npy [--x2 test.npy] --out STORE [--tile T]
              [--scheduler tls://host:8786] [--dtype float32] [--memory 1GiB] [--get ntk]
              [--verify] [--depths 1,2,3 [--variants 0,1,2] [--b-stds 0,1]]
-             [--zca 0.1] [--standardize]
+             [--zca 0.1] [--standardize] [--flip]
     ntk verify STORE | KERNEL_JOB_ID   (every chunk read back through its checksum)
     ntk solve --kernel STORE --labels y.npy --lambda 1e-3 [--relative] [--solver cg|direct]
               [--precond nystrom|randomized|jacobi|none] [--rank R] [--tol T]

@@ -9,7 +9,7 @@
     ntk submit --arch arch.json --train x.npy [--train-labels y.npy]
                [--test x_test.npy] [--test-labels y_test.npy] [--kernels ntk,nngp]
                [--dtype float32] [--depths 1,2,3 [--variants 0,1] [--b-stds 0,1]]
-               [--zca 0.1] [--standardize] [--wait]
+               [--zca 0.1] [--standardize] [--flip] [--wait]
     ntk solve --kernel k-... --lambda 1e-3 [--labels y.npy] [--wait] ...
                                        (a solve of a kernel job; prints its id s-...)
     ntk status ID                      (a kernel job k-... or a solve s-...)

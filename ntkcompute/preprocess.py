@@ -87,12 +87,18 @@ class ZCA:
         return (flat @ self.matrix).reshape(x.shape)
 
 
+def flip(x: Any) -> Any:
+    """A horizontal flip of inputs ``(n, *spatial, C)``: the last spatial axis reversed
+    (NumPy or CuPy)."""
+    return x[..., ::-1, :].copy()
+
+
 def _flip(x: np.ndarray) -> np.ndarray:
     """A horizontal flip: the last spatial axis (W of NHWC, T of a sequence) reversed."""
     if x.ndim < 3:
         raise InputError(f"flips need (n, *spatial, channels) inputs, got shape {x.shape}",
                          field="x1")
-    return np.ascontiguousarray(x[..., ::-1, :])
+    return flip(x)
 
 
 def flip_symmetrized(kernel_fn: Callable[..., dict[str, Any]], x1: Any, x2: Any | None = None,
@@ -115,9 +121,12 @@ def flip_symmetrized(kernel_fn: Callable[..., dict[str, Any]], x1: Any, x2: Any 
     cross = kernel_fn(x1, _flip(x1 if sym else np.asarray(x2)), **kwargs)
     out = {}
     for name, k in plain.items():
+        if name not in ("ntk", "nngp"):  # a family's depths, variants, b_stds
+            out[name] = k
+            continue
         c = cross[name]
-        if sym:
-            c = (c + c.T) / 2
+        if sym:  # (a family's stacks: every member's last two axes)
+            c = (c + np.swapaxes(c, -1, -2)) / 2
         out[name] = (k + c) / 2
     return out
 
@@ -125,17 +134,24 @@ def flip_symmetrized(kernel_fn: Callable[..., dict[str, Any]], x1: Any, x2: Any 
 def check_preprocess(options: Mapping[str, Any] | None, shape: tuple[int, ...]
                      ) -> dict[str, Any] | None:
     """A job's ``preprocess`` options, checked before any work for inputs of ``shape``
-    ``(n, ...)``: ``{"zca": strength >= 0 or None, "standardize": bool}`` (None or both off:
-    None). Raises :class:`InputError` naming ``preprocess.<key>``."""
+    ``(n, ...)``: ``{"zca": strength >= 0 or None, "standardize": bool, "flip": bool}``
+    (None or all off: None; ``flip``, the flip-symmetrised kernel, needs a spatial axis).
+    Raises :class:`InputError` naming ``preprocess.<key>``."""
     if options is None:
         return None
     if not isinstance(options, Mapping):
         raise InputError(f"must be an object, got {options!r}", field="preprocess")
-    extra = set(options) - {"zca", "standardize"}
+    extra = set(options) - {"zca", "standardize", "flip"}
     if extra:
-        raise InputError(f"unknown keys {sorted(extra)} (zca, standardize)",
+        raise InputError(f"unknown keys {sorted(extra)} (zca, standardize, flip)",
                          field="preprocess")
     zca, std = options.get("zca"), options.get("standardize", False)
+    flip = options.get("flip", False)
+    if not isinstance(flip, bool):
+        raise InputError(f"must be true or false, got {flip!r}", field="preprocess.flip")
+    if flip and len(shape) < 3:
+        raise InputError(f"flips need (n, *spatial, channels) inputs, got shape {shape}",
+                         field="preprocess.flip")
     if zca is not None:
         if isinstance(zca, bool) or not isinstance(zca, (int, float)) or \
                 not np.isfinite(zca) or zca < 0:
@@ -147,18 +163,21 @@ def check_preprocess(options: Mapping[str, Any] | None, shape: tuple[int, ...]
                              "decomposes a d x d covariance", field="preprocess.zca")
     if not isinstance(std, bool):
         raise InputError(f"must be true or false, got {std!r}", field="preprocess.standardize")
-    if zca is None and not std:
+    if zca is None and not std and not flip:
         return None
-    return {"zca": None if zca is None else float(zca), "standardize": std}
+    out = {"zca": None if zca is None else float(zca), "standardize": std}
+    if flip:  # (absent when off: jobs made before flips keep their identity)
+        out["flip"] = True
+    return out
 
 
 def fit_preprocess(options: Mapping[str, Any] | None, train: Any
                    ) -> Callable[[Any], np.ndarray] | None:
     """The input transform of checked ``preprocess`` options fit on the training inputs
     ``train``: ZCA (if ``zca``), then per-channel standardisation (if ``standardize``), as
-    float64; None without options."""
+    float64; None without such options (``flip`` acts on the kernel, not the inputs)."""
     options = check_preprocess(options, np.shape(train))
-    if options is None:
+    if options is None or (options["zca"] is None and not options["standardize"]):
         return None
     steps: list[Callable[[Any], np.ndarray]] = []
     x = as_input(train, "x", np.float64)

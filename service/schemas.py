@@ -45,6 +45,10 @@ class Preprocess(_Body):
         "mean eigenvalue; Shankar et al. 2020); at most 2^14 input dimensions"))
     standardize: bool = Field(False, description="per-channel standardisation (Arora et "
                               "al. 2019)")
+    flip: bool = Field(False, description=(
+        "store the flip-symmetrised kernel (K(x, x') + K(x, flip x')) / 2, horizontal-flip "
+        "augmentation without a larger Gram (images or sequences; each tile also computes "
+        "its flipped blocks)"))
 
 
 class KernelRequest(_Body):

@@ -477,8 +477,11 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         preprocess: ``{"zca": strength, "standardize": true}`` (either may be left out):
             the inputs are transformed before they are stored, by ZCA and/or per-channel
             standardisation fit on the training rows (x2 for a cross job, else x1;
-            :mod:`ntkcompute.preprocess`), in the inputs' float dtype; recorded in the
-            job's identity.
+            :mod:`ntkcompute.preprocess`), in the inputs' float dtype; ``"flip": true``
+            stores the flip-symmetrised kernel ``(K(x, x') + K(x, flip x')) / 2``
+            (symmetrised as ``ntkcompute.preprocess.flip_symmetrized`` does: each tile task
+            computes the flipped blocks too, and the diagonal is the symmetrised kernel's);
+            recorded in the job's identity.
 
     Returns:
         a :class:`GramJob`; call ``wait()`` for the result.
@@ -489,8 +492,9 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
     a1 = _as_array(x1, "x1")
     a2 = None if x2 is None else _as_array(x2, "x2")
     prep = check_preprocess(preprocess, tuple(a1.shape))
-    if prep is not None:  # fit on the training rows, applied to every input
-        transform = fit_preprocess(prep, np.asarray((a1 if a2 is None else a2)[...]))
+    transform = None if prep is None else fit_preprocess(
+        prep, np.asarray((a1 if a2 is None else a2)[...]))
+    if transform is not None:  # fit on the training rows, applied to every input
         dtypes = [a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
                   for a in (a1, a2) if a is not None]
         a1 = transform(np.asarray(a1[...])).astype(dtypes[0], copy=False)

@@ -26,6 +26,7 @@ from ntkcompute.families import (
 )
 from ntkcompute.infinite import SelfCov, block_budget, gram, self_pass
 from ntkcompute.plan import Plan, make_plan
+from ntkcompute.preprocess import flip
 from ntkcompute.spec import parse_arch
 from ntkcompute.validate import as_input
 
@@ -143,12 +144,16 @@ def self_task(url: str, which: str, i: int, options: dict | None = None) -> dict
     ctx = planner()
     xp, plan = ctx.device(), ctx.plan(meta)
     x = _load_rows(g, meta, which, i, xp)
-    run = family_self_pass if isinstance(plan, FamilyPlan) else self_pass
-    sc = run(plan, x, want_ntk="ntk" in meta["get"], memory=block_budget(xp, meta["memory"], 1))
+    sc = _self_pass(plan, x, meta, xp)
     rows = _rows(meta, which, i)
     sg = g[f"self/{which}"]
     stats = {f"var{j}": v for j, v in enumerate(sc.variances)}
-    stats.update(diag_nngp=sc.nngp, **({} if sc.ntk is None else {"diag_ntk": sc.ntk}))
+    diag = {"nngp": sc.nngp, "ntk": sc.ntk}
+    if _flips(meta):  # the flip-symmetrised kernel's diagonal: (K(x, x) + K(x, flip x)) / 2
+        cross = _pairs_block(plan, x, flip(x), sc, _self_pass(plan, flip(x), meta, xp), meta)
+        diag = {k: None if v is None else (v + xp.moveaxis(xp.diagonal(
+            cross[k], axis1=-2, axis2=-1), -1, 0)) / 2 for k, v in diag.items()}
+    stats.update({f"diag_{k}": v for k, v in diag.items() if v is not None})
     for name, v in stats.items():
         v = backend.to_numpy(v)
         _check_finite(v, f"self statistic {name} of {which} rows {rows.start}:{rows.stop}",
@@ -156,6 +161,23 @@ def self_task(url: str, which: str, i: int, options: dict | None = None) -> dict
         sg[name][rows] = v
     sg["done"][i] = 1  # after the chunks above are written
     return {"seconds": time.perf_counter() - t0}
+
+
+def _flips(meta: dict) -> bool:
+    return bool((meta.get("preprocess") or {}).get("flip"))
+
+
+def _self_pass(plan: Plan | FamilyPlan, x: Any, meta: dict, xp: Any) -> SelfCov:
+    run = family_self_pass if isinstance(plan, FamilyPlan) else self_pass
+    return run(plan, x, want_ntk="ntk" in meta["get"], memory=block_budget(xp, meta["memory"], 1))
+
+
+def _pairs_block(plan: Plan | FamilyPlan, xa: Any, xb: Any, sa: SelfCov, sb: SelfCov,
+                 meta: dict, symmetric: bool = False) -> dict[str, Any]:
+    """The kernel block of rows ``xa`` x ``xb`` given their self statistics."""
+    run = family_gram if isinstance(plan, FamilyPlan) else gram
+    return run(plan, xa, xb, sa, sb, symmetric=symmetric, get=tuple(meta["get"]),
+               block=meta["block"], threads=meta["threads"])
 
 
 def _load_self(g, meta: dict, which: str, i: int, xp: Any, plan: Plan | FamilyPlan
@@ -192,9 +214,17 @@ def tile_task(url: str, i: int, j: int, *deps: Any, options: dict | None = None)
     xb = xa if sym and i == j else _load_rows(g, meta, other, j, xp)
     sa = _load_self(g, meta, "x1", i, xp, plan)
     sb = sa if sym and i == j else _load_self(g, meta, other, j, xp, plan)
-    run = family_gram if isinstance(plan, FamilyPlan) else gram
-    out = run(plan, xa, xb, sa, sb, symmetric=sym and i == j, get=tuple(meta["get"]),
-              block=meta["block"], threads=meta["threads"])
+    out = _pairs_block(plan, xa, xb, sa, sb, meta, symmetric=sym and i == j)
+    if _flips(meta):  # (K + C) / 2 with C = K(x, flip x'), symmetrised as (C + Cᵀ) / 2
+        cross = _pairs_block(plan, xa, flip(xb), sa, _self_pass(plan, flip(xb), meta, xp),
+                             meta)
+        if sym and i == j:
+            cross = {k: (v + xp.swapaxes(v, -1, -2)) / 2 for k, v in cross.items()}
+        elif sym:  # the mirror tile's C_ji = K(x_j, flip x_i), transposed
+            back = _pairs_block(plan, xb, flip(xa), sb, _self_pass(plan, flip(xa), meta, xp),
+                                meta)
+            cross = {k: (v + xp.swapaxes(back[k], -1, -2)) / 2 for k, v in cross.items()}
+        out = {k: (v + cross[k]) / 2 for k, v in out.items()}
     r, c = _rows(meta, "x1", i), _rows(meta, other, j)
     for name, val in out.items():  # (n1, n2), or a family's (D, [V,] n1, n2): every member
         val = backend.to_numpy(val)

@@ -268,7 +268,7 @@ def test_preprocessing_is_an_option_of_a_kernel_job(family_job, service):
     job = c.kernel(c.upload(x, y), arch, test=c.upload(xt, yt), tile=16,
                    preprocess={"zca": 0.1, "standardize": True})
     job.wait(progress=False)
-    assert job.info["preprocess"] == {"zca": 0.1, "standardize": True}
+    assert job.info["preprocess"] == {"zca": 0.1, "standardize": True}  # (flip: off)
     zca = ZCA.fit(x, 0.1)
     std = Standardize.fit(zca(x))
     ref = nc.kernel(arch, std(zca(xt)), std(zca(x)))
@@ -278,7 +278,8 @@ def test_preprocessing_is_an_option_of_a_kernel_job(family_job, service):
     headers = {"Authorization": f"Bearer {service.key_a}"}
     for prep, field, extra in (({"zca": -1}, "preprocess.zca", {}),
                                ({"whiten": True}, "preprocess.whiten", {}),
-                               ({"zca": 0.1}, "preprocess", {"method": "features", "m": 8})):
+                               ({"zca": 0.1}, "preprocess", {"method": "features", "m": 8}),
+                               ({"flip": True}, "preprocess.flip", {})):  # vectors
         r = httpx.post(f"{service.url}/v1/kernels", headers=headers,
                        json={"train": job.info["train"], "arch": arch, "preprocess": prep,
                              **extra})

@@ -263,3 +263,64 @@ def test_preprocess_transforms_the_inputs_fit_on_the_training_rows(client, tmp_p
             workers.compute_gram(arch, x, store=str(tmp_path / "bad"), client=client,
                                  preprocess=bad)
         assert e.value.field == field
+
+
+@pytest.mark.parametrize("family", [False, True])
+def test_a_flip_job_stores_the_flip_symmetrised_kernel(client, tmp_path, family):
+    """``preprocess={"flip": true}``: the train and test x train jobs equal
+    ``flip_symmetrized`` in process (1e-12), also for a family (every member); the stored
+    diagonals are the symmetrised kernel's."""
+    import functools
+
+    import ntkcompute as nc
+    from ntkcompute.families import kernel_family, make_family
+    from ntkcompute.preprocess import flip_symmetrized
+    from workers.store import read
+
+    rng = np.random.default_rng(8)
+    x, xt = rng.standard_normal((11, 4, 5, 2)), rng.standard_normal((4, 4, 5, 2))
+    conv = {"type": "conv", "filter_shape": [3, 3], "padding": "SAME", "W_std": 1.4,
+            "b_std": 0.1}
+    arch = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial", "layers": [
+        conv, {"type": "relu"}]}}, {"type": "global_avg_pool"}, {"type": "dense"}]}
+    if family:
+        kw = {"depths": [1, 2]}
+        fam = make_family(arch, [1, 2])
+
+        def kern(a, b=None):
+            return kernel_family(fam, a, b)
+    else:
+        kw = {}
+        arch = make_family(arch, [2]).member(2)
+        kern = functools.partial(nc.kernel, arch)
+    prep = {"zca": 0.5, "flip": True}
+    train = workers.compute_gram(arch, x, store=str(tmp_path / "t"), tile=4, client=client,
+                                 preprocess=prep, **kw).wait()
+    cross = workers.compute_gram(arch, xt, x, store=str(tmp_path / "c"), tile=4,
+                                 client=client, preprocess=prep, **kw).wait()
+    from ntkcompute.preprocess import ZCA
+
+    zca = ZCA.fit(x, 0.5)
+    want = flip_symmetrized(kern, zca(x))
+    want_c = flip_symmetrized(kern, zca(xt), zca(x))
+    got, got_c = train.to_numpy(), cross.to_numpy()
+    for k in ("ntk", "nngp"):
+        scale = np.abs(want[k]).max()
+        assert np.abs(got[k] - want[k]).max() <= 1e-12 * scale, k
+        assert np.abs(got_c[k] - want_c[k]).max() <= 1e-12 * scale, k
+        assert np.array_equal(got[k], np.swapaxes(got[k], -1, -2))
+        diag = read(train.group[f"self/x1/diag_{k}"])
+        np.testing.assert_allclose(np.moveaxis(diag, 0, -1),
+                                   np.diagonal(want[k], axis1=-2, axis2=-1), rtol=1e-12)
+        diag_t = read(cross.group[f"self/x1/diag_{k}"])
+        self_t = flip_symmetrized(kern, zca(xt))[k]
+        np.testing.assert_allclose(np.moveaxis(diag_t, 0, -1),
+                                   np.diagonal(self_t, axis1=-2, axis2=-1), rtol=1e-12)
+    plain = workers.compute_gram(arch, x, store=str(tmp_path / "p"), tile=4, client=client,
+                                 preprocess={"zca": 0.5}, **kw).wait().to_numpy()
+    assert not np.allclose(plain["ntk"], got["ntk"])  # the flip changes the kernel
+    with pytest.raises(nc.InputError) as e:
+        workers.compute_gram(nc.architectures.fc(1), x.reshape(11, -1),
+                             store=str(tmp_path / "v"), client=client,
+                             preprocess={"flip": True})
+    assert e.value.field == "preprocess.flip"
