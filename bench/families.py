@@ -113,11 +113,7 @@ def main() -> None:
     depths = list(range(1, args.depth + 1))
     print(f"{'family':10s} {'n':>4s} {'D':>2s} {'family s':>9s} {'deepest s':>10s} "
           f"{'separate s':>11s} {'fam/deepest':>12s} {'separate/fam':>13s} {'max diff':>9s}")
-    for name, (body, head, times) in FAMILIES.items():
-        data = x[:args.n * times]
-        data = data.reshape(len(data), -1) if name == "FC" else data
-        arch = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial",
-                                                                "layers": body}}, *head]}
+    for name, data, arch in _cases(args, x):
         fam = make_family(arch, depths)
         k, t_fam = _cpu(functools.partial(kernel_family, fam, data, threads=1))
         refs, t_sep = _cpu(functools.partial(_separately, fam.members, data))
@@ -136,11 +132,7 @@ def _main_variants(args) -> None:
     print(f"{'family':10s} {'n':>4s} {'kernels':>7s} {'variants s':>10s} {'depths s':>9s} "
           f"{'deepest s':>10s} {'separate s':>11s} {'var/depths':>11s} {'var/deepest':>12s} "
           f"{'separate/var':>13s} {'max diff':>9s}")
-    for name, (body, head, times) in FAMILIES.items():
-        data = x[:args.n * times]
-        data = data.reshape(len(data), -1) if name == "FC" else data
-        arch = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial",
-                                                                "layers": body}}, *head]}
+    for name, data, arch in _cases(args, x):
         fam = make_family(arch, depths, variants)
         grid = [(i, j) for i, d in enumerate(depths) for j, v in enumerate(variants) if v < d]
         k, t_var = _cpu(functools.partial(kernel_family, fam, data, threads=1))
@@ -161,12 +153,7 @@ def _main_grid(args) -> None:
     depths, variants, biases = list(range(1, args.depth + 1)), list(range(args.depth)), [0, 1]
     print(f"{'family':10s} {'n':>4s} {'networks':>8s} {'grid s':>7s} {'2 families s':>13s} "
           f"{'separate s':>11s} {'separate/grid':>14s} {'max diff':>9s}")
-    for name, (body, head, times) in FAMILIES.items():
-        data = x[:args.n * times]
-        data = data.reshape(len(data), -1) if name == "FC" else data
-        body = [{**layer, "b_std": 0.0} if "W_std" in layer else layer for layer in body]
-        arch = {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial",
-                                                                "layers": body}}, *head]}
+    for name, data, arch in _cases(args, x):  # (the grid sets every b_std)
         fam = make_family(arch, depths, variants, biases)
         grid = [(k, i, j) for k in range(len(biases)) for i, d in enumerate(depths)
                 for j, v in enumerate(variants) if v < d]
@@ -179,6 +166,15 @@ def _main_grid(args) -> None:
                    for (b, i, j), r in zip(grid, refs, strict=True))
         print(f"{name:10s} {len(data):4d} {len(grid):8d} {t_grid:7.2f} {t_two:13.2f} "
               f"{t_sep:11.2f} {t_sep / t_grid:13.2f}x {diff:9.1e}", flush=True)
+
+
+def _cases(args, x: np.ndarray):
+    """``(name, inputs, family spec)`` of each architecture of :data:`FAMILIES`."""
+    for name, (body, head, times) in FAMILIES.items():
+        data = x[:args.n * times]
+        data = data.reshape(len(data), -1) if name == "FC" else data
+        yield name, data, {"layers": [{"type": "repeat", "n": 1, "layer": {
+            "type": "serial", "layers": body}}, *head]}
 
 
 def _inputs(args) -> np.ndarray:
@@ -199,11 +195,7 @@ def _main_dask(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run, close = _dask_timer(tmp)
         try:
-            for name, (body, head, times) in FAMILIES.items():
-                data = x[:args.n * times]
-                data = data.reshape(len(data), -1) if name == "FC" else data
-                arch = {"layers": [{"type": "repeat", "n": 1, "layer": {
-                    "type": "serial", "layers": body}}, *head]}
+            for name, data, arch in _cases(args, x):
                 fam = make_family(arch, depths)
                 job, t_fam = run(arch, data, depths)
                 _, t_deep = run(fam.members[-1], data)
