@@ -61,7 +61,7 @@ from .spec import Architecture, parse_arch, spec_size
 from .validate import check_get
 
 __all__ = ["Family", "FamilyPlan", "family_gram", "family_self_pass", "kernel_family",
-           "make_family", "make_family_plan"]
+           "make_family", "make_family_plan", "member_axes"]
 
 #: Most members a family may have (each is a Gram matrix of the result).
 MAX_MEMBERS = 64
@@ -138,6 +138,21 @@ class Family:
     @property
     def members(self) -> list[Architecture]:
         return [self.member(d) for d in self.depths]
+
+
+def member_axes(depths: Sequence[int] | None, variants: Sequence[int] | None,
+                b_stds: Sequence[float] | None, name: str
+                ) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The member axes of a family's kernel ``name`` ("ntk" / "nngp") and their names:
+    ``([B,] D[, V])`` [b_std, depth, variant]; none without ``depths`` (one network). The
+    NNGP has no variant axis: it does not depend on which layers are trained."""
+    if depths is None:
+        return (), ()
+    axes = [] if b_stds is None else [(len(b_stds), "b_std")]
+    axes.append((len(depths), "depth"))
+    if variants is not None and name == "ntk":
+        axes.append((len(variants), "variant"))
+    return tuple(n for n, _ in axes), tuple(a for _, a in axes)
 
 
 def _increasing(values: Any, field: str, least: int) -> list[int]:
@@ -263,10 +278,8 @@ class FamilyPlan:
         return self.family.b_stds
 
     def lead(self, name: str) -> tuple[int, ...]:
-        """The member axes of kernel ``name``: ``([B,] D[, V])`` (V for the NTK only)."""
-        bias = () if self.b_stds is None else (len(self.b_stds),)
-        variant = () if self.variants is None or name != "ntk" else (len(self.variants),)
-        return (*bias, len(self.depths), *variant)
+        """The member axes of kernel ``name`` (:func:`member_axes`)."""
+        return member_axes(self.depths, self.variants, self.b_stds, name)[0]
 
     @property
     def layers(self) -> tuple[LayerPlan, ...]:

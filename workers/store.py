@@ -58,6 +58,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
+from ntkcompute import families
 from ntkcompute.errors import InputError
 
 ATTR = "ntkcompute"
@@ -416,14 +417,8 @@ def member_axes(meta: dict, name: str) -> tuple[tuple[int, ...], tuple[str, ...]
     [depth, variant] for the NTK of a family with variants (its NNGP has no variant axis:
     it does not depend on which layers are trained), and ``B`` [b_std] first with a bias
     grid."""
-    depths, variants, b_stds = meta.get("depths"), meta.get("variants"), meta.get("b_stds")
-    if depths is None:
-        return (), ()
-    axes = [] if b_stds is None else [(len(b_stds), "b_std")]
-    axes.append((len(depths), "depth"))
-    if variants is not None and name == "ntk":
-        axes.append((len(variants), "variant"))
-    return tuple(n for n, _ in axes), tuple(a for _, a in axes)
+    return families.member_axes(meta.get("depths"), meta.get("variants"), meta.get("b_stds"),
+                                name)
 
 
 def _choice(values: list | None, value: Any, what: str, field: str) -> int | None:
