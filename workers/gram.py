@@ -378,14 +378,16 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
              memory: int = DEFAULT_MEMORY, tile: int | None = None,
              depths: list[int] | None = None,
              variants: list[int] | None = None,
-             b_stds: list[float] | None = None) -> JobPlan:
+             b_stds: list[float] | None = None, flip: bool = False) -> JobPlan:
     """Check a Gram job (spec, shapes, dtype, budget, tile) without running it.
 
     ``x1``/``x2`` need only ``shape`` and ``dtype`` (NumPy, Zarr or memory-mapped arrays).
     ``depths``: a family job (:func:`ntkcompute.kernel_family`): ``arch`` has one top-level
     ``repeat``, and every member's kernels come from one pass, in float64; ``variants``
     (with ``depths``): the NTK of each member with its first v blocks fixed too; ``b_stds``
-    (with ``depths``): every member for each value of every layer's ``b_std``.
+    (with ``depths``): every member for each value of every layer's ``b_std``; ``flip``: the
+    flip-symmetrised kernel, whose tile tasks hold three blocks of every matrix at once
+    (tiles are sized for them).
 
     Raises:
         InputError: naming the offending field (``layers[i].*``, ``x1``, ``x2``, ``get``,
@@ -418,7 +420,7 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     n2 = n1 if x2 is None else x2.shape[0]
     meta = {"depths": depths, "variants": None if depths is None else variants,
             "b_stds": None if depths is None else b_stds}
-    members = sum(math.prod(member_axes(meta, name)[0]) for name in get)
+    members = sum(math.prod(member_axes(meta, name)[0]) for name in get) * (3 if flip else 1)
     # a block past the matrix is one block either way (and keeps tiles, and the Zarr chunks
     # that are one tile each, no larger than the matrix)
     budget = block_budget(np, memory, 1)
@@ -430,7 +432,8 @@ def plan_job(arch: Architecture | dict | str, x1: Any, x2: Any | None = None, *,
     tile = min(tile, max(n1, n2))
     tile_bytes = tile * tile * dt.itemsize * members
     if tile_bytes > memory:
-        raise InputError(f"a {tile} x {tile} tile of {list(get)} ({members} matrices) needs "
+        raise InputError(f"a {tile} x {tile} tile of {list(get)} ({members} matrices"
+                         f"{', flip-symmetrised: 3 blocks each' if flip else ''}) needs "
                          f"{tile_bytes} bytes, more than the per-task budget {memory}",
                          field="tile")
     return JobPlan(spec, get, dt, plan, block, tile, n1, n2)
@@ -501,7 +504,8 @@ def compute_gram(arch: Architecture | dict | str, x1: Any, x2: Any | None = None
         a2 = None if a2 is None else transform(np.asarray(a2[...])).astype(dtypes[1],
                                                                              copy=False)
     jp = plan_job(arch, a1, a2, get=get, dtype=dtype, memory=memory, tile=tile,
-                  depths=depths, variants=variants, b_stds=b_stds)
+                  depths=depths, variants=variants, b_stds=b_stds,
+                  flip=bool(prep and prep.get("flip")))
     spec, get, dt, plan, block, tile = jp.spec, jp.get, jp.dtype, jp.plan, jp.block, jp.tile
     n1, n2 = jp.n1, jp.n2
     opts = resolve_options(storage_options)

@@ -319,6 +319,14 @@ def test_a_flip_job_stores_the_flip_symmetrised_kernel(client, tmp_path, family)
     plain = workers.compute_gram(arch, x, store=str(tmp_path / "p"), tile=4, client=client,
                                  preprocess={"zca": 0.5}, **kw).wait().to_numpy()
     assert not np.allclose(plain["ntk"], got["ntk"])  # the flip changes the kernel
+    # a flip tile holds three blocks per matrix: tiles are sized (and refused) for them
+    big = np.zeros((200, 4, 5, 2))
+    budget = 2 * 200 * 200 * 8 * 2 * (2 if family else 1)  # twice the plain tile's outputs
+    assert workers.plan_job(arch, big, tile=200, memory=budget, **kw).tile == 200
+    with pytest.raises(nc.InputError, match="3 blocks each") as e:
+        workers.plan_job(arch, big, tile=200, memory=budget, flip=True, **kw)
+    assert e.value.field == "tile"
+    assert workers.plan_job(arch, big, memory=budget, flip=True, **kw).tile < 200
     with pytest.raises(nc.InputError) as e:
         workers.compute_gram(nc.architectures.fc(1), x.reshape(11, -1),
                              store=str(tmp_path / "v"), client=client,

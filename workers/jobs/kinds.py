@@ -225,7 +225,8 @@ class Exact:
              preprocess: dict[str, Any] | None = None) -> Planned:
         prep = check_preprocess(preprocess, tuple(x1.shape))
         jp = plan_job(arch, x1, x2, get=kernels, dtype=dtype, memory=memory, tile=tile,
-                      depths=depths, variants=variants, b_stds=b_stds)
+                      depths=depths, variants=variants, b_stds=b_stds,
+                      flip=bool(prep and prep.get("flip")))
         return Planned(jp.spec.model_dump(mode="json"), list(jp.get), jp.dtype.name, jp.tile,
                        jp.depths, jp.variants, jp.b_stds, prep)
 
