@@ -62,8 +62,8 @@ def test_identity_graph_is_the_net_without_aggregate(rng):
     plain = [lay for lay in GNTK["layers"] if lay["type"] != "aggregate"]
     with_eye = nc.kernel({**GNTK, "pattern_channels": 6}, nc.pack_pattern(x))
     without = nc.kernel({"layers": plain}, x)
-    for g in ("ntk", "nngp"):
-        assert np.array_equal(with_eye[g], without[g])
+    for g in ("ntk", "nngp"):  # equal but for BLAS's summation order on other block shapes
+        assert _rel(with_eye[g], without[g]) < 1e-14
 
 
 def test_tiles_blocks_and_rows_do_not_change_a_graph_kernel(rng):
