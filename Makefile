@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench speed conformance clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c deploy/constraints.txt -e '.[dev]'
 	# the Dask operator's CRDs, to validate deploy/k8s (its package's own deps are not needed)
 	$(BIN)/python -m pip download -q --no-deps --dest $(VENV)/vendor "dask-kubernetes==2026.3.0"
 	touch $(STAMP)
@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m ntkcli.demo
 
-test: $(STAMP)
+# Debian's headless Chromium, for the web page's test (tests/service/test_web.py)
+CHROMIUM := /usr/bin/chromium
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+$(CHROMIUM):
+	$(APT) >/dev/null || (apt-get update -q >/dev/null && $(APT) >/dev/null) || \
+		sudo -n sh -c "apt-get update -q >/dev/null && $(APT) >/dev/null"
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

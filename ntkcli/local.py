@@ -46,14 +46,12 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ntkcompute.errors import InputError
-from ntkcompute.lifecycle import Status
 
 from .inputs import (
     float_list,
@@ -68,8 +66,6 @@ from .inputs import (
 
 
 def _gram(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from workers import GramJobError, compute_gram
 
     _check_scheduler_tls(args.scheduler)
@@ -85,16 +81,7 @@ def _gram(args: argparse.Namespace) -> int:
     interrupted = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: interrupted.set())
-    with tqdm(total=job.tiles_total, unit="tile", disable=args.quiet) as bar:
-        bar.update(job.tiles_reused)
-        shown = job.tiles_reused
-        while not interrupted.is_set():
-            p = job.progress()
-            bar.update(p["done"] - shown)
-            shown = p["done"]
-            if p["status"] != Status.RUNNING:
-                break
-            time.sleep(0.2)
+    job.watch(stop=interrupted, disable=args.quiet)
     if interrupted.is_set():
         job.cancel()
         job.close()
@@ -234,15 +221,23 @@ def _scheduler(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     """Dask worker processes with one thread each (the kernels are NumPy-bound: a process
-    per core scales them, bench/gram.py). With GPUs, one process per visible GPU, each
-    pinned to its device through CUDA_VISIBLE_DEVICES (what dask-cuda does, without it).
+    per core scales them, bench/gram.py): as many as the cores this process may use (its
+    affinity and cgroup CPU quota), each with an equal share of its cgroup's memory. With
+    GPUs, one process per visible GPU, each pinned to its device through
+    CUDA_VISIBLE_DEVICES (what dask-cuda does, without it).
     With the ``--tls-*`` files the workers and their nannies listen and connect with TLS.
     What they write to a local store is private to their user (umask 077)."""
     from ntkcompute import backend
 
     os.umask(0o077)
 
-    from workers.cluster import SCHEDULER_ENV, check_address, make_security
+    from workers.cluster import (
+        SCHEDULER_ENV,
+        check_address,
+        make_security,
+        usable_cores,
+        usable_memory,
+    )
 
     address = args.scheduler or os.environ.get(SCHEDULER_ENV)
     if not address:
@@ -250,17 +245,22 @@ def _worker(args: argparse.Namespace) -> int:
                          field="scheduler")
     tls = _tls(args)
     address = check_address(address, make_security(*tls) if tls else None)
+    gpus = backend.gpu_count() if os.environ.get("NTKCOMPUTE_DEVICE", "auto") != "cpu" else 0
+    procs = args.nprocs or (1 if gpus else usable_cores())
+    memory = args.memory_limit
+    if memory == "auto":  # this process's own cgroup counts, not only the host's memory
+        memory = str(usable_memory() // (procs if gpus <= 1 else gpus))
+    print(f"ntk worker: {procs if gpus <= 1 else gpus} process(es) of {memory} bytes, "
+          f"{usable_cores()} usable cores", file=sys.stderr, flush=True)
     base = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
-            "--memory-limit", args.memory_limit, "--no-dashboard"]
+            "--memory-limit", memory, "--no-dashboard"]
     env = dict(os.environ)
     if tls is not None:
         base += ["--tls-ca-file", tls.ca_file, "--tls-cert", tls.cert, "--tls-key", tls.key]
         env.update(_REQUIRE_ENCRYPTION)
     if args.name:
         base += ["--name", args.name]
-    gpus = backend.gpu_count() if os.environ.get("NTKCOMPUTE_DEVICE", "auto") != "cpu" else 0
     if gpus <= 1:
-        procs = args.nprocs or (1 if gpus else (os.cpu_count() or 1))
         os.execve(sys.executable, [*base, "--nworkers", str(procs)], env)
     import subprocess
 
@@ -276,6 +276,32 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     return max(c.wait() for c in children)
+
+
+def _worker_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the scheduler has at least one worker on this host (a container's
+    healthcheck: ``ntk worker-health``), 1 otherwise; with the same TLS files as the worker."""
+    import socket
+
+    from distributed import Client
+
+    from workers.cluster import SCHEDULER_ENV, check_address, make_security
+
+    address = args.scheduler or os.environ.get(SCHEDULER_ENV)
+    if not address:
+        raise InputError(f"no scheduler: pass --scheduler or set {SCHEDULER_ENV}",
+                         field="scheduler")
+    tls = _tls(args)
+    security = make_security(*tls) if tls else None
+    name = socket.gethostname()
+    mine = {"127.0.0.1", name, *socket.gethostbyname_ex(name)[2]}
+    with Client(check_address(address, security), security=security, timeout=args.timeout,
+                name="ntk-worker-health") as c:
+        hosts = [w["host"] for w in c.scheduler_info()["workers"].values()]
+    here = [h for h in hosts if h in mine]
+    print(f"{len(here)} worker(s) of this host ({name}) on the scheduler, "
+          f"{len(hosts)} in all")
+    return 0 if here else 1
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -391,12 +417,20 @@ def register(sub: Any) -> None:
     w = sub.add_parser("worker", help="run Dask worker processes (one per core, or per GPU)")
     w.add_argument("--scheduler", default=None, help="default $NTK_SCHEDULER_ADDRESS")
     w.add_argument("--nprocs", type=int, default=None,
-                   help="worker processes (default: one per core; one per GPU with GPUs)")
+                   help="worker processes (default: one per usable core, counting CPU "
+                   "affinity and the cgroup's CPU quota; one per GPU with GPUs)")
     w.add_argument("--memory-limit", type=memory_limit, default="auto",
-                   help="per process: auto, or a size such as 4GiB or a byte count")
+                   help="per process: auto (an equal share of the host's or the cgroup's "
+                   "memory, the smaller), or a size such as 4GiB or a byte count")
     w.add_argument("--name", default=None, help="worker name prefix")
     add_tls_arguments(w)
     w.set_defaults(func=_worker)
+    wh = sub.add_parser("worker-health", help="exit 0 when this host's workers are connected "
+                        "to the scheduler (a container healthcheck)")
+    wh.add_argument("--scheduler", default=None, help="default $NTK_SCHEDULER_ADDRESS")
+    wh.add_argument("--timeout", type=float, default=10.0, help="seconds to connect")
+    add_tls_arguments(wh)
+    wh.set_defaults(func=_worker_health)
     ce = sub.add_parser("certs", help="make a cluster CA and TLS certificates per role")
     ce.add_argument("--out", required=True, help="directory for the PEM files (made 0700)")
     ce.add_argument("--days", type=int, default=825, help="validity of every certificate")

@@ -52,7 +52,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(store=args.store, db=args.db, scheduler=args.scheduler,
                                  workers=args.workers, tls_ca_file=args.tls_ca_file,
-                                 tls_cert=args.tls_cert, tls_key=args.tls_key)
+                                 tls_cert=args.tls_cert, tls_key=args.tls_key,
+                                 log_format=args.log_format, dashboard=args.dashboard)
     # bad TLS flags or a tls:// scheduler without them: exit 2 now, not at cluster start
     security = security_from(settings.tls_ca_file, settings.tls_cert, settings.tls_key,
                              env=False)
@@ -155,7 +156,7 @@ def remote_solve(args: argparse.Namespace) -> int:
                     min_eigenvalue=args.min_eigenvalue, variance=args.variance,
                     depth=args.depth, variant=args.variant, b_std=args.b_std)
         if args.wait:
-            s.wait()
+            s.wait(progress=True)  # its status line on stderr, from the solve's event stream
     print(json.dumps(s.info))
     return 0
 
@@ -226,7 +227,12 @@ def register(sub: Any) -> None:
     s.add_argument("--workers", type=int, default=None, help="embedded cluster processes")
     s.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     s.add_argument("--port", type=int, default=8000, help="HTTP port")
-    s.add_argument("--log-level", default="info", help="uvicorn log level")
+    s.add_argument("--log-level", default="info", help="log level (debug shows the access "
+                   "lines of polling requests)")
+    s.add_argument("--log-format", choices=("text", "json"), default=None,
+                   help="log lines as text or JSON objects (default $NTK_LOG_FORMAT, text)")
+    s.add_argument("--dashboard", default=None, help="host:port of the embedded cluster's "
+                   "Dask dashboard (default $NTK_DASHBOARD, 127.0.0.1:8787; 'none': off)")
     add_tls_arguments(s)  # the client certificate the service presents to the scheduler
     s.set_defaults(func=_serve)
 

@@ -8,8 +8,11 @@
     sol = c.solve(job, lambdas=[1e-3]).wait()
     sol.metrics["best"]["accuracy"], sol.predictions()
 
-Uploads stream the array as ``.npy`` without building the file in memory. Every error the
-server answers becomes an :class:`ApiError` carrying its status, field and message.
+Uploads stream the array as ``.npy`` without building the file in memory; ``wait()`` follows
+a job's Server-Sent Events stream (polling only where the server offers none); lists
+(``datasets()``, ``jobs()``, ``solves()``) follow the pages' ``Link`` headers. Every error
+the server answers (an RFC 9457 problem) becomes an :class:`ApiError` carrying its status,
+field and message.
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ class ApiError(RuntimeError):
     def __init__(self, status: int, detail: str, field: str | None = None) -> None:
         self.status, self.detail, self.field = status, detail, field
         super().__init__(f"HTTP {status}: {detail}")
+
+
+#: Seconds a job's event stream may stay silent (the server sends a keep-alive every 15 s)
+#: before the client gives up on it and polls instead.
+EVENTS_READ_TIMEOUT = 60.0
+
+
+class _NoStream(Exception):
+    """The server answered an event stream's request with something else."""
 
 
 class JobFailed(RuntimeError):
@@ -99,9 +111,41 @@ class _Job:
         """queued / running / succeeded / failed / cancelled (fetched now)."""
         return self.refresh()["status"]
 
+    @property
+    def dashboard_url(self) -> str | None:
+        """The Dask dashboard of the cluster the job runs on (None where there is none)."""
+        return self.info.get("dashboard_url")
+
     def _raise_if_failed(self) -> None:
         if self.info["status"] in (Status.FAILED, Status.CANCELLED):
             raise JobFailed(f"{self.id} {self.info['status']}: {self.info.get('error')}")
+
+    def _follow(self, timeout: float | None, poll: float, show: Any) -> None:
+        """Until the job ends: its states from ``GET .../events`` (Server-Sent Events) merged
+        into :attr:`info`, ``show(info)`` after each; polling ``GET`` every ``poll`` seconds
+        where the stream is not available (an older server, a proxy that buffers it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        show(self.info)
+        if self.info["status"] in FINAL:
+            return
+        try:
+            for event, state in self._c._events(f"{self._path}/{self.id}/events", deadline,
+                                                f"{self.id} still running after {timeout} s"):
+                self.info.update(state)
+                show(self.info)
+                if event == "end":
+                    return
+            if self.info["status"] in FINAL:
+                return
+        except (httpx.TransportError, _NoStream):
+            pass
+        while True:  # the fallback
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.id} still {self.info['status']} after {timeout} s")
+            time.sleep(poll)
+            show(self.refresh())
+            if self.info["status"] in FINAL:
+                return
 
 
 class KernelJob(_Job):
@@ -111,26 +155,22 @@ class KernelJob(_Job):
 
     def wait(self, timeout: float | None = None, progress: bool = True,
              poll: float = 0.5) -> KernelJob:
-        """Poll until the job ends (tqdm bar of tiles); raise :class:`JobFailed` unless it
-        succeeded, ``TimeoutError`` after ``timeout`` seconds."""
+        """Follow the job's event stream until it ends (a tqdm bar of tiles with the ETA);
+        raise :class:`JobFailed` unless it succeeded, ``TimeoutError`` after ``timeout``
+        seconds. ``poll``: seconds between requests where no stream is available."""
         from tqdm import tqdm
 
-        t0 = time.monotonic()
-        info = self.refresh()
-        with tqdm(total=info["tiles_total"] or None, unit="tile", disable=not progress,
-                  desc=self.id) as bar:
-            while True:
-                if info["tiles_total"] and bar.total != info["tiles_total"]:
+        with tqdm(total=self.info.get("tiles_total") or None, unit="tile",
+                  disable=not progress, desc=self.id) as bar:
+            def show(info: dict) -> None:
+                if info.get("tiles_total") and bar.total != info["tiles_total"]:
                     bar.total = info["tiles_total"]
-                bar.update(info["tiles_done"] - bar.n)
-                if info["eta_seconds"] is not None:
+                bar.update(info.get("tiles_done", 0) - bar.n)
+                if info.get("eta_seconds") is not None:
                     bar.set_postfix(eta=f"{info['eta_seconds']:.0f}s", refresh=False)
-                if info["status"] in FINAL:
-                    break
-                if timeout is not None and time.monotonic() - t0 > timeout:
-                    raise TimeoutError(f"{self.id} still {info['status']} after {timeout} s")
-                time.sleep(poll)
-                info = self.refresh()
+                bar.refresh()
+
+            self._follow(timeout, poll, show)
         self._raise_if_failed()
         return self
 
@@ -201,12 +241,20 @@ class SolveJob(_Job):
 
     _path = "/v1/solves"
 
-    def wait(self, timeout: float | None = None, poll: float = 0.5) -> SolveJob:
-        t0 = time.monotonic()
-        while self.refresh()["status"] not in FINAL:
-            if timeout is not None and time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"{self.id} still {self.info['status']} after {timeout} s")
-            time.sleep(poll)
+    def wait(self, timeout: float | None = None, poll: float = 0.5,
+             progress: bool = False) -> SolveJob:
+        """Follow the solve's event stream until it ends, then fetch it (metrics, analyses);
+        raise :class:`JobFailed` unless it succeeded, ``TimeoutError`` after ``timeout``
+        seconds. ``progress``: a line with its status and the time elapsed."""
+        from tqdm import tqdm
+
+        with tqdm(total=None, bar_format="{desc} {postfix} [{elapsed}]",
+                  disable=not progress, desc=self.id) as bar:
+            def show(info: dict) -> None:
+                bar.set_postfix_str(str(info["status"]))
+
+            self._follow(timeout, poll, show)
+        self.refresh()
         self._raise_if_failed()
         return self
 
@@ -262,6 +310,37 @@ class Client:
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         r = self._check(self._http.request(method, path, **kw))
         return r.json() if r.content else None
+
+    def _events(self, path: str, deadline: float | None, late: str = "timed out"
+                ) -> Iterator[tuple[str, dict]]:
+        """``(event, data)`` of the Server-Sent Events stream at ``path``, until it closes;
+        :class:`_NoStream` when the server does not answer one, ``TimeoutError(late)`` past
+        ``deadline`` (``time.monotonic()``)."""
+        import json
+
+        timeout = httpx.Timeout(30.0, read=EVENTS_READ_TIMEOUT)
+        with self._http.stream("GET", path, timeout=timeout,
+                               headers={"Accept": "text/event-stream"}) as r:
+            if r.status_code != 200 or not r.headers.get(
+                    "content-type", "").startswith("text/event-stream"):
+                raise _NoStream(r.status_code)
+            event, data = "message", []
+            for line in r.iter_lines():
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(late)
+                if not line:  # an event's end
+                    if data:
+                        yield event, json.loads("\n".join(data))
+                    event, data = "message", []
+                elif line.startswith(":"):  # a keep-alive comment
+                    continue
+                else:
+                    name, _, value = line.partition(":")
+                    value = value.removeprefix(" ")
+                    if name == "event":
+                        event = value
+                    elif name == "data":
+                        data.append(value)
 
     def _npy(self, path: str, params: dict) -> np.ndarray:
         r = self._check(self._http.get(path, params=params))
@@ -371,6 +450,27 @@ class Client:
         if select is not None:
             body["select"] = dict(select)
         return SolveJob(self, self._json("POST", "/v1/solves", json=body))
+
+    def _pages(self, path: str, limit: int) -> Iterator[dict]:
+        """Every row of the list at ``path``, page after page (``Link: rel="next"``)."""
+        url: str | None = f"{path}?limit={limit}"
+        while url is not None:
+            r = self._check(self._http.get(url))
+            yield from r.json()
+            url = r.links.get("next", {}).get("url")
+
+    def datasets(self, page: int = 100) -> Iterator[Dataset]:
+        """This key's datasets, oldest first (fetched ``page`` at a time)."""
+        return (Dataset(self, d) for d in self._pages("/v1/datasets", page))
+
+    def jobs(self, page: int = 100) -> Iterator[KernelJob]:
+        """This key's kernel jobs, oldest first, as summaries (``refresh()`` for ``arch``)."""
+        return (KernelJob(self, d) for d in self._pages("/v1/kernels", page))
+
+    def solves(self, page: int = 100) -> Iterator[SolveJob]:
+        """This key's solves, oldest first, as summaries (no labels, no analyses:
+        ``refresh()`` for them)."""
+        return (SolveJob(self, d) for d in self._pages("/v1/solves", page))
 
     def get_solve(self, solve_id: str) -> SolveJob:
         return SolveJob(self, self._json("GET", f"/v1/solves/{solve_id}"))

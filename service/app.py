@@ -1,8 +1,9 @@
 """The REST API (``/v1``): datasets, kernel jobs, solves; ``/healthz`` and ``/readyz``.
 
 Every request but the health checks carries ``Authorization: Bearer <key>``; every dataset
-and job belongs to the key that made it and is invisible (404) to others. Errors are JSON
-``{"detail": "<field>: <reason>", "field": ...}`` with a 4xx status; see README "REST API".
+and job belongs to the key that made it and is invisible (404) to others. Errors are RFC 9457
+problem details (``application/problem+json``: ``{"type", "title", "status", "detail":
+"<field>: <reason>", "field"}``) with a 4xx status; see README "REST API".
 
 :func:`create_app` builds the app: its state (settings, database, runner), middleware,
 error handlers and lifespan, and the routers of :mod:`service.routes`; the routes' inputs
@@ -11,15 +12,19 @@ come from :mod:`service.deps`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -32,7 +37,7 @@ from . import uploads
 from .bodies import BodyLimits
 from .config import Settings
 from .db import Database
-from .errors import PRIVATE, ApiError, redact
+from .errors import PRIVATE, PROBLEM, ApiError, problem
 from .keys import ensure_keys
 from .routes import api_router
 from .routes.common import damaged
@@ -52,9 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ensure_keys(db, settings.api_keys)
     runner = Runner(settings, db)
 
-    app = FastAPI(title="ntkcompute", version=ntkcompute.__version__, lifespan=lifespan,
-                  description="Exact NTK / NNGP / CNTK Gram matrices on a Dask cluster, "
-                  "stored in Zarr, and kernel regression on them.")
+    # /docs and /redoc from assets in the package (fastapi-offline): no CDN
+    app = FastAPIOffline(title="ntkcompute", version=ntkcompute.__version__,
+                         lifespan=lifespan, description="Exact NTK / NNGP / CNTK Gram "
+                         "matrices on a Dask cluster, stored in Zarr, and kernel regression on "
+                         "them. Errors are RFC 9457 problem details with a `field`.")
     app.state.settings, app.state.db, app.state.runner = settings, db, runner
     app.state.store_probe = StoreProbe()
     app.add_middleware(BodyLimits, upload_bytes=settings.max_upload_bytes,
@@ -63,7 +70,55 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for exc, handler in _HANDLERS:
         app.add_exception_handler(exc, handler)
     app.include_router(api_router)
+    # the web page: static files in the package; every number on it comes from the API
+    app.mount("/ui", _Page(directory=Path(__file__).parent / "web", html=True), name="ui")
+    app.add_api_route("/", lambda: RedirectResponse("/ui/"), include_in_schema=False)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+class _Page(StaticFiles):
+    """The web page's files, with headers that keep it to its own origin: no script, style,
+    frame or connection from anywhere else, and no framing by another site."""
+
+    HEADERS: ClassVar[dict[str, str]] = {
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(self.HEADERS)
+        return response
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, with every error answer as it is sent: ``application/problem+json``
+    of :class:`~service.schemas.Error`. The validation 422 FastAPI adds to every route with
+    parameters is kept only where the route declares one (a ``str`` path parameter cannot
+    fail validation): every error a route declares is a :func:`~service.routes.common.problems`
+    entry."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=app.routes)
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            for code, answer in list(op["responses"].items()):
+                content = answer.get("content", {})
+                if int(code) < 400:
+                    continue
+                if PROBLEM in content:
+                    answer["content"] = {PROBLEM: content[PROBLEM]}
+                elif "HTTPValidationError" in json.dumps(content):
+                    del op["responses"][code]  # FastAPI's own 422: the route declares none
+    comps = schema.get("components", {}).get("schemas", {})
+    text = json.dumps(schema["paths"])
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f"#/components/schemas/{unused}" not in text:
+            comps.pop(unused, None)
+    app.openapi_schema = schema
+    return schema
 
 
 @asynccontextmanager
@@ -77,43 +132,43 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(runner.stop)
 
 
-# errors: every one a JSON {"detail", "field"} body -------------------------------------
-async def _api_error(_r: Request, e: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-    return JSONResponse({"detail": redact(e.detail), "field": e.field}, e.status,
-                        headers=headers)
+# errors: every one an RFC 9457 problem (service.errors) --------------------------------
+async def _api_error(r: Request, e: ApiError) -> JSONResponse:
+    headers = dict(e.headers or {})
+    if e.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return problem(e.status, e.detail, e.field, r.url.path, headers=headers or None)
 
 
-async def _corrupt(_r: Request, e: CorruptChunk) -> JSONResponse:
+async def _corrupt(r: Request, e: CorruptChunk) -> JSONResponse:
     log.error("damaged store chunk: %s", e)
     a = damaged(e)
-    return JSONResponse({"detail": redact(a.detail), "field": a.field}, 409)
+    return problem(409, a.detail, a.field, r.url.path)
 
 
-async def _invalid(_r: Request, e: RequestValidationError) -> JSONResponse:
+async def _invalid(r: Request, e: RequestValidationError) -> JSONResponse:
     errs = e.errors()
     first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
     where = _loc(first.get("loc", ()))
-    return JSONResponse({"detail": f"{where}: {first.get('msg')}" if where else
-                         str(first.get("msg")), "field": where or None,
-                         "errors": [{"field": _loc(x.get("loc", ())), "message": x.get("msg")}
-                                    for x in errs]}, 422)
+    return problem(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")),
+                   where or None, r.url.path,
+                   errors=[{"field": _loc(x.get("loc", ())), "message": x.get("msg")}
+                           for x in errs])
 
 
-async def _http(_r: Request, e: StarletteHTTPException) -> JSONResponse:
+async def _http(r: Request, e: StarletteHTTPException) -> JSONResponse:
     # FastAPI's one 400 is a body it could not parse (e.g. JSON nested past the parser)
     field = "body" if e.status_code == 400 else None
     detail = f"body: {e.detail}" if field else str(e.detail)
-    return JSONResponse({"detail": detail, "field": field}, e.status_code,
-                        headers=getattr(e, "headers", None))
+    return problem(e.status_code, detail, field, r.url.path,
+                   headers=getattr(e, "headers", None))
 
 
-async def _unexpected(_r: Request, e: Exception) -> JSONResponse:
+async def _unexpected(r: Request, e: Exception) -> JSONResponse:
     if isinstance(e, ClientDisconnect):  # the client left (or BodyLimits refused it)
-        return JSONResponse({"detail": "client disconnected", "field": None}, 400)
+        return problem(400, "client disconnected", None, r.url.path)
     log.exception("unhandled error")
-    return JSONResponse({"detail": f"internal error: {type(e).__name__}", "field": None},
-                        500)
+    return problem(500, f"internal error: {type(e).__name__}", None, r.url.path)
 
 
 _HANDLERS: tuple[tuple[type[Exception], Any], ...] = (

@@ -12,9 +12,10 @@ is dropped and no route ever holds more than the cap.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from .errors import PROBLEM, problem_bytes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -23,6 +24,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
+#: The methods whose routes read a body; the others (GET, DELETE, ...) never read one, so a
+#: body sent with them costs nothing and is not refused (their OpenAPI has no 408 or 413).
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+#: How much of a body refused by its Content-Length is read and dropped after the 413, and
+#: for how long at most, so that the client reads the answer (see :func:`_drain`).
+DRAIN_BYTES, DRAIN_SECONDS = 64 << 20, 5.0
 
 
 class BodyLimits:
@@ -41,7 +48,7 @@ class BodyLimits:
         return self.json_bytes, "NTK_MAX_JSON_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
             await self.app(scope, receive, send)
             return
         limit, setting = self._limit(scope)
@@ -49,6 +56,7 @@ class BodyLimits:
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
             await _answer(send, 413, too_large)
+            await _drain(receive, min(int(length), DRAIN_BYTES), DRAIN_SECONDS)
             return
         seen, finished, refused, started = 0, False, False, False
 
@@ -88,10 +96,28 @@ class BodyLimits:
         await self.app(scope, guarded_receive, guarded_send)
 
 
+async def _drain(receive: Receive, most: int, seconds: float) -> None:
+    """Read and drop up to ``most`` bytes of a refused body for at most ``seconds``: a client
+    still sending when the connection closes would get a reset instead of the answer (the
+    lingering close of RFC 9112 §9.6); past the bounds the connection closes anyway."""
+    loop = asyncio.get_running_loop()
+    deadline, seen = loop.time() + seconds, 0
+    while seen < most:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 async def _answer(send: Send, status: int, reason: str) -> None:
-    body = json.dumps({"detail": f"body: {reason}", "field": "body"}).encode()
+    body = problem_bytes(status, f"body: {reason}", "body")
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
+                "headers": [(b"content-type", PROBLEM.encode()),
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})

@@ -1,53 +1,80 @@
-"""Service configuration: one pydantic model, read from ``NTK_*`` environment variables.
+"""Service configuration: one pydantic-settings model, read from ``NTK_*`` environment
+variables, a ``.env`` file, and ``NTK_*_FILE`` secret files.
 
-The same names are used by ``ntk serve`` flags, docker-compose and Kubernetes manifests
-(``ENV`` below is the single list of them).
+Precedence, first wins: values passed to the constructor (``ntk serve`` flags), the
+environment (``NTK_STORE=...``), ``NTK_<NAME>_FILE`` (the file's content, trailing newline
+dropped: Docker and Kubernetes secrets, e.g. ``NTK_API_KEYS_FILE=/run/secrets/api-keys``),
+the ``.env`` file of the working directory (or ``$NTK_ENV_FILE``), the defaults. Empty
+variables are ignored. The same names are used by ``ntk serve`` flags, docker-compose and
+Kubernetes manifests (``ENV`` below is the single list of them).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from workers.cluster import TLS_ENV
 
-#: field -> environment variable.
-ENV = {
-    "store": "NTK_STORE",
-    "db": "NTK_DB_URL",
-    "scheduler": "NTK_SCHEDULER_ADDRESS",
-    "workers": "NTK_WORKERS",
-    "staging": "NTK_STAGING_DIR",
-    "max_upload_bytes": "NTK_MAX_UPLOAD_BYTES",
-    "max_n": "NTK_MAX_N",
-    "max_block_bytes": "NTK_MAX_BLOCK_BYTES",
-    "max_jobs_per_key": "NTK_MAX_JOBS_PER_KEY",
-    "task_memory": "NTK_TASK_MEMORY",
-    "api_keys": "NTK_API_KEYS",
-    "max_dataset_bytes": "NTK_MAX_DATASET_BYTES",
-    "max_features": "NTK_MAX_FEATURES",
-    "max_compression_ratio": "NTK_MAX_COMPRESSION_RATIO",
-    "max_json_bytes": "NTK_MAX_JSON_BYTES",
-    "body_timeout": "NTK_BODY_TIMEOUT",
-    "max_classes": "NTK_MAX_CLASSES",
-    "max_lambdas": "NTK_MAX_LAMBDAS",
-    "max_solve_bytes": "NTK_MAX_SOLVE_BYTES",
-    "max_direct_n": "NTK_MAX_DIRECT_N",
-    **TLS_ENV,  # NTK_TLS_CA_FILE, NTK_TLS_CERT, NTK_TLS_KEY: the workers' own names
-}
+#: Fields whose variable is not ``NTK_<FIELD>``.
+_RENAMED = {"db": "NTK_DB_URL", "scheduler": "NTK_SCHEDULER_ADDRESS",
+            "staging": "NTK_STAGING_DIR"}
+assert all(v == f"NTK_{f.upper()}" for f, v in TLS_ENV.items())  # the workers' own names
 
 
-class Settings(BaseModel):
+def _env(name: str) -> str:
+    return _RENAMED.get(name, f"NTK_{name.upper()}")
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """``NTK_<NAME>_FILE`` -> the field ``<name>``: the file's content (one trailing newline
+    dropped), for secrets mounted as files."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        path = os.environ.get(f"{_env(field_name)}_FILE")
+        if not path:
+            return None, field_name, False
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ValueError(f"{_env(field_name)}_FILE: cannot read {path}: "
+                             f"{e.strerror or e}") from None
+        return text.removesuffix("\n"), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+class Settings(BaseSettings):
     """What the service stores where, which cluster it uses, and its limits."""
 
+    model_config = SettingsConfigDict(env_prefix="NTK_", env_file=".env",
+                                      env_ignore_empty=True, extra="ignore",
+                                      populate_by_name=True)
+
     store: str = Field("ntk-data/store", description="URL of the Zarr root (path or fsspec)")
-    db: str = Field("sqlite:///ntk-data/ntk.db", description="SQLAlchemy URL of the job DB")
-    scheduler: str | None = Field(None, description="Dask scheduler; None: embedded cluster")
+    db: str = Field("sqlite:///ntk-data/ntk.db", validation_alias="NTK_DB_URL",
+                    description="SQLAlchemy URL of the job DB")
+    scheduler: str | None = Field(None, validation_alias="NTK_SCHEDULER_ADDRESS",
+                                  description="Dask scheduler; None: embedded cluster")
     workers: int | None = Field(None, ge=1, description="embedded cluster worker processes")
-    staging: str | None = Field(None, description="local dir for uploads in flight "
-                                "(default: beside the SQLite file, or the system temp dir)")
+    staging: str | None = Field(None, validation_alias="NTK_STAGING_DIR", description=(
+        "local dir for uploads in flight (default: beside the SQLite file, or the system "
+        "temp dir)"))
     max_upload_bytes: int = Field(4 << 30, ge=1, description="largest upload body (413)")
     max_n: int = Field(200_000, ge=1, description="most rows in a dataset (422)")
     max_block_bytes: int = Field(256 << 20, ge=1, description="largest block download (422)")
@@ -78,18 +105,40 @@ class Settings(BaseModel):
                               "selection decomposes in memory (its n x n float64 kernel and "
                               "eigenvectors, ~3 n² x 8 bytes, in the service process; 422: "
                               "use solver 'cg')")
+    log_format: Literal["text", "json"] = Field("text", description=(
+        "log lines as text, or one JSON object each (service.logs)"))
+    # the Dask dashboard
+    dashboard: str | None = Field("127.0.0.1:8787", description=(
+        "host:port of the embedded cluster's Bokeh dashboard (loopback by default; a busy "
+        "port falls back to a free one; 'none': no dashboard)"))
+    dashboard_url: str | None = Field(None, description=(
+        "the dashboard URL answers link to instead of the scheduler's own (e.g. where a "
+        "proxy publishes an external scheduler's dashboard)"))
     # TLS for Dask comms with an external scheduler (all three, or none)
     tls_ca_file: str | None = Field(None, description="CA certificate (PEM) of the cluster")
     tls_cert: str | None = Field(None, description="this client's certificate (PEM)")
     tls_key: str | None = Field(None, description="this client's private key (PEM)")
 
+    @field_validator("dashboard")
+    @classmethod
+    def _no_dashboard(cls, v: str | None) -> str | None:
+        return None if v is None or v.strip().lower() in ("", "none") else v
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _SecretFiles(settings_cls), dotenv_settings
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Defaults, then ``NTK_*`` variables, then explicit overrides (not None)."""
-        values: dict[str, object] = {
-            f: os.environ[e] for f, e in ENV.items() if os.environ.get(e)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        """The settings with explicit overrides (those not None) first, then the environment,
+        secret files, ``.env`` (``$NTK_ENV_FILE`` if set) and defaults."""
+        return cls(_env_file=os.environ.get("NTK_ENV_FILE") or ".env",
+                   **{k: v for k, v in overrides.items() if v is not None})
 
     def private_paths(self) -> dict[str, str]:
         """Server locations that answers must not show, with what to show instead."""
@@ -114,3 +163,7 @@ class Settings(BaseModel):
             p = Path(tempfile.gettempdir()) / "ntk-staging"
         p.mkdir(parents=True, exist_ok=True, mode=0o700)
         return p
+
+
+#: field -> environment variable (``NTK_<NAME>_FILE`` reads a secret file for any of them).
+ENV = {name: _env(name) for name in Settings.model_fields}

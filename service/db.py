@@ -30,6 +30,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from workers.jobs import ACTIVE, FINAL, JobSpec, Status, advance, can
 
+from .events import ChangeLog, state_of
+
 __all__ = ["ACTIVE", "FINAL", "ApiKey", "Database", "Dataset", "Job", "Solve", "spec_of"]
 
 
@@ -106,6 +108,8 @@ class Job(Base):
     b_stds: Mapped[list | None] = mapped_column(JSON, nullable=True)
     #: input transforms fit on the train rows ({zca, standardize}; None: none)
     preprocess: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    #: committed writes to this row (its event stream's ids; None in older rows: 0)
+    revision: Mapped[int | None] = mapped_column(Integer, default=0, nullable=True)
 
 
 class Solve(Base):
@@ -121,11 +125,16 @@ class Solve(Base):
     analyses: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created: Mapped[float] = mapped_column(Float, default=time.time)
     finished: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: committed writes to this row (its event stream's ids; None in older rows: 0)
+    revision: Mapped[int | None] = mapped_column(Integer, default=0, nullable=True)
 
 
 class Database:
     """Engine + session factory; tables are created on first use. A SQLite file and its
-    directory are private to the service's user (0600 / 0700)."""
+    directory are private to the service's user (0600 / 0700).
+
+    Every transaction that writes a job or solve row increments its ``revision`` once and,
+    once committed, records the new state in :attr:`changes` (the event streams' source)."""
 
     def __init__(self, url: str) -> None:
         kw: dict[str, Any] = {}
@@ -141,6 +150,10 @@ class Database:
         Base.metadata.create_all(self.engine)
         self._add_missing_columns()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.changes = ChangeLog()
+        event.listen(self._sessions, "before_flush", _bump_revisions)
+        event.listen(self._sessions, "after_commit", self._record_changes)
+        event.listen(self._sessions, "after_rollback", lambda s: s.info.pop(_CHANGED, None))
         self._admit = threading.Lock()
         if path and path != ":memory:":
             for f in (path, f"{path}-wal", f"{path}-shm"):
@@ -197,6 +210,10 @@ class Database:
                 setattr(row, k, v)
         return True
 
+    def _record_changes(self, session: Session) -> None:
+        for id_, row in session.info.pop(_CHANGED, {}).items():
+            self.changes.record(id_, row.revision, state_of(row))
+
     def job_spec(self, jid: str, active: bool = False) -> tuple[JobSpec, Job] | None:
         """A kernel job as the workers run it, with its row; None if it is gone (or, with
         ``active``, no longer queued or running). A deleted dataset's URL is None."""
@@ -214,6 +231,20 @@ class Database:
             if row is not None:
                 for k, v in values.items():
                     setattr(row, k, v)
+
+
+_CHANGED = "ntk_changed"
+
+
+def _bump_revisions(session: Session, _ctx: Any, _instances: Any) -> None:
+    """Before a flush: each job or solve row added or changed in this transaction, the first
+    time it is flushed, gets its next revision."""
+    changed = session.info.setdefault(_CHANGED, {})
+    for row in (*session.new, *session.dirty):
+        if isinstance(row, (Job, Solve)) and row.id not in changed and (
+                row in session.new or session.is_modified(row)):
+            row.revision = (row.revision or 0) + 1
+            changed[row.id] = row
 
 
 def spec_of(job: Job, train: Dataset | None = None, test: Dataset | None = None) -> JobSpec:

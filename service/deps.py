@@ -1,7 +1,8 @@
 """The routes' dependencies, typed for ``Annotated`` parameters: the caller's API key
-(:data:`Owner`), the database (:data:`DB`), the job runner (:data:`RunnerDep`) and the
-settings (:data:`SettingsDep`). Each is read from ``request.app.state``, where
-:func:`service.app.create_app` puts them; a route module holds no state of its own."""
+(:data:`Owner`), the database (:data:`DB`), the job runner (:data:`RunnerDep`), the
+settings (:data:`SettingsDep`) and the Dask dashboard's URL (:data:`Dashboard`). Each is
+read from ``request.app.state``, where :func:`service.app.create_app` puts them; a route
+module holds no state of its own."""
 
 from __future__ import annotations
 
@@ -36,7 +37,13 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+async def get_dashboard(request: Request) -> str | None:
+    """The Dask dashboard's URL (None until the runner joined a cluster that serves one)."""
+    return request.app.state.runner.dashboard_url
+
+
 DB = Annotated[Database, Depends(get_db)]
+Dashboard = Annotated[str | None, Depends(get_dashboard)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

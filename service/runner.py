@@ -21,16 +21,19 @@ from typing import Any
 
 from ntkcompute.errors import InputError
 from workers import GramJob
-from workers.cluster import get_client, security_from, shutdown
+from workers.cluster import dashboard_url, get_client, security_from, shutdown
 from workers.jobs import ACTIVE, progress, solves
 from workers.store import CorruptChunk, remove_group
 
+from . import logs
 from .config import Settings
 from .db import Database, Job, Solve
 
 log = logging.getLogger("ntkcompute.service")
 
 POLL_SECONDS = 0.5
+#: Longest wait for the scheduler's answer to a readiness check.
+READY_SECONDS = 5.0
 #: How long a cancelled job's parts are kept for a purge to wait on their running tasks
 #: (tiles are sized to take seconds).
 STOPPING_SECONDS = 600.0
@@ -44,6 +47,8 @@ class Runner:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings, self.db = settings, db
         self.client: Any = None
+        #: the scheduler dashboard's status page (None without one), once started
+        self.dashboard_url: str | None = None
         self._cluster: Any = None
         self._active: dict[str, tuple[float, dict[str, GramJob]]] = {}
         self._starting: dict[str, Future] = {}  # start threads in flight, by job
@@ -62,7 +67,8 @@ class Runner:
         self.client, self._cluster = get_client(
             scheduler=st.scheduler, n_workers=st.workers,
             security=security_from(st.tls_ca_file, st.tls_cert, st.tls_key, env=False),
-            reuse_default=False)
+            reuse_default=False, dashboard_address=st.dashboard)
+        self.dashboard_url = st.dashboard_url or dashboard_url(self.client)
         self._monitor.start()
         with self.db.session() as s:
             jobs = [j.id for j in s.query(Job).filter(Job.status.in_(ACTIVE))]
@@ -84,9 +90,13 @@ class Runner:
         shutdown(self.client, self._cluster, own_client=True)
 
     def ready(self) -> dict[str, str]:
-        """Scheduler reachable (and how many workers it has)."""
+        """Scheduler reachable (and how many workers it has), answered within
+        :data:`READY_SECONDS` (a client reconnecting to a lost scheduler would wait longer)."""
+        if self.client.status != "running":
+            return {"scheduler": f"unreachable: the client is {self.client.status}"}
         try:
-            n = self.client.run_on_scheduler(_ping)
+            n = self.client.sync(self.client._run_on_scheduler, _ping,
+                                 callback_timeout=READY_SECONDS)
         except Exception as e:
             return {"scheduler": f"unreachable: {type(e).__name__}: {e}"}
         return {"scheduler": f"ok ({n} workers)"}
@@ -120,27 +130,31 @@ class Runner:
             self._fail_kernel(jid, e)
             return
         reused = sum(p.tiles_reused for p in parts.values())
+        total = sum(p.tiles_total for p in parts.values())
         with self._lock:
             started = self.db.transition(
                 Job, jid, "start", started=time.time(), finished=None, error=None,
-                runs=row.runs + 1, tiles_total=sum(p.tiles_total for p in parts.values()),
-                tiles_reused=reused, tiles_done=reused)
+                runs=row.runs + 1, tiles_total=total, tiles_reused=reused, tiles_done=reused)
             if not started:  # cancelled or purged while starting
                 self._cancel_parts(jid, parts)
                 return
             self._active[jid] = (time.time(), parts)
+        logs.event("started", "kernel", jid, tiles=total, tiles_reused=reused,
+                   workers=self._workers(), method=row.method or "exact")
 
     def _fail_kernel(self, jid: str, e: BaseException) -> None:
         if not isinstance(e, (InputError, CorruptChunk)):
             log.error("kernel job %s failed to start:\n%s", jid, traceback.format_exc())
-        self.db.transition(Job, jid, "fail", error=f"{type(e).__name__}: {e}",
-                           finished=time.time())
+        if self.db.transition(Job, jid, "fail", error=f"{type(e).__name__}: {e}",
+                              finished=time.time()):
+            logs.event("failed", "kernel", jid, logging.ERROR, error=f"{type(e).__name__}: {e}")
 
     def cancel_kernel(self, jid: str) -> None:
         """Mark the job cancelled and cancel its tasks; finished tiles stay. A task already
         running on a worker runs to its end (see :meth:`purge_kernel`)."""
         with self._lock:
-            self.db.transition(Job, jid, "cancel", finished=time.time(), eta_seconds=None)
+            if self.db.transition(Job, jid, "cancel", finished=time.time(), eta_seconds=None):
+                logs.event("cancelled", "kernel", jid)
             entry = self._active.pop(jid, None)
             if entry is not None:
                 self._cancel_parts(jid, entry[1])
@@ -203,16 +217,45 @@ class Runner:
                 self.db.update(Job, jid, **values)
                 return
             del self._active[jid]
-            self.db.transition(Job, jid, pr.event, **values)
+            ended = self.db.transition(Job, jid, pr.event, **values)
+        if ended:
+            self._log_end(jid, t0, parts, pr.event, pr.error)
+
+    def _log_end(self, jid: str, t0: float, parts: dict[str, GramJob], event: str,
+                 error: str | None) -> None:
+        """The lifecycle lines of a job that ended: each failed tile, then finished/failed
+        with its time, tiles computed and kernel entries per second."""
+        seconds = time.time() - t0
+        tiles = sum(p.tiles_computed for p in parts.values())
+        if event == "fail":
+            for p in parts.values():
+                for f in p.failures:
+                    logs.event("tile_failed", "kernel", jid, logging.WARNING, **f)
+            logs.event("failed", "kernel", jid, logging.ERROR, seconds=seconds, tiles=tiles,
+                       error=error)
+            return
+        with self.db.session() as s:
+            entries = _entries(s.get(Job, jid))
+        logs.event("finished", "kernel", jid, seconds=seconds, tiles=tiles, entries=entries,
+                   entries_per_second=entries / seconds if seconds > 0 else None)
+
+    def _workers(self) -> int | None:
+        """How many workers the cluster has now (None if the scheduler does not say)."""
+        try:
+            return len(self.client.scheduler_info().get("workers", {}))
+        except Exception:
+            return None
 
     # solves ----------------------------------------------------------------------------
     def submit_solve(self, sid: str) -> None:
         self._solves.submit(self._run_solve, sid)
 
     def _run_solve(self, sid: str) -> None:
+        t0 = time.time()
         try:
             if not self.db.transition(Solve, sid, "start"):
                 return
+            logs.event("started", "solve", sid, workers=self._workers())
             with self.db.session() as s:
                 row = s.get(Solve, sid)
                 p, url = row.params, row.url
@@ -225,10 +268,22 @@ class Runner:
                                            required=False) if job.has_test else None
             results = job.kind.solve(job, labels, test_labels, p, client=self.client)
             metrics, analyses = solves.save(url, results)
-            self.db.transition(Solve, sid, "succeed", metrics=metrics, analyses=analyses,
-                               finished=time.time())
+            if self.db.transition(Solve, sid, "succeed", metrics=metrics, analyses=analyses,
+                                  finished=time.time()):
+                logs.event("finished", "solve", sid, seconds=time.time() - t0)
         except Exception as e:
             if not isinstance(e, InputError):
                 log.error("solve %s failed:\n%s", sid, traceback.format_exc())
-            self.db.transition(Solve, sid, "fail", error=f"{type(e).__name__}: {e}",
-                               finished=time.time())
+            if self.db.transition(Solve, sid, "fail", error=f"{type(e).__name__}: {e}",
+                                  finished=time.time()):
+                logs.event("failed", "solve", sid, logging.ERROR, seconds=time.time() - t0,
+                           error=f"{type(e).__name__}: {e}")
+
+
+def _entries(row: Job | None) -> int:
+    """How many kernel entries a job stores: (n² + m n) per kernel and member."""
+    if row is None:
+        return 0
+    members = len(row.b_stds or [0]) * len(row.depths or [0])
+    per = sum(members * (len(row.variants or [0]) if k == "ntk" else 1) for k in row.kernels)
+    return (row.n_train * row.n_train + (row.n_test or 0) * row.n_train) * per

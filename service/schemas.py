@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,13 +20,25 @@ class _Body(BaseModel):
 
 
 class Error(BaseModel):
-    """Every 4xx/5xx body: ``detail`` is ``"<field>: <reason>"``."""
+    """Every 4xx/5xx body, an RFC 9457 problem (``application/problem+json``) with our
+    ``field``: ``detail`` is ``"<field>: <reason>"``."""
 
-    detail: str
-    field: str | None = None
+    type: str = Field("about:blank", description="the kind of problem: its status's")
+    title: str = Field(description="the status's phrase")
+    status: int
+    detail: str = Field(description="<field>: <reason>")
+    field: str | None = Field(None, description="the request field at fault, if one is")
+    instance: str | None = Field(None, description="the path asked")
+    errors: list[dict] | None = Field(None, description="a 422 failing several validations: "
+                                      "each {field, message}")
 
 
 class DatasetOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "d-0123456789abcdef", "n": 2000, "shape": [2000, 32, 32, 3],
+        "dtype": "float32", "y_shape": [2000], "sha256": "9f86d08188" + "0" * 54,
+        "x_sha256": "2c26b46b68" + "0" * 54, "created": "2026-12-04T18:19:58.000000Z"}]})
+
     id: str
     n: int
     shape: list[int] = Field(description="shape of x")
@@ -33,7 +46,7 @@ class DatasetOut(BaseModel):
     y_shape: list[int] | None = None
     sha256: str = Field(description="SHA-256 of the uploaded body (as `sha256sum` prints it)")
     x_sha256: str = Field(description="SHA-256 of x's dtype, shape and C-order bytes")
-    created: float
+    created: datetime
 
 
 class Preprocess(_Body):
@@ -51,7 +64,22 @@ class Preprocess(_Body):
         "its flipped blocks)"))
 
 
+_ARCH = {"layers": [
+    {"type": "conv", "filter_shape": [3, 3], "padding": "SAME", "W_std": 1.414},
+    {"type": "relu"}, {"type": "global_avg_pool"}, {"type": "dense", "W_std": 1.0}]}
+_TIMES = {"created": "2026-12-04T18:20:00.125000Z", "started": "2026-12-04T18:20:00.500000Z",
+          "finished": "2026-12-04T18:20:41.250000Z"}
+
+
 class KernelRequest(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"train": "d-0123456789abcdef", "test": "d-fedcba9876543210", "arch": _ARCH,
+         "kernels": ["ntk", "nngp"], "dtype": "float64"},
+        {"train": "d-0123456789abcdef", "kernels": ["ntk"], "depths": [1, 2, 3],
+         "arch": {"layers": [{"type": "repeat", "n": 1, "layer": {"type": "serial",
+                  "layers": [{"type": "dense"}, {"type": "relu"}]}},
+                  {"type": "dense"}]}}]})
+
     train: str = Field(description="dataset id: the kernel's rows and columns")
     test: str | None = Field(None, description="dataset id: extra rows (test x train)")
     arch: Architecture
@@ -87,11 +115,24 @@ class KernelRequest(_Body):
         "input transforms fit on the train rows (method 'exact')"))
 
 
-class KernelOut(BaseModel):
+_KERNEL = {"id": "k-0123456789abcdef", "status": "succeeded", "train": "d-0123456789abcdef",
+           "test": "d-fedcba9876543210", "kernels": ["ntk", "nngp"], "dtype": "float64",
+           "tile": 512, "shape": {"train": [2000, 2000], "test": [1000, 2000]},
+           "tiles_done": 18, "tiles_total": 18, "tiles_reused": 0, "eta_seconds": None,
+           "error": None, **_TIMES, "method": "exact", "m": None, "seed": 0,
+           "depths": None, "variants": None, "b_stds": None, "preprocess": None,
+           "dashboard_url": "http://127.0.0.1:8787/status", "revision": 4}
+
+
+class KernelSummary(BaseModel):
+    """A kernel job as a list answers it (``GET /v1/kernels/{id}`` adds ``arch``)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_KERNEL]})
+
     id: str
     status: Status
     train: str
-    test: str | None
+    test: str | None = None
     kernels: list[str]
     dtype: str
     tile: int
@@ -99,12 +140,11 @@ class KernelOut(BaseModel):
     tiles_done: int
     tiles_total: int
     tiles_reused: int = Field(description="tiles found done in the store at the last start")
-    eta_seconds: float | None
-    error: str | None
-    created: float
-    started: float | None
-    finished: float | None
-    arch: dict
+    eta_seconds: float | None = None
+    error: str | None = None
+    created: datetime = Field(description="ISO 8601, UTC")
+    started: datetime | None = None
+    finished: datetime | None = None
     method: str = "exact"
     m: int | None = None
     seed: int = 0
@@ -112,6 +152,18 @@ class KernelOut(BaseModel):
     variants: list[int] | None = Field(None, description="a family job's NTK variants")
     b_stds: list[float] | None = Field(None, description="a family job's bias grid")
     preprocess: dict | None = Field(None, description="the input transforms")
+    dashboard_url: str | None = Field(None, description=(
+        "the Dask dashboard of the cluster the job runs on (the scheduler's status page)"))
+    revision: int = Field(0, description="committed changes of the job (the id of its "
+                          "latest event)")
+
+
+class KernelOut(KernelSummary):
+    """A kernel job: its summary and its architecture as planned."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{**_KERNEL, "arch": _ARCH}]})
+
+    arch: dict
 
 
 class Analyses(_Body):
@@ -158,6 +210,13 @@ class Select(_Body):
 
 
 class SolveRequest(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"kernel": "k-0123456789abcdef", "lambdas": [1e-4, 1e-2], "relative": True,
+         "solver": "cg", "kind": "ntk"},
+        {"kernel": "k-0123456789abcdef", "solver": "direct",
+         "select": {"criterion": "loo", "kinds": ["ntk", "nngp"]},
+         "analyses": {"spectrum": 10, "bound": True}}]})
+
     kernel: str = Field(description="kernel job id (must have succeeded)")
     labels: Labels | None = Field(
         None, description="(n,) integer classes or (n,)/(n, c) targets; default: the train "
@@ -189,21 +248,61 @@ class SolveRequest(_Body):
         "table are in analyses.selection"))
 
 
-class SolveOut(BaseModel):
+_SOLVE = {"id": "s-0123456789abcdef", "kernel": "k-0123456789abcdef", "status": "succeeded",
+          "error": None, "params": {"lambdas": [0.01], "relative": True, "solver": "cg",
+                                    "kind": "ntk"},
+          "metrics": {"per_lambda": [{"lambda": 0.01, "iterations": 41, "seconds": 0.8,
+                                      "accuracy": 0.47}],
+                      "best": {"lambda": 0.01, "accuracy": 0.47}},
+          "created": _TIMES["created"], "finished": _TIMES["finished"],
+          "dashboard_url": "http://127.0.0.1:8787/status", "revision": 3}
+
+
+class SolveSummary(BaseModel):
+    """A solve as a list answers it: its parameters without the label arrays, its metrics
+    without the analyses (``GET /v1/solves/{id}`` has both)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_SOLVE]})
+
     id: str
     kernel: str
     status: Status
-    error: str | None
+    error: str | None = None
     params: dict
-    metrics: dict | None = Field(description="per λ: iterations, seconds, accuracy/mse")
-    analyses: dict | None
-    created: float
-    finished: float | None
+    metrics: dict | None = Field(None, description="per λ: iterations, seconds, accuracy/mse")
+    created: datetime = Field(description="ISO 8601, UTC")
+    finished: datetime | None = None
+    dashboard_url: str | None = Field(None, description="the Dask dashboard of its cluster")
+    revision: int = Field(0, description="committed changes of the solve (the id of its "
+                          "latest event)")
+
+
+class SolveOut(SolveSummary):
+    """A solve: its parameters (labels included), metrics and analyses."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {**_SOLVE, "analyses": {"bound": 0.42}}]})
+
+    analyses: dict | None = None
+
+
+class Preview(BaseModel):
+    """A stored kernel at a glance, for the web page: its leading ``block x block`` block as a
+    ``size x size`` heatmap (block averages) and that block's eigenvalues."""
+
+    kind: str
+    n: int = Field(description="train rows of the job")
+    block: int = Field(description="side m of the leading block K[:m, :m] shown")
+    heatmap: list[list[float]] = Field(description="size x size averages of K[:m, :m]")
+    eigenvalues: list[float] = Field(description="of K[:m, :m], descending")
 
 
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = {}
+    workers: int | None = Field(None, description="workers the scheduler has")
+    dashboard_url: str | None = Field(None, description=(
+        "the Dask dashboard of the service's cluster (/readyz only)"))
 
 
 class VerifyOut(BaseModel):

@@ -9,11 +9,14 @@ the embedded cluster uses throwaway in-memory certificates on loopback.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
 
+from dask.system import CPU_COUNT
 from distributed import Client, LocalCluster, Security, default_client
+from distributed.system import MEMORY_LIMIT
 
 from ntkcompute.errors import InputError
 
@@ -60,6 +63,86 @@ def tls_files(ca_file: str | None = None, cert: str | None = None, key: str | No
     return TLSFiles(str(given["tls_ca_file"]), str(given["tls_cert"]), str(given["tls_key"]))
 
 
+def _own_cgroups() -> list[tuple[str, str]]:
+    """``(controllers, path)`` of this process's cgroups (``/proc/self/cgroup``; v2's
+    controllers are "")."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            out.append((parts[1], parts[2]))
+    return out
+
+
+def _cgroup_files(controller: str, name: str) -> list[Path]:
+    """The file ``name`` of this process's ``controller`` cgroup and of each of its
+    ancestors (v1 hierarchies mounted as /sys/fs/cgroup/<controllers>, or v2's unified one):
+    a limit holds for the processes of every cgroup below it."""
+    root = Path("/sys/fs/cgroup")
+    out = []
+    for controllers, path in _own_cgroups():
+        names = controllers.split(",") if controllers else []
+        if controllers and controller not in names:
+            continue
+        mounts = [root / controllers, *(root / n for n in names)] if controllers else [root]
+        for mount in mounts:
+            if not mount.is_dir() or (not controllers and not (mount / "cgroup.controllers")
+                                      .exists()):
+                continue
+            p = Path(path)
+            while True:
+                out.append(mount / str(p).lstrip("/") / name)
+                if p == p.parent:
+                    break
+                p = p.parent
+            break
+    return out
+
+
+def usable_cores() -> int:
+    """The cores this process may use: ``dask.system.CPU_COUNT`` (the host's, its CPU
+    affinity, the root cgroup's quota) and the CPU quota of its own cgroup and every ancestor
+    (``cpu.cfs_quota_us / cpu.cfs_period_us`` in cgroup v1, ``cpu.max`` in v2), rounded up;
+    at least 1. A container or a ``systemd-run -p CPUQuota=`` unit sets the latter."""
+    count = CPU_COUNT
+    for quota in _cgroup_files("cpu", "cpu.cfs_quota_us"):
+        try:
+            q, period = int(quota.read_text()), int(
+                (quota.parent / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        if q > 0 and period > 0:
+            count = min(count, math.ceil(q / period))
+    for cpu_max in _cgroup_files("cpu", "cpu.max"):
+        try:
+            q, period = cpu_max.read_text().split()
+        except (OSError, ValueError):
+            continue
+        if q != "max" and int(period) > 0:
+            count = min(count, math.ceil(int(q) / int(period)))
+    return max(1, count)
+
+
+def usable_memory() -> int:
+    """The bytes this process may use: ``distributed.system.MEMORY_LIMIT`` (the host's, the
+    root cgroup's, RLIMIT_RSS) and the memory limit of its own cgroup and every ancestor
+    (``memory.limit_in_bytes`` in cgroup v1, ``memory.max`` in v2)."""
+    limit = MEMORY_LIMIT
+    for name in ("memory.limit_in_bytes", "memory.max"):
+        for f in _cgroup_files("memory", name):
+            try:
+                text = f.read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) > 0:
+                limit = min(limit, int(text))
+    return limit
+
+
 def make_security(ca_file: str | Path, cert: str | Path, key: str | Path) -> Security:
     """A ``distributed.Security`` that presents ``cert``/``key`` in every role (client,
     scheduler, worker), trusts only peers signed by ``ca_file`` and refuses plain comms."""
@@ -97,8 +180,8 @@ def check_address(address: str, security: Security | None) -> str:
 
 def get_client(client: Client | None = None, scheduler: str | None = None,
                n_workers: int | None = None, memory_limit: str | int = "auto",
-               security: Security | None = None, reuse_default: bool = True
-               ) -> tuple[Client, LocalCluster | None]:
+               security: Security | None = None, reuse_default: bool = True,
+               dashboard_address: str | None = None) -> tuple[Client, LocalCluster | None]:
     """``(client, cluster_we_own)``; the second is None unless a LocalCluster was started.
 
     Joining ``scheduler`` (default ``$NTK_SCHEDULER_ADDRESS``) uses ``security``, else the
@@ -110,7 +193,12 @@ def get_client(client: Client | None = None, scheduler: str | None = None,
     ``$NTK_SCHEDULER_ADDRESS``; else a new embedded LocalCluster (``reuse_default=False``
     skips the default client: the service runs the cluster it is configured for). Workers
     are processes with one thread each: the kernel code is NumPy-bound and a process per
-    core scales it (bench/gram.py).
+    core scales it (bench/gram.py); as many as :func:`usable_cores` (the cores this process may
+    use: its affinity and its cgroup's CPU quota) unless ``n_workers``, and with
+    ``memory_limit="auto"`` each gets an equal share of :func:`usable_memory`.
+    ``dashboard_address`` (``host:port``) serves the embedded scheduler's Bokeh dashboard
+    there (None: no dashboard; a busy port falls back to a free one, see
+    :func:`dashboard_url`).
     """
     if client is not None:
         return client, None
@@ -126,10 +214,24 @@ def get_client(client: Client | None = None, scheduler: str | None = None,
         address = check_address(address, security)
         return Client(address, security=security), None
     security = Security.temporary()
-    cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,
-                           processes=True, memory_limit=memory_limit, dashboard_address=None,
+    n = n_workers or usable_cores()
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                           memory_limit=usable_memory() // n if memory_limit == "auto"
+                           else memory_limit,
+                           dashboard_address=dashboard_address,
                            host="127.0.0.1", protocol="tls://", security=security)
     return Client(cluster, security=security), cluster
+
+
+def dashboard_url(client: Client) -> str | None:
+    """The URL of the status page of ``client``'s scheduler dashboard, None when it serves
+    none (its scheduler runs without bokeh, or with the dashboard off)."""
+    try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
+        return client.dashboard_link
+    except Exception:  # an unreachable scheduler has no dashboard to link
+        return None
 
 
 def shutdown(client: Client | None, cluster: LocalCluster | None, *,

@@ -101,12 +101,25 @@ def _as_array(x: Any, field: str) -> np.ndarray | zarr.Array:
         raise InputError(f"not an array: {e}", field=field) from None
 
 
+def _erred_on(key: Any, dask_scheduler: Any = None) -> tuple[str, str | None] | None:
+    """(the task that raised, the worker it ran on) for failed task ``key``: itself, or the
+    dependency its error came from."""
+    ts = dask_scheduler.tasks.get(key)
+    if ts is None:
+        return None
+    blame = getattr(ts, "exception_blame", None) or ts
+    workers = sorted(getattr(blame, "erred_on", None) or ())
+    return str(blame.key), workers[-1] if workers else None
+
+
 class GramJob:
     """Handle on a running or finished tiled Gram job.
 
     Attributes: ``url``, ``tiles_total``, ``tiles_done`` (including tiles reused from an
     earlier run), ``tiles_reused``, ``tiles_computed`` (this run), ``status``
-    (running / succeeded / failed), ``error``.
+    (running / succeeded / failed), ``error``, ``failures`` (each failed tile task: ``{"tile",
+    "task", "worker", "error"}``: the task that raised, itself or a dependency, and the worker
+    it ran on, as the scheduler saw them).
     """
 
     def __init__(self, url: str, group: zarr.Group, client: Client, cluster: Any,
@@ -121,6 +134,7 @@ class GramJob:
         self.tiles_computed = 0
         self.status = Status.RUNNING
         self.error: str | None = None
+        self.failures: list[dict[str, str | None]] = []
         self._t0 = time.time()
         self._cancelled = False
         self._done = threading.Event()
@@ -146,9 +160,13 @@ class GramJob:
                 if fut.status == "cancelled":  # the Dask future's own state
                     continue
                 if fut.status == "error":
+                    exc = fut.exception()
+                    task, worker = self._erred_on(fut.key) or (str(fut.key), None)
+                    failure = {"tile": str(fut.key), "task": task, "worker": worker,
+                               "error": f"{type(exc).__name__}: {exc}"}
                     with self._lock:
+                        self.failures.append(failure)
                         if self.error is None:
-                            exc = fut.exception()
                             self.error = f"{fut.key}: {type(exc).__name__}: {exc}"
                 else:
                     with self._lock:
@@ -162,6 +180,13 @@ class GramJob:
             set_status(self.group, self.status, error=self.error, finished=time.time())
             self._futures = []  # every tile has ended: let the workers drop their results
             self._done.set()
+
+    def _erred_on(self, key: Any) -> tuple[str, str | None] | None:
+        """:func:`_erred_on` on the scheduler (None if it cannot say)."""
+        try:
+            return self._client.run_on_scheduler(_erred_on, key=key)
+        except Exception:
+            return None
 
     def cancel(self) -> None:
         """Stop the job: queued tiles are dropped, finished tiles stay (rerun to resume)."""
@@ -191,14 +216,38 @@ class GramJob:
                 time.sleep(0.2 if clean else 0.1)
         return True
 
-    def wait(self, timeout: float | None = None) -> GramJob:
-        """Block until every tile is done; raise :class:`GramJobError` if one failed."""
+    def wait(self, timeout: float | None = None, progress: bool = False) -> GramJob:
+        """Block until every tile is done; raise :class:`GramJobError` if one failed.
+        ``progress``: :meth:`watch` it meanwhile."""
+        if progress:
+            self.watch(timeout=timeout)
         if not self._done.wait(timeout):
             raise TimeoutError(f"job {self.url} not finished after {timeout} s")
         self.close()
         if self.status in (Status.FAILED, Status.CANCELLED):
             raise GramJobError(self.error or "cancelled")
         return self
+
+    def watch(self, stop: threading.Event | None = None, timeout: float | None = None,
+              disable: bool = False) -> None:
+        """A tqdm bar of tiles on stderr until the job ends, ``stop`` is set or ``timeout``
+        seconds pass; one ETA, the job's own (this run's tile rate, not tqdm's over reused
+        tiles too)."""
+        from tqdm import tqdm
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fmt = "{l_bar}{bar}| {n_fmt}/{total_fmt} tiles [{elapsed}{postfix}]"
+        with tqdm(total=self.tiles_total, initial=self.tiles_reused, bar_format=fmt,
+                  disable=disable) as bar:
+            while not self._done.wait(0.2):
+                p = self.progress()
+                bar.update(p["done"] - bar.n)
+                if p["eta_seconds"] is not None:
+                    bar.set_postfix_str(f"ETA {p['eta_seconds']:.0f}s", refresh=False)
+                if (stop is not None and stop.is_set()) or (
+                        deadline is not None and time.monotonic() > deadline):
+                    return
+            bar.update(self.tiles_done - bar.n)
 
     def close(self) -> None:
         """Release the embedded LocalCluster, if this job started one."""

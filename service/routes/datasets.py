@@ -17,9 +17,9 @@ from ..db import ACTIVE, Database, Dataset, Job
 from ..deps import DB, Owner, SettingsDep
 from ..errors import ApiError
 from ..schemas import DatasetOut
-from .common import ERRORS, Resource, add_list_get
+from .common import LOCATION, Resource, add_list_get, iso, problems
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS)
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 #: The upload's body as documented (the route reads the raw stream, not a model).
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
@@ -30,16 +30,19 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {
         "file": {"type": "string", "format": "binary"}}}}}}}
 
 
-def dataset_out(r: Dataset) -> DatasetOut:
+def dataset_out(r: Dataset, _dashboard: str | None = None) -> DatasetOut:
     """A dataset as answered."""
     return DatasetOut(id=r.id, n=r.n, shape=r.x_shape, dtype=r.x_dtype, y_shape=r.y_shape,
-                      sha256=r.sha256, x_sha256=r.x_sha256, created=r.created)
+                      sha256=r.sha256, x_sha256=r.x_sha256, created=iso(r.created))
 
 
 DATASETS = Resource(Dataset, "dataset", dataset_out)
 
 
-@router.post("", status_code=201, response_model=DatasetOut, openapi_extra=UPLOAD_BODY)
+@router.post("", status_code=201, response_model=DatasetOut, openapi_extra=UPLOAD_BODY,
+             operation_id="upload_dataset", responses={
+                 201: {"headers": {"Location": LOCATION}},
+                 **problems(401, 408, 413, 422)})
 async def upload(request: Request, response: Response, key: Owner, db: DB,
                  settings: SettingsDep) -> DatasetOut:
     """Upload x (and y): a raw ``.npy``/``.npz`` body, or multipart parts ``x``/``y``
@@ -54,10 +57,11 @@ async def upload(request: Request, response: Response, key: Owner, db: DB,
     return out
 
 
-add_list_get(router, DATASETS, DatasetOut, "dataset")
+add_list_get(router, DATASETS, DatasetOut, DatasetOut, "dataset")
 
 
-@router.delete("/{dataset_id}", status_code=204)
+@router.delete("/{dataset_id}", status_code=204, operation_id="delete_dataset",
+               responses=problems(401, 404, 409))
 def delete_dataset(dataset_id: str, key: Owner, db: DB) -> Response:
     """Delete a dataset. Kernel jobs keep their own copy of the inputs they read."""
     row = DATASETS.get(db, dataset_id, key)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from workers.jobs import (
     ACTIVE,
@@ -22,46 +24,65 @@ from workers.jobs import (
     verify_parts,
 )
 
+from .. import logs
 from ..db import Dataset, Job, Solve, spec_of
 from ..deps import DB, Owner, RunnerDep, SettingsDep
 from ..errors import ApiError
-from ..schemas import KernelOut, KernelRequest, VerifyOut
+from ..schemas import KernelOut, KernelRequest, KernelSummary, Preview, VerifyOut
 from .common import (
-    ERRORS,
+    EVENTS_DOC,
+    LOCATION,
     Resource,
     add_list_get,
     admit,
+    event_stream,
+    iso,
     npy,
     npy_doc,
+    problems,
     redacted,
     store_errors,
 )
 from .datasets import DATASETS
 
-router = APIRouter(prefix="/v1/kernels", tags=["kernels"], responses=ERRORS)
+router = APIRouter(prefix="/v1/kernels", tags=["kernels"])
 
+#: Largest leading block a preview decomposes (1024² float64: 8 MiB, ~0.2 s).
+MAX_PREVIEW = 1024
 #: plan_job's / plan_features' field -> the request's (others keep their names).
 _JOB_FIELDS = {"x1": "train", "x": "train", "x2": "test", "get": "kernels", "memory": "arch"}
 
 
-def kernel_out(r: Job) -> KernelOut:
+def kernel_summary(r: Job, dashboard: str | None) -> KernelSummary:
+    """A kernel job as a list answers it: everything but its architecture."""
+    return KernelSummary(**_fields(r, dashboard))
+
+
+def kernel_out(r: Job, dashboard: str | None) -> KernelOut:
     """A kernel job as answered."""
+    return KernelOut(**_fields(r, dashboard), arch=r.arch)
+
+
+def _fields(r: Job, dashboard: str | None) -> dict[str, Any]:
     shape = {"train": [r.n_train, r.n_train]}
     if r.n_test is not None:
         shape["test"] = [r.n_test, r.n_train]
-    return KernelOut(id=r.id, status=r.status, train=r.train, test=r.test, kernels=r.kernels,
-                     dtype=r.dtype, tile=r.tile, shape=shape, tiles_done=r.tiles_done,
-                     tiles_total=r.tiles_total, tiles_reused=r.tiles_reused,
-                     eta_seconds=r.eta_seconds, error=redacted(r.error), created=r.created,
-                     started=r.started, finished=r.finished, arch=r.arch,
-                     method=r.method or "exact", m=r.m, seed=r.seed or 0, depths=r.depths,
-                     variants=r.variants, b_stds=r.b_stds, preprocess=r.preprocess)
+    return dict(id=r.id, status=r.status, train=r.train, test=r.test, kernels=r.kernels,
+                dtype=r.dtype, tile=r.tile, shape=shape, tiles_done=r.tiles_done,
+                tiles_total=r.tiles_total, tiles_reused=r.tiles_reused,
+                eta_seconds=r.eta_seconds, error=redacted(r.error), created=iso(r.created),
+                started=iso(r.started), finished=iso(r.finished),
+                method=r.method or "exact", m=r.m, seed=r.seed or 0, depths=r.depths,
+                variants=r.variants, b_stds=r.b_stds, preprocess=r.preprocess,
+                dashboard_url=dashboard, revision=r.revision or 0)
 
 
-KERNELS = Resource(Job, "kernel job", kernel_out)
+KERNELS = Resource(Job, "kernel job", kernel_out, kernel_summary)
 
 
-@router.post("", status_code=202, response_model=KernelOut)
+@router.post("", status_code=202, response_model=KernelOut, operation_id="submit_kernel",
+             responses={202: {"headers": {"Location": LOCATION}},
+                        **problems(400, 401, 404, 408, 413, 422, 429)})
 def submit_kernel(req: KernelRequest, response: Response, key: Owner, db: DB,
                   runner: RunnerDep, settings: SettingsDep) -> KernelOut:
     """Start a kernel job: train x train (and test x train). 202 + ``Location``; poll
@@ -84,19 +105,22 @@ def submit_kernel(req: KernelRequest, response: Response, key: Owner, db: DB,
               depths=planned.depths, variants=planned.variants, b_stds=planned.b_stds,
               preprocess=planned.preprocess,
               tiles_done=0, tiles_total=0, tiles_reused=0, runs=0, created=time.time())
-    out = kernel_out(row)
+    out = kernel_out(row, runner.dashboard_url)
     out.model_dump_json()  # the answer can be produced before the job exists
     admit(db, settings, key, lambda s: s.add(row))
+    logs.event("submitted", "kernel", jid, key=key, n_train=train.n,
+               n_test=test.n if test else None, method=req.method)
     runner.submit_kernel(jid)
     response.headers["Location"] = f"/v1/kernels/{jid}"
     return out
 
 
-add_list_get(router, KERNELS, KernelOut, "kernel", description=(
+add_list_get(router, KERNELS, KernelSummary, KernelOut, "kernel", description=(
     "Status (queued/running/succeeded/failed/cancelled), tiles done/total, ETA, error."))
 
 
-@router.delete("/{kernel_id}", response_model=KernelOut)
+@router.delete("/{kernel_id}", response_model=KernelOut, operation_id="cancel_kernel",
+               responses={204: {"description": "purged"}, **problems(401, 404, 409, 422)})
 def cancel_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep,
                   purge: Annotated[bool, Query(description=(
                       "also delete the job and its stored kernel"))] = False) -> Any:
@@ -121,10 +145,23 @@ def cancel_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep,
         return Response(status_code=204)
     if can("cancel", row.status):
         runner.cancel_kernel(row.id)
-    return kernel_out(KERNELS.get(db, kernel_id, key))
+    return kernel_out(KERNELS.get(db, kernel_id, key), runner.dashboard_url)
 
 
-@router.post("/{kernel_id}/resume", status_code=202, response_model=KernelOut)
+@router.get("/{kernel_id}/events", response_class=EventSourceResponse,
+            operation_id="kernel_events", responses={**EVENTS_DOC, **problems(401, 404)})
+async def kernel_events(row: Annotated[Job, Depends(owned_kernel)], db: DB,
+                        last_event_id: Annotated[str | None, Header(
+                            max_length=20, description="resume after this revision")] = None
+                        ) -> AsyncIterator[ServerSentEvent]:
+    """The job's progress as Server-Sent Events: its current state, then each change (tiles
+    done, ETA, status) as it is committed, until the final state (event ``end``)."""
+    async for e in event_stream(db, Job, row.id, last_event_id):
+        yield e
+
+
+@router.post("/{kernel_id}/resume", status_code=202, response_model=KernelOut,
+             operation_id="resume_kernel", responses=problems(401, 404, 409, 429))
 def resume_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep,
                   settings: SettingsDep) -> KernelOut:
     """Continue a failed or cancelled job, or repair a finished one: every stored chunk
@@ -140,10 +177,11 @@ def resume_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep,
 
     admit(db, settings, key, requeue)
     runner.submit_kernel(row.id, verify=True)
-    return kernel_out(KERNELS.get(db, kernel_id, key))
+    return kernel_out(KERNELS.get(db, kernel_id, key), runner.dashboard_url)
 
 
-@router.post("/{kernel_id}/verify", response_model=VerifyOut)
+@router.post("/{kernel_id}/verify", response_model=VerifyOut, operation_id="verify_kernel",
+             responses=problems(401, 404, 409))
 def verify_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep) -> VerifyOut:
     """Read back every stored chunk of the job through its checksum, on the workers:
     lists each missing, truncated or altered tile (and lost ``done`` markers).
@@ -155,7 +193,8 @@ def verify_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep) -> Veri
                      parts=parts)
 
 
-@router.get("/{kernel_id}/blocks", responses=npy_doc("the block as .npy"))
+@router.get("/{kernel_id}/blocks", operation_id="get_block", responses={
+    **npy_doc("the block as .npy"), **problems(401, 404, 409, 422)})
 def get_block(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
               kind: Annotated[str, Query(pattern="^(ntk|nngp)$")] = "ntk",
               part: Annotated[str, Query(pattern="^(train|test)$",
@@ -186,6 +225,45 @@ def get_block(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
         return npy(job.kind.read_block(job, kind, part, rows, cols, status=row.status,
                                        max_bytes=settings.max_block_bytes, depth=depth,
                                        variant=variant, b_std=b_std))
+
+
+@router.get("/{kernel_id}/preview", response_model=Preview, operation_id="kernel_preview",
+            responses=problems(401, 404, 409, 422))
+def kernel_preview(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
+                   kind: Annotated[str, Query(pattern="^(ntk|nngp)$")] = "ntk",
+                   size: Annotated[int, Query(ge=2, le=256, description=(
+                       "heatmap side"))] = 96,
+                   block: Annotated[int, Query(ge=2, le=MAX_PREVIEW, description=(
+                       "side of the leading block shown"))] = 512,
+                   depth: Annotated[int | None, Query(ge=1, le=1000)] = None,
+                   variant: Annotated[int | None, Query(ge=0, le=1000)] = None,
+                   b_std: Annotated[float | None, Query(ge=0, le=1e6,
+                                                        allow_inf_nan=False)] = None
+                   ) -> Preview:
+    """The web page's view of a finished kernel: the leading ``block x block`` block of the
+    train kernel as a ``size x size`` heatmap, and its eigenvalues (an ``m x m``
+    eigendecomposition, m ≤ 1024). 409 until those tiles are done."""
+    row = KERNELS.get(db, kernel_id, key)
+    if kind not in row.kernels:
+        raise ApiError(422, "kind", f"this job computed {row.kernels}, not {kind!r}")
+    m = min(block, row.n_train)
+    job = spec_of(row)
+    with store_errors(row.id):
+        k = np.asarray(job.kind.read_block(
+            job, kind, "train", f"0:{m}", f"0:{m}", status=row.status,
+            max_bytes=settings.max_block_bytes, depth=depth, variant=variant, b_std=b_std),
+            dtype=np.float64)
+    edges = np.linspace(0, m, min(size, m) + 1).astype(int)
+    heat = np.add.reduceat(np.add.reduceat(k, edges[:-1], axis=0), edges[:-1], axis=1)
+    heat /= np.outer(np.diff(edges), np.diff(edges))
+    eig = np.linalg.eigvalsh((k + k.T) / 2)[::-1]
+    return Preview(kind=kind, n=row.n_train, block=m, heatmap=heat.tolist(),
+                   eigenvalues=eig.tolist())
+
+
+def owned_kernel(kernel_id: str, key: Owner, db: DB) -> Job:
+    """The key's kernel job ``kernel_id`` (404 otherwise), before a stream starts."""
+    return KERNELS.get(db, kernel_id, key)
 
 
 def _shape(ds: Dataset) -> Shape:

@@ -5,24 +5,40 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from ntkcompute.selection import DEFAULT_LAMBDAS
 from workers.jobs import Status, layout, solves
 from workers.solve import LABEL_BOUND
 
+from .. import logs
 from ..config import Settings
 from ..db import Database, Dataset, Job, Solve, spec_of
 from ..deps import DB, Owner, RunnerDep, SettingsDep
 from ..errors import ApiError
-from ..schemas import SolveOut, SolveRequest
-from .common import ERRORS, Resource, add_list_get, admit, npy, npy_doc, redacted, store_errors
+from ..schemas import SolveOut, SolveRequest, SolveSummary
+from .common import (
+    EVENTS_DOC,
+    LOCATION,
+    Resource,
+    add_list_get,
+    admit,
+    event_stream,
+    iso,
+    npy,
+    npy_doc,
+    problems,
+    redacted,
+    store_errors,
+)
 from .kernels import KERNELS
 
-router = APIRouter(prefix="/v1/solves", tags=["solves"], responses=ERRORS)
+router = APIRouter(prefix="/v1/solves", tags=["solves"])
 
 LamIndex = Annotated[int | None, Query(ge=0, le=1000, description=(
     "which λ (index into lambdas); default all, stacked on axis 0"))]
@@ -35,18 +51,29 @@ MAX_CURVE_VALUES = 100_000
 MAX_SELECT_CANDIDATES = 4096
 
 
-def solve_out(r: Solve) -> SolveOut:
+def solve_out(r: Solve, dashboard: str | None) -> SolveOut:
     """A solve as answered."""
-    return SolveOut(id=r.id, kernel=r.kernel, status=r.status, error=redacted(r.error),
-                    params=r.params,
-                    metrics=r.metrics, analyses=r.analyses, created=r.created,
-                    finished=r.finished)
+    return SolveOut(**_fields(r, dashboard), params=r.params, analyses=r.analyses)
 
 
-SOLVES = Resource(Solve, "solve", solve_out)
+def solve_summary(r: Solve, dashboard: str | None) -> SolveSummary:
+    """A solve as a list answers it: no label arrays, no analyses."""
+    params = {k: v for k, v in r.params.items() if k not in ("labels", "test_labels")}
+    return SolveSummary(**_fields(r, dashboard), params=params)
 
 
-@router.post("", status_code=202, response_model=SolveOut)
+def _fields(r: Solve, dashboard: str | None) -> dict:
+    return dict(id=r.id, kernel=r.kernel, status=r.status, error=redacted(r.error),
+                metrics=r.metrics, created=iso(r.created), finished=iso(r.finished),
+                dashboard_url=dashboard, revision=r.revision or 0)
+
+
+SOLVES = Resource(Solve, "solve", solve_out, solve_summary)
+
+
+@router.post("", status_code=202, response_model=SolveOut, operation_id="submit_solve",
+             responses={202: {"headers": {"Location": LOCATION}},
+                        **problems(400, 401, 404, 408, 409, 413, 422, 429)})
 def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
                  runner: RunnerDep, settings: SettingsDep) -> SolveOut:
     """Kernel regression on a finished kernel job: one CG (or direct) solve per λ,
@@ -115,35 +142,55 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
     row = Solve(id=sid, owner=key, kernel=job.id, url=layout.solve_url(job.url, sid),
                 params=params, status=Status.QUEUED,
                 created=time.time())
-    out = solve_out(row)
+    out = solve_out(row, runner.dashboard_url)
     admit(db, settings, key, lambda s: s.add(row))
+    logs.event("submitted", "solve", sid, key=key, n_train=job.n_train, method=req.solver)
     runner.submit_solve(sid)
     response.headers["Location"] = f"/v1/solves/{sid}"
     return out
 
 
-add_list_get(router, SOLVES, SolveOut, "solve")
+add_list_get(router, SOLVES, SolveSummary, SolveOut, "solve")
 
 
-@router.get("/{solve_id}/coefficients", responses=npy_doc("(L, n, c) or (n, c)"))
+@router.get("/{solve_id}/events", response_class=EventSourceResponse,
+            operation_id="solve_events", responses={**EVENTS_DOC, **problems(401, 404)})
+async def solve_events(row: Annotated[Solve, Depends(owned_solve)], db: DB,
+                       last_event_id: Annotated[str | None, Header(
+                           max_length=20, description="resume after this revision")] = None
+                       ) -> AsyncIterator[ServerSentEvent]:
+    """The solve's status as Server-Sent Events, until its final state (event ``end``)."""
+    async for e in event_stream(db, Solve, row.id, last_event_id):
+        yield e
+
+
+@router.get("/{solve_id}/coefficients", operation_id="get_coefficients",
+            responses={**npy_doc("(L, n, c) or (n, c)"), **problems(401, 404, 409, 422)})
 def coefficients(solve_id: str, key: Owner, db: DB, settings: SettingsDep,
                  lambda_index: LamIndex = None, rows: SolveRows = None) -> Response:
     """Dual coefficients α, ``(K + λI) α = Y``, as ``.npy``."""
     return _answer_array(db, settings, solve_id, key, "coefficients", lambda_index, rows)
 
 
-@router.get("/{solve_id}/predictions", responses=npy_doc("(L, m, c) or (m, c)"))
+@router.get("/{solve_id}/predictions", operation_id="get_predictions",
+            responses={**npy_doc("(L, m, c) or (m, c)"), **problems(401, 404, 409, 422)})
 def predictions(solve_id: str, key: Owner, db: DB, settings: SettingsDep,
                 lambda_index: LamIndex = None, rows: SolveRows = None) -> Response:
     """Test predictions ``K(test, train) α`` as ``.npy``."""
     return _answer_array(db, settings, solve_id, key, "predictions", lambda_index, rows)
 
 
-@router.get("/{solve_id}/variances", responses=npy_doc("(L, m)"))
+@router.get("/{solve_id}/variances", operation_id="get_variances",
+            responses={**npy_doc("(L, m)"), **problems(401, 404, 409, 422)})
 def variances(solve_id: str, key: Owner, db: DB, settings: SettingsDep,
               lambda_index: LamIndex = None, rows: SolveRows = None) -> Response:
     """Predictive variances of the test outputs (``analyses.variance``) as ``.npy``."""
     return _answer_array(db, settings, solve_id, key, "variances", lambda_index, rows)
+
+
+def owned_solve(solve_id: str, key: Owner, db: DB) -> Solve:
+    """The key's solve ``solve_id`` (404 otherwise), before a stream starts."""
+    return SOLVES.get(db, solve_id, key)
 
 
 def _answer_array(db: Database, settings: Settings, solve_id: str, key: str, name: str,

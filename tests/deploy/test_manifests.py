@@ -11,6 +11,7 @@ role needs, NetworkPolicy fences the scheduler and workers off, and every pod ru
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import json
 import os
 import re
@@ -166,9 +167,14 @@ def test_compose_validates_and_wires_the_cluster():
     dev = svc["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert dev["driver"] == "nvidia" and "gpu" in dev["capabilities"]
     assert svc["worker-gpu"]["build"]["dockerfile"] == "deploy/Dockerfile.gpu"
-    # health checks on every long-running service
-    for name in ("postgres", "minio", "scheduler", "api"):
-        assert svc[name]["healthcheck"]["test"], name
+    # health checks on every long-running service (minio-init runs once and exits)
+    for name, s in svc.items():
+        if name != "minio-init":
+            assert s["healthcheck"]["test"], name
+    for name in ("worker", "worker-gpu"):  # connected to the scheduler, not only alive
+        assert svc[name]["healthcheck"]["test"][-1] == "worker-health"
+        assert float(svc[name]["cpus"]) >= 1 and int(svc[name]["mem_limit"]) >= 1 << 30
+    assert build_parser().parse_args(["worker-health"]).func.__name__ == "_worker_health"
 
 
 # Dockerfiles and the pinned environment ---------------------------------------------------------
@@ -192,6 +198,14 @@ def test_one_pinned_environment():
         name = req.name.lower().replace("_", "-")
         assert name in pins, f"{name} is not pinned in deploy/constraints.txt"
         assert req.specifier.contains(pins[name]), (spec, pins[name])
+    # the dev venv is made with the same file: every pinned package it has is at its pin
+    assert "pip install -q -c deploy/constraints.txt -e '.[dev]'" in (
+        ROOT / "Makefile").read_text()
+    have = {d.metadata["Name"].lower().replace("_", "-"): d.version
+            for d in importlib.metadata.distributions()}
+    off = {n: (have[n], v) for n, v in pins.items() if n in have and have[n] != v}
+    assert not off, f"installed (venv, pin): {off}"
+    assert have["dask"] == pins["dask"] and have["bokeh"] == pins["bokeh"]
 
 
 # Kubernetes ---------------------------------------------------------------------------------------

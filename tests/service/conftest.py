@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -91,6 +93,45 @@ class Service:
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextmanager
+def external_cluster(root: Path, env: dict[str, str]) -> Iterator[Service]:
+    """A service on an external loopback cluster: a ``dask scheduler`` and one single-thread
+    ``dask worker`` process (``svc.address``, ``svc.procs``: a test may ask the workers what
+    they hold, or kill them)."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = [sys.executable, "-m", "distributed.cli.dask_"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([dask[0], dask[1], dask[2] + "scheduler", "--host",
+                               "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
+                              **quiet)]
+    try:
+        wait_port(port)
+        procs.append(subprocess.Popen([dask[0], dask[1], dask[2] + "worker", address,
+                                       "--nthreads", "1", "--nworkers", "1",
+                                       "--no-dashboard"], **quiet))
+        svc = Service(root, env=env, scheduler=address).start()
+        svc.address, svc.procs = address, procs
+        try:
+            yield svc
+        finally:
+            svc.stop()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(30)
 
 
 @pytest.fixture(scope="session")

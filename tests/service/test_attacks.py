@@ -28,8 +28,7 @@ from ntkcompute.client import Client
 from ntkcompute.datasets import digits
 
 from . import payloads as P
-from .conftest import Service, free_port, make_key
-from .test_restart import _dask
+from .conftest import external_cluster, make_key
 
 LIMITS = {"NTK_MAX_UPLOAD_BYTES": str(4 << 20), "NTK_MAX_N": "2000",
           "NTK_MAX_JSON_BYTES": str(256 << 10), "NTK_BODY_TIMEOUT": "0.5",
@@ -39,31 +38,11 @@ LIMITS = {"NTK_MAX_UPLOAD_BYTES": str(4 << 20), "NTK_MAX_N": "2000",
 MB = 1 << 20
 
 
-def _wait_port(port: int, timeout: float = 60) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
     """The service on an external loopback cluster (so the test can ask the workers which
     tasks they hold), a key, a small dataset and a finished kernel job with a solve."""
-    root = tmp_path_factory.mktemp("attacks")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = [_dask("scheduler", "--host", "127.0.0.1", "--port", str(port),
-                   "--dashboard-address", ":0")]
-    try:
-        _wait_port(port)
-        procs.append(_dask("worker", address, "--nthreads", "1", "--nworkers", "1",
-                           "--no-dashboard"))
-        svc = Service(root, env=LIMITS, scheduler=address).start()
-        svc.address = address
+    with external_cluster(tmp_path_factory.mktemp("attacks"), LIMITS) as svc:
         svc.key = make_key(svc.db, "attacker")
         x, y = digits()
         svc.images, svc.y = x[:120], y[:120]
@@ -75,11 +54,6 @@ def target(tmp_path_factory):
             svc.train, svc.job = train.id, job.id
             svc.solve = c.solve(job, [1e-3, 1e-2]).wait(timeout=120).id
         yield svc
-        svc.stop()
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait(30)
 
 
 def _status(pid: int) -> dict[str, int]:

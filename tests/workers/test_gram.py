@@ -104,6 +104,11 @@ def test_nan_tile_fails_job_and_finished_tiles_are_reused(client, tmp_path):
     with pytest.raises(workers.GramJobError) as e:
         job.wait()
     assert "NaN" in str(e.value) and "x1" in str(e.value) and "rows 40:60" in str(e.value)
+    # each failed task is kept with the worker it ran on, as the scheduler saw it
+    assert job.failures and all("NaN" in f["error"] for f in job.failures)
+    workers_now = set(client.scheduler_info()["workers"])
+    assert {f["worker"] for f in job.failures} <= workers_now
+    assert all(f["worker"] and f["tile"].startswith("tile") for f in job.failures)
     g = zarr.open_group(url, mode="r")
     assert g.attrs["ntkcompute"]["status"] == "failed"
     done = g["done"][...]
