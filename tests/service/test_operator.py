@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from datetime import datetime
 
 import httpx
 import numpy as np
+import pytest
 
-from ntkcompute.client import Client
+from ntkcompute.client import Client, JobFailed
 
+from ..damage import flip_bit
 from .conftest import make_key
 
 FC = {"layers": [{"type": "dense"}, {"type": "relu"}, {"type": "dense"}]}
@@ -201,3 +204,37 @@ def test_lifecycle_lines_are_logged_and_polling_is_not_at_info(service):
     # the job's POST is an access line; its polling GETs are not (they are at DEBUG)
     assert "POST /v1/kernels HTTP" in log
     assert not [m for m in log.splitlines() if f"GET /v1/kernels/{job.id} HTTP" in m]
+
+
+def test_a_tile_that_fails_is_logged_with_its_task_and_worker(service):
+    """The job's copy of its inputs changes on disk while it runs (a failing disk): the tiles
+    that read it fail, each logged with the task that raised and the worker it ran on."""
+    key = make_key(service.db, "tile-fails")
+    with Client(service.url, key) as c:
+        ds = c.upload(np.random.default_rng(5).standard_normal((200, 16, 16, 1)))
+        job = c.kernel(ds, CONV, tile=10)  # 210 tiles
+        t0 = time.monotonic()
+        while job.refresh()["tiles_done"] < 1:  # started: its inputs were checked and copied
+            assert time.monotonic() - t0 < 120, job.info
+            time.sleep(0.1)
+        x1 = service.root / "store" / "kernels" / job.id / "train" / "x1"
+        chunks = [p for p in x1.rglob("*") if p.is_file() and p.name != "zarr.json"]
+        assert chunks, "the job keeps its inputs' rows in chunks"
+        for chunk in chunks:
+            flip_bit(chunk, at=chunk.stat().st_size // 2)
+        with pytest.raises(JobFailed, match="checksum"):
+            job.wait(timeout=240, progress=False)
+
+    def lines() -> list[str]:
+        return [m for m in service.log.read_text().splitlines() if job.id in m]
+
+    t0 = time.monotonic()
+    while not any(f"kernel {job.id} failed" in m for m in lines()):
+        assert time.monotonic() - t0 < 30, lines()
+        time.sleep(0.2)
+    failed = [m for m in lines() if "tile failed" in m]
+    assert failed, lines()
+    assert all(re.search(r"worker=tls://127\.0\.0\.1:\d+", m) for m in failed), failed
+    assert all("task=" in m and "tile=" in m and "checksum" in m for m in failed), failed
+    end = next(m for m in lines() if f"kernel {job.id} failed" in m)
+    assert "seconds=" in end and "tiles=" in end, end
