@@ -168,6 +168,31 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if info["status"] not in (Status.FAILED, Status.CANCELLED) else 1
 
 
+#: ``ntk list WHAT``: the columns of each list's table.
+_COLUMNS = {"kernels": ("id", "status", "tiles_done", "tiles_total", "method", "created"),
+            "solves": ("id", "kernel", "status", "created"),
+            "datasets": ("id", "n", "shape", "dtype", "created")}
+
+
+def _list(args: argparse.Namespace) -> int:
+    """``ntk list kernels|solves|datasets``: every row of the key's list, oldest first, page
+    after page (the client follows the ``Link`` headers); a table, or JSON lines."""
+    with _client(args) as c:
+        pages = {"kernels": c.jobs, "solves": c.solves, "datasets": c.datasets}[args.what]
+        rows = [r.info for r in pages(page=args.page)]
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    head = _COLUMNS[args.what]
+    table = [head] + [tuple("x".join(map(str, r[k])) if isinstance(r[k], list) else
+                            str(r[k]) for k in head) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     """A job's every stored chunk read back through its checksum: through the service for a
     kernel job id (``k-...``), else on the Dask cluster for a store URL of ``ntk gram``."""
@@ -289,6 +314,14 @@ def register(sub: Any) -> None:
     client_args(st)
     st.add_argument("id")
     st.set_defaults(func=_status)
+
+    ls = sub.add_parser("list", help="the key's kernel jobs, solves or datasets, oldest first "
+                        "(every page)")
+    client_args(ls)
+    ls.add_argument("what", choices=sorted(_COLUMNS))
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.add_argument("--page", type=int, default=100, help="rows fetched per request")
+    ls.set_defaults(func=_list)
 
     v = sub.add_parser("verify", help="check every stored chunk of a job against its "
                        "checksum; exit 1 if any is damaged")

@@ -1,4 +1,4 @@
-"""``ntk keys create / submit / solve / status / fetch`` against the running service."""
+"""``ntk keys create / submit / solve / status / list / fetch`` against the running service."""
 
 from __future__ import annotations
 
@@ -47,6 +47,14 @@ def test_submit_status_fetch(service, tmp_path):
             "0:3", key=key, url=service.url)
     assert np.load(tmp_path / "b.npy").shape == (4, 3)
     # errors: the server's message, a non-zero exit, no traceback
+    # ntk list follows the pages: with 1 row per request it still lists every row
+    rows = ntk("list", "datasets", "--json", "--page", "1", key=key, url=service.url)
+    assert rows.returncode == 0, rows.stderr
+    assert len([json.loads(line) for line in rows.stdout.splitlines()]) == 2  # train, test
+    table = ntk("list", "kernels", key=key, url=service.url).stdout.splitlines()
+    assert table[0].split() == ["id", "status", "tiles_done", "tiles_total", "method",
+                                "created"]
+    assert table[1].split()[:2] == [job["id"], "succeeded"] and len(table) == 2
     bad = ntk("status", "k-nope", key=key, url=service.url)
     assert bad.returncode == 1 and "HTTP 404" in bad.stderr and "Traceback" not in bad.stderr
     bad = ntk("status", job["id"], key="ntk_x_y", url=service.url)
