@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from .config import Settings
 from .db import Database
@@ -22,14 +23,14 @@ log = logging.getLogger("ntkcompute.service")
 _bearer = HTTPBearer(auto_error=False, description="an API key from `ntk keys create`")
 
 
-async def get_db(request: Request) -> Database:
-    """The app's job database."""
-    return request.app.state.db
+async def get_db(conn: HTTPConnection) -> Database:
+    """The app's job database (for a request or a WebSocket)."""
+    return conn.app.state.db
 
 
-async def get_runner(request: Request) -> Runner:
+async def get_runner(conn: HTTPConnection) -> Runner:
     """The app's runner (kernel jobs and solves on the Dask client)."""
-    return request.app.state.runner
+    return conn.app.state.runner
 
 
 async def get_settings(request: Request) -> Settings:

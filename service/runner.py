@@ -18,6 +18,7 @@ import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
+from urllib.parse import urlsplit
 
 from ntkcompute.errors import InputError
 from workers import GramJob
@@ -32,6 +33,8 @@ from .db import Database, Job, Solve
 log = logging.getLogger("ntkcompute.service")
 
 POLL_SECONDS = 0.5
+#: The path the embedded cluster serves its dashboard under and the service proxies.
+DASHBOARD_PREFIX = "/dashboard"
 #: Longest wait for the scheduler's answer to a readiness check.
 READY_SECONDS = 5.0
 #: How long a cancelled job's parts are kept for a purge to wait on their running tasks
@@ -47,8 +50,12 @@ class Runner:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings, self.db = settings, db
         self.client: Any = None
-        #: the scheduler dashboard's status page (None without one), once started
+        #: the scheduler dashboard's status page (None without one), once started: the
+        #: service's own ``/dashboard/status`` where it proxies the dashboard
         self.dashboard_url: str | None = None
+        #: ``http://host:port`` of a dashboard served under :data:`DASHBOARD_PREFIX`, which
+        #: ``/dashboard`` proxies (None: not proxied)
+        self.dashboard_upstream: str | None = None
         self._cluster: Any = None
         self._active: dict[str, tuple[float, dict[str, GramJob]]] = {}
         self._starting: dict[str, Future] = {}  # start threads in flight, by job
@@ -67,8 +74,15 @@ class Runner:
         self.client, self._cluster = get_client(
             scheduler=st.scheduler, n_workers=st.workers,
             security=security_from(st.tls_ca_file, st.tls_cert, st.tls_key, env=False),
-            reuse_default=False, dashboard_address=st.dashboard)
-        self.dashboard_url = st.dashboard_url or dashboard_url(self.client)
+            reuse_default=False, dashboard_address=st.dashboard,
+            dashboard_prefix=DASHBOARD_PREFIX)
+        link = dashboard_url(self.client)
+        if link and self._cluster is not None:
+            # the embedded cluster serves it under our prefix: proxied at the same path
+            where = urlsplit(link)
+            self.dashboard_upstream = f"{where.scheme}://{where.netloc}"
+            link = f"{DASHBOARD_PREFIX}/status"
+        self.dashboard_url = st.dashboard_url or link
         self._monitor.start()
         with self.db.session() as s:
             jobs = [j.id for j in s.query(Job).filter(Job.status.in_(ACTIVE))]

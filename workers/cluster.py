@@ -181,7 +181,8 @@ def check_address(address: str, security: Security | None) -> str:
 def get_client(client: Client | None = None, scheduler: str | None = None,
                n_workers: int | None = None, memory_limit: str | int = "auto",
                security: Security | None = None, reuse_default: bool = True,
-               dashboard_address: str | None = None) -> tuple[Client, LocalCluster | None]:
+               dashboard_address: str | None = None, dashboard_prefix: str = "/"
+               ) -> tuple[Client, LocalCluster | None]:
     """``(client, cluster_we_own)``; the second is None unless a LocalCluster was started.
 
     Joining ``scheduler`` (default ``$NTK_SCHEDULER_ADDRESS``) uses ``security``, else the
@@ -198,7 +199,8 @@ def get_client(client: Client | None = None, scheduler: str | None = None,
     ``memory_limit="auto"`` each gets an equal share of :func:`usable_memory`.
     ``dashboard_address`` (``host:port``) serves the embedded scheduler's Bokeh dashboard
     there (None: no dashboard; a busy port falls back to a free one, see
-    :func:`dashboard_url`).
+    :func:`dashboard_url`), its pages under ``dashboard_prefix`` (``/dashboard``: what a
+    proxy at that path forwards unchanged).
     """
     if client is not None:
         return client, None
@@ -219,6 +221,7 @@ def get_client(client: Client | None = None, scheduler: str | None = None,
                            memory_limit=usable_memory() // n if memory_limit == "auto"
                            else memory_limit,
                            dashboard_address=dashboard_address,
+                           scheduler_kwargs={"http_prefix": dashboard_prefix},
                            host="127.0.0.1", protocol="tls://", security=security)
     return Client(cluster, security=security), cluster
 

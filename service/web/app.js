@@ -299,6 +299,7 @@ async function refreshAll() {
 // sign in / out ----------------------------------------------------------------------------
 function signOut(why) {
   sessionStorage.removeItem(KEY);
+  document.cookie = "ntk_key=; path=/dashboard; SameSite=Strict; max-age=0";
   for (const c of streams.values()) c.abort();
   $("#app").hidden = true;
   $("#logout").hidden = true;
@@ -314,6 +315,9 @@ async function signIn(k) {
     return;
   }
   sessionStorage.setItem(KEY, k);
+  // the Dask dashboard (proxied at /dashboard) is opened by the browser itself: the key goes
+  // as a same-site session cookie, to that path only
+  document.cookie = `ntk_key=${encodeURIComponent(k)}; path=/dashboard; SameSite=Strict`;
   $("#login").hidden = true;
   $("#app").hidden = false;
   $("#logout").hidden = false;

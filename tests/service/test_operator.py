@@ -107,18 +107,46 @@ def test_client_wait_follows_the_stream_and_does_not_poll(service):
         assert sol.metrics["per_lambda"]
 
 
-def test_dashboard_is_served_with_bokeh_and_linked_from_readyz_and_jobs(service):
+def test_dashboard_is_served_with_bokeh_behind_the_keys_and_linked(service):
     ready = httpx.get(f"{service.url}/readyz").json()
     url = ready["dashboard_url"]
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/status", url), url
-    page = httpx.get(url, timeout=30)
-    assert page.status_code == 200 and "bokeh" in page.text.lower()
-    assert "Dask needs bokeh" not in page.text
+    assert url == "/dashboard/status", url  # the embedded cluster's, proxied by the service
+    refused = httpx.get(f"{service.url}{url}", timeout=30)
+    assert refused.status_code == 401 and refused.json()["field"] == "Authorization"
+    for auth in ({"headers": _h(service.key_a)}, {"cookies": {"ntk_key": service.key_a}}):
+        page = httpx.get(f"{service.url}{url}", timeout=30, **auth)
+        assert page.status_code == 200 and "bokeh" in page.text.lower(), auth
+        assert "Dask needs bokeh" not in page.text
+    assert httpx.get(f"{service.url}{url}", cookies={"ntk_key": "ntk_x_y"}).status_code == 401
     with Client(service.url, service.key_a) as c:
         ds = c.upload(np.ones((4, 3)))
         job = c.kernel(ds, FC)
         assert job.dashboard_url == url
         job.cancel()
+
+
+def test_dashboard_websockets_need_a_key_and_the_services_origin(service):
+    import asyncio
+
+    import websockets
+
+    ws_url = service.url.replace("http", "ws", 1) + "/dashboard/status/ws"
+    good = {"Cookie": f"ntk_key={service.key_a}"}
+
+    async def handshake(headers: dict[str, str]) -> int | None:
+        """The HTTP status that refused the handshake, None if it was accepted."""
+        try:
+            async with websockets.connect(ws_url, additional_headers=headers,
+                                          open_timeout=30):
+                return None
+        except websockets.exceptions.InvalidStatus as e:
+            return e.response.status_code
+
+    assert asyncio.run(handshake({})) == 403  # no key
+    assert asyncio.run(handshake({"Cookie": "ntk_key=ntk_x_y"})) == 403
+    host = service.url.split("://", 1)[1]
+    assert asyncio.run(handshake({**good, "Origin": "http://evil.example"})) == 403
+    assert asyncio.run(handshake({**good, "Origin": f"http://{host}"})) is None
 
 
 def test_lists_page_250_jobs_with_link_headers_in_a_stable_order(service):

@@ -120,4 +120,15 @@ def test_the_page_watches_a_job_and_shows_its_kernel(service, tmp_path):
         full = _shot(page, tmp_path, "web-page")
         assert full.size[1] > 600
         assert hidden not in page.content()  # the other key's job is nowhere on the page
+
+        # the Dask dashboard, through the service with the key the page set as a cookie:
+        # its Bokeh plots draw, so their WebSocket got through too
+        link = page.get_attribute("#dashboard", "href")
+        assert link == "/dashboard/status"
+        page.goto(f"{service.url}{link}")
+        page.wait_for_selector("canvas", timeout=30_000)
+        assert page.locator("canvas").count() >= 5
+        _shot(page, tmp_path, "web-dashboard")
+        stranger = browser.new_page()  # no cookie: refused
+        assert stranger.goto(f"{service.url}{link}").status == 401
         browser.close()
