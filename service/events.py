@@ -38,6 +38,24 @@ class ChangeLog:
         self._lock = threading.Lock()
         self._log: OrderedDict[str, deque[tuple[int, dict[str, Any]]]] = OrderedDict()
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._streams: dict[str, int] = {}  # open event streams per key
+
+    def open_stream(self, owner: str, most: int) -> bool:
+        """Count one more open event stream of key ``owner``; False (not counted) when it
+        already has ``most``."""
+        with self._lock:
+            if self._streams.get(owner, 0) >= most:
+                return False
+            self._streams[owner] = self._streams.get(owner, 0) + 1
+            return True
+
+    def close_stream(self, owner: str) -> None:
+        with self._lock:
+            left = self._streams.get(owner, 1) - 1
+            if left > 0:
+                self._streams[owner] = left
+            else:
+                self._streams.pop(owner, None)
 
     def record(self, id_: str, revision: int, state: dict[str, Any]) -> None:
         """``id_`` is now at ``revision`` with ``state``; wake its streams."""

@@ -88,6 +88,24 @@ EVENTS_DOC: dict[int | str, dict[str, Any]] = {200: {
         '"status": "running", "tiles_done": 4, "tiles_total": 10, ...}\n\n')}}}}
 
 
+#: Most event streams one key may hold open at once (each holds a connection and reads its
+#: row every EVENTS_RECHECK_SECONDS): past it, 429.
+MAX_STREAMS_PER_KEY = 16
+
+
+@contextmanager
+def stream_slot(db: Database, key: str) -> Iterator[None]:
+    """One of the key's :data:`MAX_STREAMS_PER_KEY` event streams while the block runs; 429
+    (field ``events``) when it has them all open."""
+    if not db.changes.open_stream(key, MAX_STREAMS_PER_KEY):
+        raise ApiError(429, "events", f"this key has {MAX_STREAMS_PER_KEY} event streams "
+                       "open; close one", headers={"Retry-After": "5"})
+    try:
+        yield
+    finally:
+        db.changes.close_stream(key)
+
+
 async def event_stream(db: Database, model: type, id_: str, last_event_id: str | None
                        ) -> AsyncIterator[ServerSentEvent]:
     """The ``state`` events of row ``id_`` (a :class:`Job` or :class:`Solve`) from its current

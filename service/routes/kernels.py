@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -42,6 +42,7 @@ from .common import (
     problems,
     redacted,
     store_errors,
+    stream_slot,
 )
 from .datasets import DATASETS
 
@@ -149,7 +150,7 @@ def cancel_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep,
 
 
 @router.get("/{kernel_id}/events", response_class=EventSourceResponse,
-            operation_id="kernel_events", responses={**EVENTS_DOC, **problems(401, 404)})
+            operation_id="kernel_events", responses={**EVENTS_DOC, **problems(401, 404, 429)})
 async def kernel_events(row: Annotated[Job, Depends(owned_kernel)], db: DB,
                         last_event_id: Annotated[str | None, Header(
                             max_length=20, description="resume after this revision")] = None
@@ -261,9 +262,12 @@ def kernel_preview(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
                    eigenvalues=eig.tolist())
 
 
-def owned_kernel(kernel_id: str, key: Owner, db: DB) -> Job:
-    """The key's kernel job ``kernel_id`` (404 otherwise), before a stream starts."""
-    return KERNELS.get(db, kernel_id, key)
+def owned_kernel(kernel_id: str, key: Owner, db: DB) -> Iterator[Job]:
+    """The key's kernel job ``kernel_id`` (404 otherwise) and one of its event
+    streams (429 past them), before a stream starts; the slot is freed when it ends."""
+    row = KERNELS.get(db, kernel_id, key)
+    with stream_slot(db, key):
+        yield row
 
 
 def _shape(ds: Dataset) -> Shape:

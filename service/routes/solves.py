@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 import numpy as np
@@ -35,6 +35,7 @@ from .common import (
     problems,
     redacted,
     store_errors,
+    stream_slot,
 )
 from .kernels import KERNELS
 
@@ -154,7 +155,7 @@ add_list_get(router, SOLVES, SolveSummary, SolveOut, "solve")
 
 
 @router.get("/{solve_id}/events", response_class=EventSourceResponse,
-            operation_id="solve_events", responses={**EVENTS_DOC, **problems(401, 404)})
+            operation_id="solve_events", responses={**EVENTS_DOC, **problems(401, 404, 429)})
 async def solve_events(row: Annotated[Solve, Depends(owned_solve)], db: DB,
                        last_event_id: Annotated[str | None, Header(
                            max_length=20, description="resume after this revision")] = None
@@ -188,9 +189,12 @@ def variances(solve_id: str, key: Owner, db: DB, settings: SettingsDep,
     return _answer_array(db, settings, solve_id, key, "variances", lambda_index, rows)
 
 
-def owned_solve(solve_id: str, key: Owner, db: DB) -> Solve:
-    """The key's solve ``solve_id`` (404 otherwise), before a stream starts."""
-    return SOLVES.get(db, solve_id, key)
+def owned_solve(solve_id: str, key: Owner, db: DB) -> Iterator[Solve]:
+    """The key's solve ``solve_id`` (404 otherwise) and one of its event
+    streams (429 past them), before a stream starts; the slot is freed when it ends."""
+    row = SOLVES.get(db, solve_id, key)
+    with stream_slot(db, key):
+        yield row
 
 
 def _answer_array(db: Database, settings: Settings, solve_id: str, key: str, name: str,

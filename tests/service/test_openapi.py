@@ -5,6 +5,7 @@ Errors are RFC 9457 problems; 429 and 503 carry Retry-After."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from ntkcompute.client import Client
+from service.routes.common import MAX_STREAMS_PER_KEY
 
 from .conftest import external_cluster, make_key
 from .test_attacks import _nested, _stalled
@@ -192,6 +194,21 @@ def test_every_listed_status_is_answered_and_no_other(svc):
         assert 1 <= int(r.headers["Retry-After"]) <= 3600
     r = call("resume_kernel", 429, path_args=K)
     assert int(r.headers["Retry-After"]) >= 1
+    # event streams: at most MAX_STREAMS_PER_KEY open per key; a closed one frees its slot
+    with httpx.Client(timeout=60, headers=h) as streams, contextlib.ExitStack() as held:
+        for _ in range(MAX_STREAMS_PER_KEY):
+            r = held.enter_context(streams.stream("GET", f"{svc.url}/v1/kernels/{running}"
+                                                  "/events"))
+            assert r.status_code == 200
+        r = call("kernel_events", 429, path_args=R)
+        assert r.json()["field"] == "events" and int(r.headers["Retry-After"]) >= 1
+        call("solve_events", 429, path_args={"solve_id": slow})
+    t0 = time.monotonic()
+    while (r := httpx.get(f"{svc.url}/v1/solves/{sol.id}/events", headers=h)).status_code \
+            == 429:
+        assert time.monotonic() - t0 < 30, "closed streams keep their slots"
+        time.sleep(0.5)
+    assert r.status_code == 200
     call("cancel_kernel", 200, path_args=R)
     # the scheduler goes away: not ready, and when to ask again
     for p in svc.procs:
