@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.sse import ServerSentEvent
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -33,6 +33,9 @@ from ..schemas import Error
 NPY = "application/x-npy"
 #: The ``Location`` header of a 201/202: the new resource's path.
 LOCATION = {"description": "the path of the new resource", "schema": {"type": "string"}}
+#: The ``Retry-After`` header of a 429 or 503.
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again",
+                               "schema": {"type": "integer"}}}
 #: Most rows one page of a list answers, and the default.
 MAX_PAGE, DEFAULT_PAGE = 1000, 100
 
@@ -68,9 +71,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
                   "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Error"},
                                         "example": example}}}
         if c in (429, 503):
-            out[c]["headers"] = {"Retry-After": {
-                "description": "seconds to wait before trying again",
-                "schema": {"type": "integer"}}}
+            out[c]["headers"] = RETRY_AFTER
     return out
 
 
@@ -238,6 +239,33 @@ def add_list_get(router: APIRouter, res: Resource[Row, Out], summary: type, sche
                          operation_id=f"get_{name}", response_model=schema,
                          responses=problems(401, 404), summary=f"Get a {res.kind}",
                          description=description)
+
+
+def add_events(router: APIRouter, res: Resource[Row, Out], name: str,
+               description: str) -> None:
+    """Add ``GET <prefix>/{<name>_id}/events`` (operationId ``<name>_events``): the row's
+    changes as Server-Sent Events (:func:`event_stream`). The key's row (404 otherwise) and
+    one of its :data:`MAX_STREAMS_PER_KEY` streams (429 past them) are taken before the
+    stream starts; the slot is freed when it ends."""
+    id_param = f"{name}_id"
+
+    def owned(id_: Annotated[str, Path(alias=id_param)], key: Owner,
+              db: DB) -> Iterator[Row]:
+        row = res.get(db, id_, key)
+        with stream_slot(db, key):
+            yield row
+
+    async def events(row: Annotated[Any, Depends(owned)], db: DB,
+                     last_event_id: Annotated[str | None, Header(
+                         max_length=20, description="resume after this revision")] = None
+                     ) -> AsyncIterator[ServerSentEvent]:
+        async for e in event_stream(db, res.model, row.id, last_event_id):
+            yield e
+
+    router.add_api_route(f"/{{{id_param}}}/events", events, methods=["GET"],
+                         name=f"{name}_events", operation_id=f"{name}_events",
+                         response_class=EventSourceResponse, description=description,
+                         responses={**EVENTS_DOC, **problems(401, 404, 429)})
 
 
 def page_links(request: Request, limit: int, offset: int, total: int) -> str:

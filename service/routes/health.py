@@ -17,7 +17,7 @@ from workers.jobs import probe_store
 from ..deps import Owner, RunnerDep, SettingsDep
 from ..errors import redact
 from ..schemas import Health, Limits
-from .common import problems
+from .common import RETRY_AFTER, problems
 
 #: What a 503 from ``/readyz`` asks a client to wait (``Retry-After``).
 READY_RETRY_SECONDS = 5
@@ -60,8 +60,7 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, operation_id="readyz", responses={
     503: {"model": Health, "description": "not ready: the scheduler or the store does not "
-          "answer; `Retry-After`", "headers": {"Retry-After": {
-              "description": "seconds to wait", "schema": {"type": "integer"}}}}})
+          "answer; `Retry-After`", "headers": RETRY_AFTER}})
 def readyz(runner: RunnerDep, settings: SettingsDep,
            probe: Annotated[StoreProbe, Depends(get_store_probe)]) -> Any:
     """The Dask scheduler answers and the store is writable (probed by a write at most

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Header, Query, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi import APIRouter, Query, Response
 
 from workers.jobs import (
     ACTIVE,
@@ -25,24 +23,23 @@ from workers.jobs import (
 )
 
 from .. import logs
+from ..config import Settings
 from ..db import Dataset, Job, Solve, spec_of
 from ..deps import DB, Owner, RunnerDep, SettingsDep
 from ..errors import ApiError
 from ..schemas import KernelOut, KernelRequest, KernelSummary, Preview, VerifyOut
 from .common import (
-    EVENTS_DOC,
     LOCATION,
     Resource,
+    add_events,
     add_list_get,
     admit,
-    event_stream,
     iso,
     npy,
     npy_doc,
     problems,
     redacted,
     store_errors,
-    stream_slot,
 )
 from .datasets import DATASETS
 
@@ -149,16 +146,9 @@ def cancel_kernel(kernel_id: str, key: Owner, db: DB, runner: RunnerDep,
     return kernel_out(KERNELS.get(db, kernel_id, key), runner.dashboard_url)
 
 
-@router.get("/{kernel_id}/events", response_class=EventSourceResponse,
-            operation_id="kernel_events", responses={**EVENTS_DOC, **problems(401, 404, 429)})
-async def kernel_events(row: Annotated[Job, Depends(owned_kernel)], db: DB,
-                        last_event_id: Annotated[str | None, Header(
-                            max_length=20, description="resume after this revision")] = None
-                        ) -> AsyncIterator[ServerSentEvent]:
-    """The job's progress as Server-Sent Events: its current state, then each change (tiles
-    done, ETA, status) as it is committed, until the final state (event ``end``)."""
-    async for e in event_stream(db, Job, row.id, last_event_id):
-        yield e
+add_events(router, KERNELS, "kernel", description=(
+    "The job's progress as Server-Sent Events: its current state, then each change (tiles "
+    "done, ETA, status) as it is committed, until the final state (event `end`)."))
 
 
 @router.post("/{kernel_id}/resume", status_code=202, response_model=KernelOut,
@@ -216,16 +206,8 @@ def get_block(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
               ) -> Response:
     """A block of a stored kernel as ``.npy``; 409 until every tile under it is done,
     422 past the block-size limit or for a depth, variant or b_std the job does not have."""
-    row = KERNELS.get(db, kernel_id, key)
-    if kind not in row.kernels:
-        raise ApiError(422, "kind", f"this job computed {row.kernels}, not {kind!r}")
-    if part == "test" and not row.test:
-        raise ApiError(422, "part", "this job has no test set")
-    job = spec_of(row)
-    with store_errors(row.id):
-        return npy(job.kind.read_block(job, kind, part, rows, cols, status=row.status,
-                                       max_bytes=settings.max_block_bytes, depth=depth,
-                                       variant=variant, b_std=b_std))
+    return npy(_block(KERNELS.get(db, kernel_id, key), settings, kind, part, rows, cols,
+                      depth=depth, variant=variant, b_std=b_std))
 
 
 @router.get("/{kernel_id}/preview", response_model=Preview, operation_id="kernel_preview",
@@ -245,15 +227,9 @@ def kernel_preview(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
     train kernel as a ``size x size`` heatmap, and its eigenvalues (an ``m x m``
     eigendecomposition, m ≤ 1024). 409 until those tiles are done."""
     row = KERNELS.get(db, kernel_id, key)
-    if kind not in row.kernels:
-        raise ApiError(422, "kind", f"this job computed {row.kernels}, not {kind!r}")
     m = min(block, row.n_train)
-    job = spec_of(row)
-    with store_errors(row.id):
-        k = np.asarray(job.kind.read_block(
-            job, kind, "train", f"0:{m}", f"0:{m}", status=row.status,
-            max_bytes=settings.max_block_bytes, depth=depth, variant=variant, b_std=b_std),
-            dtype=np.float64)
+    k = np.asarray(_block(row, settings, kind, "train", f"0:{m}", f"0:{m}", depth=depth,
+                          variant=variant, b_std=b_std), dtype=np.float64)
     edges = np.linspace(0, m, min(size, m) + 1).astype(int)
     heat = np.add.reduceat(np.add.reduceat(k, edges[:-1], axis=0), edges[:-1], axis=1)
     heat /= np.outer(np.diff(edges), np.diff(edges))
@@ -262,12 +238,19 @@ def kernel_preview(kernel_id: str, key: Owner, db: DB, settings: SettingsDep,
                    eigenvalues=eig.tolist())
 
 
-def owned_kernel(kernel_id: str, key: Owner, db: DB) -> Iterator[Job]:
-    """The key's kernel job ``kernel_id`` (404 otherwise) and one of its event
-    streams (429 past them), before a stream starts; the slot is freed when it ends."""
-    row = KERNELS.get(db, kernel_id, key)
-    with stream_slot(db, key):
-        yield row
+def _block(row: Job, settings: Settings, kind: str, part: str, rows: str | None,
+           cols: str | None, **member: Any) -> np.ndarray:
+    """Rows ``rows`` and columns ``cols`` of the stored ``kind`` kernel of ``part`` (of the
+    family ``member``: depth, variant, b_std); 422 for a kernel or part the job lacks, and
+    the store's answers as HTTP (:func:`store_errors`)."""
+    if kind not in row.kernels:
+        raise ApiError(422, "kind", f"this job computed {row.kernels}, not {kind!r}")
+    if part == "test" and not row.test:
+        raise ApiError(422, "part", "this job has no test set")
+    job = spec_of(row)
+    with store_errors(row.id):
+        return job.kind.read_block(job, kind, part, rows, cols, status=row.status,
+                                   max_bytes=settings.max_block_bytes, **member)
 
 
 def _shape(ds: Dataset) -> Shape:

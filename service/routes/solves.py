@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Header, Query, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi import APIRouter, Query, Response
 
 from ntkcompute.selection import DEFAULT_LAMBDAS
 from workers.jobs import Status, layout, solves
@@ -23,19 +21,17 @@ from ..deps import DB, Owner, RunnerDep, SettingsDep
 from ..errors import ApiError
 from ..schemas import SolveOut, SolveRequest, SolveSummary
 from .common import (
-    EVENTS_DOC,
     LOCATION,
     Resource,
+    add_events,
     add_list_get,
     admit,
-    event_stream,
     iso,
     npy,
     npy_doc,
     problems,
     redacted,
     store_errors,
-    stream_slot,
 )
 from .kernels import KERNELS
 
@@ -154,15 +150,8 @@ def submit_solve(req: SolveRequest, response: Response, key: Owner, db: DB,
 add_list_get(router, SOLVES, SolveSummary, SolveOut, "solve")
 
 
-@router.get("/{solve_id}/events", response_class=EventSourceResponse,
-            operation_id="solve_events", responses={**EVENTS_DOC, **problems(401, 404, 429)})
-async def solve_events(row: Annotated[Solve, Depends(owned_solve)], db: DB,
-                       last_event_id: Annotated[str | None, Header(
-                           max_length=20, description="resume after this revision")] = None
-                       ) -> AsyncIterator[ServerSentEvent]:
-    """The solve's status as Server-Sent Events, until its final state (event ``end``)."""
-    async for e in event_stream(db, Solve, row.id, last_event_id):
-        yield e
+add_events(router, SOLVES, "solve", description=(
+    "The solve's status as Server-Sent Events, until its final state (event `end`)."))
 
 
 @router.get("/{solve_id}/coefficients", operation_id="get_coefficients",
@@ -187,14 +176,6 @@ def variances(solve_id: str, key: Owner, db: DB, settings: SettingsDep,
               lambda_index: LamIndex = None, rows: SolveRows = None) -> Response:
     """Predictive variances of the test outputs (``analyses.variance``) as ``.npy``."""
     return _answer_array(db, settings, solve_id, key, "variances", lambda_index, rows)
-
-
-def owned_solve(solve_id: str, key: Owner, db: DB) -> Iterator[Solve]:
-    """The key's solve ``solve_id`` (404 otherwise) and one of its event
-    streams (429 past them), before a stream starts; the slot is freed when it ends."""
-    row = SOLVES.get(db, solve_id, key)
-    with stream_slot(db, key):
-        yield row
 
 
 def _answer_array(db: Database, settings: Settings, solve_id: str, key: str, name: str,
